@@ -1,0 +1,54 @@
+# Two commands for a newcomer:  `make run`  (the whole job on the embedded default)  and  `make test`.
+# Everything is installed into .venv from the compiled, pinned requirement files.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA_PATH ?=
+PYTEST_ARGS ?=
+
+.PHONY: run test lint typecheck bench requirements clean-state
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv
+
+$(VENV)/.lib-installed: $(BIN)/python requirements/lib.txt pyproject.toml
+	$(BIN)/uv pip install --python $(BIN)/python --quiet -r requirements/lib.txt
+	$(BIN)/uv pip install --python $(BIN)/python --quiet --no-deps -e .
+	touch $@
+
+$(VENV)/.dev-installed: $(VENV)/.lib-installed requirements/dev.txt
+	$(BIN)/uv pip install --python $(BIN)/python --quiet -r requirements/dev.txt
+	touch $@
+
+## run: fetch the data (or use DATA_PATH=...), load RAW, build CLEAN, print status
+run: $(VENV)/.lib-installed
+	$(BIN)/readmission run $(if $(DATA_PATH),--data-path "$(DATA_PATH)")
+
+## test: lint, type-check and run the test suite
+test: $(VENV)/.dev-installed
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: $(VENV)/.dev-installed
+	$(BIN)/mypy
+
+## bench: loader vs pandas.to_sql vs bare COPY on PostgreSQL (needs requirements/bench.txt)
+bench: $(VENV)/.dev-installed
+	$(BIN)/uv pip install --python $(BIN)/python --quiet -r requirements/bench.txt
+	$(BIN)/python bench/raw_load.py $(if $(DATA_PATH),--data "$(DATA_PATH)")
+
+## requirements: recompile the pinned requirement files from requirements/*.in
+requirements: $(BIN)/python
+	cd requirements && for f in lib dev bench; do ../$(BIN)/uv pip compile --quiet --python-version 3.11 $$f.in -o $$f.txt; done
+
+## clean-state: delete the embedded databases and download cache under var/
+clean-state:
+	rm -rf var

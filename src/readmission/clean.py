@@ -1,0 +1,214 @@
+"""CLEAN store: model-ready encounters with a deterministic patient-grouped split.
+
+Built from the whole RAW table each time (a full, atomic rebuild), so it always matches what RAW holds.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Column, DateTime, Engine, Integer, MetaData, String, Table, Text, inspect, text
+
+from readmission import schema
+from readmission.db import quote, read_query, write_frame
+from readmission.errors import EmptyStoreError
+from readmission.raw import RAW_TABLE
+
+CLEAN_TABLE = "clean_encounters"
+BUILDS_TABLE = "clean_builds"
+SPLITS = ("train", "validation", "test")
+
+# ICD-9 chapters used by Strack et al. (2014), the paper that published this data set.
+DIAGNOSIS_GROUPS = ("circulatory", "respiratory", "digestive", "diabetes", "injury", "musculoskeletal",
+                    "genitourinary", "neoplasms", "other")  # fmt: skip
+_NUMERIC_GROUPS: tuple[tuple[str, float, float], ...] = (
+    ("circulatory", 390, 460), ("circulatory", 785, 786),
+    ("respiratory", 460, 520), ("respiratory", 786, 787),
+    ("digestive", 520, 580), ("digestive", 787, 788),
+    ("diabetes", 250, 251),
+    ("injury", 800, 1000),
+    ("musculoskeletal", 710, 740),
+    ("genitourinary", 580, 630), ("genitourinary", 788, 789),
+    ("neoplasms", 140, 240),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """Fractions of patients per split and the seed that assigns them."""
+
+    seed: int = 42
+    validation: float = 0.15
+    test: float = 0.15
+
+    def __post_init__(self) -> None:
+        if not (0 < self.validation < 1 and 0 < self.test < 1 and self.validation + self.test < 1):
+            raise ValueError(
+                f"split fractions must be in (0, 1) and leave room for training: validation={self.validation}, "
+                f"test={self.test}"
+            )
+
+
+def diagnosis_group(codes: pd.Series) -> pd.Series:
+    """Clinical group of each ICD-9 code (None where the code is missing)."""
+    text_codes = codes.astype("string")
+    numeric = pd.to_numeric(text_codes, errors="coerce")
+    groups = pd.Series("other", index=codes.index, dtype="string")
+    for name, low, high in _NUMERIC_GROUPS:
+        groups = groups.mask(numeric.ge(low) & numeric.lt(high), name)
+    return groups.mask(text_codes.isna(), None)
+
+
+def _splitmix64(values: np.ndarray) -> np.ndarray:
+    """A fixed 64-bit mix: stable across platforms and library versions, unlike hash()."""
+    z = values.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def assign_split(patient_nbr: pd.Series, spec: SplitSpec) -> pd.Series:
+    """Split of each row, decided by its patient alone, so no patient is on two sides.
+
+    A patient keeps its split when more batches arrive, because the draw depends only on
+    (seed, patient_nbr).
+    """
+    with np.errstate(over="ignore"):
+        mixed = _splitmix64(patient_nbr.to_numpy(dtype=np.uint64) ^ _splitmix64(np.array([spec.seed]))[0])
+    unit = (mixed >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    labels = np.where(unit < spec.test, "test", np.where(unit < spec.test + spec.validation, "validation", "train"))
+    return pd.Series(labels, index=patient_nbr.index, dtype="string")
+
+
+def clean_frame(raw: pd.DataFrame, spec: SplitSpec) -> pd.DataFrame:
+    """Model-ready rows from RAW rows: missing as null, deaths/hospice out, diagnosis groups, history, split."""
+    frame = raw.sort_values("encounter_id", kind="stable").reset_index(drop=True)
+    # History counts only a patient's earlier encounters (encounter_id order); later ones would leak.
+    prior = frame.groupby("patient_nbr", sort=False).cumcount()
+    for col in schema.COLUMNS:
+        if col.may_be_missing:
+            frame[col.name] = frame[col.name].mask(frame[col.name].eq(schema.MISSING))
+    frame[schema.PRIOR_ENCOUNTERS] = prior.astype("int64")
+    frame = frame[~frame["discharge_disposition_id"].isin(sorted(schema.DEATH_OR_HOSPICE_DISCHARGE_IDS))]
+    for n in (1, 2, 3):
+        frame[f"diag_{n}_group"] = diagnosis_group(frame[f"diag_{n}"])
+    frame["split"] = assign_split(frame["patient_nbr"], spec)
+    return frame.reset_index(drop=True)
+
+
+def _clean_table(columns: list[str], integer_columns: set[str]) -> Table:
+    table_metadata = MetaData()
+    return Table(CLEAN_TABLE, table_metadata, *(
+        Column(name, Integer if name in integer_columns else Text, primary_key=name == "encounter_id",
+               autoincrement=False)
+        for name in columns
+    ))  # fmt: skip
+
+
+builds_metadata = MetaData()
+clean_builds = Table(
+    BUILDS_TABLE, builds_metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("built_at", DateTime(timezone=True), nullable=False),
+    Column("raw_rows", Integer, nullable=False),
+    Column("excluded_rows", Integer, nullable=False),
+    Column("clean_rows", Integer, nullable=False),
+    Column("raw_batches", Text, nullable=False),  # comma-separated batch numbers (lineage)
+    Column("split_seed", Integer, nullable=False),
+    Column("split_fractions", String(64), nullable=False),
+    Column("train_rows", Integer, nullable=False),
+    Column("validation_rows", Integer, nullable=False),
+    Column("test_rows", Integer, nullable=False),
+)  # fmt: skip
+
+_RAW_DTYPES = {c.name: ("int64" if c.is_integer else "string") for c in schema.COLUMNS}
+
+
+@dataclass(frozen=True)
+class CleanReport:
+    """What a CLEAN rebuild did."""
+
+    raw_rows: int
+    excluded_rows: int
+    clean_rows: int
+    split_rows: dict[str, int]
+    split_patients: dict[str, int]
+    raw_batches: list[int]
+    seconds: float
+
+
+def build_clean(raw_engine: Engine, clean_engine: Engine, spec: SplitSpec) -> CleanReport:
+    """Rebuild the CLEAN table from everything in RAW, atomically (readers see old or new, never half)."""
+    started = time.perf_counter()
+    with raw_engine.connect() as conn:
+        if not inspect(conn).has_table(RAW_TABLE):
+            raise EmptyStoreError("the RAW database has no data yet: run `readmission load-raw` first.")
+        cols = ", ".join(quote(conn, c) for c in [*schema.COLUMN_NAMES, "batch_number"])
+        raw = read_query(conn, f"SELECT {cols} FROM {RAW_TABLE}", {**_RAW_DTYPES, "batch_number": "int64"})
+    if raw.empty:
+        raise EmptyStoreError("the RAW database has no rows yet: run `readmission load-raw` first.")
+    frame = clean_frame(raw, spec)
+    integer_columns = {c.name for c in schema.COLUMNS if c.is_integer} | {
+        schema.PRIOR_ENCOUNTERS,
+        "batch_number",
+    }
+    table = _clean_table([str(c) for c in frame.columns], integer_columns)
+    split_rows = {s: int((frame["split"] == s).sum()) for s in SPLITS}
+    batches = sorted(int(b) for b in raw["batch_number"].unique())
+    with clean_engine.begin() as conn:
+        table.drop(conn, checkfirst=True)
+        table.create(conn)
+        write_frame(conn, CLEAN_TABLE, frame)
+        clean_builds.create(conn, checkfirst=True)
+        conn.execute(clean_builds.insert().values(
+            built_at=datetime.now(UTC), raw_rows=len(raw), excluded_rows=len(raw) - len(frame),
+            clean_rows=len(frame), raw_batches=",".join(map(str, batches)), split_seed=spec.seed,
+            split_fractions=f"validation={spec.validation},test={spec.test}",
+            train_rows=split_rows["train"], validation_rows=split_rows["validation"], test_rows=split_rows["test"],
+        ))  # fmt: skip
+    patients = {s: int(frame.loc[frame["split"] == s, "patient_nbr"].nunique()) for s in SPLITS}
+    return CleanReport(len(raw), len(raw) - len(frame), len(frame), split_rows, patients, batches,
+                       time.perf_counter() - started)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CleanStatus:
+    """The last CLEAN build, or None fields if there is none."""
+
+    clean_rows: int
+    split_rows: dict[str, int]
+    built_at: datetime | None
+    raw_batches: str
+
+
+def clean_status(engine: Engine) -> CleanStatus:
+    """Summary of the newest build recorded in the CLEAN database."""
+    with engine.connect() as conn:
+        if not inspect(conn).has_table(BUILDS_TABLE):
+            return CleanStatus(0, dict.fromkeys(SPLITS, 0), None, "")
+        row = conn.execute(text(
+            f"SELECT built_at, clean_rows, train_rows, validation_rows, test_rows, raw_batches FROM {BUILDS_TABLE} "
+            "ORDER BY id DESC LIMIT 1"
+        )).first()  # fmt: skip
+    if row is None:
+        return CleanStatus(0, dict.fromkeys(SPLITS, 0), None, "")
+    built_at = datetime.fromisoformat(row[0]) if isinstance(row[0], str) else row[0]
+    return CleanStatus(int(row[1]), dict(zip(SPLITS, map(int, row[2:5]), strict=True)), built_at, row[5])
+
+
+def read_clean(engine: Engine, split: str | None = None) -> pd.DataFrame:
+    """The CLEAN rows (one split or all), with integer columns as int64 and text as strings."""
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    with engine.connect() as conn:
+        if not inspect(conn).has_table(CLEAN_TABLE):
+            raise EmptyStoreError("the CLEAN database is empty: run `readmission build-clean` first.")
+        names = [c["name"] for c in inspect(conn).get_columns(CLEAN_TABLE)]
+        where = f" WHERE split = '{split}'" if split else ""
+        sql = f"SELECT {', '.join(quote(conn, n) for n in names)} FROM {CLEAN_TABLE}{where} ORDER BY encounter_id"
+        integer = {c.name for c in schema.COLUMNS if c.is_integer} | {schema.PRIOR_ENCOUNTERS, "batch_number"}
+        return read_query(conn, sql, {n: ("Int64" if n in integer else "string") for n in names})

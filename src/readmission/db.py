@@ -1,0 +1,112 @@
+"""Database engines and the bulk paths the data stores need (COPY on PostgreSQL)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import psycopg
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import IntegrityError
+
+_DRIVERS = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg", "mysql": "mysql+pymysql"}
+
+
+def normalize_url(url: str) -> str:
+    """The URL with the driver this project installs (psycopg 3, PyMySQL) when none is named."""
+    parsed = make_url(url)
+    driver = _DRIVERS.get(parsed.drivername)
+    return parsed.set(drivername=driver).render_as_string(hide_password=False) if driver else url
+
+
+def display_url(url: str) -> str:
+    """The URL with its password hidden, for logs and messages."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def create_db_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite files get their folder created and real transactions (DDL too)."""
+    url = normalize_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": 60})
+
+    # pysqlite's own transaction handling skips DDL and starts late; hand BEGIN to SQLAlchemy so a
+    # rebuild (DROP, CREATE, INSERT) is one atomic unit, as it is on PostgreSQL.
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        dbapi_connection.execute("PRAGMA journal_mode=WAL")
+        dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+def is_postgres(engine: Engine | Connection) -> bool:
+    """Whether the bulk COPY path applies."""
+    return engine.dialect.name == "postgresql"
+
+
+def quote(conn: Connection, name: str) -> str:
+    """``name`` quoted as an identifier for the connection's dialect."""
+    return conn.dialect.identifier_preparer.quote(name)
+
+
+def copy_csv_into(conn: Connection, table: str, columns: list[str], payload: bytes) -> None:
+    """COPY CSV ``payload`` (no header) into ``table`` inside the connection's open transaction."""
+    cols = ", ".join(quote(conn, c) for c in columns)
+    sql = f"COPY {quote(conn, table)} ({cols}) FROM STDIN (FORMAT csv)"
+    driver_connection: Any = conn.connection.driver_connection
+    try:
+        with driver_connection.cursor() as cursor, cursor.copy(sql) as copy:
+            copy.write(payload)
+    except psycopg.errors.IntegrityError as exc:  # raised by the driver directly: give callers SQLAlchemy's type
+        raise IntegrityError(sql, None, exc) from exc
+
+
+def insert_rows(conn: Connection, table: str, columns: list[str], rows: list[tuple[Any, ...]]) -> None:
+    """Insert ``rows`` with one executemany (the portable path)."""
+    if not rows:
+        return
+    cols = ", ".join(quote(conn, c) for c in columns)
+    marks = ", ".join("?" if conn.dialect.paramstyle == "qmark" else "%s" for _ in columns)
+    conn.exec_driver_sql(f"INSERT INTO {quote(conn, table)} ({cols}) VALUES ({marks})", rows)
+
+
+def write_frame(conn: Connection, table: str, frame: pd.DataFrame) -> None:
+    """Append ``frame`` to ``table``: COPY on PostgreSQL, executemany elsewhere. NaN/None become NULL."""
+    columns = [str(c) for c in frame.columns]
+    if is_postgres(conn):
+        buffer = io.StringIO()
+        frame.to_csv(buffer, header=False, index=False)
+        copy_csv_into(conn, table, columns, buffer.getvalue().encode())
+        return
+    native = frame.astype(object).where(frame.notna(), None)
+    insert_rows(conn, table, columns, list(native.itertuples(index=False, name=None)))
+
+
+def read_query(conn: Connection, sql: str, dtypes: dict[str, Any]) -> pd.DataFrame:
+    """Rows of ``sql`` as a frame with ``dtypes``; PostgreSQL streams them with COPY TO (much faster)."""
+    if is_postgres(conn):
+        driver_connection: Any = conn.connection.driver_connection
+        buffer = io.BytesIO()
+        with (
+            driver_connection.cursor() as cursor,
+            cursor.copy(f"COPY ({sql}) TO STDOUT (FORMAT csv, HEADER)") as cp,
+        ):
+            for block in cp:
+                buffer.write(block)
+        buffer.seek(0)
+        return pd.read_csv(buffer, dtype=dtypes, keep_default_na=False, na_values=[""])
+    frame = pd.read_sql_query(sql, conn.connection.driver_connection)
+    return frame.astype(dtypes)

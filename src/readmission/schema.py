@@ -1,0 +1,315 @@
+"""The feature contract: every column of the UCI file, declared once.
+
+The loader, the cleaner, the API request model, the UI form and the load generator all read
+these declarations; no other module keeps its own list of categories or ranges.
+
+Conventions of the source file, kept as they are in the RAW store:
+- ``?`` marks a missing value (``MISSING``); the CLEAN store turns it into NULL.
+- ``None`` in ``max_glu_serum`` / ``A1Cresult`` is a real level: "test not done".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+MISSING = "?"
+TARGET = "readmitted"
+TARGET_LABELS: tuple[str, ...] = ("NO", ">30", "<30")
+POSITIVE_LABEL = "<30"  # the 30-day readmission risk is P(readmitted == "<30")
+
+# Discharge dispositions after which no readmission is possible (death or hospice).
+DEATH_OR_HOSPICE_DISCHARGE_IDS: frozenset[int] = frozenset({11, 13, 14, 19, 20, 21})
+
+
+class Kind(StrEnum):
+    """How a column is typed and validated."""
+
+    IDENTIFIER = "identifier"  # integer key, never a feature
+    INTEGER = "integer"  # count or duration with a range
+    CODED = "coded"  # integer code of a lookup table, treated as a category
+    CATEGORY = "category"  # free-text level from a closed list
+    DIAGNOSIS = "diagnosis"  # ICD-9 code, validated by pattern
+    TARGET = "target"
+
+
+class Section(StrEnum):
+    """Groups of the UI form and of the documentation."""
+
+    DEMOGRAPHICS = "demographics"
+    ADMISSION = "admission"
+    HISTORY = "history"
+    DIAGNOSES = "diagnoses"
+    MEDICATIONS = "medications"
+    KEYS = "keys"
+    OUTCOME = "outcome"
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of the source file and what values it may hold."""
+
+    name: str
+    kind: Kind
+    section: Section
+    description: str
+    levels: tuple[str, ...] = ()  # allowed values of CATEGORY/CODED columns (as text)
+    labels: Mapping[str, str] = field(default_factory=dict)  # human labels of levels
+    minimum: int | None = None
+    maximum: int | None = None
+    may_be_missing: bool = False  # the source writes "?" for missing values
+
+    @property
+    def is_feature(self) -> bool:
+        """Whether the model may use the column."""
+        return self.kind not in (Kind.IDENTIFIER, Kind.TARGET)
+
+    @property
+    def is_integer(self) -> bool:
+        """Whether the stored value is an integer."""
+        return self.kind in (Kind.IDENTIFIER, Kind.INTEGER, Kind.CODED)
+
+    @property
+    def field_name(self) -> str:
+        """Python identifier used for the column in pydantic models."""
+        return self.name.replace("-", "_")
+
+
+# ICD-9 code as the source writes it: leading zeros dropped, optional V/E prefix and decimals.
+DIAGNOSIS_PATTERN = r"^(?:[0-9]{1,3}(?:\.[0-9]{1,2})?|V[0-9]{1,2}(?:\.[0-9]{1,2})?|E[0-9]{3}(?:\.[0-9])?)$"
+
+AGE_BRACKETS = tuple(f"[{lo}-{lo + 10})" for lo in range(0, 100, 10))
+WEIGHT_BRACKETS = (*(f"[{lo}-{lo + 25})" for lo in range(0, 200, 25)), ">200")
+MEDICATION_LEVELS = ("No", "Steady", "Up", "Down")
+
+ADMISSION_TYPES = {
+    "1": "Emergency", "2": "Urgent", "3": "Elective", "4": "Newborn", "5": "Not Available",
+    "6": "NULL", "7": "Trauma Center", "8": "Not Mapped",
+}  # fmt: skip
+DISCHARGE_DISPOSITIONS = {
+    "1": "Discharged to home",
+    "2": "Transferred to another short term hospital",
+    "3": "Transferred to SNF",
+    "4": "Transferred to ICF",
+    "5": "Transferred to another type of inpatient care institution",
+    "6": "Discharged home with home health service",
+    "7": "Left against medical advice",
+    "8": "Discharged home under care of home IV provider",
+    "9": "Admitted as an inpatient to this hospital",
+    "10": "Neonate discharged to another hospital for neonatal aftercare",
+    "11": "Expired",
+    "12": "Still patient or expected to return for outpatient services",
+    "13": "Hospice / home",
+    "14": "Hospice / medical facility",
+    "15": "Transferred within this institution to a Medicare approved swing bed",
+    "16": "Referred to another institution for outpatient services",
+    "17": "Referred to this institution for outpatient services",
+    "18": "NULL",
+    "19": "Expired at home (Medicaid only, hospice)",
+    "20": "Expired in a medical facility (Medicaid only, hospice)",
+    "21": "Expired, place unknown (Medicaid only, hospice)",
+    "22": "Transferred to another rehab facility",
+    "23": "Transferred to a long term care hospital",
+    "24": "Transferred to a Medicaid-only nursing facility",
+    "25": "Not Mapped",
+    "26": "Unknown/Invalid",
+    "27": "Transferred to a federal health care facility",
+    "28": "Referred to a psychiatric hospital or unit",
+    "29": "Transferred to a Critical Access Hospital",
+    "30": "Transferred to another type of health care institution",
+}
+ADMISSION_SOURCES = {
+    "1": "Physician Referral", "2": "Clinic Referral", "3": "HMO Referral",
+    "4": "Transfer from a hospital", "5": "Transfer from a Skilled Nursing Facility",
+    "6": "Transfer from another health care facility", "7": "Emergency Room",
+    "8": "Court/Law Enforcement", "9": "Not Available", "10": "Transfer from critical access hospital",
+    "11": "Normal Delivery", "12": "Premature Delivery", "13": "Sick Baby", "14": "Extramural Birth",
+    "15": "Not Available", "17": "NULL", "18": "Transfer from another home health agency",
+    "19": "Readmission to same home health agency", "20": "Not Mapped", "21": "Unknown/Invalid",
+    "22": "Transfer from hospital inpatient, same facility, separate claim",
+    "23": "Born inside this hospital", "24": "Born outside this hospital",
+    "25": "Transfer from Ambulatory Surgery Center", "26": "Transfer from Hospice",
+}  # fmt: skip
+
+PAYER_CODES = ("BC", "CH", "CM", "CP", "DM", "FR", "HM", "MC", "MD", "MP", "OG", "OT", "PO", "SI", "SP",
+               "UN", "WC")  # fmt: skip
+MEDICAL_SPECIALTIES = (
+    "AllergyandImmunology", "Anesthesiology", "Anesthesiology-Pediatric", "Cardiology",
+    "Cardiology-Pediatric", "DCPTEAM", "Dentistry", "Dermatology", "Emergency/Trauma", "Endocrinology",
+    "Endocrinology-Metabolism", "Family/GeneralPractice", "Gastroenterology", "Gynecology", "Hematology",
+    "Hematology/Oncology", "Hospitalist", "InfectiousDiseases", "InternalMedicine", "Nephrology",
+    "Neurology", "Neurophysiology", "Obsterics&Gynecology-GynecologicOnco", "Obstetrics",
+    "ObstetricsandGynecology", "Oncology", "Ophthalmology", "Orthopedics", "Orthopedics-Reconstructive",
+    "Osteopath", "Otolaryngology", "OutreachServices", "Pathology", "Pediatrics",
+    "Pediatrics-AllergyandImmunology", "Pediatrics-CriticalCare", "Pediatrics-EmergencyMedicine",
+    "Pediatrics-Endocrinology", "Pediatrics-Hematology-Oncology", "Pediatrics-InfectiousDiseases",
+    "Pediatrics-Neurology", "Pediatrics-Pulmonology", "Perinatology", "PhysicalMedicineandRehabilitation",
+    "PhysicianNotFound", "Podiatry", "Proctology", "Psychiatry", "Psychiatry-Addictive",
+    "Psychiatry-Child/Adolescent", "Psychology", "Pulmonology", "Radiologist", "Radiology", "Resident",
+    "Rheumatology", "Speech", "SportsMedicine", "Surgeon", "Surgery-Cardiovascular",
+    "Surgery-Cardiovascular/Thoracic", "Surgery-Colon&Rectal", "Surgery-General", "Surgery-Maxillofacial",
+    "Surgery-Neuro", "Surgery-Pediatric", "Surgery-Plastic", "Surgery-PlasticwithinHeadandNeck",
+    "Surgery-Thoracic", "Surgery-Vascular", "SurgicalSpecialty", "Urology",
+)  # fmt: skip
+
+MEDICATIONS = (
+    "metformin", "repaglinide", "nateglinide", "chlorpropamide", "glimepiride", "acetohexamide",
+    "glipizide", "glyburide", "tolbutamide", "pioglitazone", "rosiglitazone", "acarbose", "miglitol",
+    "troglitazone", "tolazamide", "examide", "citoglipton", "insulin", "glyburide-metformin",
+    "glipizide-metformin", "glimepiride-pioglitazone", "metformin-rosiglitazone", "metformin-pioglitazone",
+)  # fmt: skip
+
+
+def _category(name: str, section: Section, description: str, levels: tuple[str, ...],
+              may_be_missing: bool = False, labels: Mapping[str, str] | None = None) -> Column:  # fmt: skip
+    return Column(name, Kind.CATEGORY, section, description, levels=levels, labels=labels or {},
+                  may_be_missing=may_be_missing)  # fmt: skip
+
+
+def _coded(name: str, description: str, labels: Mapping[str, str]) -> Column:
+    return Column(name, Kind.CODED, Section.ADMISSION, description, levels=tuple(labels), labels=labels)
+
+
+def _count(name: str, section: Section, description: str, minimum: int, maximum: int) -> Column:
+    return Column(name, Kind.INTEGER, section, description, minimum=minimum, maximum=maximum)
+
+
+def _diagnosis(n: int, description: str) -> Column:
+    return Column(f"diag_{n}", Kind.DIAGNOSIS, Section.DIAGNOSES, description, may_be_missing=True)
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("encounter_id", Kind.IDENTIFIER, Section.KEYS, "Unique identifier of the encounter", minimum=1),
+    Column("patient_nbr", Kind.IDENTIFIER, Section.KEYS, "Unique identifier of the patient", minimum=1),
+    _category("race", Section.DEMOGRAPHICS, "Race",
+              ("AfricanAmerican", "Asian", "Caucasian", "Hispanic", "Other"), may_be_missing=True),
+    _category("gender", Section.DEMOGRAPHICS, "Gender", ("Female", "Male", "Unknown/Invalid")),
+    _category("age", Section.DEMOGRAPHICS, "Age in 10-year brackets", AGE_BRACKETS),
+    _category("weight", Section.DEMOGRAPHICS, "Weight in pounds (brackets)", WEIGHT_BRACKETS,
+              may_be_missing=True),
+    _coded("admission_type_id", "Type of admission", ADMISSION_TYPES),
+    _coded("discharge_disposition_id", "Where the patient went after discharge", DISCHARGE_DISPOSITIONS),
+    _coded("admission_source_id", "Source of the admission", ADMISSION_SOURCES),
+    _count("time_in_hospital", Section.ADMISSION, "Days between admission and discharge", 1, 14),
+    _category("payer_code", Section.ADMISSION, "Payer (insurance) code", PAYER_CODES, may_be_missing=True),
+    _category("medical_specialty", Section.ADMISSION, "Specialty of the admitting physician",
+              MEDICAL_SPECIALTIES, may_be_missing=True),
+    _count("num_lab_procedures", Section.ADMISSION, "Lab tests performed during the encounter", 0, 150),
+    _count("num_procedures", Section.ADMISSION, "Procedures (other than lab tests) performed", 0, 10),
+    _count("num_medications", Section.ADMISSION, "Distinct generic drugs administered", 0, 100),
+    _count("number_outpatient", Section.HISTORY, "Outpatient visits in the year before", 0, 100),
+    _count("number_emergency", Section.HISTORY, "Emergency visits in the year before", 0, 100),
+    _count("number_inpatient", Section.HISTORY, "Inpatient visits in the year before", 0, 50),
+    _diagnosis(1, "Primary diagnosis (ICD-9)"),
+    _diagnosis(2, "Secondary diagnosis (ICD-9)"),
+    _diagnosis(3, "Additional secondary diagnosis (ICD-9)"),
+    _count("number_diagnoses", Section.DIAGNOSES, "Diagnoses entered into the system", 1, 20),
+    _category("max_glu_serum", Section.DIAGNOSES, "Glucose serum test result ('None' = not measured)",
+              ("None", "Norm", ">200", ">300")),
+    _category("A1Cresult", Section.DIAGNOSES, "HbA1c test result ('None' = not measured)",
+              ("None", "Norm", ">7", ">8")),
+    *(_category(m, Section.MEDICATIONS, f"Dosage change of {m}", MEDICATION_LEVELS) for m in MEDICATIONS),
+    _category("change", Section.MEDICATIONS, "Any change of diabetic medication ('Ch' = changed)",
+              ("No", "Ch")),
+    _category("diabetesMed", Section.MEDICATIONS, "Any diabetic medication prescribed", ("No", "Yes")),
+    Column(TARGET, Kind.TARGET, Section.OUTCOME, "Readmitted within 30 days, after 30 days, or not",
+           levels=TARGET_LABELS),
+)  # fmt: skip
+
+COLUMNS_BY_NAME: dict[str, Column] = {c.name: c for c in COLUMNS}
+COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
+FEATURE_COLUMNS: tuple[Column, ...] = tuple(c for c in COLUMNS if c.is_feature)
+FEATURE_NAMES: tuple[str, ...] = tuple(c.name for c in FEATURE_COLUMNS)
+
+
+def column(name: str) -> Column:
+    """The declaration of ``name``; KeyError naming the known columns otherwise."""
+    try:
+        return COLUMNS_BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"unknown column {name!r}; the contract declares: {', '.join(COLUMN_NAMES)}") from None
+
+
+def check_value(col: Column, value: str) -> str | None:
+    """Why the raw text ``value`` breaks the contract for ``col``, or None if it is allowed."""
+    import re
+
+    if value == MISSING:
+        if col.may_be_missing:
+            return None
+        return f"{col.name}: missing value '?' is not allowed"
+    if col.is_integer:
+        if not value.isdigit():
+            return f"{col.name}: {value!r} is not a whole number"
+        number = int(value)
+        if col.kind is Kind.CODED and value not in col.levels:
+            return f"{col.name}: unknown code {value!r} (allowed: {', '.join(col.levels)})"
+        if col.minimum is not None and number < col.minimum:
+            return f"{col.name}: {number} is below the minimum {col.minimum}"
+        if col.maximum is not None and number > col.maximum:
+            return f"{col.name}: {number} is above the maximum {col.maximum}"
+        return None
+    if col.kind is Kind.DIAGNOSIS:
+        if re.fullmatch(DIAGNOSIS_PATTERN, value) is None:
+            return f"{col.name}: {value!r} is not an ICD-9 code (e.g. 250.83, V57, E878)"
+        return None
+    if value not in col.levels:
+        return f"{col.name}: unknown level {value!r} (allowed: {', '.join(col.levels)})"
+    return None
+
+
+# --- the encounter as the API accepts it --------------------------------------------------------------
+
+PRIOR_ENCOUNTERS = "prior_encounters"
+PRIOR_ENCOUNTERS_DESCRIPTION = (
+    "Earlier encounters of the same patient known to the system (0 for a first visit); "
+    "derived from history, never from later encounters"
+)
+
+
+def _encounter_field(col: Column) -> tuple[Any, Any]:
+    """Type and pydantic Field of one feature column in the request model."""
+    if col.kind in (Kind.CATEGORY, Kind.CODED):
+        literal: Any = Literal[tuple(col.levels)]
+        if col.kind is Kind.CODED:
+            literal = Literal[tuple(int(v) for v in col.levels)]
+        typ = Optional[literal] if col.may_be_missing else literal  # noqa: UP045 - runtime construction
+        default = None if col.may_be_missing else ...
+        return typ, Field(default, alias=col.name, description=col.description)
+    if col.kind is Kind.DIAGNOSIS:
+        typ = Optional[str] if col.may_be_missing else str  # noqa: UP045
+        default = None if col.may_be_missing else ...
+        return typ, Field(default, alias=col.name, description=col.description, pattern=DIAGNOSIS_PATTERN)
+    return int, Field(..., alias=col.name, description=col.description, ge=col.minimum, le=col.maximum)
+
+
+class _EncounterBase(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_by_name=True, validate_by_alias=True,
+                              serialize_by_alias=True, frozen=True)  # fmt: skip
+
+
+_ENCOUNTER_FIELDS: dict[str, Any] = {c.field_name: _encounter_field(c) for c in FEATURE_COLUMNS}
+_ENCOUNTER_FIELDS[PRIOR_ENCOUNTERS] = (
+    int,
+    Field(0, ge=0, le=500, alias=PRIOR_ENCOUNTERS, description=PRIOR_ENCOUNTERS_DESCRIPTION),
+)
+
+EncounterFeatures: type[BaseModel] = create_model(
+    "EncounterFeatures",
+    __base__=_EncounterBase,
+    __doc__="One patient encounter as the model takes it: the source's feature columns, null for missing.",
+    **_ENCOUNTER_FIELDS,
+)
+
+
+def encounter_to_raw(values: Mapping[str, Any]) -> dict[str, str]:
+    """Raw-file text of the feature values in ``values`` (None becomes '?')."""
+    out: dict[str, str] = {}
+    for col in FEATURE_COLUMNS:
+        value = values.get(col.name)
+        out[col.name] = MISSING if value is None else str(value)
+    return out

@@ -1,0 +1,117 @@
+"""Shared fixtures: the real data file, scratch PostgreSQL databases, SQLite files, synthetic sources.
+
+Servers and the data file come from the environment (``.ci/run`` sets all of them):
+- ``TEST_POSTGRES_URL``: a PostgreSQL URL whose user may create and drop databases;
+- ``TEST_DATA_PATH``: the UCI diabetic_data.csv (default: ../shared/data/diabetic_data.csv if present).
+Without them the dependent tests skip with the reason, unless ``REQUIRE_TEST_SERVICES=1``, where a
+missing service fails the test instead (CI must never pass by skipping).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
+
+from readmission.db import create_db_engine, normalize_url
+from readmission.synthetic import write_synthetic_csv
+
+REPO = Path(__file__).resolve().parents[1]
+_SHARED_DATA = REPO.parent / "shared" / "data" / "diabetic_data.csv"
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("REQUIRE_TEST_SERVICES") == "1":
+        pytest.fail(f"{reason} (REQUIRE_TEST_SERVICES=1, so this is a failure, not a skip)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def real_data_path() -> Path:
+    """The full UCI file."""
+    path = Path(os.environ.get("TEST_DATA_PATH") or _SHARED_DATA)
+    if not path.is_file():
+        _unavailable(f"the UCI file is not at {path}: set TEST_DATA_PATH")
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> str:
+    """URL of a PostgreSQL database from which scratch databases are created."""
+    url = os.environ.get("TEST_POSTGRES_URL")
+    if not url:
+        _unavailable("no PostgreSQL configured: set TEST_POSTGRES_URL")
+    assert url is not None
+    try:
+        engine = create_engine(normalize_url(url))
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+    except Exception as exc:
+        _unavailable(f"PostgreSQL at {url} is not reachable: {exc}")
+    return normalize_url(url)
+
+
+class PostgresDatabases:
+    """Creates uniquely named databases and drops them at the end of the test."""
+
+    def __init__(self, admin_url: str) -> None:
+        self.admin_url = admin_url
+        self.created: list[str] = []
+        self.engines: list[Engine] = []
+
+    def create(self, prefix: str = "test") -> str:
+        """URL of a new empty database."""
+        name = f"readmission_{prefix}_{uuid.uuid4().hex[:10]}"
+        self._admin(f"CREATE DATABASE {name}")
+        self.created.append(name)
+        return make_url(self.admin_url).set(database=name).render_as_string(hide_password=False)
+
+    def engine(self, url: str) -> Engine:
+        """An engine on ``url`` that is disposed before the database is dropped."""
+        engine = create_db_engine(url)
+        self.engines.append(engine)
+        return engine
+
+    def _admin(self, sql: str) -> None:
+        engine = create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(text(sql))
+        engine.dispose()
+
+    def drop_all(self) -> None:
+        """Drop every database this helper created."""
+        for engine in self.engines:
+            engine.dispose()
+        for name in self.created:
+            self._admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def postgres(postgres_admin_url: str) -> Iterator[PostgresDatabases]:
+    """Factory of scratch PostgreSQL databases, dropped after the test."""
+    databases = PostgresDatabases(postgres_admin_url)
+    yield databases
+    databases.drop_all()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, object]]:
+    """(backend name, callable returning a fresh database URL) for SQLite and for PostgreSQL."""
+    if request.param == "sqlite":
+        counter = iter(range(1000))
+        yield "sqlite", lambda: f"sqlite:///{tmp_path / f'db{next(counter)}.db'}"
+        return
+    databases: PostgresDatabases = request.getfixturevalue("postgres")
+    yield "postgres", databases.create
+
+
+@pytest.fixture
+def synthetic_csv(tmp_path: Path) -> Path:
+    """A valid 2,500-row source file in the UCI layout."""
+    return write_synthetic_csv(tmp_path / "synthetic.csv", rows=2_500, seed=7)
