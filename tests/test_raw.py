@@ -176,8 +176,9 @@ def test_ids_already_loaded_from_another_file_are_quarantined_not_duplicated(
     first = synthetic_encounters(30, seed=1)
     load_raw_batches(create_db_engine(url), SourceFile.read(_write_rows_to(tmp_path / "a.csv", first)))
     second_db_url = url  # same RAW database, a second source whose rows overlap the first
-    second = pd.concat([first.iloc[:5], synthetic_encounters(10, seed=99).assign(
-        encounter_id=[str(9_000_000 + i) for i in range(10)])])  # fmt: skip
+    second = pd.concat(
+        [first.iloc[:5], synthetic_encounters(10, seed=99).assign(encounter_id=[str(9_000_000 + i) for i in range(10)])]
+    )
     engine = create_db_engine(second_db_url)
     with engine.begin() as conn:  # a different source: start a new ledger, keep the rows
         conn.execute(text("DELETE FROM raw_batches"))

@@ -23,18 +23,31 @@ BUILDS_TABLE = "clean_builds"
 SPLITS = ("train", "validation", "test")
 
 # ICD-9 chapters used by Strack et al. (2014), the paper that published this data set.
-DIAGNOSIS_GROUPS = ("circulatory", "respiratory", "digestive", "diabetes", "injury", "musculoskeletal",
-                    "genitourinary", "neoplasms", "other")  # fmt: skip
+DIAGNOSIS_GROUPS = (
+    "circulatory",
+    "respiratory",
+    "digestive",
+    "diabetes",
+    "injury",
+    "musculoskeletal",
+    "genitourinary",
+    "neoplasms",
+    "other",
+)
 _NUMERIC_GROUPS: tuple[tuple[str, float, float], ...] = (
-    ("circulatory", 390, 460), ("circulatory", 785, 786),
-    ("respiratory", 460, 520), ("respiratory", 786, 787),
-    ("digestive", 520, 580), ("digestive", 787, 788),
+    ("circulatory", 390, 460),
+    ("circulatory", 785, 786),
+    ("respiratory", 460, 520),
+    ("respiratory", 786, 787),
+    ("digestive", 520, 580),
+    ("digestive", 787, 788),
     ("diabetes", 250, 251),
     ("injury", 800, 1000),
     ("musculoskeletal", 710, 740),
-    ("genitourinary", 580, 630), ("genitourinary", 788, 789),
+    ("genitourinary", 580, 630),
+    ("genitourinary", 788, 789),
     ("neoplasms", 140, 240),
-)  # fmt: skip
+)
 
 
 @dataclass(frozen=True)
@@ -56,10 +69,11 @@ class SplitSpec:
 def diagnosis_group(codes: pd.Series) -> pd.Series:
     """Clinical group of each ICD-9 code (None where the code is missing)."""
     text_codes = codes.astype("string")
-    numeric = pd.to_numeric(text_codes, errors="coerce")
+    # V and E codes are not numbers: they stay "other" (NaN compares false once NA is filled).
+    numeric = pd.to_numeric(text_codes, errors="coerce").astype("float64")
     groups = pd.Series("other", index=codes.index, dtype="string")
     for name, low, high in _NUMERIC_GROUPS:
-        groups = groups.mask(numeric.ge(low) & numeric.lt(high), name)
+        groups = groups.mask((numeric >= low) & (numeric < high), name)
     return groups.mask(text_codes.isna(), None)
 
 
@@ -102,16 +116,25 @@ def clean_frame(raw: pd.DataFrame, spec: SplitSpec) -> pd.DataFrame:
 
 def _clean_table(columns: list[str], integer_columns: set[str]) -> Table:
     table_metadata = MetaData()
-    return Table(CLEAN_TABLE, table_metadata, *(
-        Column(name, Integer if name in integer_columns else Text, primary_key=name == "encounter_id",
-               autoincrement=False)
-        for name in columns
-    ))  # fmt: skip
+    return Table(
+        CLEAN_TABLE,
+        table_metadata,
+        *(
+            Column(
+                name,
+                Integer if name in integer_columns else Text,
+                primary_key=name == "encounter_id",
+                autoincrement=False,
+            )
+            for name in columns
+        ),
+    )
 
 
 builds_metadata = MetaData()
 clean_builds = Table(
-    BUILDS_TABLE, builds_metadata,
+    BUILDS_TABLE,
+    builds_metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("built_at", DateTime(timezone=True), nullable=False),
     Column("raw_rows", Integer, nullable=False),
@@ -123,7 +146,7 @@ clean_builds = Table(
     Column("train_rows", Integer, nullable=False),
     Column("validation_rows", Integer, nullable=False),
     Column("test_rows", Integer, nullable=False),
-)  # fmt: skip
+)
 
 _RAW_DTYPES = {c.name: ("int64" if c.is_integer else "string") for c in schema.COLUMNS}
 
@@ -164,15 +187,24 @@ def build_clean(raw_engine: Engine, clean_engine: Engine, spec: SplitSpec) -> Cl
         table.create(conn)
         write_frame(conn, CLEAN_TABLE, frame)
         clean_builds.create(conn, checkfirst=True)
-        conn.execute(clean_builds.insert().values(
-            built_at=datetime.now(UTC), raw_rows=len(raw), excluded_rows=len(raw) - len(frame),
-            clean_rows=len(frame), raw_batches=",".join(map(str, batches)), split_seed=spec.seed,
-            split_fractions=f"validation={spec.validation},test={spec.test}",
-            train_rows=split_rows["train"], validation_rows=split_rows["validation"], test_rows=split_rows["test"],
-        ))  # fmt: skip
+        conn.execute(
+            clean_builds.insert().values(
+                built_at=datetime.now(UTC),
+                raw_rows=len(raw),
+                excluded_rows=len(raw) - len(frame),
+                clean_rows=len(frame),
+                raw_batches=",".join(map(str, batches)),
+                split_seed=spec.seed,
+                split_fractions=f"validation={spec.validation},test={spec.test}",
+                train_rows=split_rows["train"],
+                validation_rows=split_rows["validation"],
+                test_rows=split_rows["test"],
+            )
+        )
     patients = {s: int(frame.loc[frame["split"] == s, "patient_nbr"].nunique()) for s in SPLITS}
-    return CleanReport(len(raw), len(raw) - len(frame), len(frame), split_rows, patients, batches,
-                       time.perf_counter() - started)  # fmt: skip
+    return CleanReport(
+        len(raw), len(raw) - len(frame), len(frame), split_rows, patients, batches, time.perf_counter() - started
+    )
 
 
 @dataclass(frozen=True)
@@ -190,10 +222,12 @@ def clean_status(engine: Engine) -> CleanStatus:
     with engine.connect() as conn:
         if not inspect(conn).has_table(BUILDS_TABLE):
             return CleanStatus(0, dict.fromkeys(SPLITS, 0), None, "")
-        row = conn.execute(text(
-            f"SELECT built_at, clean_rows, train_rows, validation_rows, test_rows, raw_batches FROM {BUILDS_TABLE} "
-            "ORDER BY id DESC LIMIT 1"
-        )).first()  # fmt: skip
+        row = conn.execute(
+            text(
+                f"SELECT built_at, clean_rows, train_rows, validation_rows, test_rows, raw_batches FROM {BUILDS_TABLE} "
+                "ORDER BY id DESC LIMIT 1"
+            )
+        ).first()
     if row is None:
         return CleanStatus(0, dict.fromkeys(SPLITS, 0), None, "")
     built_at = datetime.fromisoformat(row[0]) if isinstance(row[0], str) else row[0]

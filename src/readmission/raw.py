@@ -51,17 +51,19 @@ metadata = MetaData()
 
 def _raw_column(col: schema.Column) -> Column:  # type: ignore[type-arg]
     if col.kind is schema.Kind.IDENTIFIER:
-        return Column(col.name, BigInteger, primary_key=col.name == "encounter_id", autoincrement=False,
-                      nullable=False)  # fmt: skip
+        return Column(col.name, BigInteger, primary_key=col.name == "encounter_id", autoincrement=False, nullable=False)
     return Column(col.name, Integer if col.is_integer else Text, nullable=False)
 
 
 raw_encounters = Table(
-    RAW_TABLE, metadata, *(_raw_column(c) for c in schema.COLUMNS),
+    RAW_TABLE,
+    metadata,
+    *(_raw_column(c) for c in schema.COLUMNS),
     Column("batch_number", Integer, nullable=False, index=True),
-)  # fmt: skip
+)
 raw_batches = Table(
-    LEDGER_TABLE, metadata,
+    LEDGER_TABLE,
+    metadata,
     Column("batch_number", Integer, primary_key=True, autoincrement=False),
     Column("first_line", Integer, nullable=False),  # 1-based data line of the source (header excluded)
     Column("last_line", Integer, nullable=False),
@@ -73,9 +75,10 @@ raw_batches = Table(
     Column("checksum", String(64), nullable=False),  # SHA-256 of the batch's source lines
     Column("source_sha256", String(64), nullable=False),
     Column("loaded_at", DateTime(timezone=True), nullable=False),
-)  # fmt: skip
+)
 raw_quarantine = Table(
-    QUARANTINE_TABLE, metadata,
+    QUARANTINE_TABLE,
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("batch_number", Integer, nullable=False, index=True),
     Column("source_line", Integer, nullable=False),
@@ -83,7 +86,7 @@ raw_quarantine = Table(
     Column("reason", Text, nullable=False),
     Column("raw_record", Text, nullable=False),
     Column("quarantined_at", DateTime(timezone=True), nullable=False),
-)  # fmt: skip
+)
 
 
 @dataclass(frozen=True)
@@ -204,8 +207,7 @@ def load_raw_batches(
 
 def _check_ledger(engine: Engine, source: SourceFile) -> set[int]:
     with engine.connect() as conn:
-        rows = conn.execute(select(raw_batches.c.batch_number, raw_batches.c.batch_size,
-                                   raw_batches.c.checksum)).all()  # fmt: skip
+        rows = conn.execute(select(raw_batches.c.batch_number, raw_batches.c.batch_size, raw_batches.c.checksum)).all()
     for number, size, checksum in rows:
         if size != source.batch_size:
             raise LedgerConflictError(
@@ -307,18 +309,35 @@ def _write_batch(
         _write_rows(conn, lines, frame, number)
         now = datetime.now(UTC)
         if reasons:
-            conn.execute(raw_quarantine.insert(), [
-                {"batch_number": number, "source_line": first_line + i, "reason": reason,
-                 "encounter_id": lines[i].split(b",", 1)[0].decode("utf-8", "replace"),
-                 "raw_record": lines[i].decode("utf-8", "replace"), "quarantined_at": now}
-                for i, reason in sorted(reasons.items())
-            ])  # fmt: skip
-        conn.execute(raw_batches.insert().values(
-            batch_number=number, first_line=first_line, last_line=first_line + len(lines) - 1,
-            rows_in_batch=len(lines), rows_loaded=len(frame), rows_quarantined=len(reasons),
-            batch_size=source.batch_size, source_rows=len(source.lines),
-            checksum=source.batch_checksum(number), source_sha256=source.sha256, loaded_at=now,
-        ))  # fmt: skip
+            conn.execute(
+                raw_quarantine.insert(),
+                [
+                    {
+                        "batch_number": number,
+                        "source_line": first_line + i,
+                        "reason": reason,
+                        "encounter_id": lines[i].split(b",", 1)[0].decode("utf-8", "replace"),
+                        "raw_record": lines[i].decode("utf-8", "replace"),
+                        "quarantined_at": now,
+                    }
+                    for i, reason in sorted(reasons.items())
+                ],
+            )
+        conn.execute(
+            raw_batches.insert().values(
+                batch_number=number,
+                first_line=first_line,
+                last_line=first_line + len(lines) - 1,
+                rows_in_batch=len(lines),
+                rows_loaded=len(frame),
+                rows_quarantined=len(reasons),
+                batch_size=source.batch_size,
+                source_rows=len(source.lines),
+                checksum=source.batch_checksum(number),
+                source_sha256=source.sha256,
+                loaded_at=now,
+            )
+        )
     return BatchResult(number, len(frame), len(reasons), time.perf_counter() - started)
 
 
@@ -349,9 +368,9 @@ def raw_status(engine: Engine) -> RawStatus:
     """Counts from the ledger and the tables (zeros for a database never loaded)."""
     create_raw_tables(engine)
     with engine.connect() as conn:
-        batches, last, source_rows, size = conn.execute(text(
-            f"SELECT COUNT(*), MAX(loaded_at), MAX(source_rows), MAX(batch_size) FROM {LEDGER_TABLE}"
-        )).one()  # fmt: skip
+        batches, last, source_rows, size = conn.execute(
+            text(f"SELECT COUNT(*), MAX(loaded_at), MAX(source_rows), MAX(batch_size) FROM {LEDGER_TABLE}")
+        ).one()
         rows = conn.execute(text(f"SELECT COUNT(*) FROM {RAW_TABLE}")).scalar_one()
         quarantined = conn.execute(text(f"SELECT COUNT(*) FROM {QUARANTINE_TABLE}")).scalar_one()
     total = -(-int(source_rows) // int(size)) if source_rows else None

@@ -87,9 +87,15 @@ WEIGHT_BRACKETS = (*(f"[{lo}-{lo + 25})" for lo in range(0, 200, 25)), ">200")
 MEDICATION_LEVELS = ("No", "Steady", "Up", "Down")
 
 ADMISSION_TYPES = {
-    "1": "Emergency", "2": "Urgent", "3": "Elective", "4": "Newborn", "5": "Not Available",
-    "6": "NULL", "7": "Trauma Center", "8": "Not Mapped",
-}  # fmt: skip
+    "1": "Emergency",
+    "2": "Urgent",
+    "3": "Elective",
+    "4": "Newborn",
+    "5": "Not Available",
+    "6": "NULL",
+    "7": "Trauma Center",
+    "8": "Not Mapped",
+}
 DISCHARGE_DISPOSITIONS = {
     "1": "Discharged to home",
     "2": "Transferred to another short term hospital",
@@ -123,51 +129,147 @@ DISCHARGE_DISPOSITIONS = {
     "30": "Transferred to another type of health care institution",
 }
 ADMISSION_SOURCES = {
-    "1": "Physician Referral", "2": "Clinic Referral", "3": "HMO Referral",
-    "4": "Transfer from a hospital", "5": "Transfer from a Skilled Nursing Facility",
-    "6": "Transfer from another health care facility", "7": "Emergency Room",
-    "8": "Court/Law Enforcement", "9": "Not Available", "10": "Transfer from critical access hospital",
-    "11": "Normal Delivery", "12": "Premature Delivery", "13": "Sick Baby", "14": "Extramural Birth",
-    "15": "Not Available", "17": "NULL", "18": "Transfer from another home health agency",
-    "19": "Readmission to same home health agency", "20": "Not Mapped", "21": "Unknown/Invalid",
+    "1": "Physician Referral",
+    "2": "Clinic Referral",
+    "3": "HMO Referral",
+    "4": "Transfer from a hospital",
+    "5": "Transfer from a Skilled Nursing Facility",
+    "6": "Transfer from another health care facility",
+    "7": "Emergency Room",
+    "8": "Court/Law Enforcement",
+    "9": "Not Available",
+    "10": "Transfer from critical access hospital",
+    "11": "Normal Delivery",
+    "12": "Premature Delivery",
+    "13": "Sick Baby",
+    "14": "Extramural Birth",
+    "15": "Not Available",
+    "17": "NULL",
+    "18": "Transfer from another home health agency",
+    "19": "Readmission to same home health agency",
+    "20": "Not Mapped",
+    "21": "Unknown/Invalid",
     "22": "Transfer from hospital inpatient, same facility, separate claim",
-    "23": "Born inside this hospital", "24": "Born outside this hospital",
-    "25": "Transfer from Ambulatory Surgery Center", "26": "Transfer from Hospice",
-}  # fmt: skip
+    "23": "Born inside this hospital",
+    "24": "Born outside this hospital",
+    "25": "Transfer from Ambulatory Surgery Center",
+    "26": "Transfer from Hospice",
+}
 
-PAYER_CODES = ("BC", "CH", "CM", "CP", "DM", "FR", "HM", "MC", "MD", "MP", "OG", "OT", "PO", "SI", "SP",
-               "UN", "WC")  # fmt: skip
+PAYER_CODES = ("BC", "CH", "CM", "CP", "DM", "FR", "HM", "MC", "MD", "MP", "OG", "OT", "PO", "SI", "SP", "UN", "WC")
 MEDICAL_SPECIALTIES = (
-    "AllergyandImmunology", "Anesthesiology", "Anesthesiology-Pediatric", "Cardiology",
-    "Cardiology-Pediatric", "DCPTEAM", "Dentistry", "Dermatology", "Emergency/Trauma", "Endocrinology",
-    "Endocrinology-Metabolism", "Family/GeneralPractice", "Gastroenterology", "Gynecology", "Hematology",
-    "Hematology/Oncology", "Hospitalist", "InfectiousDiseases", "InternalMedicine", "Nephrology",
-    "Neurology", "Neurophysiology", "Obsterics&Gynecology-GynecologicOnco", "Obstetrics",
-    "ObstetricsandGynecology", "Oncology", "Ophthalmology", "Orthopedics", "Orthopedics-Reconstructive",
-    "Osteopath", "Otolaryngology", "OutreachServices", "Pathology", "Pediatrics",
-    "Pediatrics-AllergyandImmunology", "Pediatrics-CriticalCare", "Pediatrics-EmergencyMedicine",
-    "Pediatrics-Endocrinology", "Pediatrics-Hematology-Oncology", "Pediatrics-InfectiousDiseases",
-    "Pediatrics-Neurology", "Pediatrics-Pulmonology", "Perinatology", "PhysicalMedicineandRehabilitation",
-    "PhysicianNotFound", "Podiatry", "Proctology", "Psychiatry", "Psychiatry-Addictive",
-    "Psychiatry-Child/Adolescent", "Psychology", "Pulmonology", "Radiologist", "Radiology", "Resident",
-    "Rheumatology", "Speech", "SportsMedicine", "Surgeon", "Surgery-Cardiovascular",
-    "Surgery-Cardiovascular/Thoracic", "Surgery-Colon&Rectal", "Surgery-General", "Surgery-Maxillofacial",
-    "Surgery-Neuro", "Surgery-Pediatric", "Surgery-Plastic", "Surgery-PlasticwithinHeadandNeck",
-    "Surgery-Thoracic", "Surgery-Vascular", "SurgicalSpecialty", "Urology",
-)  # fmt: skip
+    "AllergyandImmunology",
+    "Anesthesiology",
+    "Anesthesiology-Pediatric",
+    "Cardiology",
+    "Cardiology-Pediatric",
+    "DCPTEAM",
+    "Dentistry",
+    "Dermatology",
+    "Emergency/Trauma",
+    "Endocrinology",
+    "Endocrinology-Metabolism",
+    "Family/GeneralPractice",
+    "Gastroenterology",
+    "Gynecology",
+    "Hematology",
+    "Hematology/Oncology",
+    "Hospitalist",
+    "InfectiousDiseases",
+    "InternalMedicine",
+    "Nephrology",
+    "Neurology",
+    "Neurophysiology",
+    "Obsterics&Gynecology-GynecologicOnco",
+    "Obstetrics",
+    "ObstetricsandGynecology",
+    "Oncology",
+    "Ophthalmology",
+    "Orthopedics",
+    "Orthopedics-Reconstructive",
+    "Osteopath",
+    "Otolaryngology",
+    "OutreachServices",
+    "Pathology",
+    "Pediatrics",
+    "Pediatrics-AllergyandImmunology",
+    "Pediatrics-CriticalCare",
+    "Pediatrics-EmergencyMedicine",
+    "Pediatrics-Endocrinology",
+    "Pediatrics-Hematology-Oncology",
+    "Pediatrics-InfectiousDiseases",
+    "Pediatrics-Neurology",
+    "Pediatrics-Pulmonology",
+    "Perinatology",
+    "PhysicalMedicineandRehabilitation",
+    "PhysicianNotFound",
+    "Podiatry",
+    "Proctology",
+    "Psychiatry",
+    "Psychiatry-Addictive",
+    "Psychiatry-Child/Adolescent",
+    "Psychology",
+    "Pulmonology",
+    "Radiologist",
+    "Radiology",
+    "Resident",
+    "Rheumatology",
+    "Speech",
+    "SportsMedicine",
+    "Surgeon",
+    "Surgery-Cardiovascular",
+    "Surgery-Cardiovascular/Thoracic",
+    "Surgery-Colon&Rectal",
+    "Surgery-General",
+    "Surgery-Maxillofacial",
+    "Surgery-Neuro",
+    "Surgery-Pediatric",
+    "Surgery-Plastic",
+    "Surgery-PlasticwithinHeadandNeck",
+    "Surgery-Thoracic",
+    "Surgery-Vascular",
+    "SurgicalSpecialty",
+    "Urology",
+)
 
 MEDICATIONS = (
-    "metformin", "repaglinide", "nateglinide", "chlorpropamide", "glimepiride", "acetohexamide",
-    "glipizide", "glyburide", "tolbutamide", "pioglitazone", "rosiglitazone", "acarbose", "miglitol",
-    "troglitazone", "tolazamide", "examide", "citoglipton", "insulin", "glyburide-metformin",
-    "glipizide-metformin", "glimepiride-pioglitazone", "metformin-rosiglitazone", "metformin-pioglitazone",
-)  # fmt: skip
+    "metformin",
+    "repaglinide",
+    "nateglinide",
+    "chlorpropamide",
+    "glimepiride",
+    "acetohexamide",
+    "glipizide",
+    "glyburide",
+    "tolbutamide",
+    "pioglitazone",
+    "rosiglitazone",
+    "acarbose",
+    "miglitol",
+    "troglitazone",
+    "tolazamide",
+    "examide",
+    "citoglipton",
+    "insulin",
+    "glyburide-metformin",
+    "glipizide-metformin",
+    "glimepiride-pioglitazone",
+    "metformin-rosiglitazone",
+    "metformin-pioglitazone",
+)
 
 
-def _category(name: str, section: Section, description: str, levels: tuple[str, ...],
-              may_be_missing: bool = False, labels: Mapping[str, str] | None = None) -> Column:  # fmt: skip
-    return Column(name, Kind.CATEGORY, section, description, levels=levels, labels=labels or {},
-                  may_be_missing=may_be_missing)  # fmt: skip
+def _category(
+    name: str,
+    section: Section,
+    description: str,
+    levels: tuple[str, ...],
+    may_be_missing: bool = False,
+    labels: Mapping[str, str] | None = None,
+) -> Column:
+    return Column(
+        name, Kind.CATEGORY, section, description, levels=levels, labels=labels or {}, may_be_missing=may_be_missing
+    )
 
 
 def _coded(name: str, description: str, labels: Mapping[str, str]) -> Column:
@@ -185,19 +287,28 @@ def _diagnosis(n: int, description: str) -> Column:
 COLUMNS: tuple[Column, ...] = (
     Column("encounter_id", Kind.IDENTIFIER, Section.KEYS, "Unique identifier of the encounter", minimum=1),
     Column("patient_nbr", Kind.IDENTIFIER, Section.KEYS, "Unique identifier of the patient", minimum=1),
-    _category("race", Section.DEMOGRAPHICS, "Race",
-              ("AfricanAmerican", "Asian", "Caucasian", "Hispanic", "Other"), may_be_missing=True),
+    _category(
+        "race",
+        Section.DEMOGRAPHICS,
+        "Race",
+        ("AfricanAmerican", "Asian", "Caucasian", "Hispanic", "Other"),
+        may_be_missing=True,
+    ),
     _category("gender", Section.DEMOGRAPHICS, "Gender", ("Female", "Male", "Unknown/Invalid")),
     _category("age", Section.DEMOGRAPHICS, "Age in 10-year brackets", AGE_BRACKETS),
-    _category("weight", Section.DEMOGRAPHICS, "Weight in pounds (brackets)", WEIGHT_BRACKETS,
-              may_be_missing=True),
+    _category("weight", Section.DEMOGRAPHICS, "Weight in pounds (brackets)", WEIGHT_BRACKETS, may_be_missing=True),
     _coded("admission_type_id", "Type of admission", ADMISSION_TYPES),
     _coded("discharge_disposition_id", "Where the patient went after discharge", DISCHARGE_DISPOSITIONS),
     _coded("admission_source_id", "Source of the admission", ADMISSION_SOURCES),
     _count("time_in_hospital", Section.ADMISSION, "Days between admission and discharge", 1, 14),
     _category("payer_code", Section.ADMISSION, "Payer (insurance) code", PAYER_CODES, may_be_missing=True),
-    _category("medical_specialty", Section.ADMISSION, "Specialty of the admitting physician",
-              MEDICAL_SPECIALTIES, may_be_missing=True),
+    _category(
+        "medical_specialty",
+        Section.ADMISSION,
+        "Specialty of the admitting physician",
+        MEDICAL_SPECIALTIES,
+        may_be_missing=True,
+    ),
     _count("num_lab_procedures", Section.ADMISSION, "Lab tests performed during the encounter", 0, 150),
     _count("num_procedures", Section.ADMISSION, "Procedures (other than lab tests) performed", 0, 10),
     _count("num_medications", Section.ADMISSION, "Distinct generic drugs administered", 0, 100),
@@ -208,17 +319,22 @@ COLUMNS: tuple[Column, ...] = (
     _diagnosis(2, "Secondary diagnosis (ICD-9)"),
     _diagnosis(3, "Additional secondary diagnosis (ICD-9)"),
     _count("number_diagnoses", Section.DIAGNOSES, "Diagnoses entered into the system", 1, 20),
-    _category("max_glu_serum", Section.DIAGNOSES, "Glucose serum test result ('None' = not measured)",
-              ("None", "Norm", ">200", ">300")),
-    _category("A1Cresult", Section.DIAGNOSES, "HbA1c test result ('None' = not measured)",
-              ("None", "Norm", ">7", ">8")),
+    _category(
+        "max_glu_serum",
+        Section.DIAGNOSES,
+        "Glucose serum test result ('None' = not measured)",
+        ("None", "Norm", ">200", ">300"),
+    ),
+    _category(
+        "A1Cresult", Section.DIAGNOSES, "HbA1c test result ('None' = not measured)", ("None", "Norm", ">7", ">8")
+    ),
     *(_category(m, Section.MEDICATIONS, f"Dosage change of {m}", MEDICATION_LEVELS) for m in MEDICATIONS),
-    _category("change", Section.MEDICATIONS, "Any change of diabetic medication ('Ch' = changed)",
-              ("No", "Ch")),
+    _category("change", Section.MEDICATIONS, "Any change of diabetic medication ('Ch' = changed)", ("No", "Ch")),
     _category("diabetesMed", Section.MEDICATIONS, "Any diabetic medication prescribed", ("No", "Yes")),
-    Column(TARGET, Kind.TARGET, Section.OUTCOME, "Readmitted within 30 days, after 30 days, or not",
-           levels=TARGET_LABELS),
-)  # fmt: skip
+    Column(
+        TARGET, Kind.TARGET, Section.OUTCOME, "Readmitted within 30 days, after 30 days, or not", levels=TARGET_LABELS
+    ),
+)
 
 COLUMNS_BY_NAME: dict[str, Column] = {c.name: c for c in COLUMNS}
 COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
@@ -288,8 +404,9 @@ def _encounter_field(col: Column) -> tuple[Any, Any]:
 
 
 class _EncounterBase(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_by_name=True, validate_by_alias=True,
-                              serialize_by_alias=True, frozen=True)  # fmt: skip
+    model_config = ConfigDict(
+        extra="forbid", validate_by_name=True, validate_by_alias=True, serialize_by_alias=True, frozen=True
+    )
 
 
 _ENCOUNTER_FIELDS: dict[str, Any] = {c.field_name: _encounter_field(c) for c in FEATURE_COLUMNS}

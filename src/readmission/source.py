@@ -125,8 +125,12 @@ def _download_dataset(
                     progress(done, total)
     except (urllib.error.URLError, TimeoutError, OSError) as exc:
         partial.unlink(missing_ok=True)
+        if isinstance(exc, urllib.error.HTTPError):
+            why = f"HTTP {exc.code} {exc.reason}"
+        else:
+            why = str(getattr(exc, "reason", exc))
         raise DataUnavailableError(
-            f"could not download the data set from {url} ({getattr(exc, 'reason', exc)}). "
+            f"could not download the data set from {url} ({why}). "
             f"If this machine is offline, fetch the zip from {UCI_DATASET_PAGE} elsewhere and run with "
             f"DATA_PATH=/path/to/{DATA_FILE_NAME} (or the .zip), or pass --data-path."
         ) from exc

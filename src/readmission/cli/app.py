@@ -58,19 +58,33 @@ def _settings(**overrides: object) -> Settings:
 
 
 def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
-                    console=console, transient=True)  # fmt: skip
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
 
 
 def _fetch(settings: Settings) -> Dataset:
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as progress:  # fmt: skip
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
         task = progress.add_task("downloading UCI data set", total=None)
         dataset = resolve_dataset(
-            settings.data_dir, settings.data_path, url=settings.data_url,
+            settings.data_dir,
+            settings.data_path,
+            url=settings.data_url,
             timeout_seconds=settings.download_timeout_seconds,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
-        )  # fmt: skip
+        )
     if not dataset.is_official:
         console.print(f"[yellow]note:[/] {dataset.path} is not the official UCI file (SHA-256 {dataset.sha256[:12]}…)")
     return dataset
@@ -86,8 +100,10 @@ def _load_raw(settings: Settings, dataset: Dataset, batches: int | None) -> None
 
         def advance(result: BatchResult) -> None:
             progress.advance(task)
-            console.print(f"  batch {result.batch_number}: {result.rows_loaded:,} rows loaded, "
-                          f"{result.rows_quarantined:,} quarantined ({result.seconds:.2f} s)")  # fmt: skip
+            console.print(
+                f"  batch {result.batch_number}: {result.rows_loaded:,} rows loaded, "
+                f"{result.rows_quarantined:,} quarantined ({result.seconds:.2f} s)"
+            )
 
         report = load_raw_batches(engine, source, max_batches=batches, on_batch=advance)
     status = raw_status(engine)
@@ -106,8 +122,9 @@ def _build_clean(settings: Settings) -> None:
     spec = SplitSpec(settings.split_seed, settings.validation_fraction, settings.test_fraction)
     with console.status("building the CLEAN dataset"):
         report = build_clean(create_db_engine(settings.raw_url), create_db_engine(settings.clean_url), spec)
-    splits = ", ".join(f"{name} {rows:,} rows / {report.split_patients[name]:,} patients"
-                       for name, rows in report.split_rows.items())  # fmt: skip
+    splits = ", ".join(
+        f"{name} {rows:,} rows / {report.split_patients[name]:,} patients" for name, rows in report.split_rows.items()
+    )
     out.print(
         f"build-clean: {report.clean_rows:,} clean rows from {report.raw_rows:,} raw "
         f"({report.excluded_rows:,} death/hospice excluded); {splits}; seed {spec.seed} "
@@ -120,9 +137,11 @@ def fetch(data_path: DataPathOption = None) -> None:
     """Download the UCI data set into the cache (or check a local copy) and verify its checksum."""
     started = time.perf_counter()
     dataset = _fetch(_settings(data_path=data_path))
-    out.print(f"fetch: {dataset.path} ({dataset.origin}, SHA-256 {dataset.sha256[:12]}…, "
-              f"{'official' if dataset.is_official else 'not the official file'}) "
-              f"({time.perf_counter() - started:.1f} s)")  # fmt: skip
+    out.print(
+        f"fetch: {dataset.path} ({dataset.origin}, SHA-256 {dataset.sha256[:12]}…, "
+        f"{'official' if dataset.is_official else 'not the official file'}) "
+        f"({time.perf_counter() - started:.1f} s)"
+    )
 
 
 @app.command("load-raw")
@@ -160,9 +179,11 @@ def status() -> None:
         table.add_row(f"  {name}", f"{rows:,}")
     table.add_row("clean built at", str(clean.built_at or "never"))
     out.print(table)
-    out.print(f"status: {raw.rows:,} raw rows in {raw.batches_loaded}{total} batches; {clean.clean_rows:,} clean rows "
-              f"(train {clean.split_rows['train']:,} / validation {clean.split_rows['validation']:,} / "
-              f"test {clean.split_rows['test']:,})")  # fmt: skip
+    out.print(
+        f"status: {raw.rows:,} raw rows in {raw.batches_loaded}{total} batches; {clean.clean_rows:,} clean rows "
+        f"(train {clean.split_rows['train']:,} / validation {clean.split_rows['validation']:,} / "
+        f"test {clean.split_rows['test']:,})"
+    )
 
 
 @app.command()

@@ -1,0 +1,166 @@
+"""CLEAN dataset: cleaning rules, leakage-free history, patient-grouped split, full-data counts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from sqlalchemy import text
+
+from readmission import schema
+from readmission.clean import (
+    SplitSpec,
+    assign_split,
+    build_clean,
+    clean_frame,
+    clean_status,
+    diagnosis_group,
+    read_clean,
+)
+from readmission.db import create_db_engine
+from readmission.errors import EmptyStoreError
+from readmission.raw import SourceFile, load_raw_batches
+from readmission.synthetic import synthetic_encounters
+
+UrlFactory = tuple[str, Callable[[], str]]
+
+
+def _typed(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.astype({c.name: "int64" for c in schema.COLUMNS if c.is_integer}).assign(batch_number=0)
+
+
+def test_diagnosis_groups_follow_the_icd9_chapters() -> None:
+    codes = pd.Series(
+        [
+            "428",
+            "785",
+            "486",
+            "786",
+            "562",
+            "787",
+            "250.83",
+            "250",
+            "820",
+            "996",
+            "715",
+            "599",
+            "788",
+            "162",
+            "V57",
+            "E878",
+            "8",
+            None,
+        ]
+    )
+    expected = [
+        "circulatory",
+        "circulatory",
+        "respiratory",
+        "respiratory",
+        "digestive",
+        "digestive",
+        "diabetes",
+        "diabetes",
+        "injury",
+        "injury",
+        "musculoskeletal",
+        "genitourinary",
+        "genitourinary",
+        "neoplasms",
+        "other",
+        "other",
+        "other",
+        None,
+    ]
+    assert diagnosis_group(codes).astype(object).where(lambda s: s.notna(), None).tolist() == expected
+
+
+def test_cleaning_rules() -> None:
+    raw = synthetic_encounters(400, seed=5)
+    raw["discharge_disposition_id"] = "1"
+    raw.loc[0:9, "discharge_disposition_id"] = ["11", "13", "14", "19", "20", "21", "1", "2", "3", "25"]
+    raw.loc[0:9, "race"] = "?"
+    clean = clean_frame(_typed(raw), SplitSpec())
+    assert len(clean) == 394  # the six death/hospice encounters are gone
+    assert not clean["discharge_disposition_id"].isin(sorted(schema.DEATH_OR_HOSPICE_DISCHARGE_IDS)).any()
+    assert not (clean.select_dtypes(include=["object", "string"]) == "?").any().any()
+    kept = clean.set_index("encounter_id").loc[raw.loc[6:9, "encounter_id"].astype(int)]
+    assert kept["race"].isna().all()
+    assert {"diag_1_group", "diag_2_group", "diag_3_group", "split", schema.PRIOR_ENCOUNTERS} <= set(clean.columns)
+
+
+def test_history_counts_only_earlier_encounters() -> None:
+    raw = synthetic_encounters(6, seed=2)
+    raw["patient_nbr"] = ["7", "7", "7", "8", "8", "9"]
+    raw["encounter_id"] = ["300", "100", "200", "50", "60", "10"]
+    raw["discharge_disposition_id"] = "1"
+    clean = clean_frame(_typed(raw), SplitSpec()).set_index("encounter_id")[schema.PRIOR_ENCOUNTERS]
+    assert clean.to_dict() == {10: 0, 50: 0, 60: 1, 100: 0, 200: 1, 300: 2}
+    # Adding a LATER encounter changes nothing for the earlier ones (no look-ahead).
+    later = pd.concat([raw, raw.iloc[[0]].assign(encounter_id="999")])
+    again = clean_frame(_typed(later), SplitSpec()).set_index("encounter_id")[schema.PRIOR_ENCOUNTERS]
+    assert again.drop(999).to_dict() == clean.to_dict()
+
+
+def test_split_is_by_patient_deterministic_and_stable_as_data_grows() -> None:
+    patients = pd.Series(range(1, 20_001))
+    first = assign_split(patients, SplitSpec(seed=1))
+    assert first.equals(assign_split(patients, SplitSpec(seed=1)))
+    assert not first.equals(assign_split(patients, SplitSpec(seed=2)))
+    grown = assign_split(pd.Series(range(1, 30_001)), SplitSpec(seed=1))
+    assert grown.iloc[:20_000].reset_index(drop=True).equals(first)
+    shares = first.value_counts(normalize=True)
+    assert shares["train"] == pytest.approx(0.70, abs=0.02)
+    assert shares["validation"] == pytest.approx(0.15, abs=0.02)
+    assert shares["test"] == pytest.approx(0.15, abs=0.02)
+
+
+def test_split_fractions_are_checked() -> None:
+    with pytest.raises(ValueError, match="leave room for training"):
+        SplitSpec(validation=0.5, test=0.5)
+
+
+def test_build_refuses_an_empty_raw_database(tmp_path: Path) -> None:
+    with pytest.raises(EmptyStoreError, match="run `readmission load-raw` first"):
+        build_clean(
+            create_db_engine(f"sqlite:///{tmp_path}/r.db"), create_db_engine(f"sqlite:///{tmp_path}/c.db"), SplitSpec()
+        )
+
+
+@pytest.mark.slow
+def test_full_data_into_separate_raw_and_clean_databases(db_url_factory: UrlFactory, real_data_path: Path) -> None:
+    backend, new_url = db_url_factory
+    raw_url, clean_url = new_url(), new_url()
+    assert raw_url != clean_url
+    load = load_raw_batches(create_db_engine(raw_url), SourceFile.read(real_data_path))
+    assert (len(load.loaded), load.rows_loaded, load.rows_quarantined) == (7, 101_766, 0)
+
+    report = build_clean(create_db_engine(raw_url), create_db_engine(clean_url), SplitSpec(seed=42))
+    assert (report.raw_rows, report.excluded_rows, report.clean_rows) == (101_766, 2_423, 99_343)
+    assert sum(report.split_rows.values()) == 99_343
+    assert report.raw_batches == list(range(7))
+
+    clean_engine = create_db_engine(clean_url)
+    with clean_engine.connect() as conn:
+        on_two_sides = conn.execute(
+            text(
+                "SELECT COUNT(*) FROM (SELECT patient_nbr FROM clean_encounters GROUP BY patient_nbr "
+                "HAVING COUNT(DISTINCT split) > 1) t"
+            )
+        ).scalar_one()
+        missing_marks = conn.execute(text("SELECT COUNT(*) FROM clean_encounters WHERE race = '?'")).scalar_one()
+    assert on_two_sides == 0, f"{on_two_sides} patients are in more than one split ({backend})"
+    assert missing_marks == 0
+    status = clean_status(clean_engine)
+    assert status.clean_rows == 99_343 and status.split_rows == report.split_rows
+    test_rows = read_clean(clean_engine, "test")
+    assert len(test_rows) == report.split_rows["test"]
+    assert test_rows["encounter_id"].is_monotonic_increasing
+    assert str(test_rows["number_inpatient"].dtype) == "Int64"
+
+    # A rebuild is a full replacement, not an append.
+    build_clean(create_db_engine(raw_url), clean_engine, SplitSpec(seed=42))
+    with clean_engine.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM clean_encounters")).scalar_one() == 99_343

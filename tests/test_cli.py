@@ -1,0 +1,91 @@
+"""The `readmission` command as a user runs it: help, the whole job, incremental loads, clear errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from readmission.synthetic import write_synthetic_csv
+
+
+def _cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean_env = {
+        k: v for k, v in os.environ.items() if k not in {"DATA_PATH", "RAW_DATABASE_URL", "CLEAN_DATABASE_URL"}
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "readmission.cli.app", *args],
+        cwd=cwd,
+        env={**clean_env, **(env or {}), "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_help_explains_every_command(tmp_path: Path) -> None:
+    result = _cli("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    for command in ("fetch", "load-raw", "build-clean", "status", "run", "synthesize"):
+        assert command in result.stdout
+    load_help = _cli("load-raw", "--help", cwd=tmp_path).stdout
+    assert "--batches" in load_help and "pending batches" in load_help
+
+
+def test_run_on_the_embedded_default_then_status(tmp_path: Path) -> None:
+    data = write_synthetic_csv(tmp_path / "data.csv", rows=3_000, seed=11)
+    result = _cli("run", "--data-path", str(data), cwd=tmp_path, env={"BATCH_SIZE": "1000"})
+    assert result.returncode == 0, result.stderr
+    assert "load-raw: 3 batch(es) loaded (3,000 rows), 0 already loaded, 0 pending" in result.stdout
+    assert "RAW holds 3,000 rows in 3 batches at sqlite:///var/raw.db" in result.stdout
+    assert "build-clean:" in result.stdout and "run: done in" in result.stdout
+    assert (tmp_path / "var" / "raw.db").is_file() and (tmp_path / "var" / "clean.db").is_file()
+    status = _cli("status", cwd=tmp_path)
+    assert "status: 3,000 raw rows in 3 of 3 batches" in status.stdout
+
+
+def test_load_raw_batches_option_adds_one_batch_per_call(tmp_path: Path) -> None:
+    data = write_synthetic_csv(tmp_path / "data.csv", rows=2_500, seed=11)
+    env = {"BATCH_SIZE": "1000", "DATA_PATH": str(data)}
+    first = _cli("load-raw", "--batches", "1", cwd=tmp_path, env=env)
+    second = _cli("load-raw", "--batches", "1", cwd=tmp_path, env=env)
+    assert "1 batch(es) loaded (1,000 rows), 0 already loaded, 2 pending" in first.stdout
+    assert "1 batch(es) loaded (1,000 rows), 1 already loaded, 1 pending" in second.stdout
+
+
+def test_offline_without_a_local_copy_fails_with_one_clear_line(tmp_path: Path) -> None:
+    result = _cli("run", cwd=tmp_path, env={"DATA_URL": "http://127.0.0.1:9/uci.zip"})
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "error: could not download the data set" in result.stderr
+    assert "DATA_PATH=/path/to/diabetic_data.csv" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"BATCH_SIZE": "lots"}, "invalid setting (BATCH_SIZE: Input should be a valid integer"),
+        ({"TEST_FRACTION": "2"}, "invalid setting (TEST_FRACTION: Input should be less than 1)"),
+    ],
+)
+def test_bad_settings_name_the_variable(tmp_path: Path, env: dict[str, str], message: str) -> None:
+    result = _cli("status", cwd=tmp_path, env=env)
+    assert result.returncode == 1
+    assert message in result.stderr
+
+
+def test_build_clean_before_loading_says_what_to_run(tmp_path: Path) -> None:
+    result = _cli("build-clean", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "run `readmission load-raw` first" in result.stderr
+
+
+def test_synthesize_writes_a_loadable_file(tmp_path: Path) -> None:
+    result = _cli("synthesize", "demo.csv", "--rows", "120", cwd=tmp_path)
+    assert result.returncode == 0
+    loaded = _cli("load-raw", "--data-path", "demo.csv", cwd=tmp_path)
+    assert "(120 rows)" in loaded.stdout
+    assert "not the official UCI file" in loaded.stderr
