@@ -95,13 +95,18 @@ def test_history_counts_only_earlier_encounters() -> None:
     raw = synthetic_encounters(6, seed=2)
     raw["patient_nbr"] = ["7", "7", "7", "8", "8", "9"]
     raw["encounter_id"] = ["300", "100", "200", "50", "60", "10"]
+    raw["readmitted"] = ["NO", "<30", ">30", "<30", "NO", "<30"]
     raw["discharge_disposition_id"] = "1"
-    clean = clean_frame(_typed(raw), SplitSpec()).set_index("encounter_id")[schema.PRIOR_ENCOUNTERS]
-    assert clean.to_dict() == {10: 0, 50: 0, 60: 1, 100: 0, 200: 1, 300: 2}
-    # Adding a LATER encounter changes nothing for the earlier ones (no look-ahead).
-    later = pd.concat([raw, raw.iloc[[0]].assign(encounter_id="999")])
-    again = clean_frame(_typed(later), SplitSpec()).set_index("encounter_id")[schema.PRIOR_ENCOUNTERS]
-    assert again.drop(999).to_dict() == clean.to_dict()
+    history = list(schema.HISTORY_FEATURE_NAMES)
+    clean = clean_frame(_typed(raw), SplitSpec()).set_index("encounter_id")[history]
+    # patient 7 in time order: 100 (<30), 200 (>30), 300 (NO); patient 8: 50 (<30), 60 (NO); patient 9: 10
+    assert clean.loc[[100, 200, 300]].to_numpy().tolist() == [[0, 0, 0], [1, 1, 1], [2, 2, 1]]
+    assert clean.loc[[50, 60, 10]].to_numpy().tolist() == [[0, 0, 0], [1, 1, 1], [0, 0, 0]]
+    # Changing a LATER encounter's outcome, or adding one, changes nothing for the earlier ones.
+    later = pd.concat([raw, raw.iloc[[0]].assign(encounter_id="999", readmitted="<30")])
+    later.loc[later["encounter_id"] == "300", "readmitted"] = "<30"
+    again = clean_frame(_typed(later), SplitSpec()).set_index("encounter_id")[history]
+    assert again.drop(999).equals(clean)
 
 
 def test_split_is_by_patient_deterministic_and_stable_as_data_grows() -> None:

@@ -102,11 +102,19 @@ def clean_frame(raw: pd.DataFrame, spec: SplitSpec) -> pd.DataFrame:
     """Model-ready rows from RAW rows: missing as null, deaths/hospice out, diagnosis groups, history, split."""
     frame = raw.sort_values("encounter_id", kind="stable").reset_index(drop=True)
     # History counts only a patient's earlier encounters (encounter_id order); later ones would leak.
-    prior = frame.groupby("patient_nbr", sort=False).cumcount()
+    by_patient = frame.groupby("patient_nbr", sort=False)
+    history = {schema.PRIOR_ENCOUNTERS: by_patient.cumcount()}
+    for name, outcome in (
+        ("prior_readmissions", frame[schema.TARGET].ne("NO")),
+        ("prior_early_readmissions", frame[schema.TARGET].eq(schema.POSITIVE_LABEL)),
+    ):
+        as_int = outcome.astype("int64")
+        history[name] = as_int.groupby(frame["patient_nbr"], sort=False).cumsum() - as_int  # earlier rows only
     for col in schema.COLUMNS:
         if col.may_be_missing:
             frame[col.name] = frame[col.name].mask(frame[col.name].eq(schema.MISSING))
-    frame[schema.PRIOR_ENCOUNTERS] = prior.astype("int64")
+    for name, values in history.items():
+        frame[name] = values.astype("int64")
     frame = frame[~frame["discharge_disposition_id"].isin(sorted(schema.DEATH_OR_HOSPICE_DISCHARGE_IDS))]
     for n in (1, 2, 3):
         frame[f"diag_{n}_group"] = diagnosis_group(frame[f"diag_{n}"])
@@ -148,6 +156,7 @@ clean_builds = Table(
     Column("test_rows", Integer, nullable=False),
 )
 
+_INTEGER_COLUMNS = {c.name for c in schema.COLUMNS if c.is_integer} | {*schema.HISTORY_FEATURE_NAMES, "batch_number"}
 _RAW_DTYPES = {c.name: ("int64" if c.is_integer else "string") for c in schema.COLUMNS}
 
 
@@ -175,11 +184,7 @@ def build_clean(raw_engine: Engine, clean_engine: Engine, spec: SplitSpec) -> Cl
     if raw.empty:
         raise EmptyStoreError("the RAW database has no rows yet: run `readmission load-raw` first.")
     frame = clean_frame(raw, spec)
-    integer_columns = {c.name for c in schema.COLUMNS if c.is_integer} | {
-        schema.PRIOR_ENCOUNTERS,
-        "batch_number",
-    }
-    table = _clean_table([str(c) for c in frame.columns], integer_columns)
+    table = _clean_table([str(c) for c in frame.columns], _INTEGER_COLUMNS)
     split_rows = {s: int((frame["split"] == s).sum()) for s in SPLITS}
     batches = sorted(int(b) for b in raw["batch_number"].unique())
     with clean_engine.begin() as conn:
@@ -244,5 +249,4 @@ def read_clean(engine: Engine, split: str | None = None) -> pd.DataFrame:
         names = [c["name"] for c in inspect(conn).get_columns(CLEAN_TABLE)]
         where = f" WHERE split = '{split}'" if split else ""
         sql = f"SELECT {', '.join(quote(conn, n) for n in names)} FROM {CLEAN_TABLE}{where} ORDER BY encounter_id"
-        integer = {c.name for c in schema.COLUMNS if c.is_integer} | {schema.PRIOR_ENCOUNTERS, "batch_number"}
-        return read_query(conn, sql, {n: ("Int64" if n in integer else "string") for n in names})
+        return read_query(conn, sql, {n: ("Int64" if n in _INTEGER_COLUMNS else "string") for n in names})

@@ -381,10 +381,28 @@ def check_value(col: Column, value: str) -> str | None:
 # --- the encounter as the API accepts it --------------------------------------------------------------
 
 PRIOR_ENCOUNTERS = "prior_encounters"
-PRIOR_ENCOUNTERS_DESCRIPTION = (
-    "Earlier encounters of the same patient known to the system (0 for a first visit); "
-    "derived from history, never from later encounters"
+
+
+@dataclass(frozen=True)
+class HistoryFeature:
+    """A feature derived from the patient's EARLIER encounters only (never later ones: that leaks the label)."""
+
+    name: str
+    description: str
+    maximum: int = 500
+
+
+HISTORY_FEATURES: tuple[HistoryFeature, ...] = (
+    HistoryFeature(
+        PRIOR_ENCOUNTERS, "Earlier encounters of the same patient known to the system (0 for a first visit)"
+    ),
+    HistoryFeature("prior_readmissions", "Earlier encounters of the patient that were followed by any readmission"),
+    HistoryFeature(
+        "prior_early_readmissions", "Earlier encounters of the patient followed by a readmission within 30 days"
+    ),
 )
+HISTORY_FEATURE_NAMES: tuple[str, ...] = tuple(h.name for h in HISTORY_FEATURES)
+MODEL_INPUT_NAMES: tuple[str, ...] = FEATURE_NAMES + HISTORY_FEATURE_NAMES
 
 
 def _encounter_field(col: Column) -> tuple[Any, Any]:
@@ -410,10 +428,11 @@ class _EncounterBase(BaseModel):
 
 
 _ENCOUNTER_FIELDS: dict[str, Any] = {c.field_name: _encounter_field(c) for c in FEATURE_COLUMNS}
-_ENCOUNTER_FIELDS[PRIOR_ENCOUNTERS] = (
-    int,
-    Field(0, ge=0, le=500, alias=PRIOR_ENCOUNTERS, description=PRIOR_ENCOUNTERS_DESCRIPTION),
-)
+for _history in HISTORY_FEATURES:
+    _ENCOUNTER_FIELDS[_history.name] = (
+        int,
+        Field(0, ge=0, le=_history.maximum, alias=_history.name, description=_history.description),
+    )
 
 EncounterFeatures: type[BaseModel] = create_model(
     "EncounterFeatures",
