@@ -220,6 +220,7 @@ class CleanStatus:
     split_rows: dict[str, int]
     built_at: datetime | None
     raw_batches: str
+    split_seed: int | None = None
 
 
 def clean_status(engine: Engine) -> CleanStatus:
@@ -229,14 +230,15 @@ def clean_status(engine: Engine) -> CleanStatus:
             return CleanStatus(0, dict.fromkeys(SPLITS, 0), None, "")
         row = conn.execute(
             text(
-                f"SELECT built_at, clean_rows, train_rows, validation_rows, test_rows, raw_batches FROM {BUILDS_TABLE} "
+                f"SELECT built_at, clean_rows, train_rows, validation_rows, test_rows, raw_batches, split_seed FROM {BUILDS_TABLE} "
                 "ORDER BY id DESC LIMIT 1"
             )
         ).first()
     if row is None:
         return CleanStatus(0, dict.fromkeys(SPLITS, 0), None, "")
     built_at = datetime.fromisoformat(row[0]) if isinstance(row[0], str) else row[0]
-    return CleanStatus(int(row[1]), dict(zip(SPLITS, map(int, row[2:5]), strict=True)), built_at, row[5])
+    splits = dict(zip(SPLITS, map(int, row[2:5]), strict=True))
+    return CleanStatus(int(row[1]), splits, built_at, row[5], int(row[6]))
 
 
 def read_clean(engine: Engine, split: str | None = None) -> pd.DataFrame:

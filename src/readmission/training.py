@@ -1,0 +1,278 @@
+"""Train the candidate families on CLEAN, track them in MLflow, register the best, gate `champion`."""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.frozen import FrozenEstimator
+from sklearn.inspection import permutation_importance
+from sklearn.metrics import roc_auc_score
+
+from readmission import __version__, schema
+from readmission.clean import read_clean
+from readmission.evaluation import best_f1_threshold, classification_metrics, risk_of, write_plots
+from readmission.modeling import FAMILIES, model_input
+from readmission.registry import EXPERIMENT_NAME, MODEL_NAME, SELECTION_METRIC, GateDecision, promote_if_better
+
+_TRUSTED_MODULE_PREFIXES = ("sklearn.", "numpy.", "scipy.", "builtins.", "readmission.")
+# sklearn stores functools.partial objects internally; skops still vets the function each one wraps.
+_TRUSTED_NAMES = frozenset({"functools.partial"})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How training runs. Defaults finish the full data set in a few minutes on 2 cores."""
+
+    families: tuple[str, ...] = tuple(FAMILIES)
+    time_budget_seconds: float = 300.0
+    seed: int = 0
+    min_improvement: float = 0.0
+    calibration_tolerance: float = 0.1  # recalibrate when the validation slope is outside 1 +/- this
+    importance_rows: int = 3_000
+    code_version: str = __version__
+
+    def __post_init__(self) -> None:
+        unknown = [f for f in self.families if f not in FAMILIES]
+        if unknown or not self.families:
+            raise ValueError(f"unknown model families {unknown}; choose from {', '.join(FAMILIES)}")
+
+
+@dataclass
+class Candidate:
+    """The best trial of one family, fitted and evaluated."""
+
+    family: str
+    params: dict[str, Any]
+    model: Any
+    validation: dict[str, float]
+    test: dict[str, float] = field(default_factory=dict)
+    fit_seconds: float = 0.0
+    trials: int = 0
+    calibrated: bool = False
+    run_id: str = ""
+
+
+@dataclass
+class TrainReport:
+    """What a training run produced and decided."""
+
+    candidates: list[Candidate]
+    best: Candidate
+    version: str
+    decision: GateDecision
+    lineage: dict[str, str]
+    seconds: float
+
+
+def _early(labels: pd.Series) -> np.ndarray:
+    early: np.ndarray = (labels.to_numpy(dtype=object) == schema.POSITIVE_LABEL).astype(int)
+    return early
+
+
+def _calibrate_if_needed(model: Any, x_val: pd.DataFrame, y_val: pd.Series, tolerance: float) -> tuple[Any, bool]:
+    metrics = classification_metrics(y_val, *risk_of(model, x_val))
+    if abs(metrics["calibration_slope_30"] - 1.0) <= tolerance and abs(metrics["calibration_intercept_30"]) <= 0.2:
+        return model, False
+    calibrated = CalibratedClassifierCV(FrozenEstimator(model), method="sigmoid").fit(x_val, y_val)
+    return calibrated, True
+
+
+def fit_candidates(
+    train: pd.DataFrame, validation: pd.DataFrame, config: TrainConfig, log: Callable[[str], None] = print
+) -> list[Candidate]:
+    """Fit each family's trials within its share of the time budget; keep each family's best (by validation)."""
+    x_train, y_train = model_input(train), train[schema.TARGET].astype(str)
+    x_val, y_val = model_input(validation), validation[schema.TARGET].astype(str)
+    share = config.time_budget_seconds / len(config.families)
+    best: list[Candidate] = []
+    for name in config.families:
+        family_started = time.perf_counter()
+        winner: Candidate | None = None
+        for trial, (params, pipeline) in enumerate(FAMILIES[name].candidates(config.seed), start=1):
+            started = time.perf_counter()
+            pipeline.fit(x_train, y_train)
+            metrics = classification_metrics(y_val, *risk_of(pipeline, x_val))
+            seconds = time.perf_counter() - started
+            log(
+                f"  {name} trial {trial} {params}: validation {SELECTION_METRIC} {metrics[SELECTION_METRIC]:.4f} ({seconds:.1f} s)"
+            )
+            if winner is None or metrics[SELECTION_METRIC] > winner.validation[SELECTION_METRIC]:
+                winner = Candidate(name, params, pipeline, metrics, fit_seconds=seconds)
+            winner.trials = trial
+            if time.perf_counter() - family_started > share:
+                break
+        assert winner is not None
+        winner.model, winner.calibrated = _calibrate_if_needed(winner.model, x_val, y_val, config.calibration_tolerance)
+        winner.validation = classification_metrics(y_val, *risk_of(winner.model, x_val))
+        best.append(winner)
+    return best
+
+
+def data_lineage(frame: pd.DataFrame, clean_build: dict[str, str]) -> dict[str, str]:
+    """What the model was trained on: batches, split seed, row counts, a checksum of the labelled split."""
+    digest = hashlib.sha256(
+        pd.util.hash_pandas_object(frame[["encounter_id", "split", schema.TARGET]], index=False).to_numpy().tobytes()
+    ).hexdigest()
+    counts = frame["split"].value_counts()
+    return {
+        **clean_build,
+        "data.rows": str(len(frame)),
+        **{f"data.{s}_rows": str(int(counts.get(s, 0))) for s in ("train", "validation", "test")},
+        "data.checksum": digest,
+    }
+
+
+def _trusted_types(model: Any) -> list[str]:
+    import skops.io
+
+    found = skops.io.get_untrusted_types(data=skops.io.dumps(model))
+    outside = [t for t in found if not t.startswith(_TRUSTED_MODULE_PREFIXES) and t not in _TRUSTED_NAMES]
+    if outside:
+        raise TypeError(f"refusing to trust types outside sklearn/numpy/scipy/readmission: {outside}")
+    return list(found)
+
+
+def _signature() -> Any:
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    inputs: list[ColSpec | TensorSpec] = []
+    for name in schema.MODEL_INPUT_NAMES:
+        col = schema.COLUMNS_BY_NAME.get(name)
+        kind = "long" if col is None or col.is_integer or col.kind is schema.Kind.INTEGER else "string"
+        inputs.append(ColSpec(kind, name, required=not (col is not None and col.may_be_missing)))
+    return ModelSignature(inputs=Schema(inputs), outputs=Schema([ColSpec("string", schema.TARGET)]))
+
+
+def _pip_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{p}=={version(p)}" for p in ("scikit-learn", "pandas", "numpy", "scipy", "skops", "mlflow")]
+
+
+def log_and_register(best: Candidate, test: pd.DataFrame, validation: pd.DataFrame, config: TrainConfig) -> str:
+    """Log the winner's model, plots and importance to its run and register it; returns the new version."""
+    import mlflow
+
+    x_test, y_test = model_input(test), test[schema.TARGET].astype(str)
+    x_val, y_val = model_input(validation), validation[schema.TARGET].astype(str)
+    _, val_risk = risk_of(best.model, x_val)
+    threshold = best_f1_threshold(_early(y_val), val_risk)
+    sample = x_val.sample(min(config.importance_rows, len(x_val)), random_state=config.seed)
+    y_sample = _early(y_val.loc[sample.index])
+    importance = permutation_importance(
+        best.model,
+        sample,
+        y_sample,
+        scoring=lambda est, x, y: roc_auc_score(y, risk_of(est, x)[1]),
+        n_repeats=3,
+        random_state=config.seed,
+    )
+    importance_series = pd.Series(importance.importances_mean, index=sample.columns)
+    _, test_risk = risk_of(best.model, x_test)
+    with mlflow.start_run(run_id=best.run_id), tempfile.TemporaryDirectory() as tmp:
+        mlflow.log_metric("chosen_threshold_30", threshold)
+        for path in write_plots(Path(tmp), y_test, test_risk, threshold, importance_series):
+            mlflow.log_artifact(str(path), artifact_path="plots")
+        mlflow.log_dict(importance_series.sort_values(ascending=False).to_dict(), "feature_importance.json")
+        info = mlflow.sklearn.log_model(
+            best.model,
+            name="model",
+            serialization_format="skops",
+            skops_trusted_types=_trusted_types(best.model),
+            signature=_signature(),
+            input_example=x_test.head(3),
+            pip_requirements=_pip_requirements(),
+        )
+    version = mlflow.register_model(info.model_uri, MODEL_NAME, tags={"model_family": best.family})
+    return str(version.version)
+
+
+def _score_on(frame: pd.DataFrame) -> Callable[[str], float]:
+    x, y = model_input(frame), _early(frame[schema.TARGET].astype(str))
+
+    def score(version: str) -> float:
+        import mlflow
+
+        model = mlflow.sklearn.load_model(f"models:/{MODEL_NAME}/{version}")
+        return float(roc_auc_score(y, risk_of(model, x)[1]))
+
+    return score
+
+
+def prepare_tracking(tracking_uri: str, artifact_location: str | None = None) -> None:
+    """Point MLflow at ``tracking_uri`` and make sure the experiment exists (local stores get an artifact folder)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    if mlflow.get_experiment_by_name(EXPERIMENT_NAME) is None:
+        mlflow.create_experiment(EXPERIMENT_NAME, artifact_location=artifact_location)
+    mlflow.set_experiment(EXPERIMENT_NAME)
+
+
+def train_and_register(
+    clean_engine: Any,
+    tracking_uri: str,
+    config: TrainConfig,
+    *,
+    artifact_location: str | None = None,
+    log: Callable[[str], None] = print,
+) -> TrainReport:
+    """The training job: fit candidates, track them, register the best, gate `champion` on the test split."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from readmission.clean import clean_status
+
+    started = time.perf_counter()
+    frame = read_clean(clean_engine)
+    train, validation, test = (frame[frame["split"] == s] for s in ("train", "validation", "test"))
+    build = clean_status(clean_engine)
+    lineage = data_lineage(
+        frame,
+        {
+            "data.raw_batches": build.raw_batches,
+            "data.split_seed": str(build.split_seed),
+            "data.clean_built_at": str(build.built_at),
+            "code.version": config.code_version,
+        },
+    )
+    prepare_tracking(tracking_uri, artifact_location)
+    candidates = fit_candidates(train, validation, config, log)
+    x_test, y_test = model_input(test), test[schema.TARGET].astype(str)
+    with mlflow.start_run(run_name=f"training {time.strftime('%Y-%m-%d %H:%M:%S')}"):
+        mlflow.set_tags(lineage)
+        for candidate in candidates:
+            candidate.test = classification_metrics(y_test, *risk_of(candidate.model, x_test))
+            with mlflow.start_run(run_name=candidate.family, nested=True) as child:
+                candidate.run_id = child.info.run_id
+                mlflow.set_tags({**lineage, "model_family": candidate.family, "calibrated": str(candidate.calibrated)})
+                mlflow.log_params({**candidate.params, "family": candidate.family, "trials": candidate.trials})
+                mlflow.log_metrics(
+                    {
+                        **{f"validation_{k}": v for k, v in candidate.validation.items()},
+                        **{f"test_{k}": v for k, v in candidate.test.items()},
+                        "fit_seconds": candidate.fit_seconds,
+                    }
+                )
+        best = max(candidates, key=lambda c: c.validation[SELECTION_METRIC])
+        mlflow.log_metrics({f"best_test_{k}": v for k, v in best.test.items()})
+        mlflow.set_tag("best_family", best.family)
+    version = log_and_register(best, test, validation, config)
+    client = MlflowClient()
+    for key, value in {**lineage, **{f"test_{k}": f"{v:.6f}" for k, v in best.test.items()}}.items():
+        client.set_model_version_tag(MODEL_NAME, version, key, value)
+    decision = promote_if_better(
+        client, version, best.test[SELECTION_METRIC], _score_on(test), min_improvement=config.min_improvement
+    )
+    return TrainReport(candidates, best, version, decision, lineage, time.perf_counter() - started)
