@@ -95,7 +95,7 @@ def rollback(
     try:
         client.get_model_version(name, version)
     except MlflowException:
-        known = ", ".join(sorted((v.version for v in client.search_model_versions(f"name='{name}'")), key=int))
+        known = ", ".join(sorted((str(v.version) for v in client.search_model_versions(f"name='{name}'")), key=int))
         raise RegistryError(
             f"model {name!r} has no version {version} (known versions: {known or 'none'}); "
             "`readmission models` lists them."

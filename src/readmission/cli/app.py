@@ -24,9 +24,11 @@ from readmission.clean import SplitSpec, build_clean, clean_status
 from readmission.db import create_db_engine, display_url
 from readmission.errors import ReadmissionError
 from readmission.raw import BatchResult, SourceFile, load_raw_batches, raw_status
+from readmission.registry import MODEL_NAME
 from readmission.source import Dataset, resolve_dataset
 from readmission.synthetic import write_synthetic_csv
 
+from .model_commands import register_model_commands, train_models
 from .settings import Settings
 
 app = typer.Typer(
@@ -188,13 +190,15 @@ def status() -> None:
 
 @app.command()
 def run(data_path: DataPathOption = None, batches: BatchesOption = None) -> None:
-    """The whole job: fetch, load all pending batches, build CLEAN, print status."""
+    """The whole job: fetch, load pending batches, build CLEAN, train and gate the champion, print status."""
     started = time.perf_counter()
     settings = _settings(data_path=data_path)
     _load_raw(settings, _fetch(settings), batches)
     _build_clean(settings)
     status()
-    out.print(f"run: done in {time.perf_counter() - started:.1f} s")
+    report = train_models(settings, out, console)
+    champion = report.decision.candidate_version if report.decision.promoted else report.decision.previous_champion
+    out.print(f"run: done in {time.perf_counter() - started:.1f} s; champion is {MODEL_NAME} v{champion}")
 
 
 @app.command()
@@ -206,6 +210,9 @@ def synthesize(
     """Write synthetic encounters that follow the feature contract (for demos and tests only)."""
     write_synthetic_csv(output, rows, seed)
     out.print(f"synthesize: wrote {rows:,} synthetic encounters to {output}")
+
+
+register_model_commands(app, _settings, out, console)
 
 
 def main() -> None:

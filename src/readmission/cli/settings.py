@@ -35,7 +35,22 @@ class Settings(BaseSettings):
     validation_fraction: float = Field(0.15, gt=0, lt=1, description="Share of patients in the validation split.")
     test_fraction: float = Field(0.15, gt=0, lt=1, description="Share of patients in the test split.")
 
-    @field_validator("raw_database_url", "clean_database_url", "data_path", mode="before")
+    mlflow_tracking_uri: str | None = Field(
+        None, description="MLflow tracking/registry URI; default: local store sqlite:///DATA_DIR/mlflow/mlflow.db."
+    )
+    train_time_budget_seconds: float = Field(
+        240.0, gt=0, description="Seconds of hyper-parameter trials across all families (each tries at least one)."
+    )
+    train_families: str = Field(
+        "logistic_regression,hist_gradient_boosting,random_forest",
+        description="Comma-separated model families to train.",
+    )
+    train_seed: int = Field(0, ge=0, description="Seed of the models' own randomness.")
+    promotion_min_improvement: float = Field(
+        0.0, ge=0, description="ROC-AUC (<30) a candidate must gain over the champion to replace it."
+    )
+
+    @field_validator("raw_database_url", "clean_database_url", "data_path", "mlflow_tracking_uri", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -49,3 +64,20 @@ class Settings(BaseSettings):
     def clean_url(self) -> str:
         """CLEAN database URL, defaulting to the embedded SQLite file."""
         return self.clean_database_url or f"sqlite:///{self.data_dir / 'clean.db'}"
+
+    @property
+    def tracking_uri(self) -> str:
+        """MLflow URI, defaulting to the embedded local store."""
+        return self.mlflow_tracking_uri or f"sqlite:///{self.data_dir / 'mlflow' / 'mlflow.db'}"
+
+    @property
+    def artifact_location(self) -> str | None:
+        """Artifact folder of the embedded store; None for a server, which decides (proxied to S3/MinIO)."""
+        if self.mlflow_tracking_uri:
+            return None
+        return (self.data_dir / "mlflow" / "artifacts").resolve().as_uri()
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        """The model families to train."""
+        return tuple(f.strip() for f in self.train_families.split(",") if f.strip())

@@ -1,0 +1,125 @@
+"""`readmission train | promote | rollback | models`: the model side of the CLI."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from readmission.db import create_db_engine
+from readmission.registry import CHAMPION, MODEL_NAME, SELECTION_METRIC, list_versions, rollback
+from readmission.training import TrainConfig, TrainReport
+
+from .settings import Settings
+
+SHOWN_METRICS = ("roc_auc_30", "roc_auc_ovr_macro", "average_precision_30", "brier_skill_30", "calibration_slope_30")
+
+
+def _client(settings: Settings):  # type: ignore[no-untyped-def]
+    from mlflow import MlflowClient
+
+    from readmission.training import prepare_tracking
+
+    prepare_tracking(settings.tracking_uri, settings.artifact_location)
+    return MlflowClient(settings.tracking_uri, settings.tracking_uri)
+
+
+def train_models(settings: Settings, out: Console, console: Console) -> TrainReport:
+    """Train, register and gate; print the candidates side by side and a one-line summary."""
+    from readmission.training import train_and_register
+
+    try:
+        config = TrainConfig(
+            families=settings.families,
+            time_budget_seconds=settings.train_time_budget_seconds,
+            seed=settings.train_seed,
+            min_improvement=settings.promotion_min_improvement,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(f"TRAIN_FAMILIES: {exc}") from None
+    report = train_and_register(
+        create_db_engine(settings.clean_url),
+        settings.tracking_uri,
+        config,
+        artifact_location=settings.artifact_location,
+        log=lambda line: console.print(line, highlight=False),
+    )
+    table = Table(title="candidates (test split; selection by validation ROC-AUC <30)")
+    for header in ("family", "calibrated", "validation auc<30", *(f"test {m}" for m in SHOWN_METRICS)):
+        table.add_column(header)
+    for c in report.candidates:
+        marker = " *" if c is report.best else ""
+        table.add_row(
+            c.family + marker,
+            "yes" if c.calibrated else "no",
+            f"{c.validation[SELECTION_METRIC]:.4f}",
+            *(f"{c.test[m]:.4f}" for m in SHOWN_METRICS),
+        )
+    out.print(table)
+    d = report.decision
+    out.print(
+        f"train: registered {MODEL_NAME} v{report.version} ({report.best.family}, test {SELECTION_METRIC} "
+        f"{d.candidate_score:.4f}); {'promoted to champion' if d.promoted else 'champion unchanged'}: {d.reason} "
+        f"({report.seconds:.1f} s)"
+    )
+    return report
+
+
+def register_model_commands(app: typer.Typer, settings_factory, out: Console, console: Console) -> None:  # type: ignore[no-untyped-def]
+    """Add the model commands to ``app``."""
+
+    @app.command()
+    def train() -> None:
+        """Train every candidate family, register the best, and move `champion` only if it is better."""
+        train_models(settings_factory(), out, console)
+
+    @app.command()
+    def promote(
+        version: Annotated[str | None, typer.Option(help="Version to consider (default: the `challenger`).")] = None,
+    ) -> None:
+        """Re-run the promotion gate for a registered version against the champion on today's test split."""
+        from readmission.clean import read_clean
+        from readmission.registry import CHALLENGER, promote_if_better
+        from readmission.training import _score_on
+
+        settings = settings_factory()
+        client = _client(settings)
+        if version is None:
+            version = str(client.get_model_version_by_alias(MODEL_NAME, CHALLENGER).version)
+        score = _score_on(read_clean(create_db_engine(settings.clean_url), "test"))
+        decision = promote_if_better(
+            client, version, score(version), score, min_improvement=settings.promotion_min_improvement
+        )
+        out.print(
+            f"promote: v{version} {'is now champion' if decision.promoted else 'not promoted'}: {decision.reason}"
+        )
+
+    @app.command("rollback")
+    def rollback_command(version: Annotated[str, typer.Argument(help="Registered version to make champion.")]) -> None:
+        """Point `champion` back at an earlier version (no gate: an operator's decision)."""
+        started = time.perf_counter()
+        previous = rollback(_client(settings_factory()), version)
+        out.print(f"rollback: champion is now v{version} (was v{previous}) ({time.perf_counter() - started:.1f} s)")
+
+    @app.command()
+    def models() -> None:
+        """List registered versions with their aliases and test metrics."""
+        versions = list_versions(_client(settings_factory()))
+        table = Table(title=f"{MODEL_NAME} versions")
+        for header in ("version", "aliases", "family", *SHOWN_METRICS, "gate"):
+            table.add_column(header)
+        for v in versions:
+            table.add_row(
+                v.version,
+                ", ".join(v.aliases),
+                v.family,
+                *(f"{v.metrics[m]:.4f}" if m in v.metrics else "" for m in SHOWN_METRICS),
+                v.decision,
+            )
+        out.print(table)
+        champion = next((v for v in versions if CHAMPION in v.aliases), None)
+        summary = f"champion v{champion.version}" if champion else "no champion yet: run `readmission train`"
+        out.print(f"models: {len(versions)} version(s); {summary}")

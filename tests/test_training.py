@@ -1,0 +1,154 @@
+"""Training, registry gate, rollback and model round trip on a real local MLflow store (synthetic data)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from sklearn.dummy import DummyClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer
+
+from readmission import schema
+from readmission.clean import SplitSpec, build_clean, read_clean
+from readmission.db import create_db_engine
+from readmission.evaluation import risk_of
+from readmission.modeling import model_input, prepare_features
+from readmission.raw import SourceFile, load_raw_batches
+from readmission.registry import (
+    CHALLENGER,
+    CHAMPION,
+    MODEL_NAME,
+    RegistryError,
+    champion_version,
+    list_versions,
+    promote_if_better,
+    rollback,
+)
+from readmission.synthetic import write_synthetic_csv
+from readmission.training import TrainConfig, _score_on, prepare_tracking, train_and_register
+
+FAST = TrainConfig(
+    families=("logistic_regression", "hist_gradient_boosting"), time_budget_seconds=1, importance_rows=300
+)
+
+
+@pytest.fixture(scope="module")
+def clean_db(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A CLEAN database built from 6,000 synthetic encounters."""
+    folder = tmp_path_factory.mktemp("clean")
+    source = write_synthetic_csv(folder / "data.csv", rows=6_000, seed=21)
+    raw = create_db_engine(f"sqlite:///{folder / 'raw.db'}")
+    load_raw_batches(raw, SourceFile.read(source))
+    clean = create_db_engine(f"sqlite:///{folder / 'clean.db'}")
+    build_clean(raw, clean, SplitSpec(seed=3))
+    return clean
+
+
+@pytest.fixture
+def tracking(tmp_path: Path) -> Iterator[str]:
+    """A fresh local MLflow store (SQLite metadata, artifacts in a folder)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    prepare_tracking(uri, (tmp_path / "artifacts").as_uri())
+    yield uri
+    mlflow.set_tracking_uri(None)
+
+
+def _dummy(clean_db: Any) -> Pipeline:
+    """A fitted model that predicts the class mix for everyone (ROC-AUC 0.5): the worst honest model."""
+    train = read_clean(clean_db, "train")
+    model = Pipeline([("prepare", FunctionTransformer(prepare_features)), ("model", DummyClassifier())])
+    return model.fit(model_input(train), train[schema.TARGET].astype(str))
+
+
+def _log(model: Any) -> str:
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(model, name="model", serialization_format="cloudpickle", pip_requirements=[])
+    return str(mlflow.register_model(info.model_uri, MODEL_NAME).version)
+
+
+def test_training_registers_and_promotes_and_the_champion_round_trips(clean_db: Any, tracking: str) -> None:
+    report = train_and_register(clean_db, tracking, FAST, log=lambda _: None)
+    assert {c.family for c in report.candidates} == {"logistic_regression", "hist_gradient_boosting"}
+    assert report.version == "1"
+    assert report.decision.promoted and report.decision.reason == "no champion yet"
+    client = MlflowClient(tracking, tracking)
+    assert champion_version(client) == "1"
+    assert str(client.get_model_version_by_alias(MODEL_NAME, CHALLENGER).version) == "1"
+
+    test = read_clean(clean_db, "test")
+    loaded = mlflow.sklearn.load_model(f"models:/{MODEL_NAME}@{CHAMPION}")
+    expected, _ = risk_of(report.best.model, model_input(test))
+    served, _ = risk_of(loaded, model_input(test))
+    np.testing.assert_allclose(served, expected, rtol=0, atol=1e-12)
+
+    tags = client.get_model_version(MODEL_NAME, "1").tags
+    assert float(tags["test_roc_auc_30"]) == pytest.approx(report.best.test["roc_auc_30"], abs=1e-6)
+    assert tags["data.raw_batches"] == "0" and tags["data.split_seed"] == "3"
+    assert len(tags["data.checksum"]) == 64
+    run = client.get_run(report.best.run_id)
+    artifacts = {a.path for a in client.list_artifacts(report.best.run_id, "plots")}
+    assert artifacts == {
+        f"plots/{n}.png"
+        for n in ("roc_curve", "precision_recall_curve", "calibration_curve", "confusion_matrix", "feature_importance")
+    }
+    assert run.data.metrics["validation_roc_auc_30"] == pytest.approx(report.best.validation["roc_auc_30"])
+
+
+def test_gate_keeps_a_better_champion_and_replaces_a_worse_one(clean_db: Any, tracking: str) -> None:
+    test = read_clean(clean_db, "test")
+    score = _score_on(test)
+    client = MlflowClient(tracking, tracking)
+
+    dummy = _log(_dummy(clean_db))
+    first = promote_if_better(client, dummy, score(dummy), score)
+    assert first.promoted and champion_version(client) == dummy
+
+    report = train_and_register(clean_db, tracking, FAST, log=lambda _: None)
+    assert report.decision.promoted, report.decision.reason  # a real model beats the class-mix dummy
+    assert report.decision.previous_champion == dummy
+    assert champion_version(client) == report.version
+
+    worse = _log(_dummy(clean_db))
+    decision = promote_if_better(client, worse, score(worse), score)
+    assert not decision.promoted
+    assert champion_version(client) == report.version  # unchanged
+    assert str(client.get_model_version_by_alias(MODEL_NAME, CHALLENGER).version) == worse
+    tags = client.get_model_version(MODEL_NAME, worse).tags
+    assert tags["promotion.decision"] == "kept previous champion"
+    assert tags["promotion.previous_champion"] == report.version
+    assert "does not beat champion" in tags["promotion.reason"]
+
+
+def test_rollback_and_listing(clean_db: Any, tracking: str) -> None:
+    client = MlflowClient(tracking, tracking)
+    first = _log(_dummy(clean_db))
+    client.set_registered_model_alias(MODEL_NAME, CHAMPION, first)
+    second = train_and_register(clean_db, tracking, FAST, log=lambda _: None).version
+    assert champion_version(client) == second
+
+    assert rollback(client, first) == second
+    assert champion_version(client) == first
+    assert "champion was v" in client.get_model_version(MODEL_NAME, first).tags["rollback.reason"]
+    with pytest.raises(RegistryError, match=r"has no version 99 \(known versions: 1, 2\)"):
+        rollback(client, "99")
+
+    listed = {v.version: v for v in list_versions(client)}
+    assert listed[first].aliases == (CHAMPION,)
+    assert listed[second].aliases == (CHALLENGER,)
+    assert listed[second].family in {"logistic_regression", "hist_gradient_boosting"}
+    assert "roc_auc_30" in listed[second].metrics
+
+
+def test_unknown_family_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown model families"):
+        TrainConfig(families=("xgboost",))
+
+
+def test_model_inputs_exclude_identifiers_and_target() -> None:
+    assert not {"encounter_id", "patient_nbr", schema.TARGET} & set(schema.MODEL_INPUT_NAMES)
