@@ -11,6 +11,8 @@ import pytest
 
 from readmission.synthetic import write_synthetic_csv
 
+FAST_TRAINING = {"TRAIN_TIME_BUDGET_SECONDS": "1", "TRAIN_FAMILIES": "logistic_regression"}
+
 
 def _cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     clean_env = {
@@ -37,11 +39,14 @@ def test_help_explains_every_command(tmp_path: Path) -> None:
 
 def test_run_on_the_embedded_default_then_status(tmp_path: Path) -> None:
     data = write_synthetic_csv(tmp_path / "data.csv", rows=3_000, seed=11)
-    result = _cli("run", "--data-path", str(data), cwd=tmp_path, env={"BATCH_SIZE": "1000"})
+    result = _cli("run", "--data-path", str(data), cwd=tmp_path, env={"BATCH_SIZE": "1000", **FAST_TRAINING})
     assert result.returncode == 0, result.stderr
     assert "load-raw: 3 batch(es) loaded (3,000 rows), 0 already loaded, 0 pending" in result.stdout
     assert "RAW holds 3,000 rows in 3 batches at sqlite:///var/raw.db" in result.stdout
-    assert "build-clean:" in result.stdout and "run: done in" in result.stdout
+    assert "build-clean:" in result.stdout
+    assert "train: registered diabetes-readmission v1" in result.stdout
+    assert "promoted to champion: no champion yet" in result.stdout
+    assert "champion is diabetes-readmission v1" in result.stdout
     assert (tmp_path / "var" / "raw.db").is_file() and (tmp_path / "var" / "clean.db").is_file()
     status = _cli("status", cwd=tmp_path)
     assert "status: 3,000 raw rows in 3 of 3 batches" in status.stdout
@@ -89,3 +94,37 @@ def test_synthesize_writes_a_loadable_file(tmp_path: Path) -> None:
     loaded = _cli("load-raw", "--data-path", "demo.csv", cwd=tmp_path)
     assert "(120 rows)" in loaded.stdout
     assert "not the official UCI file" in loaded.stderr
+
+
+def test_model_commands_train_list_rollback_promote(tmp_path: Path) -> None:
+    data = write_synthetic_csv(tmp_path / "data.csv", rows=3_000, seed=4)
+    env = {"DATA_PATH": str(data), **FAST_TRAINING}
+    assert "no `challenger` yet" in _cli("promote", cwd=tmp_path, env=env).stderr
+    assert _cli("run", cwd=tmp_path, env=env).returncode == 0
+    second = _cli("train", cwd=tmp_path, env=env)
+    assert "train: registered diabetes-readmission v2" in second.stdout
+    assert "does not beat champion v1" in second.stdout  # same data, same seed: no gain, no promotion
+
+    listing = _cli("models", cwd=tmp_path, env=env)
+    assert "models: 2 version(s); champion v1" in listing.stdout
+    assert "challenger" in listing.stdout
+
+    assert "rollback: champion is now v2 (was v1)" in _cli("rollback", "2", cwd=tmp_path, env=env).stdout
+    assert "models: 2 version(s); champion v2" in _cli("models", cwd=tmp_path, env=env).stdout
+    missing = _cli("rollback", "9", cwd=tmp_path, env=env)
+    assert missing.returncode == 1
+    assert "has no version 9 (known versions: 1, 2)" in missing.stderr
+    promote = _cli("promote", "--version", "1", cwd=tmp_path, env=env)
+    assert "promote: v1 not promoted" in promote.stdout or "promote: v1 is now champion" in promote.stdout
+
+
+def test_train_before_the_clean_dataset_exists_says_what_to_run(tmp_path: Path) -> None:
+    result = _cli("train", cwd=tmp_path, env=FAST_TRAINING)
+    assert result.returncode == 1
+    assert "run `readmission build-clean` first" in result.stderr
+
+
+def test_unknown_model_family_is_named(tmp_path: Path) -> None:
+    result = _cli("train", cwd=tmp_path, env={"TRAIN_FAMILIES": "xgboost"})
+    assert result.returncode == 1
+    assert "invalid setting TRAIN_FAMILIES: unknown model families ['xgboost']" in result.stderr

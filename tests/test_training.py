@@ -152,3 +152,9 @@ def test_unknown_family_is_refused() -> None:
 
 def test_model_inputs_exclude_identifiers_and_target() -> None:
     assert not {"encounter_id", "patient_nbr", schema.TARGET} & set(schema.MODEL_INPUT_NAMES)
+
+
+def test_cli_model_name_matches_the_registry() -> None:
+    from readmission.cli.model_commands import MODEL_NAME as CLI_MODEL_NAME
+
+    assert CLI_MODEL_NAME == MODEL_NAME

@@ -174,7 +174,7 @@ def log_and_register(best: Candidate, test: pd.DataFrame, validation: pd.DataFra
         sample,
         y_sample,
         scoring=lambda est, x, y: roc_auc_score(y, risk_of(est, x)[1]),
-        n_repeats=3,
+        n_repeats=2,
         random_state=config.seed,
     )
     importance_series = pd.Series(importance.importances_mean, index=sample.columns)

@@ -24,11 +24,10 @@ from readmission.clean import SplitSpec, build_clean, clean_status
 from readmission.db import create_db_engine, display_url
 from readmission.errors import ReadmissionError
 from readmission.raw import BatchResult, SourceFile, load_raw_batches, raw_status
-from readmission.registry import MODEL_NAME
 from readmission.source import Dataset, resolve_dataset
 from readmission.synthetic import write_synthetic_csv
 
-from .model_commands import register_model_commands, train_models
+from .model_commands import MODEL_NAME, register_model_commands, train_models
 from .settings import Settings
 
 app = typer.Typer(

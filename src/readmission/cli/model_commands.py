@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from readmission.db import create_db_engine
-from readmission.registry import CHAMPION, MODEL_NAME, SELECTION_METRIC, list_versions, rollback
-from readmission.training import TrainConfig, TrainReport
+from readmission.errors import ReadmissionError
 
 from .settings import Settings
+
+if TYPE_CHECKING:  # MLflow and scikit-learn take seconds to import: only the model commands load them
+    from readmission.training import TrainReport
+
+MODEL_NAME = "diabetes-readmission"  # kept equal to readmission.registry.MODEL_NAME by a test
 
 SHOWN_METRICS = ("roc_auc_30", "roc_auc_ovr_macro", "average_precision_30", "brier_skill_30", "calibration_slope_30")
 
@@ -29,7 +33,8 @@ def _client(settings: Settings):  # type: ignore[no-untyped-def]
 
 def train_models(settings: Settings, out: Console, console: Console) -> TrainReport:
     """Train, register and gate; print the candidates side by side and a one-line summary."""
-    from readmission.training import train_and_register
+    from readmission.registry import SELECTION_METRIC
+    from readmission.training import TrainConfig, train_and_register
 
     try:
         config = TrainConfig(
@@ -39,7 +44,7 @@ def train_models(settings: Settings, out: Console, console: Console) -> TrainRep
             min_improvement=settings.promotion_min_improvement,
         )
     except ValueError as exc:
-        raise typer.BadParameter(f"TRAIN_FAMILIES: {exc}") from None
+        raise ReadmissionError(f"invalid setting TRAIN_FAMILIES: {exc}") from None
     report = train_and_register(
         create_db_engine(settings.clean_url),
         settings.tracking_uri,
@@ -81,14 +86,21 @@ def register_model_commands(app: typer.Typer, settings_factory, out: Console, co
         version: Annotated[str | None, typer.Option(help="Version to consider (default: the `challenger`).")] = None,
     ) -> None:
         """Re-run the promotion gate for a registered version against the champion on today's test split."""
+        from mlflow.exceptions import MlflowException
+
         from readmission.clean import read_clean
-        from readmission.registry import CHALLENGER, promote_if_better
+        from readmission.registry import CHALLENGER, RegistryError, promote_if_better
         from readmission.training import _score_on
 
         settings = settings_factory()
         client = _client(settings)
         if version is None:
-            version = str(client.get_model_version_by_alias(MODEL_NAME, CHALLENGER).version)
+            try:
+                version = str(client.get_model_version_by_alias(MODEL_NAME, CHALLENGER).version)
+            except MlflowException:
+                raise RegistryError(
+                    f"model {MODEL_NAME!r} has no `challenger` yet: run `readmission train` first"
+                ) from None
         score = _score_on(read_clean(create_db_engine(settings.clean_url), "test"))
         decision = promote_if_better(
             client, version, score(version), score, min_improvement=settings.promotion_min_improvement
@@ -100,6 +112,8 @@ def register_model_commands(app: typer.Typer, settings_factory, out: Console, co
     @app.command("rollback")
     def rollback_command(version: Annotated[str, typer.Argument(help="Registered version to make champion.")]) -> None:
         """Point `champion` back at an earlier version (no gate: an operator's decision)."""
+        from readmission.registry import rollback
+
         started = time.perf_counter()
         previous = rollback(_client(settings_factory()), version)
         out.print(f"rollback: champion is now v{version} (was v{previous}) ({time.perf_counter() - started:.1f} s)")
@@ -107,6 +121,8 @@ def register_model_commands(app: typer.Typer, settings_factory, out: Console, co
     @app.command()
     def models() -> None:
         """List registered versions with their aliases and test metrics."""
+        from readmission.registry import CHAMPION, list_versions
+
         versions = list_versions(_client(settings_factory()))
         table = Table(title=f"{MODEL_NAME} versions")
         for header in ("version", "aliases", "family", *SHOWN_METRICS, "gate"):
