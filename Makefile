@@ -22,7 +22,7 @@ $(VENV)/.dev-installed: $(VENV)/.lib-installed requirements/dev.txt
 	$(BIN)/uv pip install --python $(BIN)/python --quiet -r requirements/dev.txt
 	touch $@
 
-## run: fetch the data (or use DATA_PATH=...), load RAW, build CLEAN, print status
+## run: fetch the data (or use DATA_PATH=...), load RAW, build CLEAN, train and gate the champion
 run: $(VENV)/.lib-installed
 	$(BIN)/readmission run $(if $(DATA_PATH),--data-path "$(DATA_PATH)")
 
@@ -40,10 +40,11 @@ lint: $(VENV)/.dev-installed
 typecheck: $(VENV)/.dev-installed
 	$(BIN)/mypy
 
-## bench: loader vs pandas.to_sql vs bare COPY on PostgreSQL (needs requirements/bench.txt)
+## bench: loader vs pandas.to_sql vs bare COPY on PostgreSQL, then the whole pipeline stage by stage
 bench: $(VENV)/.dev-installed
 	$(BIN)/uv pip install --python $(BIN)/python --quiet -r requirements/bench.txt
 	$(BIN)/python bench/raw_load.py $(if $(DATA_PATH),--data "$(DATA_PATH)")
+	$(BIN)/python bench/pipeline.py $(if $(DATA_PATH),--data "$(DATA_PATH)")
 
 ## requirements: recompile the pinned requirement files from requirements/*.in
 requirements: $(BIN)/python
