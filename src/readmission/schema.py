@@ -10,6 +10,7 @@ Conventions of the source file, kept as they are in the RAW store:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -352,8 +353,6 @@ def column(name: str) -> Column:
 
 def check_value(col: Column, value: str) -> str | None:
     """Why the raw text ``value`` breaks the contract for ``col``, or None if it is allowed."""
-    import re
-
     if value == MISSING:
         if col.may_be_missing:
             return None

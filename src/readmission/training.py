@@ -78,8 +78,10 @@ def _early(labels: pd.Series) -> np.ndarray:
     return early
 
 
-def _calibrate_if_needed(model: Any, x_val: pd.DataFrame, y_val: pd.Series, tolerance: float) -> tuple[Any, bool]:
-    metrics = classification_metrics(y_val, *risk_of(model, x_val))
+def _calibrate_if_needed(
+    model: Any, metrics: dict[str, float], x_val: pd.DataFrame, y_val: pd.Series, tolerance: float
+) -> tuple[Any, bool]:
+    """``model`` as it is if its validation ``metrics`` show it calibrated, else wrapped in a sigmoid calibrator."""
     if abs(metrics["calibration_slope_30"] - 1.0) <= tolerance and abs(metrics["calibration_intercept_30"]) <= 0.2:
         return model, False
     calibrated = CalibratedClassifierCV(FrozenEstimator(model), method="sigmoid").fit(x_val, y_val)
@@ -111,8 +113,11 @@ def fit_candidates(
             if time.perf_counter() - family_started > share:
                 break
         assert winner is not None
-        winner.model, winner.calibrated = _calibrate_if_needed(winner.model, x_val, y_val, config.calibration_tolerance)
-        winner.validation = classification_metrics(y_val, *risk_of(winner.model, x_val))
+        winner.model, winner.calibrated = _calibrate_if_needed(
+            winner.model, winner.validation, x_val, y_val, config.calibration_tolerance
+        )
+        if winner.calibrated:
+            winner.validation = classification_metrics(y_val, *risk_of(winner.model, x_val))
         best.append(winner)
     return best
 

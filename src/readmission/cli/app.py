@@ -14,6 +14,7 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    ProgressColumn,
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
@@ -58,26 +59,15 @@ def _settings(**overrides: object) -> Settings:
     return settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
 
 
-def _progress() -> Progress:
+def _progress(amount: ProgressColumn) -> Progress:
+    """A transient progress bar on stderr; ``amount`` says how done is shown (percent, bytes)."""
     return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
+        TextColumn("{task.description}"), BarColumn(), amount, TimeElapsedColumn(), console=console, transient=True
     )
 
 
 def _fetch(settings: Settings) -> Dataset:
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
+    with _progress(DownloadColumn()) as progress:
         task = progress.add_task("downloading UCI data set", total=None)
         dataset = resolve_dataset(
             settings.data_dir,
@@ -95,7 +85,7 @@ def _load_raw(settings: Settings, dataset: Dataset, batches: int | None) -> None
     started = time.perf_counter()
     source = SourceFile.read(dataset.path, settings.batch_size)
     engine = create_db_engine(settings.raw_url)
-    with _progress() as progress:
+    with _progress(TaskProgressColumn()) as progress:
         task = progress.add_task(f"loading batches of {settings.batch_size:,} rows", total=source.batch_count)
         progress.update(task, completed=raw_status(engine).batches_loaded)
 
