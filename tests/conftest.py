@@ -14,10 +14,13 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
+from readmission import schema
+from readmission.clean import SplitSpec, clean_frame
 from readmission.db import create_db_engine, normalize_url
 from readmission.synthetic import write_synthetic_csv
 
@@ -38,6 +41,14 @@ def real_data_path() -> Path:
     if not path.is_file():
         _unavailable(f"the UCI file is not at {path}: set TEST_DATA_PATH")
     return path
+
+
+@pytest.fixture(scope="session")
+def real_clean(real_data_path: Path) -> pd.DataFrame:
+    """The full UCI file cleaned in memory (same rules as the CLEAN store), split column included."""
+    raw = pd.read_csv(real_data_path, dtype=str, keep_default_na=False)
+    raw = raw.astype({c.name: "int64" for c in schema.COLUMNS if c.is_integer}).assign(batch_number=0)
+    return clean_frame(raw, SplitSpec(seed=42))
 
 
 @pytest.fixture(scope="session")

@@ -100,8 +100,22 @@ def test_history_counts_only_earlier_encounters() -> None:
     history = list(schema.HISTORY_FEATURE_NAMES)
     clean = clean_frame(_typed(raw), SplitSpec()).set_index("encounter_id")[history]
     # patient 7 in time order: 100 (<30), 200 (>30), 300 (NO); patient 8: 50 (<30), 60 (NO); patient 9: 10
-    assert clean.loc[[100, 200, 300]].to_numpy().tolist() == [[0, 0, 0], [1, 1, 1], [2, 2, 1]]
-    assert clean.loc[[50, 60, 10]].to_numpy().tolist() == [[0, 0, 0], [1, 1, 1], [0, 0, 0]]
+    raw["number_inpatient"] = ["3", "1", "2", "4", "5", "6"]
+    clean = clean_frame(_typed(raw), SplitSpec()).set_index("encounter_id")[history]
+    assert history == [
+        "prior_encounters",
+        "prior_readmissions",
+        "prior_early_readmissions",
+        "previous_number_inpatient",
+        "previous_readmission",
+        "previous_early_readmission",
+    ]
+    assert clean.loc[[100, 200, 300]].to_numpy().tolist() == [
+        [0, 0, 0, 0, 0, 0],
+        [1, 1, 1, 1, 1, 1],
+        [2, 2, 1, 2, 1, 0],
+    ]
+    assert clean.loc[[50, 60, 10]].to_numpy().tolist() == [[0, 0, 0, 0, 0, 0], [1, 1, 1, 4, 1, 1], [0, 0, 0, 0, 0, 0]]
     # Changing a LATER encounter's outcome, or adding one, changes nothing for the earlier ones.
     later = pd.concat([raw, raw.iloc[[0]].assign(encounter_id="999", readmitted="<30")])
     later.loc[later["encounter_id"] == "300", "readmitted"] = "<30"

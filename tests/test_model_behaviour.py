@@ -44,9 +44,8 @@ def _early(frame: pd.DataFrame) -> np.ndarray:
 def test_quality_on_the_patient_grouped_test_split(model: Any, splits: dict[str, pd.DataFrame]) -> None:
     test = splits["test"]
     metrics = classification_metrics(test[schema.TARGET].astype(str), *risk_of(model, model_input(test)))
-    # Published honest results on this data: 0.66-0.69. The target is 0.69; this floor guards
-    # against regressions (the measured value is in the CHANGELOG and the training report).
-    assert metrics["roc_auc_30"] >= 0.68, metrics
+    # Published honest results on this data: 0.66-0.69; the acceptance target is 0.69 (measured: CHANGELOG).
+    assert metrics["roc_auc_30"] >= 0.69, metrics
     assert metrics["brier_skill_30"] > 0, metrics
     assert 0.85 <= metrics["calibration_slope_30"] <= 1.15, metrics
 
@@ -65,7 +64,9 @@ def test_no_identifier_or_outcome_reaches_the_model(model: Any) -> None:
     assert not seen & {"encounter_id", "patient_nbr", schema.TARGET, "split", "batch_number"}
 
 
-@pytest.mark.parametrize("feature", ["number_inpatient", "prior_early_readmissions", "prior_encounters"])
+@pytest.mark.parametrize(
+    "feature", ["number_inpatient", "prior_early_readmissions", "prior_encounters", "previous_number_inpatient"]
+)
 def test_more_prior_hospital_use_does_not_lower_the_risk_on_average(
     model: Any, splits: dict[str, pd.DataFrame], feature: str
 ) -> None:

@@ -108,3 +108,10 @@ def test_encounter_model_forbids_unknown_fields_and_takes_hyphenated_names() -> 
     assert encounter.model_dump()[schema.PRIOR_ENCOUNTERS] == 0
     with pytest.raises(ValidationError, match="encounter_id"):
         schema.EncounterFeatures.model_validate({**base, "encounter_id": 5})
+
+
+def test_example_encounters_pass_the_request_model_and_cover_every_input() -> None:
+    assert len(schema.EXAMPLE_ENCOUNTERS) >= 3
+    for name, example in schema.EXAMPLE_ENCOUNTERS.items():
+        assert tuple(example) == schema.MODEL_INPUT_NAMES, name
+        assert schema.EncounterFeatures.model_validate(example).model_dump() == example, name

@@ -77,6 +77,21 @@ def diagnosis_group(codes: pd.Series) -> pd.Series:
     return groups.mask(text_codes.isna(), None)
 
 
+def diagnosis_group_of(code: str | None) -> str | None:
+    """``diagnosis_group`` of a single code (for the serving path, which works row by row)."""
+    if code is None:
+        return None
+    try:
+        number = float(code)
+    except ValueError:
+        return "other"
+    group = "other"
+    for name, low, high in _NUMERIC_GROUPS:
+        if low <= number < high:
+            group = name
+    return group
+
+
 def _splitmix64(values: np.ndarray) -> np.ndarray:
     """A fixed 64-bit mix: stable across platforms and library versions, unlike hash()."""
     z = values.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
@@ -104,12 +119,14 @@ def clean_frame(raw: pd.DataFrame, spec: SplitSpec) -> pd.DataFrame:
     # History counts only a patient's earlier encounters (encounter_id order); later ones would leak.
     by_patient = frame.groupby("patient_nbr", sort=False)
     history = {schema.PRIOR_ENCOUNTERS: by_patient.cumcount()}
-    for name, outcome in (
-        ("prior_readmissions", frame[schema.TARGET].ne("NO")),
-        ("prior_early_readmissions", frame[schema.TARGET].eq(schema.POSITIVE_LABEL)),
+    for count_name, previous_name, outcome in (
+        ("prior_readmissions", "previous_readmission", frame[schema.TARGET].ne("NO")),
+        ("prior_early_readmissions", "previous_early_readmission", frame[schema.TARGET].eq(schema.POSITIVE_LABEL)),
     ):
-        as_int = outcome.astype("int64")
-        history[name] = as_int.groupby(frame["patient_nbr"], sort=False).cumsum() - as_int  # earlier rows only
+        as_int = outcome.astype("int64").groupby(frame["patient_nbr"], sort=False)
+        history[count_name] = as_int.cumsum() - outcome.astype("int64")  # earlier rows only
+        history[previous_name] = as_int.shift(1, fill_value=0)  # the previous row only
+    history["previous_number_inpatient"] = by_patient["number_inpatient"].shift(1, fill_value=0)
     for col in schema.COLUMNS:
         if col.may_be_missing:
             frame[col.name] = frame[col.name].mask(frame[col.name].eq(schema.MISSING))

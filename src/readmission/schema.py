@@ -399,6 +399,19 @@ HISTORY_FEATURES: tuple[HistoryFeature, ...] = (
     HistoryFeature(
         "prior_early_readmissions", "Earlier encounters of the patient followed by a readmission within 30 days"
     ),
+    HistoryFeature(
+        "previous_number_inpatient",
+        "Inpatient visits in the year before the patient's previous encounter (0 for a first visit)",
+        maximum=50,
+    ),
+    HistoryFeature(
+        "previous_readmission", "1 if the patient's previous encounter was followed by any readmission", maximum=1
+    ),
+    HistoryFeature(
+        "previous_early_readmission",
+        "1 if the patient's previous encounter was followed by a readmission within 30 days",
+        maximum=1,
+    ),
 )
 HISTORY_FEATURE_NAMES: tuple[str, ...] = tuple(h.name for h in HISTORY_FEATURES)
 MODEL_INPUT_NAMES: tuple[str, ...] = FEATURE_NAMES + HISTORY_FEATURE_NAMES
@@ -448,3 +461,98 @@ def encounter_to_raw(values: Mapping[str, Any]) -> dict[str, str]:
         value = values.get(col.name)
         out[col.name] = MISSING if value is None else str(value)
     return out
+
+
+def _example(**values: Any) -> dict[str, Any]:
+    """An encounter in the request model's terms: no medications unless named, history of a first visit."""
+    example: dict[str, Any] = dict.fromkeys(MEDICATIONS, "No")
+    example.update({"weight": None, "payer_code": None, "max_glu_serum": "None", "A1Cresult": "None"})
+    example.update(dict.fromkeys(HISTORY_FEATURE_NAMES, 0))
+    example.update(values)
+    return {name: example[name] for name in MODEL_INPUT_NAMES}
+
+
+# Made-up but typical patients (not rows of the data set): OpenAPI examples, the UI's one-click examples
+# and the service's smoke prediction all use them. Tested to pass the request model.
+EXAMPLE_ENCOUNTERS: dict[str, dict[str, Any]] = {
+    "Heart failure, first visit": _example(
+        race="Caucasian",
+        gender="Female",
+        age="[70-80)",
+        admission_type_id=1,
+        discharge_disposition_id=1,
+        admission_source_id=7,
+        time_in_hospital=4,
+        payer_code="MC",
+        medical_specialty="InternalMedicine",
+        num_lab_procedures=45,
+        num_procedures=1,
+        num_medications=16,
+        number_outpatient=0,
+        number_emergency=0,
+        number_inpatient=0,
+        diag_1="428",
+        diag_2="427",
+        diag_3="250",
+        number_diagnoses=9,
+        insulin="Steady",
+        metformin="Steady",
+        change="No",
+        diabetesMed="Yes",
+    ),
+    "Frequent admissions, insulin changed": _example(
+        race="AfricanAmerican",
+        gender="Male",
+        age="[60-70)",
+        admission_type_id=1,
+        discharge_disposition_id=3,
+        admission_source_id=7,
+        time_in_hospital=8,
+        payer_code="MD",
+        medical_specialty=None,
+        num_lab_procedures=62,
+        num_procedures=0,
+        num_medications=24,
+        number_outpatient=2,
+        number_emergency=3,
+        number_inpatient=4,
+        diag_1="250.13",
+        diag_2="403",
+        diag_3="585",
+        number_diagnoses=9,
+        A1Cresult=">8",
+        insulin="Up",
+        change="Ch",
+        diabetesMed="Yes",
+        prior_encounters=4,
+        prior_readmissions=3,
+        prior_early_readmissions=2,
+        previous_number_inpatient=3,
+        previous_readmission=1,
+        previous_early_readmission=1,
+    ),
+    "Elective surgery, short stay": _example(
+        race="Hispanic",
+        gender="Male",
+        age="[50-60)",
+        admission_type_id=3,
+        discharge_disposition_id=1,
+        admission_source_id=1,
+        time_in_hospital=2,
+        payer_code="BC",
+        medical_specialty="Orthopedics",
+        num_lab_procedures=20,
+        num_procedures=2,
+        num_medications=12,
+        number_outpatient=0,
+        number_emergency=0,
+        number_inpatient=0,
+        diag_1="715",
+        diag_2="250",
+        diag_3="V45",
+        number_diagnoses=5,
+        metformin="Steady",
+        change="No",
+        diabetesMed="Yes",
+    ),
+}

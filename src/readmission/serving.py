@@ -1,0 +1,280 @@
+"""Prediction for a service: the fitted pipeline's own arithmetic without its per-call overheads.
+
+A fitted candidate pipeline spends about 100 ms on a single row, almost all of it in pandas conversions
+and sklearn's input validation, which a service has already done once (the request model). ``Predictor``
+compiles the parts it recognises into plain numpy and dictionary look-ups, reading the fitted state of the
+pipeline itself (categories, encodings, trees), so there is no second copy of the model:
+
+- ``prepare_features`` -> per-row Python over validated values (same rules, same outputs);
+- a ``ColumnTransformer`` of ``OrdinalEncoder`` / ``TargetEncoder`` / passthrough -> look-up tables;
+- ``EarlyReadmissionChain`` of ``HistGradientBoostingClassifier`` -> the boosted trees' predictors called
+  directly (no re-validation of the input on every call).
+
+Anything it does not recognise (a calibrated wrapper, one-hot encoding, another estimator) runs through
+the pipeline itself on a DataFrame built exactly like ``modeling.model_input``: slower, never different.
+``tests/test_serving.py`` checks both paths against ``pipeline.predict_proba`` on real rows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.special import expit
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer, OrdinalEncoder, TargetEncoder
+
+from readmission import schema
+from readmission.clean import diagnosis_group_of
+from readmission.modeling import (
+    CATEGORICAL_INPUTS,
+    DIAGNOSIS_INPUTS,
+    MISSING_LEVEL,
+    NUMERIC_INPUTS,
+    EarlyReadmissionChain,
+    prepare_features,
+)
+
+Row = Mapping[str, Any]
+_INTEGER_INPUTS = frozenset(
+    name
+    for name in schema.MODEL_INPUT_NAMES
+    if name not in schema.COLUMNS_BY_NAME
+    or schema.COLUMNS_BY_NAME[name].is_integer
+    or schema.COLUMNS_BY_NAME[name].kind is schema.Kind.INTEGER
+)
+
+
+def rows_to_frame(rows: Sequence[Row]) -> pd.DataFrame:
+    """The model-input frame of validated rows (raw contract names), with ``model_input``'s dtypes."""
+    columns: dict[str, Any] = {}
+    for name in schema.MODEL_INPUT_NAMES:
+        values = [row.get(name) for row in rows]
+        if name in _INTEGER_INPUTS:
+            has_missing = any(v is None for v in values)
+            columns[name] = np.array(
+                [np.nan if v is None else v for v in values], dtype="float64" if has_missing else "int64"
+            )
+        else:
+            columns[name] = pd.Series(values, dtype=object)
+    return pd.DataFrame(columns)
+
+
+@lru_cache(maxsize=4096)
+def _text(value: Any) -> str:
+    return MISSING_LEVEL if value is None else str(value)
+
+
+@lru_cache(maxsize=8192)
+def _group(code: str | None) -> str:
+    group = diagnosis_group_of(code)
+    return MISSING_LEVEL if group is None else group
+
+
+def _number(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def prepare_columns(rows: Sequence[Row]) -> dict[str, np.ndarray]:
+    """``modeling.prepare_features`` for validated rows, column by column, without pandas."""
+    out: dict[str, np.ndarray] = {}
+    for name in CATEGORICAL_INPUTS:
+        out[name] = np.array([_text(row.get(name)) for row in rows], dtype=object)
+    for name in DIAGNOSIS_INPUTS:
+        codes = [row.get(name) for row in rows]
+        out[name] = np.array([_group(code) for code in codes], dtype=object)
+        out[f"{name}_code"] = np.array([_text(code) for code in codes], dtype=object)
+    for name in NUMERIC_INPUTS:
+        out[name] = np.array([_number(row.get(name)) for row in rows], dtype=np.float64)
+    out["visits_last_year"] = out["number_outpatient"] + out["number_emergency"] + out["number_inpatient"]
+    changed = np.zeros(len(rows), dtype=np.float64)
+    taken = np.zeros(len(rows), dtype=np.float64)
+    for i, row in enumerate(rows):
+        for drug in schema.MEDICATIONS:
+            dose = row.get(drug)
+            changed[i] += dose in ("Up", "Down")
+            taken[i] += dose != "No"
+    out["medications_changed"] = changed
+    out["medications_taken"] = taken
+    return out
+
+
+Block = Callable[[dict[str, np.ndarray]], np.ndarray]
+
+
+def _lookup(categories: np.ndarray) -> dict[Any, int]:
+    return {value: index for index, value in enumerate(categories.tolist())}
+
+
+def _ordinal_block(encoder: OrdinalEncoder, columns: list[str]) -> Block | None:
+    missing = encoder.encoded_missing_value
+    if encoder.handle_unknown != "use_encoded_value" or not (isinstance(missing, float) and math.isnan(missing)):
+        return None
+    tables = [_lookup(c) for c in encoder.categories_]
+    unknown = float(encoder.unknown_value)
+
+    def transform(data: dict[str, np.ndarray]) -> np.ndarray:
+        out = np.empty((len(data[columns[0]]), len(columns)), dtype=np.float64)
+        for j, (name, table) in enumerate(zip(columns, tables, strict=True)):
+            out[:, j] = [table.get(v, unknown) for v in data[name].tolist()]
+        return out
+
+    return transform
+
+
+def _target_block(encoder: TargetEncoder, columns: list[str]) -> Block:
+    tables = [_lookup(c) for c in encoder.categories_]
+    n_classes = len(encoder.classes_) if encoder.target_type_ == "multiclass" else 1
+    means = np.atleast_1d(np.asarray(encoder.target_mean_, dtype=np.float64))
+    encodings = [np.asarray(e, dtype=np.float64) for e in encoder.encodings_]
+
+    def transform(data: dict[str, np.ndarray]) -> np.ndarray:
+        n = len(data[columns[0]])
+        out = np.empty((n, len(encodings)), dtype=np.float64)
+        for f, (name, table) in enumerate(zip(columns, tables, strict=True)):
+            codes = np.array([table.get(v, -1) for v in data[name].tolist()], dtype=np.int64)
+            unknown = codes < 0
+            for k in range(n_classes):
+                e = f * n_classes + k
+                out[:, e] = encodings[e][np.where(unknown, 0, codes)]
+                out[unknown, e] = means[k % len(means)]
+        return out
+
+    return transform
+
+
+def _passthrough_block(columns: list[str]) -> Block:
+    def transform(data: dict[str, np.ndarray]) -> np.ndarray:
+        return np.column_stack([data[name].astype(np.float64) for name in columns])
+
+    return transform
+
+
+def _compile_encoder(encoder: Any) -> Block | None:
+    """A numpy version of a fitted ColumnTransformer made of the blocks above, or None."""
+    if not isinstance(encoder, ColumnTransformer) or encoder.sparse_output_:
+        return None
+    blocks: list[Block] = []
+    for _name, transformer, columns in encoder.transformers_:
+        if transformer == "drop" or len(columns) == 0:
+            continue
+        names = list(columns)
+        if transformer == "passthrough" or (type(transformer) is FunctionTransformer and transformer.func is None):
+            blocks.append(_passthrough_block(names))
+        elif type(transformer) is OrdinalEncoder and (block := _ordinal_block(transformer, names)) is not None:
+            blocks.append(block)
+        elif type(transformer) is TargetEncoder:
+            blocks.append(_target_block(transformer, names))
+        else:
+            return None
+
+    def transform(data: dict[str, np.ndarray]) -> np.ndarray:
+        return np.ascontiguousarray(np.hstack([block(data) for block in blocks]))
+
+    return transform
+
+
+class _BoostedTrees:
+    """P(class 1) of a fitted binary HistGradientBoostingClassifier from its tree predictors.
+
+    With categorical features the model keeps an internal ColumnTransformer (categories re-coded to
+    0..k-1, unknown ones to NaN, categorical columns first); it is applied here from its fitted state.
+    """
+
+    def __init__(self, model: HistGradientBoostingClassifier, n_threads: int) -> None:
+        if model.n_trees_per_iteration_ != 1:
+            raise TypeError("only binary boosted trees are compiled")
+        self._categorical: np.ndarray | None = None
+        preprocessor = getattr(model, "_preprocessor", None)
+        if preprocessor is not None:
+            encoder = preprocessor.named_transformers_["encoder"]
+            masks = {name: np.asarray(columns, dtype=bool) for name, _, columns in preprocessor.transformers_}
+            self._categorical = np.flatnonzero(masks["encoder"])
+            self._numeric = np.flatnonzero(masks["numerical"])
+            self._categories = [np.asarray(c, dtype=np.float64) for c in encoder.categories_]
+        self._predictors = [trees[0] for trees in model._predictors]
+        self._baseline = float(np.ravel(model._baseline_prediction)[0])
+        self._known_categories, self._feature_index = model._bin_mapper.make_known_categories_bitsets()
+        self._n_threads = n_threads
+
+    def _recode(self, x: np.ndarray) -> np.ndarray:
+        if self._categorical is None:
+            return x
+        out = np.empty((x.shape[0], len(self._categorical) + len(self._numeric)), dtype=np.float64)
+        for j, (column, categories) in enumerate(zip(self._categorical, self._categories, strict=True)):
+            values = x[:, column]
+            index = np.searchsorted(categories, values).clip(max=len(categories) - 1)
+            out[:, j] = np.where(categories[index] == values, index, np.nan)
+        out[:, len(self._categorical) :] = x[:, self._numeric]
+        return out
+
+    def positive(self, x: np.ndarray) -> np.ndarray:
+        x = self._recode(x)
+        raw = np.full(x.shape[0], self._baseline, dtype=np.float64)
+        for tree in self._predictors:
+            raw += tree.predict(
+                x, known_cat_bitsets=self._known_categories, f_idx_map=self._feature_index, n_threads=self._n_threads
+            )
+        result: np.ndarray = expit(raw)  # the binary log-loss link, as sklearn applies it
+        return result
+
+
+def _compile_estimator(estimator: Any, n_threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    if (
+        type(estimator) is EarlyReadmissionChain
+        and type(estimator.early_) is HistGradientBoostingClassifier
+        and type(estimator.later_) is HistGradientBoostingClassifier
+        and estimator.early_.n_trees_per_iteration_ == 1
+        and estimator.later_.n_trees_per_iteration_ == 1
+    ):
+        early_trees = _BoostedTrees(estimator.early_, n_threads)
+        later_trees = _BoostedTrees(estimator.later_, n_threads)
+
+        def chain(x: np.ndarray) -> np.ndarray:
+            early = early_trees.positive(x)
+            later = (1.0 - early) * later_trees.positive(x)
+            return np.column_stack([early, later, 1.0 - early - later])
+
+        return chain
+
+    def generic(x: np.ndarray) -> np.ndarray:
+        result: np.ndarray = estimator.predict_proba(x)
+        return result
+
+    return generic
+
+
+class Predictor:
+    """Class probabilities of validated rows (dicts keyed by the contract's raw names).
+
+    ``path`` says how: ``compiled`` (all steps compiled), ``compiled-input`` (features compiled, estimator
+    called as is) or ``pipeline`` (the model object itself, on a DataFrame).
+    """
+
+    def __init__(self, model: Any, n_threads: int = 1) -> None:
+        self.model = model
+        self.classes_: np.ndarray = np.asarray(model.classes_, dtype=object)
+        self._encode: Block | None = None
+        self._estimate: Callable[[np.ndarray], np.ndarray] | None = None
+        self.path = "pipeline"
+        if isinstance(model, Pipeline) and len(model.steps) == 3:
+            prepare, encoder, estimator = (step for _, step in model.steps)
+            if isinstance(prepare, FunctionTransformer) and prepare.func is prepare_features:
+                self._encode = _compile_encoder(encoder)
+                if self._encode is not None:
+                    self._estimate = _compile_estimator(estimator, n_threads)
+                    chain = type(estimator) is EarlyReadmissionChain
+                    self.path = "compiled" if chain else "compiled-input"
+
+    def predict_proba(self, rows: Sequence[Row]) -> np.ndarray:
+        """Probabilities, one row per input row, columns in ``classes_`` order."""
+        if self._encode is None or self._estimate is None:
+            result: np.ndarray = self.model.predict_proba(rows_to_frame(rows))
+            return result
+        return self._estimate(self._encode(prepare_columns(rows)))
