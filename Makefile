@@ -6,6 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DATA_PATH ?=
 PYTEST_ARGS ?=
+LINT_PATHS := src tests bench inference-api
 
 .PHONY: run test lint typecheck bench requirements clean-state
 
@@ -13,29 +14,32 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv
 
-$(VENV)/.lib-installed: $(BIN)/python requirements/lib.txt pyproject.toml
-	$(BIN)/uv pip install --python $(BIN)/python --quiet -r requirements/lib.txt
-	$(BIN)/uv pip install --python $(BIN)/python --quiet --no-deps -e .
+$(VENV)/.lib-installed: $(BIN)/python requirements/api.txt pyproject.toml inference-api/pyproject.toml
+	$(BIN)/uv pip install --python $(BIN)/python --quiet -r requirements/api.txt
+	$(BIN)/uv pip install --python $(BIN)/python --quiet --no-deps -e . -e inference-api
 	touch $@
 
 $(VENV)/.dev-installed: $(VENV)/.lib-installed requirements/dev.txt
 	$(BIN)/uv pip install --python $(BIN)/python --quiet -r requirements/dev.txt
 	touch $@
 
-## run: fetch the data (or use DATA_PATH=...), load RAW, build CLEAN, train and gate the champion
+## run: fetch the data (or use DATA_PATH=...), load RAW, build CLEAN, train and gate the champion, then
+##      serve it: the inference API on http://127.0.0.1:8000 (docs at /docs) until Ctrl-C
 run: $(VENV)/.lib-installed
 	$(BIN)/readmission run $(if $(DATA_PATH),--data-path "$(DATA_PATH)")
+	@echo "inference API: http://127.0.0.1:8000  (docs: http://127.0.0.1:8000/docs; Ctrl-C stops it)"
+	$(BIN)/python -m inference_api
 
 ## test: lint, type-check and run the test suite
 test: $(VENV)/.dev-installed
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev-installed
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 
 typecheck: $(VENV)/.dev-installed
 	$(BIN)/mypy
@@ -48,7 +52,7 @@ bench: $(VENV)/.dev-installed
 
 ## requirements: recompile the pinned requirement files from requirements/*.in
 requirements: $(BIN)/python
-	cd requirements && for f in lib dev bench; do ../$(BIN)/uv pip compile --quiet --python-version 3.11 $$f.in -o $$f.txt; done
+	cd requirements && for f in lib api dev bench; do ../$(BIN)/uv pip compile --quiet --python-version 3.11 $$f.in -o $$f.txt; done
 
 ## clean-state: delete the embedded databases and download cache under var/
 clean-state:

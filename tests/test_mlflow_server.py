@@ -23,13 +23,12 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from conftest import _unavailable
-from readmission.clean import SplitSpec, build_clean, read_clean
-from readmission.db import create_db_engine, normalize_url
+from readmission.clean import read_clean
+from readmission.db import normalize_url
 from readmission.evaluation import risk_of
 from readmission.modeling import model_input
-from readmission.raw import SourceFile, load_raw_batches
 from readmission.registry import CHAMPION, MODEL_NAME
-from readmission.synthetic import write_synthetic_csv
+from readmission.synthetic import build_synthetic_clean
 from readmission.training import TrainConfig, train_and_register
 
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -147,11 +146,7 @@ def test_training_through_a_real_server_without_s3_credentials(
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
 
-    source = write_synthetic_csv(tmp_path / "data.csv", rows=4_000, seed=5)
-    raw = create_db_engine(f"sqlite:///{tmp_path / 'raw.db'}")
-    clean = create_db_engine(f"sqlite:///{tmp_path / 'clean.db'}")
-    load_raw_batches(raw, SourceFile.read(source))
-    build_clean(raw, clean, SplitSpec())
+    clean = build_synthetic_clean(tmp_path, rows=4_000, seed=5)
     config = TrainConfig(families=("logistic_regression",), time_budget_seconds=1, importance_rows=200)
     try:
         report = train_and_register(clean, mlflow_server["tracking"], config, log=lambda _: None)

@@ -15,11 +15,9 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
 from readmission import schema
-from readmission.clean import SplitSpec, build_clean, read_clean
-from readmission.db import create_db_engine
+from readmission.clean import read_clean
 from readmission.evaluation import risk_of
 from readmission.modeling import model_input, prepare_features
-from readmission.raw import SourceFile, load_raw_batches
 from readmission.registry import (
     CHALLENGER,
     CHAMPION,
@@ -30,7 +28,7 @@ from readmission.registry import (
     promote_if_better,
     rollback,
 )
-from readmission.synthetic import write_synthetic_csv
+from readmission.synthetic import build_synthetic_clean
 from readmission.training import TrainConfig, _score_on, prepare_tracking, train_and_register
 
 FAST = TrainConfig(
@@ -42,12 +40,7 @@ FAST = TrainConfig(
 def clean_db(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A CLEAN database built from 6,000 synthetic encounters."""
     folder = tmp_path_factory.mktemp("clean")
-    source = write_synthetic_csv(folder / "data.csv", rows=6_000, seed=21)
-    raw = create_db_engine(f"sqlite:///{folder / 'raw.db'}")
-    load_raw_batches(raw, SourceFile.read(source))
-    clean = create_db_engine(f"sqlite:///{folder / 'clean.db'}")
-    build_clean(raw, clean, SplitSpec(seed=3))
-    return clean
+    return build_synthetic_clean(folder, rows=6_000, seed=21, split_seed=3)
 
 
 @pytest.fixture

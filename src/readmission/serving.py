@@ -42,6 +42,7 @@ from readmission.modeling import (
 )
 
 Row = Mapping[str, Any]
+FLAT_MAX_ROWS = 48  # up to this many rows, trees are walked all at once in numpy (see _FlatTrees)
 _INTEGER_INPUTS = frozenset(
     name
     for name in schema.MODEL_INPUT_NAMES
@@ -225,6 +226,83 @@ class _BoostedTrees:
         return result
 
 
+def _bits(bitset: np.ndarray) -> np.ndarray:
+    """The 256 membership flags of one 8 x uint32 bitset."""
+    flags: np.ndarray = ((bitset[np.arange(256) // 32] >> (np.arange(256) % 32).astype(np.uint32)) & 1).astype(bool)
+    return flags
+
+
+class _FlatTrees(_BoostedTrees):
+    """The same trees walked for all rows and all trees at once in numpy.
+
+    Calling each tree's Cython predictor costs one GIL release and re-acquire per tree (hundreds per call);
+    in a server, where the event loop holds the GIL most of the time, each re-acquire can wait for a switch
+    interval. Here every tree is one column of a node-index matrix, moved one level per step: a few dozen
+    numpy calls per prediction whatever the number of trees. Same decisions as sklearn's predictor:
+    missing values follow the split's missing direction, categories in the left bitset go left, other
+    known categories go right, unknown categories are treated as missing.
+    """
+
+    def __init__(self, model: HistGradientBoostingClassifier, n_threads: int) -> None:
+        super().__init__(model, n_threads)
+        feature, threshold, left, right, missing_left, value, cat_row = [], [], [], [], [], [], []
+        cat_tables: list[np.ndarray] = []
+        roots, offset, depth = [], 0, 0
+        for tree in self._predictors:
+            nodes = tree.nodes
+            roots.append(offset)
+            depth = max(depth, int(nodes["depth"].max()))
+            leaf = nodes["is_leaf"].astype(bool)
+            index = np.arange(len(nodes)) + offset
+            left.append(np.where(leaf, index, nodes["left"].astype(np.int64) + offset))
+            right.append(np.where(leaf, index, nodes["right"].astype(np.int64) + offset))
+            feature.append(np.where(leaf, 0, nodes["feature_idx"]).astype(np.int64))
+            threshold.append(nodes["num_threshold"].astype(np.float64))
+            missing_left.append(nodes["missing_go_to_left"].astype(bool))
+            value.append(np.where(leaf, nodes["value"], 0.0).astype(np.float64))
+            rows = np.full(len(nodes), -1, dtype=np.int64)
+            for i in np.flatnonzero(nodes["is_categorical"].astype(bool) & ~leaf):
+                goes_left = _bits(tree.raw_left_cat_bitsets[nodes["bitset_idx"][i]])
+                known = _bits(self._known_categories[self._feature_index[nodes["feature_idx"][i]]])
+                cat_tables.append(
+                    np.where(goes_left, True, np.where(known, False, bool(nodes["missing_go_to_left"][i])))
+                )
+                rows[i] = len(cat_tables) - 1
+            cat_row.append(rows)
+            offset += len(nodes)
+        self._roots = np.array(roots, dtype=np.int64)
+        self._depth = depth
+        self._feature = np.concatenate(feature)
+        self._threshold = np.concatenate(threshold)
+        self._left = np.concatenate(left)
+        self._right = np.concatenate(right)
+        self._missing_left = np.concatenate(missing_left)
+        self._value = np.concatenate(value)
+        self._cat_row = np.concatenate(cat_row)
+        self._cat_table = np.array(cat_tables, dtype=bool).reshape(-1, 256)
+
+    def positive(self, x: np.ndarray) -> np.ndarray:
+        if x.shape[0] > FLAT_MAX_ROWS:  # larger batches: the per-tree predictors are faster
+            return super().positive(x)
+        x = np.ascontiguousarray(self._recode(x))
+        flat = x.ravel()
+        base = (np.arange(x.shape[0], dtype=np.int64) * x.shape[1])[:, None]
+        node = np.repeat(self._roots[None, :], x.shape[0], axis=0)
+        for _ in range(self._depth):
+            values = flat.take(base + self._feature.take(node))
+            missing = np.isnan(values)
+            goes_left = (values <= self._threshold.take(node)) | (missing & self._missing_left.take(node))
+            if self._cat_table.size:
+                cat = self._cat_row.take(node)
+                is_cat = (cat >= 0) & ~missing
+                if is_cat.any():
+                    goes_left[is_cat] = self._cat_table[cat[is_cat], values[is_cat].astype(np.uint8)]
+            node = np.where(goes_left, self._left.take(node), self._right.take(node))
+        raw = self._baseline + self._value.take(node).sum(axis=1)
+        result: np.ndarray = expit(raw)
+        return result
+
+
 def _compile_estimator(estimator: Any, n_threads: int) -> Callable[[np.ndarray], np.ndarray]:
     if (
         type(estimator) is EarlyReadmissionChain
@@ -233,8 +311,8 @@ def _compile_estimator(estimator: Any, n_threads: int) -> Callable[[np.ndarray],
         and estimator.early_.n_trees_per_iteration_ == 1
         and estimator.later_.n_trees_per_iteration_ == 1
     ):
-        early_trees = _BoostedTrees(estimator.early_, n_threads)
-        later_trees = _BoostedTrees(estimator.later_, n_threads)
+        early_trees = _FlatTrees(estimator.early_, n_threads)
+        later_trees = _FlatTrees(estimator.later_, n_threads)
 
         def chain(x: np.ndarray) -> np.ndarray:
             early = early_trees.positive(x)

@@ -1,0 +1,30 @@
+"""Run the service: `python -m inference_api` (one uvicorn worker; scale with replicas)."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import uvicorn
+
+from inference_api.settings import ApiSettings
+
+
+def main() -> None:
+    """Start uvicorn with the settings from the environment."""
+    settings = ApiSettings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(
+        "inference_api.app:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=1,
+        log_level=settings.log_level,
+        access_log=False,  # every request is counted in /metrics and every prediction is in the log table
+        timeout_graceful_shutdown=math.ceil(settings.prediction_log_flush_seconds) + 10,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Settings of the inference API: one typed object, read from the environment (and `.env`).
+
+Every knob is listed in `inference-api/.env.example`. MLflow's own variables (MLFLOW_TRACKING_URI,
+MLFLOW_TRACKING_TOKEN, ...) pass through untouched.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from readmission.registry import CHAMPION, MODEL_NAME
+
+
+class ApiSettings(BaseSettings):
+    """What the service serves, where it logs, and how it batches."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", validate_default=True)
+
+    host: str = Field("127.0.0.1", description="Address uvicorn listens on (0.0.0.0 in a container).")
+    port: int = Field(8000, ge=1, le=65535, description="Port uvicorn listens on.")
+    log_level: str = Field("info", description="Log level: debug, info, warning, error.")
+    data_dir: Path = Field(Path("var"), description="Folder of the embedded defaults (local MLflow store, SQLite log).")
+    mlflow_tracking_uri: str | None = Field(
+        None, description="MLflow registry; default: the local store sqlite:///DATA_DIR/mlflow/mlflow.db."
+    )
+    model_name: str = Field(MODEL_NAME, description="Registered model to serve.")
+    model_alias: str = Field(CHAMPION, description="Registry alias to serve and follow.")
+    model_poll_interval_seconds: float = Field(30.0, gt=0, description="How often the registry alias is checked.")
+    model_retry_max_seconds: float = Field(
+        30.0, gt=0, description="Longest wait between attempts while no model is loaded (backoff from 1 s)."
+    )
+    reload_token: SecretStr | None = Field(
+        None, description="Bearer token that POST /model/reload requires; empty: the endpoint is open."
+    )
+
+    prediction_log_url: str | None = Field(
+        None, description="SQLAlchemy URL of the prediction log; default: SQLite file DATA_DIR/predictions.db."
+    )
+    prediction_log_queue_size: int = Field(
+        100_000,
+        ge=1,
+        description="Rows held in memory while the log database is slow or down; beyond: dropped and counted.",
+    )
+    prediction_log_batch_size: int = Field(500, ge=1, description="Rows per INSERT of the background writer.")
+    prediction_log_flush_seconds: float = Field(
+        20.0, ge=0, description="On shutdown, how long the writer may take to write what is still queued."
+    )
+
+    max_batch_size: int = Field(1_000, ge=1, description="Most encounters accepted by POST /predict/batch.")
+    max_body_bytes: int = Field(4_000_000, ge=1_024, description="Largest request body accepted (413 beyond).")
+    risk_band_thresholds: str = Field(
+        "0.15,0.30",
+        description="Two ascending 30-day-risk cut points: below the first 'low', below the second 'medium', else 'high'.",
+    )
+
+    microbatch_enabled: bool = Field(True, description="Gather concurrent requests and predict them as one batch.")
+    microbatch_max_rows: int = Field(256, ge=1, description="Most rows predicted together.")
+    microbatch_max_wait_ms: float = Field(
+        2.0, ge=0, description="How long a batch may wait for more requests once the model is free (milliseconds)."
+    )
+    predict_threads: int = Field(1, ge=1, description="OpenMP threads per prediction (1: one pod = one core).")
+
+    @field_validator("mlflow_tracking_uri", "prediction_log_url", "reload_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _check_bands(self) -> ApiSettings:
+        _ = self.bands
+        return self
+
+    @property
+    def tracking_uri(self) -> str:
+        """MLflow URI, defaulting to the embedded local store the `readmission` command writes."""
+        return self.mlflow_tracking_uri or f"sqlite:///{self.data_dir / 'mlflow' / 'mlflow.db'}"
+
+    @property
+    def log_url(self) -> str:
+        """Prediction-log database URL, defaulting to an SQLite file."""
+        return self.prediction_log_url or f"sqlite:///{self.data_dir / 'predictions.db'}"
+
+    @property
+    def bands(self) -> tuple[float, float]:
+        """The two risk-band cut points."""
+        try:
+            low, high = (float(v) for v in self.risk_band_thresholds.split(","))
+        except ValueError:
+            raise ValueError(
+                f"RISK_BAND_THRESHOLDS must be two numbers like '0.15,0.30', got {self.risk_band_thresholds!r}"
+            ) from None
+        if not 0 < low < high < 1:
+            raise ValueError(f"RISK_BAND_THRESHOLDS must be ascending and inside (0, 1), got {low}, {high}")
+        return low, high
