@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -115,3 +116,31 @@ def test_example_encounters_pass_the_request_model_and_cover_every_input() -> No
     for name, example in schema.EXAMPLE_ENCOUNTERS.items():
         assert tuple(example) == schema.MODEL_INPUT_NAMES, name
         assert schema.EncounterFeatures.model_validate(example).model_dump() == example, name
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("time_in_hospital", "3"),  # a count given as text
+        ("time_in_hospital", 3.5),  # not a whole number (3.0 is one, as in JSON Schema)
+        ("time_in_hospital", True),
+        ("admission_type_id", True),  # JSON true is not code 1
+        ("admission_type_id", "1"),
+        ("previous_readmission", False),
+        ("race", 1),
+    ],
+)
+def test_encounter_model_takes_each_type_exactly_as_the_schema_states_it(field: str, value: object) -> None:
+    example = schema.EncounterFeatures.model_validate_json(json.dumps(next(iter(schema.EXAMPLE_ENCOUNTERS.values()))))
+    payload = {**example.model_dump(), field: value}
+    with pytest.raises(ValidationError) as info:
+        schema.EncounterFeatures.model_validate_json(json.dumps(payload))
+    assert [e["loc"][0] for e in info.value.errors()] == [field]
+
+
+def test_whole_numbers_written_as_floats_are_integers_as_in_json_schema() -> None:
+    example = next(iter(schema.EXAMPLE_ENCOUNTERS.values()))
+    payload = {**example, "time_in_hospital": 3.0, "admission_type_id": 2.0}
+    encounter = schema.EncounterFeatures.model_validate_json(json.dumps(payload)).model_dump()
+    assert (encounter["time_in_hospital"], encounter["admission_type_id"]) == (3, 2)
+    assert type(encounter["time_in_hospital"]) is int and type(encounter["admission_type_id"]) is int

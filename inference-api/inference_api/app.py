@@ -323,7 +323,7 @@ def create_app(settings: ApiSettings | None = None, source_factory: Callable[[],
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        names = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}
+        names = {400: "malformed_body", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}
         response = _error(
             exc.status_code, names.get(exc.status_code, "http_error"), str(exc.detail), _request_id(request)
         )
@@ -388,6 +388,7 @@ def create_app(settings: ApiSettings | None = None, source_factory: Callable[[],
         return {"name": model.name, "version": model.version, "alias": model.alias}
 
     error_responses: dict[int | str, dict[str, Any]] = {
+        400: {"model": ErrorBody, "description": "The body could not be read at all (not UTF-8 text)."},
         422: {"model": ErrorBody, "description": "Invalid input: each bad field with its allowed values or range."},
         503: {"model": ErrorBody, "description": "No model loaded yet (train and promote one)."},
         413: {"model": ErrorBody, "description": "Body or batch too large."},
@@ -483,7 +484,12 @@ def create_app(settings: ApiSettings | None = None, source_factory: Callable[[],
             return JSONResponse({"status": "not_ready", "reason": manager.not_ready_reason}, status_code=503)
         return JSONResponse({"status": "ready", "model": _model_ref(model)})
 
-    @app.get("/metrics", tags=["health"], include_in_schema=True)
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Metrics."}},
+    )
     async def prometheus_metrics() -> Response:
         """Prometheus metrics (text exposition format)."""
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -131,6 +131,10 @@ def test_invalid_input_is_422_naming_each_field_with_allowed_values(client: Test
     assert [e["field"] for e in in_batch.json()["errors"]] == ["encounters[1].age"]
     not_json = client.post("/predict", content=b"{nope", headers={"content-type": "application/json"})
     assert not_json.status_code == 422 and not_json.json()["errors"][0]["field"] == "body"
+    not_text = client.post("/predict", content=b"\x80", headers={"content-type": "application/json"})
+    assert not_text.status_code == 400 and not_text.json()["error"] == "malformed_body"
+    as_bool = client.post("/predict", json={**EXAMPLES[0], "admission_type_id": True})
+    assert as_bool.status_code == 422 and [e["field"] for e in as_bool.json()["errors"]] == ["admission_type_id"]
 
 
 def test_oversized_batch_and_body_are_413(client: TestClient, registry: Registry, log_url: str) -> None:

@@ -14,9 +14,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
+from pydantic_core import PydanticCustomError
 
 MISSING = "?"
 TARGET = "readmitted"
@@ -417,12 +418,24 @@ HISTORY_FEATURE_NAMES: tuple[str, ...] = tuple(h.name for h in HISTORY_FEATURES)
 MODEL_INPUT_NAMES: tuple[str, ...] = FEATURE_NAMES + HISTORY_FEATURE_NAMES
 
 
+def _json_integer(value: Any) -> Any:
+    """An integer as JSON Schema defines one: 3 or 3.0, but not true/false, "3" or 3.5."""
+    if isinstance(value, bool):
+        raise PydanticCustomError("int_type", "Input should be a valid integer, not a boolean")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value  # anything else is left to the strict int / Literal check that follows
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+
+
 def _encounter_field(col: Column) -> tuple[Any, Any]:
     """Type and pydantic Field of one feature column in the request model."""
     if col.kind in (Kind.CATEGORY, Kind.CODED):
         literal: Any = Literal[tuple(col.levels)]
         if col.kind is Kind.CODED:
-            literal = Literal[tuple(int(v) for v in col.levels)]
+            literal = Annotated[Literal[tuple(int(v) for v in col.levels)], BeforeValidator(_json_integer)]
         typ = Optional[literal] if col.may_be_missing else literal  # noqa: UP045 - runtime construction
         default = None if col.may_be_missing else ...
         return typ, Field(default, alias=col.name, description=col.description)
@@ -430,19 +443,24 @@ def _encounter_field(col: Column) -> tuple[Any, Any]:
         typ = Optional[str] if col.may_be_missing else str  # noqa: UP045
         default = None if col.may_be_missing else ...
         return typ, Field(default, alias=col.name, description=col.description, pattern=DIAGNOSIS_PATTERN)
-    return int, Field(..., alias=col.name, description=col.description, ge=col.minimum, le=col.maximum)
+    return JsonInt, Field(..., alias=col.name, description=col.description, ge=col.minimum, le=col.maximum)
 
 
 class _EncounterBase(BaseModel):
     model_config = ConfigDict(
-        extra="forbid", validate_by_name=True, validate_by_alias=True, serialize_by_alias=True, frozen=True
+        extra="forbid",
+        strict=True,  # no "3" for 3 or true for 1: each value has the JSON type the schema states
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+        frozen=True,
     )
 
 
 _ENCOUNTER_FIELDS: dict[str, Any] = {c.field_name: _encounter_field(c) for c in FEATURE_COLUMNS}
 for _history in HISTORY_FEATURES:
     _ENCOUNTER_FIELDS[_history.name] = (
-        int,
+        JsonInt,
         Field(0, ge=0, le=_history.maximum, alias=_history.name, description=_history.description),
     )
 

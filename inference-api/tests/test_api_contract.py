@@ -1,0 +1,44 @@
+"""Property-based test of the OpenAPI contract: schemathesis generates valid and invalid requests for every
+operation from the service's own schema and sends them to a real server with a real model.
+
+Checks on every response: never a 5xx, the status code is one the schema documents, the content type and
+the body match the documented schema.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+
+from conftest import ApiServer, Registry, settings_for, wait_until
+from inference_api.app import create_app
+
+# The schema comes from the app itself (what /openapi.json serves); the requests go to a real server.
+schema = schemathesis.openapi.from_dict(create_app(settings_for("sqlite://", "sqlite://")).openapi())
+
+
+@pytest.fixture(scope="module")
+def api_url(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    log_url = f"sqlite:///{tmp_path_factory.mktemp('contract') / 'predictions.db'}"
+    app_settings = settings_for(registry.uri, log_url, max_batch_size=20, reload_token="fuzz-token")
+    with ApiServer(app_settings) as api:
+        wait_until(lambda: httpx.get(f"{api.url}/health/ready").status_code == 200, 60, "the model to load")
+        assert httpx.get(f"{api.url}/openapi.json").json() == schema.raw_schema
+        yield api.url
+
+
+@schema.parametrize()
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+def test_every_generated_request_gets_a_documented_non_5xx_answer(case: Any, api_url: str) -> None:
+    case.call_and_validate(base_url=api_url)
+
+
+def test_the_contract_test_reaches_the_model() -> None:
+    """The schema holds the prediction operations, so the fuzzing above really exercised them."""
+    operations = {(op.method.upper(), op.path) for op in (r.ok() for r in schema.get_all_operations())}
+    assert {("POST", "/predict"), ("POST", "/predict/batch"), ("GET", "/model")} <= operations
