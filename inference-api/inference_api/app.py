@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from inference_api import __version__
-from inference_api.batcher import Batcher, ModelNotReadyError
+from inference_api.batcher import Batcher, InFlight, ModelNotReadyError
 from inference_api.metrics import Metrics
 from inference_api.model_manager import LoadedModel, ModelManager, ModelSource
 from inference_api.prediction_log import PredictionLog
@@ -166,9 +166,10 @@ def _band(risk: float, bands: tuple[float, float]) -> str:
 class _Edge:
     """Pure ASGI middleware: request id, body-size limit, request metrics (cheaper than BaseHTTPMiddleware)."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int, in_flight: InFlight) -> None:
         self.app = app
         self.metrics = metrics
+        self.in_flight = in_flight
         self.max_body = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -186,6 +187,7 @@ class _Edge:
         endpoint = path if path in ENDPOINTS else "other"
         status = 500
         self.metrics.in_flight.inc()
+        self.in_flight.count += 1
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -222,6 +224,7 @@ class _Edge:
             await self.app(scope, limited_receive, send_with_id)
         finally:
             self.metrics.in_flight.dec()
+            self.in_flight.count -= 1
             self.metrics.requests.labels(endpoint, scope["method"], str(status)).inc()
             self.metrics.request_duration.labels(endpoint).observe(time.perf_counter() - started)
 
@@ -247,9 +250,11 @@ def create_app(settings: ApiSettings | None = None, source_factory: Callable[[],
         queue_size=settings.prediction_log_queue_size,
         batch_size=settings.prediction_log_batch_size,
     )
+    in_flight = InFlight()
     batcher = Batcher(
         manager,
         metrics,
+        in_flight=in_flight,
         enabled=settings.microbatch_enabled,
         max_rows=settings.microbatch_max_rows,
         max_wait_ms=settings.microbatch_max_wait_ms,
@@ -274,6 +279,9 @@ def create_app(settings: ApiSettings | None = None, source_factory: Callable[[],
         # the garbage collector's full passes, which otherwise stall requests for tens of milliseconds.
         gc.collect()
         gc.freeze()
+        # Each request allocates a few hundred short-lived objects; collect the young generation every 50,000
+        # allocations instead of 700 (fewer, still short pauses; memory stays bounded).
+        gc.set_threshold(50_000, 20, 100)
         yield
         await batcher.stop()
         manager.stop()
@@ -295,7 +303,7 @@ def create_app(settings: ApiSettings | None = None, source_factory: Callable[[],
     app.state.prediction_log = prediction_log
     app.state.batcher = batcher
     app.state.metrics = metrics
-    app.add_middleware(_Edge, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(_Edge, metrics=metrics, max_body_bytes=settings.max_body_bytes, in_flight=in_flight)
 
     # --- errors, mapped in one place -----------------------------------------------------------------------
 

@@ -1,7 +1,9 @@
 """Micro-batching: concurrent requests wait a few milliseconds and are predicted as one batch.
 
 A model call has a fixed cost (hundreds of trees visited once per call) that is far larger than the cost
-of one more row, so under load gathering requests raises throughput and lowers tail latency. All model
+of one more row, so under load gathering requests raises throughput and lowers tail latency. The batcher
+waits (at most ``max_wait_ms``) only while other requests are still being received; a lone request is
+predicted at once. All model
 calls run on one worker thread, off the event loop; a call takes ``manager.current`` once, so a swap
 never changes the model in the middle of a batch.
 """
@@ -25,6 +27,13 @@ class ModelNotReadyError(RuntimeError):
     """No model is loaded; the reason says why."""
 
 
+class InFlight:
+    """HTTP requests being answered right now (kept by the edge middleware, read by the batcher)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
 @dataclass
 class _Pending:
     rows: Sequence[dict[str, Any]]
@@ -41,12 +50,14 @@ class Batcher:
         enabled: bool = True,
         max_rows: int = 256,
         max_wait_ms: float = 2.0,
+        in_flight: InFlight | None = None,
     ) -> None:
         self._manager = manager
         self._metrics = metrics
         self.enabled = enabled
         self._max_rows = max_rows
         self._max_wait = max_wait_ms / 1000.0
+        self._in_flight = in_flight
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict")
         self._queue: asyncio.Queue[_Pending] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -83,6 +94,10 @@ class Batcher:
         self._queue.put_nowait(_Pending(rows, future))
         return await future
 
+    def _others_coming(self, gathered: int) -> bool:
+        """Whether requests not yet in the batch are being received: waiting only pays off for them."""
+        return self._in_flight is None or self._in_flight.count > gathered
+
     async def _run(self) -> None:
         assert self._queue is not None
         loop = asyncio.get_running_loop()
@@ -97,7 +112,7 @@ class Batcher:
                     item = self._queue.get_nowait()
                 except asyncio.QueueEmpty:
                     remaining = deadline - loop.time()
-                    if remaining <= 0:
+                    if remaining <= 0 or not self._others_coming(len(batch)):
                         break
                     try:
                         item = await asyncio.wait_for(self._queue.get(), remaining)

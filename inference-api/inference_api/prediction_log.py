@@ -27,9 +27,11 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    event,
     func,
     select,
 )
+from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Engine
 
 from inference_api.metrics import Metrics
@@ -48,7 +50,10 @@ prediction_log = Table(
     Column("log_id", String(32), nullable=False, unique=True),
     Column("request_id", String(64), nullable=False, index=True),
     Column("item", Integer, nullable=False),  # position in a batch request (0 for a single prediction)
-    Column("created_at", DateTime(timezone=True), nullable=False, index=True),
+    # UTC; microseconds kept on MySQL too (its DATETIME drops fractions unless told otherwise).
+    Column(
+        "created_at", DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql"), nullable=False, index=True
+    ),
     Column("endpoint", String(32), nullable=False),
     Column("model_name", String(128), nullable=False),
     Column("model_version", String(32), nullable=False, index=True),
@@ -83,14 +88,14 @@ class PredictionLog:
         queue_size: int = 100_000,
         batch_size: int = 500,
         retry_max_seconds: float = 10.0,
-        engine_factory: Callable[[str], Engine] = create_db_engine,
+        engine_factory: Callable[[str], Engine] | None = None,
     ) -> None:
         self.url = url
         self._metrics = metrics
         self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=queue_size)
         self._batch_size = batch_size
         self._retry_max = retry_max_seconds
-        self._engine_factory = engine_factory
+        self._engine_factory = engine_factory or create_log_engine
         self._engine: Engine | None = None
         self._table_ready = False
         self._stop = threading.Event()
@@ -204,6 +209,24 @@ class PredictionLog:
             pending = []
             self._pending = 0
             backoff = 0.5
+
+
+def create_log_engine(url: str) -> Engine:
+    """Engine of the log database; on MySQL/MariaDB each session quotes strings without backslash escapes.
+
+    With NO_BACKSLASH_ESCAPES the driver (PyMySQL) escapes a string by doubling quotes, a C-speed
+    ``str.replace``, instead of a per-character translation: the JSON of the inputs is most of each row,
+    and this cuts the writer's CPU per row by more than half. Backslashes are then stored as written.
+    """
+    engine = create_db_engine(url)
+    if engine.dialect.name == "mysql":
+
+        @event.listens_for(engine, "connect")
+        def _plain_quotes(dbapi_connection: Any, _record: Any) -> None:
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute("SET SESSION sql_mode = CONCAT(@@SESSION.sql_mode, ',NO_BACKSLASH_ESCAPES')")
+
+    return engine
 
 
 def _insert_ignoring_duplicates(dialect: str) -> Any:

