@@ -254,7 +254,9 @@ def main() -> None:
 
     python = sys.executable
     mlflow_bin = str(Path(python).with_name("mlflow"))
-    common = {"MLFLOW_TRACKING_URI": args.tracking_uri, "LOG_LEVEL": "warning"}
+    # mlflow models serve starts `uvicorn` by name: the environment's bin folder must be on PATH.
+    path = f"{Path(python).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    common = {"MLFLOW_TRACKING_URI": args.tracking_uri, "LOG_LEVEL": "warning", "PATH": path}
     ours_env = {**common, "PREDICTION_LOG_URL": log_url, "MODEL_POLL_INTERVAL_SECONDS": "3600"}
     servers = [
         (Server("ours", [python, "-m", "inference_api"], ours_env, "/health/ready", ROOT), OURS_PATHS, ("single", "batch")),
@@ -263,8 +265,9 @@ def main() -> None:
         (Server("mlflow-serve", [mlflow_bin, "models", "serve", "-m", model_uri, "-w", "1", "--env-manager", "local",
                                  "-h", "127.0.0.1", "-p", "{port}"], common, "/ping", ROOT), {"single": "/invocations", "batch": "/invocations"},
          ("single", "batch")),
-        (Server("naive", [python, "-m", "uvicorn", "naive_api:app", "--port", "{port}", "--log-level", "warning"],
-                {**common, "MODEL_URI": model_uri, "LOG_URL": log_url}, "/docs", HERE / "servers"), {"single": "/predict"},
+        (Server("naive", [python, "-m", "uvicorn", "naive_api:app", "--app-dir", str(HERE / "servers"), "--port", "{port}",
+                          "--log-level", "warning"],
+                {**common, "MODEL_URI": model_uri, "LOG_URL": log_url}, "/docs", ROOT), {"single": "/predict"},
          ("single",)),
         (Server("constant", [python, "-m", "uvicorn", "constant_api:app", "--port", "{port}", "--log-level", "warning"],
                 {}, "/docs", HERE / "servers"), {"single": "/predict"}, ("single",)),
@@ -322,13 +325,14 @@ def report(cells: list[Cell], model_ceiling: list[tuple[str, float]], logged: in
     if ours is None:
         return
     print("\nat 64 clients, single-row requests, logging on, one worker:")
-    if mlflow_serve:
+    if mlflow_serve and mlflow_serve.rps:
         print(f"  ours / mlflow models serve throughput: {ours.rps / mlflow_serve.rps:6.1f}x   (target >= 20x)")
     if naive:
-        print(f"  ours / naive baseline throughput:      {ours.rps / naive.rps:6.1f}x")
-    if constant:
+        ratio = f"{ours.rps / naive.rps:6.1f}x" if naive.rps else "  (the baseline completed no request)"
+        print(f"  ours / naive baseline throughput:      {ratio}")
+    if constant and constant.rps:
         print(f"  ours / constant endpoint throughput:   {ours.rps / constant.rps:6.2f}    (target >= 0.40)")
-    if nobatch:
+    if nobatch and nobatch.rps:
         print(f"  micro-batching on / off throughput:    {ours.rps / nobatch.rps:6.2f}x  "
               f"(p99 {ours.p99_ms:.1f} vs {nobatch.p99_ms:.1f} ms)")  # fmt: skip
     print(f"  ours p99: {ours.p99_ms:.1f} ms   (target < 100 ms)")
