@@ -6,6 +6,8 @@ multiprocess mode is needed. Names follow Prometheus conventions: base units, `_
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 # The *_created series (a timestamp per counter) only double the scrape size; Prometheus does not need them.
@@ -14,6 +16,7 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 RISK_BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class Metrics:
@@ -87,3 +90,25 @@ class Metrics:
         self.log_write_errors = Counter(
             "inference_prediction_log_write_errors", "Failed prediction-log writes (each is retried).", registry=r
         )
+        # Labelled children are looked up once and kept: ``labels()`` validates and locks on every call.
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._class_children: dict[str, Any] = {}
+
+    def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
+        """Count one answered request and its duration (methods outside ``METHODS`` count as "other")."""
+        key = (endpoint, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            label = method if method in METHODS else "other"
+            children = (self.requests.labels(endpoint, label, str(status)), self.request_duration.labels(endpoint))
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def observe_prediction(self, predicted_class: str, risk: float) -> None:
+        """Count one scored encounter by class and record its 30-day risk."""
+        child = self._class_children.get(predicted_class)
+        if child is None:
+            child = self._class_children[predicted_class] = self.predictions.labels(predicted_class)
+        child.inc()
+        self.risk.observe(risk)

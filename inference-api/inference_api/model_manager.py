@@ -26,6 +26,8 @@ from readmission.serving import Predictor
 
 log = logging.getLogger(__name__)
 
+CLASS_ORDER = ("NO", ">30", "<30")  # the order of the classes in every answer
+
 
 @dataclass(frozen=True)
 class LoadedModel:
@@ -38,6 +40,12 @@ class LoadedModel:
     predictor: Predictor
     loaded_at: datetime
     metrics: dict[str, float] = field(default_factory=dict)
+    # Columns of NO, >30 and <30 in the predictor's probabilities (its ``classes_`` order).
+    class_columns: list[int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        labels = [str(label) for label in self.predictor.classes_]
+        object.__setattr__(self, "class_columns", [labels.index(c) for c in CLASS_ORDER])
 
 
 @dataclass(frozen=True)
@@ -102,14 +110,12 @@ class ModelManager:
         metrics: Metrics,
         poll_interval: float = 30.0,
         retry_max: float = 30.0,
-        predict_threads: int = 1,
     ) -> None:
         self._source_factory = source_factory
         self._source: ModelSource | None = None
         self._metrics = metrics
         self._poll_interval = poll_interval
         self._retry_max = retry_max
-        self._predict_threads = predict_threads
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="model-poller", daemon=True)
@@ -153,7 +159,7 @@ class ModelManager:
         try:
             started = time.perf_counter()
             model, run_metrics = self._source.load(ref)
-            predictor = Predictor(model, n_threads=self._predict_threads)
+            predictor = Predictor(model)
             smoke_test(predictor)
         except Exception as exc:
             reason = f"version {ref.version} failed to load: {_short(exc)}"

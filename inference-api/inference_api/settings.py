@@ -44,7 +44,9 @@ class ApiSettings(BaseSettings):
         ge=1,
         description="Rows held in memory while the log database is slow or down; beyond: dropped and counted.",
     )
-    prediction_log_batch_size: int = Field(500, ge=1, description="Rows per INSERT of the background writer.")
+    prediction_log_batch_size: int = Field(
+        500, ge=1, description="Rows per INSERT of the prediction-log writer process."
+    )
     prediction_log_flush_seconds: float = Field(
         20.0, ge=0, description="On shutdown, how long the writer may take to write what is still queued."
     )
@@ -61,7 +63,6 @@ class ApiSettings(BaseSettings):
     microbatch_max_wait_ms: float = Field(
         2.0, ge=0, description="How long a batch may wait for more requests once the model is free (milliseconds)."
     )
-    predict_threads: int = Field(1, ge=1, description="OpenMP threads per prediction (1: one pod = one core).")
 
     @field_validator("mlflow_tracking_uri", "prediction_log_url", "reload_token", mode="before")
     @classmethod

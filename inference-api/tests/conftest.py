@@ -124,6 +124,12 @@ def wait_until(condition: Any, timeout: float = 30.0, what: str = "condition") -
 
 
 @pytest.fixture
+def unreachable_mysql_url() -> str:
+    """A MySQL URL where nothing listens (a database that is down)."""
+    return f"mysql://root@127.0.0.1:{free_port()}/nowhere"
+
+
+@pytest.fixture
 def mysql_log_url() -> Iterator[str]:
     """A scratch database on the shared MariaDB, dropped afterwards."""
     admin = os.environ.get("TEST_MYSQL_URL")

@@ -1,9 +1,11 @@
 """The prediction log's writer against the real MariaDB: what is written reads back exactly, a retried
-batch never doubles rows, and the counters add up."""
+batch never doubles rows, a killed writer process loses nothing, and the counters add up."""
 
 from __future__ import annotations
 
 import datetime as dt
+import os
+import signal
 import uuid
 from typing import Any
 
@@ -11,7 +13,7 @@ from sqlalchemy import select
 
 from conftest import wait_until
 from inference_api.metrics import Metrics
-from inference_api.prediction_log import PredictionLog, create_log_engine, prediction_log
+from inference_api.prediction_log import PredictionLog, _Writer, count_rows, create_log_engine, prediction_log
 from readmission import schema
 
 
@@ -55,11 +57,48 @@ def test_rows_read_back_exactly_including_quotes_and_backslashes(mysql_log_url: 
 def test_a_batch_written_twice_is_stored_once(mysql_log_url: str) -> None:
     """The writer retries a batch whose COMMIT may have reached the database: rows carry their own id."""
     rows = [_row({"a": 1}, i) for i in range(4)]
-    log = PredictionLog(mysql_log_url, Metrics())
-    log._write(rows)
-    log._write([*rows, _row({"a": 2}, 9)])
+    writer = _Writer(mysql_log_url)
+    writer.write(rows)
+    writer.write([*rows, _row({"a": 2}, 9)])
+    writer.dispose()
     engine = create_log_engine(mysql_log_url)
     with engine.connect() as conn:
         items = sorted(r.item for r in conn.execute(select(prediction_log.c.item)))
     engine.dispose()
     assert items == [0, 1, 2, 3, 9]
+
+
+def test_a_killed_writer_process_is_restarted_and_nothing_is_lost_or_doubled(mysql_log_url: str) -> None:
+    rows = [_row({"a": i}, i) for i in range(300)]
+    metrics = Metrics()
+    log = PredictionLog(mysql_log_url, metrics, batch_size=50)
+    log.start()
+    log.submit(rows[:100])
+    wait_until(lambda: log.status().written == 100, 30, "the first rows written")
+    first_pid = log.writer_pid
+    assert first_pid is not None
+    os.kill(first_pid, signal.SIGKILL)
+    log.submit(rows[100:])  # shipped to a dead process at first, then resent to its successor
+    wait_until(lambda: log.status().written >= 200 and log.status().queued == 0, 60, "the rest written")
+    status = log.close(10)
+    assert log.writer_pid != first_pid
+    assert status.queued == 0 and status.dropped == 0 and status.write_errors >= 1
+    assert count_rows(mysql_log_url) == 300
+    assert metrics.registry.get_sample_value("inference_prediction_log_write_errors_total") == status.write_errors
+
+
+def test_rows_beyond_the_queue_size_are_dropped_and_counted_while_the_database_is_down(
+    unreachable_mysql_url: str,
+) -> None:
+    metrics = Metrics()
+    log = PredictionLog(unreachable_mysql_url, metrics, queue_size=10, retry_max_seconds=0.5)
+    log.start()
+    log.submit([_row({"a": i}, i) for i in range(4)])
+    log.submit([_row({"a": i}, i) for i in range(4, 25)])
+    wait_until(lambda: log.status().write_errors >= 1, 30, "a failed write")
+    status = log.status()
+    assert (status.queued, status.dropped) == (10, 15)
+    assert metrics.registry.get_sample_value("inference_prediction_log_rows_dropped_total") == 15
+    assert status.last_error is not None and "OperationalError" in status.last_error
+    closed = log.close(0.5)
+    assert closed.queued == 10 and closed.written == 0

@@ -7,8 +7,9 @@ pipeline itself (categories, encodings, trees), so there is no second copy of th
 
 - ``prepare_features`` -> per-row Python over validated values (same rules, same outputs);
 - a ``ColumnTransformer`` of ``OrdinalEncoder`` / ``TargetEncoder`` / passthrough -> look-up tables;
-- ``EarlyReadmissionChain`` of ``HistGradientBoostingClassifier`` -> the boosted trees' predictors called
-  directly (no re-validation of the input on every call).
+- ``EarlyReadmissionChain`` of ``HistGradientBoostingClassifier`` -> the boosted trees copied into flat
+  arrays and walked by a numba-compiled loop that releases the GIL (no re-validation of the input, no
+  per-tree call).
 
 Anything it does not recognise (a calibrated wrapper, one-hot encoding, another estimator) runs through
 the pipeline itself on a DataFrame built exactly like ``modeling.model_input``: slower, never different.
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from numba import njit
 from scipy.special import expit
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier
@@ -42,7 +44,6 @@ from readmission.modeling import (
 )
 
 Row = Mapping[str, Any]
-FLAT_MAX_ROWS = 48  # up to this many rows, trees are walked all at once in numpy (see _FlatTrees)
 _INTEGER_INPUTS = frozenset(
     name
     for name in schema.MODEL_INPUT_NAMES
@@ -196,14 +197,60 @@ def _lookup_table(categories: list[np.ndarray]) -> tuple[np.ndarray | None, np.n
     return table, rows
 
 
-class _BoostedTrees:
-    """P(class 1) of a fitted binary HistGradientBoostingClassifier from its tree predictors.
+@njit(nogil=True, cache=False)
+def _walk_trees(
+    x: np.ndarray,
+    roots: np.ndarray,
+    feature: np.ndarray,
+    threshold: np.ndarray,
+    left: np.ndarray,
+    right: np.ndarray,
+    missing_left: np.ndarray,
+    is_leaf: np.ndarray,
+    value: np.ndarray,
+    cat_row: np.ndarray,
+    cat_table: np.ndarray,
+    baseline: float,
+) -> np.ndarray:
+    """Raw scores (baseline + sum of leaf values) of every row, compiled to machine code without the GIL."""
+    out = np.empty(x.shape[0], dtype=np.float64)
+    for i in range(x.shape[0]):
+        total = baseline
+        for t in range(roots.size):
+            node = roots[t]
+            while not is_leaf[node]:
+                v = x[i, feature[node]]
+                if np.isnan(v):
+                    go_left = missing_left[node]
+                elif cat_row[node] >= 0:
+                    go_left = cat_table[cat_row[node], np.uint8(v)]
+                else:
+                    go_left = v <= threshold[node]
+                node = left[node] if go_left else right[node]
+            total += value[node]
+        out[i] = total
+    return out
 
-    With categorical features the model keeps an internal ColumnTransformer (categories re-coded to
-    0..k-1, unknown ones to NaN, categorical columns first); it is applied here from its fitted state.
+
+def _bits(bitset: np.ndarray) -> np.ndarray:
+    """The 256 membership flags of one 8 x uint32 bitset."""
+    flags: np.ndarray = ((bitset[np.arange(256) // 32] >> (np.arange(256) % 32).astype(np.uint32)) & 1).astype(bool)
+    return flags
+
+
+class _CompiledTrees:
+    """P(class 1) of a fitted binary HistGradientBoostingClassifier, its trees walked by ``_walk_trees``.
+
+    The trees' nodes are copied into flat arrays (one entry per node of every tree) and walked by a
+    numba-compiled loop that releases the GIL: a few microseconds per row for hundreds of trees, while the
+    event loop keeps running. Same decisions as sklearn's predictor: missing values follow the split's
+    missing direction, categories in the left bitset go left, other known categories go right, unknown
+    categories are treated as missing. With categorical features the model keeps an internal
+    ColumnTransformer (categories re-coded to 0..k-1, unknown ones to NaN, categorical columns first); it
+    is applied here from its fitted state.
     """
 
-    def __init__(self, model: HistGradientBoostingClassifier, n_threads: int) -> None:
+    def __init__(self, model: HistGradientBoostingClassifier) -> None:
         if model.n_trees_per_iteration_ != 1:
             raise TypeError("only binary boosted trees are compiled")
         self._categorical: np.ndarray | None = None
@@ -215,10 +262,46 @@ class _BoostedTrees:
             self._numeric = np.flatnonzero(masks["numerical"])
             self._categories = [np.asarray(c, dtype=np.float64) for c in encoder.categories_]
             self._lookup, self._lookup_rows = _lookup_table(self._categories)
-        self._predictors = [trees[0] for trees in model._predictors]
+        predictors = [trees[0] for trees in model._predictors]
         self._baseline = float(np.ravel(model._baseline_prediction)[0])
-        self._known_categories, self._feature_index = model._bin_mapper.make_known_categories_bitsets()
-        self._n_threads = n_threads
+        known_categories, feature_index = model._bin_mapper.make_known_categories_bitsets()
+        feature, threshold, left, right, missing_left, value, is_leaf, cat_row = [], [], [], [], [], [], [], []
+        cat_tables: list[np.ndarray] = []
+        roots, offset = [], 0
+        for tree in predictors:
+            nodes = tree.nodes
+            roots.append(offset)
+            leaf = nodes["is_leaf"].astype(bool)
+            index = np.arange(len(nodes)) + offset
+            left.append(np.where(leaf, index, nodes["left"].astype(np.int64) + offset))
+            right.append(np.where(leaf, index, nodes["right"].astype(np.int64) + offset))
+            feature.append(np.where(leaf, 0, nodes["feature_idx"]).astype(np.int64))
+            threshold.append(nodes["num_threshold"].astype(np.float64))
+            missing_left.append(nodes["missing_go_to_left"].astype(bool))
+            value.append(np.where(leaf, nodes["value"], 0.0).astype(np.float64))
+            is_leaf.append(leaf)
+            rows = np.full(len(nodes), -1, dtype=np.int64)
+            for i in np.flatnonzero(nodes["is_categorical"].astype(bool) & ~leaf):
+                goes_left = _bits(tree.raw_left_cat_bitsets[nodes["bitset_idx"][i]])
+                known = _bits(known_categories[feature_index[nodes["feature_idx"][i]]])
+                cat_tables.append(
+                    np.where(goes_left, True, np.where(known, False, bool(nodes["missing_go_to_left"][i])))
+                )
+                rows[i] = len(cat_tables) - 1
+            cat_row.append(rows)
+            offset += len(nodes)
+        self._arrays = (
+            np.array(roots, dtype=np.int64),
+            np.concatenate(feature),
+            np.concatenate(threshold),
+            np.concatenate(left),
+            np.concatenate(right),
+            np.concatenate(missing_left),
+            np.concatenate(is_leaf),
+            np.concatenate(value),
+            np.concatenate(cat_row),
+            np.array(cat_tables, dtype=bool).reshape(-1, 256) if cat_tables else np.zeros((1, 256), dtype=bool),
+        )
 
     def _recode(self, x: np.ndarray) -> np.ndarray:
         if self._categorical is None:
@@ -240,105 +323,12 @@ class _BoostedTrees:
         return out
 
     def positive(self, x: np.ndarray) -> np.ndarray:
-        x = self._recode(x)
-        raw = np.full(x.shape[0], self._baseline, dtype=np.float64)
-        for tree in self._predictors:
-            raw += tree.predict(
-                x, known_cat_bitsets=self._known_categories, f_idx_map=self._feature_index, n_threads=self._n_threads
-            )
+        raw = _walk_trees(np.ascontiguousarray(self._recode(x), dtype=np.float64), *self._arrays, self._baseline)
         result: np.ndarray = expit(raw)  # the binary log-loss link, as sklearn applies it
         return result
 
 
-def _bits(bitset: np.ndarray) -> np.ndarray:
-    """The 256 membership flags of one 8 x uint32 bitset."""
-    flags: np.ndarray = ((bitset[np.arange(256) // 32] >> (np.arange(256) % 32).astype(np.uint32)) & 1).astype(bool)
-    return flags
-
-
-class _FlatTrees(_BoostedTrees):
-    """The same trees walked for all rows and all trees at once in numpy.
-
-    Calling each tree's Cython predictor costs one GIL release and re-acquire per tree (hundreds per call);
-    in a server, where the event loop holds the GIL most of the time, each re-acquire can wait for a switch
-    interval. Here every tree is one column of a node-index matrix, moved one level per step: a few dozen
-    numpy calls per prediction whatever the number of trees. Same decisions as sklearn's predictor:
-    missing values follow the split's missing direction, categories in the left bitset go left, other
-    known categories go right, unknown categories are treated as missing.
-    """
-
-    def __init__(self, model: HistGradientBoostingClassifier, n_threads: int) -> None:
-        super().__init__(model, n_threads)
-        feature, threshold, left, right, missing_left, value, cat_row = [], [], [], [], [], [], []
-        cat_tables: list[np.ndarray] = []
-        roots, offset, depth = [], 0, 0
-        for tree in self._predictors:
-            nodes = tree.nodes
-            roots.append(offset)
-            depth = max(depth, int(nodes["depth"].max()))
-            leaf = nodes["is_leaf"].astype(bool)
-            index = np.arange(len(nodes)) + offset
-            left.append(np.where(leaf, index, nodes["left"].astype(np.int64) + offset))
-            right.append(np.where(leaf, index, nodes["right"].astype(np.int64) + offset))
-            feature.append(np.where(leaf, 0, nodes["feature_idx"]).astype(np.int64))
-            threshold.append(nodes["num_threshold"].astype(np.float64))
-            missing_left.append(nodes["missing_go_to_left"].astype(bool))
-            value.append(np.where(leaf, nodes["value"], 0.0).astype(np.float64))
-            rows = np.full(len(nodes), -1, dtype=np.int64)
-            for i in np.flatnonzero(nodes["is_categorical"].astype(bool) & ~leaf):
-                goes_left = _bits(tree.raw_left_cat_bitsets[nodes["bitset_idx"][i]])
-                known = _bits(self._known_categories[self._feature_index[nodes["feature_idx"][i]]])
-                cat_tables.append(
-                    np.where(goes_left, True, np.where(known, False, bool(nodes["missing_go_to_left"][i])))
-                )
-                rows[i] = len(cat_tables) - 1
-            cat_row.append(rows)
-            offset += len(nodes)
-        self._roots = np.array(roots, dtype=np.int64)
-        self._depth = depth
-        self._feature = np.concatenate(feature)
-        self._threshold = np.concatenate(threshold)
-        self._left = np.concatenate(left)
-        self._right = np.concatenate(right)
-        self._missing_left = np.concatenate(missing_left)
-        self._value = np.concatenate(value)
-        self._is_leaf = np.concatenate([tree.nodes["is_leaf"].astype(bool) for tree in self._predictors])
-        self._cat_row = np.concatenate(cat_row)
-        self._cat_table = np.array(cat_tables, dtype=bool).reshape(-1, 256)
-
-    def positive(self, x: np.ndarray) -> np.ndarray:
-        if x.shape[0] > FLAT_MAX_ROWS:  # larger batches: the per-tree predictors are faster
-            return super().positive(x)
-        x = np.ascontiguousarray(self._recode(x))
-        flat = x.ravel()
-        n_trees = len(self._roots)
-        # One entry per (row, tree) pair; only pairs not yet at a leaf are moved at each level, so the work
-        # follows the trees' average depth rather than the deepest tree.
-        node = np.tile(self._roots, x.shape[0])
-        active = np.flatnonzero(~self._is_leaf.take(node))
-        base = (active // n_trees) * x.shape[1]
-        current = node.take(active)
-        while active.size:
-            values = flat.take(base + self._feature.take(current))
-            missing = np.isnan(values)
-            goes_left = (values <= self._threshold.take(current)) | (missing & self._missing_left.take(current))
-            if self._cat_table.size:
-                cat = self._cat_row.take(current)
-                is_cat = (cat >= 0) & ~missing
-                if is_cat.any():
-                    goes_left[is_cat] = self._cat_table[cat[is_cat], values[is_cat].astype(np.uint8)]
-            current = np.where(goes_left, self._left.take(current), self._right.take(current))
-            done = self._is_leaf.take(current)
-            if done.any():
-                node[active[done]] = current[done]
-                going = ~done
-                active, base, current = active[going], base[going], current[going]
-        raw = self._baseline + self._value.take(node).reshape(x.shape[0], n_trees).sum(axis=1)
-        result: np.ndarray = expit(raw)
-        return result
-
-
-def _compile_estimator(estimator: Any, n_threads: int) -> Callable[[np.ndarray], np.ndarray]:
+def _compile_estimator(estimator: Any) -> Callable[[np.ndarray], np.ndarray]:
     if (
         type(estimator) is EarlyReadmissionChain
         and type(estimator.early_) is HistGradientBoostingClassifier
@@ -346,8 +336,8 @@ def _compile_estimator(estimator: Any, n_threads: int) -> Callable[[np.ndarray],
         and estimator.early_.n_trees_per_iteration_ == 1
         and estimator.later_.n_trees_per_iteration_ == 1
     ):
-        early_trees = _FlatTrees(estimator.early_, n_threads)
-        later_trees = _FlatTrees(estimator.later_, n_threads)
+        early_trees = _CompiledTrees(estimator.early_)
+        later_trees = _CompiledTrees(estimator.later_)
 
         def chain(x: np.ndarray) -> np.ndarray:
             early = early_trees.positive(x)
@@ -370,7 +360,7 @@ class Predictor:
     called as is) or ``pipeline`` (the model object itself, on a DataFrame).
     """
 
-    def __init__(self, model: Any, n_threads: int = 1) -> None:
+    def __init__(self, model: Any) -> None:
         self.model = model
         self.classes_: np.ndarray = np.asarray(model.classes_, dtype=object)
         self._encode: Block | None = None
@@ -381,7 +371,7 @@ class Predictor:
             if isinstance(prepare, FunctionTransformer) and prepare.func is prepare_features:
                 self._encode = _compile_encoder(encoder)
                 if self._encode is not None:
-                    self._estimate = _compile_estimator(estimator, n_threads)
+                    self._estimate = _compile_estimator(estimator)
                     chain = type(estimator) is EarlyReadmissionChain
                     self.path = "compiled" if chain else "compiled-input"
 
