@@ -241,8 +241,7 @@ class _Edge:
         path = scope.get("path", "")
         endpoint = path if path in ENDPOINTS else "other"
         status = 500
-        self.metrics.in_flight.inc()
-        self.in_flight.count += 1
+        self.in_flight.count += 1  # also the in-flight gauge (read at scrape time)
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -278,7 +277,6 @@ class _Edge:
 
             await self.app(scope, limited_receive, send_with_id)
         finally:
-            self.metrics.in_flight.dec()
             self.in_flight.count -= 1
             self.metrics.observe_request(endpoint, scope["method"], status, time.perf_counter() - started)
 
@@ -304,6 +302,7 @@ def create_app(settings: ApiSettings | None = None, source_factory: Callable[[],
         batch_size=settings.prediction_log_batch_size,
     )
     in_flight = InFlight()
+    metrics.in_flight.set_function(lambda: in_flight.count)
     batcher = Batcher(
         manager,
         metrics,
