@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DATA_PATH ?=
 PYTEST_ARGS ?=
-LINT_PATHS := src tests bench inference-api
+LINT_PATHS := src tests bench inference-api airflow
 
 .PHONY: run test lint typecheck bench requirements clean-state
 

@@ -88,38 +88,48 @@ def _calibrate_if_needed(
     return calibrated, True
 
 
+def fit_family(
+    name: str,
+    train: tuple[pd.DataFrame, pd.Series],
+    validation: tuple[pd.DataFrame, pd.Series],
+    config: TrainConfig,
+    budget_seconds: float,
+    log: Callable[[str], None] = print,
+) -> Candidate:
+    """Fit one family's trials within ``budget_seconds``; keep its best by validation (recalibrated if needed)."""
+    (x_train, y_train), (x_val, y_val) = train, validation
+    family_started = time.perf_counter()
+    winner: Candidate | None = None
+    for trial, (params, pipeline) in enumerate(FAMILIES[name].candidates(config.seed), start=1):
+        started = time.perf_counter()
+        pipeline.fit(x_train, y_train)
+        metrics = classification_metrics(y_val, *risk_of(pipeline, x_val))
+        seconds = time.perf_counter() - started
+        log(
+            f"  {name} trial {trial} {params}: validation {SELECTION_METRIC} {metrics[SELECTION_METRIC]:.4f} ({seconds:.1f} s)"
+        )
+        if winner is None or metrics[SELECTION_METRIC] > winner.validation[SELECTION_METRIC]:
+            winner = Candidate(name, params, pipeline, metrics, fit_seconds=seconds)
+        winner.trials = trial
+        if time.perf_counter() - family_started > budget_seconds:
+            break
+    assert winner is not None
+    winner.model, winner.calibrated = _calibrate_if_needed(
+        winner.model, winner.validation, x_val, y_val, config.calibration_tolerance
+    )
+    if winner.calibrated:
+        winner.validation = classification_metrics(y_val, *risk_of(winner.model, x_val))
+    return winner
+
+
 def fit_candidates(
     train: pd.DataFrame, validation: pd.DataFrame, config: TrainConfig, log: Callable[[str], None] = print
 ) -> list[Candidate]:
     """Fit each family's trials within its share of the time budget; keep each family's best (by validation)."""
-    x_train, y_train = model_input(train), train[schema.TARGET].astype(str)
-    x_val, y_val = model_input(validation), validation[schema.TARGET].astype(str)
+    xy_train = model_input(train), train[schema.TARGET].astype(str)
+    xy_val = model_input(validation), validation[schema.TARGET].astype(str)
     share = config.time_budget_seconds / len(config.families)
-    best: list[Candidate] = []
-    for name in config.families:
-        family_started = time.perf_counter()
-        winner: Candidate | None = None
-        for trial, (params, pipeline) in enumerate(FAMILIES[name].candidates(config.seed), start=1):
-            started = time.perf_counter()
-            pipeline.fit(x_train, y_train)
-            metrics = classification_metrics(y_val, *risk_of(pipeline, x_val))
-            seconds = time.perf_counter() - started
-            log(
-                f"  {name} trial {trial} {params}: validation {SELECTION_METRIC} {metrics[SELECTION_METRIC]:.4f} ({seconds:.1f} s)"
-            )
-            if winner is None or metrics[SELECTION_METRIC] > winner.validation[SELECTION_METRIC]:
-                winner = Candidate(name, params, pipeline, metrics, fit_seconds=seconds)
-            winner.trials = trial
-            if time.perf_counter() - family_started > share:
-                break
-        assert winner is not None
-        winner.model, winner.calibrated = _calibrate_if_needed(
-            winner.model, winner.validation, x_val, y_val, config.calibration_tolerance
-        )
-        if winner.calibrated:
-            winner.validation = classification_metrics(y_val, *risk_of(winner.model, x_val))
-        best.append(winner)
-    return best
+    return [fit_family(name, xy_train, xy_val, config, share, log) for name in config.families]
 
 
 def data_lineage(frame: pd.DataFrame, clean_build: dict[str, str]) -> dict[str, str]:
@@ -225,6 +235,101 @@ def prepare_tracking(tracking_uri: str, artifact_location: str | None = None) ->
     mlflow.set_experiment(EXPERIMENT_NAME)
 
 
+TRAINING_KEY_TAG = "training_key"  # one training job (a CLI call or an Airflow DAG run) on its runs and version
+
+
+def clean_lineage(clean_engine: Any, frame: pd.DataFrame, config: TrainConfig) -> dict[str, str]:
+    """``data_lineage`` of the CLEAN build ``frame`` was read from."""
+    from readmission.clean import clean_status
+
+    build = clean_status(clean_engine)
+    return data_lineage(
+        frame,
+        {
+            "data.raw_batches": build.raw_batches,
+            "data.split_seed": str(build.split_seed),
+            "data.clean_built_at": str(build.built_at),
+            "code.version": config.code_version,
+        },
+    )
+
+
+def log_candidate(
+    candidate: Candidate,
+    test: tuple[pd.DataFrame, pd.Series],
+    lineage: dict[str, str],
+    *,
+    nested: bool = False,
+    training_key: str | None = None,
+    log_model: bool = False,
+) -> None:
+    """Score ``candidate`` on the test split and track it as a run (with its fitted model when ``log_model``).
+
+    The model is logged when another process will pick the winner (one Airflow task per family); its URI
+    is then the run's tag ``candidate_model_uri``.
+    """
+    import mlflow
+
+    candidate.test = classification_metrics(test[1], *risk_of(candidate.model, test[0]))
+    with mlflow.start_run(run_name=candidate.family, nested=nested) as run:
+        candidate.run_id = run.info.run_id
+        tags = {**lineage, "model_family": candidate.family, "calibrated": str(candidate.calibrated)}
+        if training_key:
+            tags[TRAINING_KEY_TAG] = training_key
+        mlflow.set_tags(tags)
+        mlflow.log_params({**candidate.params, "family": candidate.family, "trials": candidate.trials})
+        mlflow.log_metrics(
+            {
+                **{f"validation_{k}": v for k, v in candidate.validation.items()},
+                **{f"test_{k}": v for k, v in candidate.test.items()},
+                "fit_seconds": candidate.fit_seconds,
+            }
+        )
+        if log_model:
+            info = mlflow.sklearn.log_model(
+                candidate.model,
+                name="candidate",
+                serialization_format="skops",
+                skops_trusted_types=_trusted_types(candidate.model),
+                signature=_signature(),
+                pip_requirements=_pip_requirements(),
+            )
+            mlflow.set_tag("candidate_model_uri", info.model_uri)
+
+
+def registered_for(training_key: str) -> str | None:
+    """The version already registered by the training job ``training_key``, if any (idempotent re-runs)."""
+    from mlflow import MlflowClient
+
+    versions = MlflowClient().search_model_versions(f"name='{MODEL_NAME}' and tags.{TRAINING_KEY_TAG}='{training_key}'")
+    return str(versions[0].version) if versions else None
+
+
+def register_and_gate(
+    best: Candidate,
+    test: pd.DataFrame,
+    validation: pd.DataFrame,
+    lineage: dict[str, str],
+    config: TrainConfig,
+    *,
+    training_key: str | None = None,
+) -> tuple[str, GateDecision]:
+    """Register ``best`` (plots, importance, lineage tags) and move `champion` to it only if it is better."""
+    from mlflow import MlflowClient
+
+    version = log_and_register(best, test, validation, config)
+    client = MlflowClient()
+    tags = {**lineage, **{f"test_{k}": f"{v:.6f}" for k, v in best.test.items()}}
+    if training_key:
+        tags[TRAINING_KEY_TAG] = training_key
+    for key, value in tags.items():
+        client.set_model_version_tag(MODEL_NAME, version, key, value)
+    decision = promote_if_better(
+        client, version, best.test[SELECTION_METRIC], _score_on(test), min_improvement=config.min_improvement
+    )
+    return version, decision
+
+
 def train_and_register(
     clean_engine: Any,
     tracking_uri: str,
@@ -235,49 +340,20 @@ def train_and_register(
 ) -> TrainReport:
     """The training job: fit candidates, track them, register the best, gate `champion` on the test split."""
     import mlflow
-    from mlflow import MlflowClient
-
-    from readmission.clean import clean_status
 
     started = time.perf_counter()
     frame = read_clean(clean_engine)
     train, validation, test = (frame[frame["split"] == s] for s in ("train", "validation", "test"))
-    build = clean_status(clean_engine)
-    lineage = data_lineage(
-        frame,
-        {
-            "data.raw_batches": build.raw_batches,
-            "data.split_seed": str(build.split_seed),
-            "data.clean_built_at": str(build.built_at),
-            "code.version": config.code_version,
-        },
-    )
+    lineage = clean_lineage(clean_engine, frame, config)
     prepare_tracking(tracking_uri, artifact_location)
     candidates = fit_candidates(train, validation, config, log)
-    x_test, y_test = model_input(test), test[schema.TARGET].astype(str)
+    xy_test = model_input(test), test[schema.TARGET].astype(str)
     with mlflow.start_run(run_name=f"training {time.strftime('%Y-%m-%d %H:%M:%S')}"):
         mlflow.set_tags(lineage)
         for candidate in candidates:
-            candidate.test = classification_metrics(y_test, *risk_of(candidate.model, x_test))
-            with mlflow.start_run(run_name=candidate.family, nested=True) as child:
-                candidate.run_id = child.info.run_id
-                mlflow.set_tags({**lineage, "model_family": candidate.family, "calibrated": str(candidate.calibrated)})
-                mlflow.log_params({**candidate.params, "family": candidate.family, "trials": candidate.trials})
-                mlflow.log_metrics(
-                    {
-                        **{f"validation_{k}": v for k, v in candidate.validation.items()},
-                        **{f"test_{k}": v for k, v in candidate.test.items()},
-                        "fit_seconds": candidate.fit_seconds,
-                    }
-                )
+            log_candidate(candidate, xy_test, lineage, nested=True)
         best = max(candidates, key=lambda c: c.validation[SELECTION_METRIC])
         mlflow.log_metrics({f"best_test_{k}": v for k, v in best.test.items()})
         mlflow.set_tag("best_family", best.family)
-    version = log_and_register(best, test, validation, config)
-    client = MlflowClient()
-    for key, value in {**lineage, **{f"test_{k}": f"{v:.6f}" for k, v in best.test.items()}}.items():
-        client.set_model_version_tag(MODEL_NAME, version, key, value)
-    decision = promote_if_better(
-        client, version, best.test[SELECTION_METRIC], _score_on(test), min_improvement=config.min_improvement
-    )
+    version, decision = register_and_gate(best, test, validation, lineage, config)
     return TrainReport(candidates, best, version, decision, lineage, time.perf_counter() - started)
