@@ -4,6 +4,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# Airflow for the DAG tests (`airflow dags test`), in a virtualenv of its own: its pins never meet ours.
+AIRFLOW_VENV ?= .venv-airflow
 DATA_PATH ?=
 PYTEST_ARGS ?=
 LINT_PATHS := src tests bench inference-api airflow
@@ -30,8 +32,13 @@ run: $(VENV)/.lib-installed
 	@echo "inference API: http://127.0.0.1:8000  (docs: http://127.0.0.1:8000/docs; Ctrl-C stops it)"
 	$(BIN)/python -m inference_api
 
-## test: lint, type-check and run the test suite
-test: $(VENV)/.dev-installed
+$(AIRFLOW_VENV)/.installed: $(BIN)/python requirements/airflow.txt
+	$(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(BIN)/uv pip install --python $(AIRFLOW_VENV)/bin/python --quiet -r requirements/airflow.txt
+	touch $@
+
+## test: lint, type-check and run the test suite (the DAG tests use Airflow in .venv-airflow)
+test: $(VENV)/.dev-installed $(AIRFLOW_VENV)/.installed
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy
@@ -52,7 +59,7 @@ bench: $(VENV)/.dev-installed
 
 ## requirements: recompile the pinned requirement files from requirements/*.in
 requirements: $(BIN)/python
-	cd requirements && for f in lib api dev bench; do ../$(BIN)/uv pip compile --quiet --python-version 3.11 $$f.in -o $$f.txt; done
+	cd requirements && for f in lib api dev bench airflow; do ../$(BIN)/uv pip compile --quiet --python-version 3.11 $$f.in -o $$f.txt; done
 
 ## clean-state: delete the embedded databases and download cache under var/
 clean-state:
