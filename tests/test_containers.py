@@ -56,7 +56,7 @@ def _copy_sources(dockerfile: Path) -> list[str]:
 
 
 def test_dockerfiles_exist_for_the_services() -> None:
-    assert "inference-api" in {p.parent.name for p in DOCKERFILES}
+    assert {"inference-api", "airflow"} <= {p.parent.name for p in DOCKERFILES}
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
