@@ -11,7 +11,9 @@ from typing import Any
 
 import yaml
 
-from conftest import REPO, _unavailable
+from conftest import _unavailable  # defined by both conftest files: the import works from either
+
+REPO = Path(__file__).resolve().parents[1]
 
 COMPOSE = REPO / "airflow" / "docker-compose.yaml"
 ENV_EXAMPLE = REPO / "airflow" / ".env.example"

@@ -19,7 +19,9 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from conftest import REPO, PostgresDatabases, _unavailable
+from conftest import _unavailable  # defined by both conftest files: the import works from either
+
+REPO = Path(__file__).resolve().parents[1]
 
 DAG_ID = "1-diabetes-training-pipeline"
 DAGS = REPO / "airflow" / "dags"
@@ -116,7 +118,7 @@ def _dags_test(airflow: Path, env: dict[str, str], conf: dict[str, Any], log: Pa
 
 
 def test_dags_test_runs_the_pipeline_and_a_second_run_adds_one_batch(
-    airflow_python: Path, postgres: PostgresDatabases, real_data_path: Path, tmp_path: Path
+    airflow_python: Path, postgres: Any, real_data_path: Path, tmp_path: Path
 ) -> None:
     from mlflow import MlflowClient
 
