@@ -8,9 +8,9 @@ BIN := $(VENV)/bin
 AIRFLOW_VENV ?= .venv-airflow
 DATA_PATH ?=
 PYTEST_ARGS ?=
-LINT_PATHS := src tests bench inference-api airflow
+LINT_PATHS := src tests bench inference-api airflow scripts
 
-.PHONY: run test lint typecheck bench requirements clean-state
+.PHONY: run test lint typecheck bench requirements clean-state k8s-secrets
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,10 @@ bench: $(VENV)/.dev-installed
 ## requirements: recompile the pinned requirement files from requirements/*.in
 requirements: $(BIN)/python
 	cd requirements && for f in lib api dev bench airflow; do ../$(BIN)/uv pip compile --quiet --python-version 3.11 $$f.in -o $$f.txt; done
+
+## k8s-secrets: create the git-ignored */secrets.env of the Kubernetes manifests (random values, kept on re-runs)
+k8s-secrets:
+	$(PYTHON) scripts/k8s_secrets.py
 
 ## clean-state: delete the embedded databases and download cache under var/
 clean-state:

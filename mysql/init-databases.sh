@@ -1,0 +1,13 @@
+#!/bin/sh
+# Runs once, on an empty data directory (the mysql image's /docker-entrypoint-initdb.d): one database
+# and one user per client, each user limited to its own database. Passwords: the mysql-credentials Secret.
+set -eu
+mysql --protocol=socket -uroot -p"$MYSQL_ROOT_PASSWORD" <<SQL
+CREATE DATABASE IF NOT EXISTS mlflow CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;
+CREATE DATABASE IF NOT EXISTS inference CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;
+CREATE USER IF NOT EXISTS 'mlflow'@'%' IDENTIFIED BY '${MLFLOW_DB_PASSWORD}';
+CREATE USER IF NOT EXISTS 'inference'@'%' IDENTIFIED BY '${INFERENCE_DB_PASSWORD}';
+GRANT ALL PRIVILEGES ON mlflow.* TO 'mlflow'@'%';
+GRANT SELECT, INSERT, CREATE, INDEX ON inference.* TO 'inference'@'%';
+FLUSH PRIVILEGES;
+SQL

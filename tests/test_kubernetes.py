@@ -1,0 +1,269 @@
+"""The Kubernetes manifests, checked without a cluster.
+
+Each folder and the root build with `kubectl kustomize` (secrets made by `scripts/k8s_secrets.py` in a
+scratch copy, as `make k8s-secrets` does), every rendered object validates strictly against the
+Kubernetes API schema, the objects reference each other correctly (Services -> pods and ports, claims ->
+volumes, Secrets and ConfigMaps -> generated objects) and every workload has the security baseline.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from conftest import _unavailable  # defined by both conftest files: the import works from either
+
+REPO = Path(__file__).resolve().parents[1]
+K8S_VERSION = "1.32.0"
+NAMESPACE = "project-3-mlops"
+ROOT_FOLDERS = [entry for entry in yaml.safe_load((REPO / "kustomization.yaml").read_text())["resources"]]
+FOLDERS = [entry for entry in ROOT_FOLDERS if (REPO / entry).is_dir()]
+WORKLOADS = {"Deployment", "StatefulSet", "Job", "DaemonSet"}
+
+
+@pytest.fixture(scope="module")
+def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A scratch copy of the manifests with generated secrets (the repository has none)."""
+    if shutil.which("kubectl") is None:
+        _unavailable("kubectl is not installed (it builds the kustomizations)")
+    copy = tmp_path_factory.mktemp("manifests")
+    for name in ["kustomization.yaml", *ROOT_FOLDERS]:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, copy / name, ignore=shutil.ignore_patterns("secrets.env", "__pycache__"))
+        else:
+            shutil.copy(source, copy / name)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "k8s_secrets.py"), str(copy)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return copy
+
+
+def build(folder: Path) -> list[dict[str, Any]]:
+    done = subprocess.run(["kubectl", "kustomize", str(folder)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"kubectl kustomize {folder.name} failed:\n{done.stderr}"
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+@pytest.fixture(scope="module")
+def rendered(checkout: Path) -> list[dict[str, Any]]:
+    return build(checkout)
+
+
+def _pod_specs(objects: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any], dict[str, str]]]:
+    """(workload name, pod spec, pod labels) of every workload."""
+    out = []
+    for obj in objects:
+        if obj["kind"] in WORKLOADS:
+            template = obj["spec"]["template"]
+            out.append((obj["metadata"]["name"], template["spec"], template["metadata"].get("labels", {})))
+    return out
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_each_folder_builds_alone_in_the_namespace(checkout: Path, folder: str) -> None:
+    objects = build(checkout / folder)
+    assert objects
+    for obj in objects:
+        if obj["kind"] not in {"PersistentVolume", "Namespace"}:  # cluster-scoped
+            assert obj["metadata"].get("namespace") == NAMESPACE, f"{obj['kind']}/{obj['metadata']['name']}"
+
+
+def test_every_rendered_object_validates_strictly(rendered: list[dict[str, Any]]) -> None:
+    import kubernetes_validate
+
+    problems = []
+    for obj in rendered:
+        try:
+            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            problems.append(f"{obj['kind']}/{obj['metadata']['name']}: {exc.message} at {list(exc.path)}")
+    assert problems == []
+
+
+def test_the_root_holds_the_namespace_and_every_folder(rendered: list[dict[str, Any]]) -> None:
+    kinds = {(o["kind"], o["metadata"]["name"]) for o in rendered}
+    assert ("Namespace", NAMESPACE) in kinds
+    for name in ("postgres", "mysql", "minio"):
+        assert ("Deployment", name) in kinds and ("Service", name) in kinds
+
+
+def test_services_select_existing_pods_and_named_container_ports(rendered: list[dict[str, Any]]) -> None:
+    pods = _pod_specs(rendered)
+    for svc in (o for o in rendered if o["kind"] == "Service"):
+        selector = svc["spec"]["selector"]
+        assert set(selector) == {"app.kubernetes.io/name"}, f"{svc['metadata']['name']}: select on the name only"
+        matching = [spec for _, spec, labels in pods if selector.items() <= labels.items()]
+        assert matching, f"Service {svc['metadata']['name']} selects no pod"
+        ports = {p.get("name") for spec in matching for c in spec["containers"] for p in c.get("ports", [])}
+        numbers = {p["containerPort"] for spec in matching for c in spec["containers"] for p in c.get("ports", [])}
+        for port in svc["spec"]["ports"]:
+            target = port.get("targetPort", port["port"])
+            assert target in ports or target in numbers, f"{svc['metadata']['name']}: no container port {target}"
+
+
+def test_claims_bind_to_volumes(rendered: list[dict[str, Any]]) -> None:
+    volumes = {o["metadata"]["name"]: o for o in rendered if o["kind"] == "PersistentVolume"}
+    claims = [o for o in rendered if o["kind"] == "PersistentVolumeClaim"]
+    assert claims
+    units = {"Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+    def size(quantity: str) -> int:
+        number, unit = re.fullmatch(r"(\d+)(Mi|Gi|Ti)", quantity).groups()  # type: ignore[union-attr]
+        return int(number) * units[unit]
+
+    for claim in claims:
+        name, spec = claim["metadata"]["name"], claim["spec"]
+        pv = volumes.get(spec.get("volumeName", ""))
+        assert pv is not None, f"claim {name} names no rendered volume"
+        assert pv["spec"]["storageClassName"] == spec["storageClassName"], name
+        assert set(spec["accessModes"]) <= set(pv["spec"]["accessModes"]), name
+        assert size(pv["spec"]["capacity"]["storage"]) >= size(spec["resources"]["requests"]["storage"]), name
+        assert pv["spec"]["claimRef"] == {"namespace": NAMESPACE, "name": name}
+        assert pv["spec"]["persistentVolumeReclaimPolicy"] == "Retain"
+
+
+def test_referenced_secrets_and_config_maps_exist(rendered: list[dict[str, Any]]) -> None:
+    existing = {(o["kind"], o["metadata"]["name"]) for o in rendered}
+    for workload, spec, _ in _pod_specs(rendered):
+        wanted: set[tuple[str, str]] = set()
+        for container in [*spec.get("initContainers", []), *spec["containers"]]:
+            for source in container.get("envFrom", []):
+                if "secretRef" in source:
+                    wanted.add(("Secret", source["secretRef"]["name"]))
+                if "configMapRef" in source:
+                    wanted.add(("ConfigMap", source["configMapRef"]["name"]))
+            for env in container.get("env", []):
+                ref = env.get("valueFrom", {})
+                if "secretKeyRef" in ref:
+                    wanted.add(("Secret", ref["secretKeyRef"]["name"]))
+                if "configMapKeyRef" in ref:
+                    wanted.add(("ConfigMap", ref["configMapKeyRef"]["name"]))
+        for volume in spec.get("volumes", []):
+            if "secret" in volume:
+                wanted.add(("Secret", volume["secret"]["secretName"]))
+            if "configMap" in volume:
+                wanted.add(("ConfigMap", volume["configMap"]["name"]))
+            if "persistentVolumeClaim" in volume:
+                wanted.add(("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"]))
+        assert wanted <= existing, f"{workload} references missing objects: {sorted(wanted - existing)}"
+
+
+def test_every_workload_has_the_security_baseline(rendered: list[dict[str, Any]]) -> None:
+    dockerfiles = {p.parent.name for p in REPO.glob("*/Dockerfile")}
+    for workload, spec, labels in _pod_specs(rendered):
+        assert spec.get("automountServiceAccountToken") is False, workload
+        pod_security = spec.get("securityContext", {})
+        assert pod_security.get("runAsNonRoot") is True, workload
+        assert pod_security.get("seccompProfile", {}).get("type") == "RuntimeDefault", workload
+        assert "app.kubernetes.io/name" in labels, workload
+        for container in [*spec.get("initContainers", []), *spec["containers"]]:
+            where = f"{workload}/{container['name']}"
+            image = container["image"]
+            repository, _, tag = image.rpartition(":")
+            assert tag and tag != "latest" and "/" not in tag, f"{where}: image {image} is not pinned"
+            if not re.search(r"\d", tag):
+                assert repository.rsplit("/", 1)[-1] in dockerfiles, (
+                    f"{where}: {image} is neither pinned nor built here"
+                )
+            security = container.get("securityContext", {})
+            assert security.get("allowPrivilegeEscalation") is False, where
+            assert security.get("capabilities", {}).get("drop") == ["ALL"], where
+            assert security.get("readOnlyRootFilesystem") is True, where
+            resources = container.get("resources", {})
+            assert {"cpu", "memory"} <= set(resources.get("requests", {})), where
+            assert {"cpu", "memory"} <= set(resources.get("limits", {})), where
+            assert all(p.get("name") for p in container.get("ports", [])), f"{where}: unnamed port"
+            if workload in {o["metadata"]["name"] for o in rendered if o["kind"] == "Deployment"}:
+                readiness, liveness = container.get("readinessProbe"), container.get("livenessProbe")
+                assert readiness and liveness, f"{where}: readiness and liveness probes"
+                assert readiness != liveness, f"{where}: the two probes test the same thing"
+
+
+def test_deployment_selectors_use_the_name_label_only(rendered: list[dict[str, Any]]) -> None:
+    for obj in rendered:
+        if obj["kind"] == "Deployment":
+            assert set(obj["spec"]["selector"]["matchLabels"]) == {"app.kubernetes.io/name"}, obj["metadata"]["name"]
+
+
+def test_databases_accept_only_their_clients(rendered: list[dict[str, Any]]) -> None:
+    policies = {o["metadata"]["name"]: o for o in rendered if o["kind"] == "NetworkPolicy"}
+    for name in ("postgres", "mysql", "minio"):
+        policy = policies[name]["spec"]
+        assert policy["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": name}
+        assert policy["policyTypes"] == ["Ingress"] and policy["ingress"], name
+    mysql_clients = {
+        p["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+        for p in policies["mysql"]["spec"]["ingress"][0]["from"]
+    }
+    assert mysql_clients == {"mlflow", "inference-api"}
+    nodeports = {o["metadata"]["name"] for o in rendered if o["kind"] == "Service" and o["spec"]["type"] == "NodePort"}
+    assert "mysql" not in " ".join(nodeports) and "minio" not in " ".join(nodeports)
+
+
+def test_no_generated_secret_reaches_a_tracked_file(checkout: Path) -> None:
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    assert not [f for f in tracked if f.endswith("secrets.env")], "a secrets.env is tracked"
+    assert ".gitignore" in tracked and "secrets.env" in (REPO / ".gitignore").read_text().split()
+    generated = [
+        line.split("=", 1)[1]
+        for path in checkout.glob("*/secrets.env")
+        for line in path.read_text().splitlines()
+        if "=" in line
+    ]
+    assert len(generated) >= 8 and all(len(value) >= 24 for value in generated)
+
+
+def test_strict_validation_rejects_an_unknown_field(rendered: list[dict[str, Any]]) -> None:
+    """The schema check above can fail: a misspelt field in a rendered Deployment is refused."""
+    import copy
+
+    import kubernetes_validate
+
+    deployment = copy.deepcopy(next(o for o in rendered if o["kind"] == "Deployment"))
+    deployment["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
+
+
+SECRET_LITERAL = re.compile(
+    r"""(?ix)
+    (?:password|passwd|secret|token|api[_-]?key|access[_-]?key)[a-z_]*   # a secret-looking name
+    [\ \t]*[:=][\ \t]*["']?(?!\$[{(])(?!<)(?=[^\s"']*(?-i:[0-9A-Z]))([A-Za-z0-9+/_\-.]{12,})  # a long literal
+    |-----BEGIN\ [A-Z ]*PRIVATE\ KEY-----
+    |AKIA[0-9A-Z]{16}
+    """
+)
+
+
+def secret_literals(text: str) -> list[str]:
+    return [m.group(0)[:60] for m in SECRET_LITERAL.finditer(text)]
+
+
+def test_no_secret_looking_literal_in_tracked_files_or_rendered_manifests(rendered: list[dict[str, Any]]) -> None:
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    found = {}
+    for name in tracked:
+        path = REPO / name
+        if path.suffix in {".png", ".jpg", ".zip", ".gz"} or not path.is_file():
+            continue
+        hits = secret_literals(path.read_text(encoding="utf-8", errors="replace"))
+        if hits:
+            found[name] = hits
+    assert found == {}
+    manifests = yaml.safe_dump_all([o for o in rendered if o["kind"] != "Secret"])  # generated in the scratch copy
+    assert secret_literals(manifests) == []
+
+
+def test_the_secret_scan_sees_a_literal() -> None:
+    assert secret_literals('POSTGRES_PASSWORD: "Zx81kQ0pLmN4vB7t"') != []
+    assert secret_literals("aws = AKIAABCDEFGHIJKLMNOP") != []
+    assert secret_literals("password: ${AIRFLOW_DB_PASSWORD}") == []
