@@ -106,6 +106,19 @@ def _candidate_summary(run: Any) -> Summary:
     }
 
 
+def _clean_with_lineage(clean_url: str, config: Any) -> tuple[Any, dict[str, str]]:
+    """The CLEAN frame (all splits) and its lineage tags."""
+    from readmission.clean import read_clean
+    from readmission.training import clean_lineage
+
+    engine = create_db_engine(clean_url)
+    try:
+        frame = read_clean(engine)
+        return frame, clean_lineage(engine, frame, config)
+    finally:
+        engine.dispose()
+
+
 def _candidate_runs(client: Any, training_key: str, family: str | None = None) -> list[Any]:
     """Finished candidate runs (with a logged model) of the training job ``training_key``, newest first."""
     from readmission.registry import EXPERIMENT_NAME
@@ -134,11 +147,9 @@ def train_family(
     from mlflow import MlflowClient
 
     from readmission import schema
-    from readmission.clean import read_clean
     from readmission.modeling import model_input
     from readmission.training import (
         TrainConfig,
-        clean_lineage,
         fit_family,
         log_candidate,
         prepare_tracking,
@@ -150,12 +161,7 @@ def train_family(
     done = _candidate_runs(client, training_key, family)
     if done:
         return {**_candidate_summary(done[0]), "reused": True}
-    engine = create_db_engine(clean_url)
-    try:
-        frame = read_clean(engine)
-        lineage = clean_lineage(engine, frame, config)
-    finally:
-        engine.dispose()
+    frame, lineage = _clean_with_lineage(clean_url, config)
     splits = {s: frame[frame["split"] == s] for s in ("train", "validation", "test")}
     xy = {s: (model_input(f), f[schema.TARGET].astype(str)) for s, f in splits.items()}
     candidate = fit_family(family, xy["train"], xy["validation"], config, time_budget_seconds)
@@ -180,12 +186,10 @@ def select_and_promote(
     import mlflow
     from mlflow import MlflowClient
 
-    from readmission.clean import read_clean
     from readmission.registry import CHAMPION, MODEL_NAME, SELECTION_METRIC
     from readmission.training import (
         Candidate,
         TrainConfig,
-        clean_lineage,
         prepare_tracking,
         register_and_gate,
         registered_for,
@@ -203,12 +207,7 @@ def select_and_promote(
     version = registered_for(training_key)
     if version is None:
         config = TrainConfig(families=(best["family"],), seed=seed, min_improvement=min_improvement)
-        engine = create_db_engine(clean_url)
-        try:
-            frame = read_clean(engine)
-            lineage = clean_lineage(engine, frame, config)
-        finally:
-            engine.dispose()
+        frame, lineage = _clean_with_lineage(clean_url, config)
         winner = Candidate(
             best["family"],
             {},

@@ -174,6 +174,21 @@ def _pip_requirements() -> list[str]:
     return [f"{p}=={version(p)}" for p in ("scikit-learn", "pandas", "numpy", "scipy", "skops", "mlflow")]
 
 
+def _log_model(model: Any, name: str, input_example: pd.DataFrame | None = None) -> Any:
+    """Log ``model`` to the active run in skops format with the reviewed trusted types; its ModelInfo."""
+    import mlflow
+
+    return mlflow.sklearn.log_model(
+        model,
+        name=name,
+        serialization_format="skops",
+        skops_trusted_types=_trusted_types(model),
+        signature=_signature(),
+        input_example=input_example,
+        pip_requirements=_pip_requirements(),
+    )
+
+
 def log_and_register(best: Candidate, test: pd.DataFrame, validation: pd.DataFrame, config: TrainConfig) -> str:
     """Log the winner's model, plots and importance to its run and register it; returns the new version."""
     import mlflow
@@ -199,15 +214,7 @@ def log_and_register(best: Candidate, test: pd.DataFrame, validation: pd.DataFra
         for path in write_plots(Path(tmp), y_test, test_risk, threshold, importance_series):
             mlflow.log_artifact(str(path), artifact_path="plots")
         mlflow.log_dict(importance_series.sort_values(ascending=False).to_dict(), "feature_importance.json")
-        info = mlflow.sklearn.log_model(
-            best.model,
-            name="model",
-            serialization_format="skops",
-            skops_trusted_types=_trusted_types(best.model),
-            signature=_signature(),
-            input_example=x_test.head(3),
-            pip_requirements=_pip_requirements(),
-        )
+        info = _log_model(best.model, "model", input_example=x_test.head(3))
     version = mlflow.register_model(info.model_uri, MODEL_NAME, tags={"model_family": best.family})
     return str(version.version)
 
@@ -286,14 +293,7 @@ def log_candidate(
             }
         )
         if log_model:
-            info = mlflow.sklearn.log_model(
-                candidate.model,
-                name="candidate",
-                serialization_format="skops",
-                skops_trusted_types=_trusted_types(candidate.model),
-                signature=_signature(),
-                pip_requirements=_pip_requirements(),
-            )
+            info = _log_model(candidate.model, "candidate")
             mlflow.set_tag("candidate_model_uri", info.model_uri)
 
 
