@@ -269,3 +269,24 @@ def test_the_secret_scan_sees_a_literal() -> None:
     assert secret_literals(f'POSTGRES_PASSWORD: "{value}"') != []
     assert secret_literals("aws = " + "AKIA" + "ABCDEFGHIJKLMNOP") != []
     assert secret_literals("password: ${AIRFLOW_DB_PASSWORD}") == []
+
+
+def test_make_k8s_secrets_shares_names_and_keeps_existing_values(tmp_path: Path) -> None:
+    (tmp_path / "db").mkdir()
+    (tmp_path / "client").mkdir()
+    (tmp_path / "db" / "secrets.env.example").write_text("# the database\nROOT_PASSWORD=\nAPP_PASSWORD=\n")
+    (tmp_path / "client" / "secrets.env.example").write_text("APP_PASSWORD=\nMODE=fixed\n")
+    script = [sys.executable, str(REPO / "scripts" / "k8s_secrets.py"), str(tmp_path)]
+
+    def values(folder: str) -> dict[str, str]:
+        lines = (tmp_path / folder / "secrets.env").read_text().splitlines()
+        return dict(line.split("=", 1) for line in lines)
+
+    subprocess.run(script, check=True, capture_output=True)
+    first = {"db": values("db"), "client": values("client")}
+    assert first["db"]["APP_PASSWORD"] == first["client"]["APP_PASSWORD"]  # one value for both sides
+    assert first["db"]["ROOT_PASSWORD"] != first["db"]["APP_PASSWORD"] and len(first["db"]["ROOT_PASSWORD"]) >= 24
+    assert first["client"]["MODE"] == "fixed"  # a value given in the example is kept
+    assert (tmp_path / "db" / "secrets.env").stat().st_mode & 0o777 == 0o600
+    subprocess.run(script, check=True, capture_output=True)
+    assert {"db": values("db"), "client": values("client")} == first  # never rotated by a re-run
