@@ -76,8 +76,16 @@ def test_the_dag_folder_loads_without_errors_and_the_graph_is_as_designed(airflo
     assert {"diabetes-readmission", "training"} <= set(dag["tags"])
     assert "### 1-diabetes-training-pipeline" in dag["doc_md"]
     params = dag["params"]
-    assert set(params) == {"max_batches", "data_path", "families", "train_time_budget_seconds", "min_improvement"}
+    assert set(params) == {
+        "max_batches",
+        "data_path",
+        "families",
+        "train_time_budget_seconds",
+        "max_trials",
+        "min_improvement",
+    }
     assert params["max_batches"]["default"] is None and params["data_path"]["default"] is None
+    assert params["max_trials"]["default"] is None
     assert params["families"]["default"] == ["logistic_regression", "hist_gradient_boosting", "random_forest"]
     assert all(p["description"] for p in params.values())
 
@@ -146,7 +154,8 @@ def test_dags_test_runs_the_pipeline_and_a_second_run_adds_one_batch(
     airflow = airflow_python.with_name("airflow")
     migrate = subprocess.run([str(airflow), "db", "migrate"], capture_output=True, text=True, env=env, timeout=300)
     assert migrate.returncode == 0, migrate.stdout[-2000:] + migrate.stderr[-2000:]
-    conf = {"data_path": str(real_data_path), "train_time_budget_seconds": 6}
+    families = ["logistic_regression", "hist_gradient_boosting"]  # two mapped tasks; the forest adds only minutes
+    conf = {"data_path": str(real_data_path), "train_time_budget_seconds": 60, "max_trials": 1, "families": families}
 
     first = _dags_test(airflow, env, {**conf, "max_batches": 2}, tmp_path / "run-1.log")
     assert _ledger(raw_url) == [0, 1]

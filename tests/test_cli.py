@@ -11,7 +11,8 @@ import pytest
 
 from readmission.synthetic import write_synthetic_csv
 
-FAST_TRAINING = {"TRAIN_TIME_BUDGET_SECONDS": "1", "TRAIN_FAMILIES": "logistic_regression"}
+# One trial per family: the same models on a fast or a loaded machine (a time budget alone is not).
+FAST_TRAINING = {"TRAIN_TIME_BUDGET_SECONDS": "60", "TRAIN_MAX_TRIALS": "1", "TRAIN_FAMILIES": "logistic_regression"}
 
 
 def _cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -31,6 +31,9 @@ def test_retried_training_and_selection_reuse_what_the_job_already_did(tmp_path:
     assert promoted["version"] == retried["version"] == "1"
     assert promoted["promoted"] and retried["promoted"] and retried["reason"] == "no champion yet"
     assert str(client.get_model_version_by_alias(MODEL_NAME, CHAMPION).version) == "1"
+    # The version is the model the training task logged, registered as it is (not logged a second time).
+    assert client.get_model_version(MODEL_NAME, "1").source == first["model_uri"]
+    assert len(client.search_logged_models(experiment_ids=[client.get_run(first["run_id"]).info.experiment_id])) == 1
 
     # A new job trains again and registers a new version, gated against the champion.
     steps.train_family(clean_url, tracking_uri, family, "job-2", 1, artifact_location=artifacts)

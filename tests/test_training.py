@@ -29,10 +29,13 @@ from readmission.registry import (
     rollback,
 )
 from readmission.synthetic import build_synthetic_clean
-from readmission.training import TrainConfig, _score_on, prepare_tracking, train_and_register
+from readmission.training import TrainConfig, _score_on, fit_family, prepare_tracking, train_and_register
 
 FAST = TrainConfig(
-    families=("logistic_regression", "hist_gradient_boosting"), time_budget_seconds=1, importance_rows=300
+    families=("logistic_regression", "hist_gradient_boosting"),
+    time_budget_seconds=60,
+    max_trials=1,
+    importance_rows=300,
 )
 
 
@@ -141,6 +144,20 @@ def test_rollback_and_listing(clean_db: Any, tracking: str) -> None:
 def test_unknown_family_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown model families"):
         TrainConfig(families=("xgboost",))
+
+
+def test_max_trials_caps_the_trials_whatever_the_time_budget(clean_db: Any) -> None:
+    """With a cap the run does not depend on the machine's speed: two trials, though the budget allows many."""
+    train, validation = (read_clean(clean_db, split) for split in ("train", "validation"))
+    xy = [(model_input(f), f[schema.TARGET].astype(str)) for f in (train, validation)]
+    lines: list[str] = []
+    config = TrainConfig(families=("logistic_regression",), max_trials=2)
+    winner = fit_family("logistic_regression", xy[0], xy[1], config, budget_seconds=3_600, log=lines.append)
+    assert winner.trials == 2
+    assert [line.split(" {")[0].strip() for line in lines] == [
+        "logistic_regression trial 1",
+        "logistic_regression trial 2",
+    ]
 
 
 def test_model_inputs_exclude_identifiers_and_target() -> None:

@@ -82,6 +82,14 @@ NETWORK = {"retries": 3, "retry_delay": timedelta(seconds=20), "retry_exponentia
             title="Training time budget (s)",
             description="Seconds of trials shared by the families (each gets an equal part; one trial always runs).",
         ),
+        "max_trials": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            title="Trials per family at most",
+            description="Caps each family's hyper-parameter trials; empty: as many as the time budget allows. Set it "
+            "for a run that does not depend on the machine's speed.",
+        ),
         "min_improvement": Param(
             0.0,
             type="number",
@@ -116,11 +124,19 @@ def diabetes_training_pipeline() -> None:
 
     @task.external_python(**PROJECT, **NETWORK)
     def train_candidate(
-        family: str, clean_url: str, tracking_uri: str, training_key: str, budget: float, families: list, clean: dict
+        family: str,
+        clean_url: str,
+        tracking_uri: str,
+        training_key: str,
+        budget: float,
+        max_trials: int | None,
+        families: list,
+        clean: dict,
     ) -> dict:
         from readmission import steps
 
-        return steps.train_family(clean_url, tracking_uri, family, training_key, float(budget) / len(families))
+        share = float(budget) / len(families)
+        return steps.train_family(clean_url, tracking_uri, family, training_key, share, max_trials=max_trials)
 
     @task.external_python(**PROJECT, **NETWORK)
     def select_and_promote(
@@ -149,6 +165,7 @@ def diabetes_training_pipeline() -> None:
         tracking_uri=TRACKING_URI,
         training_key=TRAINING_KEY,
         budget="{{ params.train_time_budget_seconds }}",
+        max_trials="{{ params.max_trials }}",
         families=families,
         clean=clean,
     ).expand(family=families)

@@ -65,7 +65,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
     prepare_tracking(uri, artifacts)
     for seed in (0, 1):
         config = TrainConfig(
-            families=("hist_gradient_boosting",), time_budget_seconds=1, importance_rows=200, seed=seed
+            families=("hist_gradient_boosting",), time_budget_seconds=60, max_trials=1, importance_rows=200, seed=seed
         )
         train_and_register(clean, uri, config, artifact_location=artifacts, log=lambda _line: None)
     from mlflow import MlflowClient

@@ -142,8 +142,10 @@ def train_family(
     time_budget_seconds: float,
     seed: int = 0,
     artifact_location: str | None = None,
+    max_trials: int | None = None,
 ) -> Summary:
-    """Fit one model family on CLEAN within ``time_budget_seconds`` and track it (with its model) in MLflow."""
+    """Fit one model family on CLEAN within ``time_budget_seconds`` (at most ``max_trials`` trials) and track it
+    (with its model) in MLflow."""
     from mlflow import MlflowClient
 
     from readmission import schema
@@ -155,7 +157,9 @@ def train_family(
         prepare_tracking,
     )
 
-    config = TrainConfig(families=(family,), time_budget_seconds=time_budget_seconds, seed=seed)
+    config = TrainConfig(
+        families=(family,), time_budget_seconds=time_budget_seconds, max_trials=max_trials or None, seed=seed
+    )
     prepare_tracking(tracking_uri, artifact_location)
     client = MlflowClient()
     done = _candidate_runs(client, training_key, family)
@@ -216,6 +220,7 @@ def select_and_promote(
             test=best["test"],
             calibrated=best["calibrated"],
             run_id=best["run_id"],
+            model_uri=best["model_uri"],  # registered as logged by the training task, not logged again
         )
         test, validation = (frame[frame["split"] == s] for s in ("test", "validation"))
         version, _ = register_and_gate(winner, test, validation, lineage, config, training_key=training_key)

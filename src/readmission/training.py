@@ -34,6 +34,7 @@ class TrainConfig:
 
     families: tuple[str, ...] = tuple(FAMILIES)
     time_budget_seconds: float = 300.0
+    max_trials: int | None = None  # per family; None: as many as the time budget allows (timing-dependent)
     seed: int = 0
     min_improvement: float = 0.0
     calibration_tolerance: float = 0.1  # recalibrate when the validation slope is outside 1 +/- this
@@ -59,6 +60,7 @@ class Candidate:
     trials: int = 0
     calibrated: bool = False
     run_id: str = ""
+    model_uri: str = ""  # set when the model is already logged (a candidate run of an Airflow task)
 
 
 @dataclass
@@ -96,7 +98,11 @@ def fit_family(
     budget_seconds: float,
     log: Callable[[str], None] = print,
 ) -> Candidate:
-    """Fit one family's trials within ``budget_seconds``; keep its best by validation (recalibrated if needed)."""
+    """Fit one family's trials within ``budget_seconds`` (and ``config.max_trials``); keep its best by validation.
+
+    The best is recalibrated when its validation calibration is off. With only a time budget, how many trials run
+    depends on the machine's speed; set ``max_trials`` for a run that is the same on every machine.
+    """
     (x_train, y_train), (x_val, y_val) = train, validation
     family_started = time.perf_counter()
     winner: Candidate | None = None
@@ -111,7 +117,7 @@ def fit_family(
         if winner is None or metrics[SELECTION_METRIC] > winner.validation[SELECTION_METRIC]:
             winner = Candidate(name, params, pipeline, metrics, fit_seconds=seconds)
         winner.trials = trial
-        if time.perf_counter() - family_started > budget_seconds:
+        if time.perf_counter() - family_started > budget_seconds or trial == config.max_trials:
             break
     assert winner is not None
     winner.model, winner.calibrated = _calibrate_if_needed(
@@ -190,7 +196,10 @@ def _log_model(model: Any, name: str, input_example: pd.DataFrame | None = None)
 
 
 def log_and_register(best: Candidate, test: pd.DataFrame, validation: pd.DataFrame, config: TrainConfig) -> str:
-    """Log the winner's model, plots and importance to its run and register it; returns the new version."""
+    """Log the winner's plots and importance (and its model unless already logged) to its run and register it.
+
+    Returns the new version.
+    """
     import mlflow
 
     x_test, y_test = model_input(test), test[schema.TARGET].astype(str)
@@ -214,8 +223,8 @@ def log_and_register(best: Candidate, test: pd.DataFrame, validation: pd.DataFra
         for path in write_plots(Path(tmp), y_test, test_risk, threshold, importance_series):
             mlflow.log_artifact(str(path), artifact_path="plots")
         mlflow.log_dict(importance_series.sort_values(ascending=False).to_dict(), "feature_importance.json")
-        info = _log_model(best.model, "model", input_example=x_test.head(3))
-    version = mlflow.register_model(info.model_uri, MODEL_NAME, tags={"model_family": best.family})
+        model_uri = best.model_uri or _log_model(best.model, "model", input_example=x_test.head(3)).model_uri
+    version = mlflow.register_model(model_uri, MODEL_NAME, tags={"model_family": best.family})
     return str(version.version)
 
 
@@ -293,8 +302,8 @@ def log_candidate(
             }
         )
         if log_model:
-            info = _log_model(candidate.model, "candidate")
-            mlflow.set_tag("candidate_model_uri", info.model_uri)
+            candidate.model_uri = _log_model(candidate.model, "candidate", input_example=test[0].head(3)).model_uri
+            mlflow.set_tag("candidate_model_uri", candidate.model_uri)
 
 
 def registered_for(training_key: str) -> str | None:

@@ -40,6 +40,7 @@ def train_models(settings: Settings, out: Console, console: Console) -> TrainRep
         config = TrainConfig(
             families=settings.families,
             time_budget_seconds=settings.train_time_budget_seconds,
+            max_trials=settings.train_max_trials,
             seed=settings.train_seed,
             min_improvement=settings.promotion_min_improvement,
         )

@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     train_time_budget_seconds: float = Field(
         240.0, gt=0, description="Seconds of hyper-parameter trials across all families (each tries at least one)."
     )
+    train_max_trials: int | None = Field(
+        None,
+        ge=1,
+        description="Hyper-parameter trials per family at most; empty: as many as the time budget allows. Set it "
+        "for runs that do not depend on the machine's speed.",
+    )
     train_families: str = Field(
         "logistic_regression,hist_gradient_boosting,random_forest",
         description="Comma-separated model families to train.",
@@ -50,7 +56,9 @@ class Settings(BaseSettings):
         0.0, ge=0, description="ROC-AUC (<30) a candidate must gain over the champion to replace it."
     )
 
-    @field_validator("raw_database_url", "clean_database_url", "data_path", "mlflow_tracking_uri", mode="before")
+    @field_validator(
+        "raw_database_url", "clean_database_url", "data_path", "mlflow_tracking_uri", "train_max_trials", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
