@@ -6,6 +6,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # Airflow for the DAG tests (`airflow dags test`), in a virtualenv of its own: its pins never meet ours.
 AIRFLOW_VENV ?= .venv-airflow
+# checkov for the policy scan of the manifests and Dockerfiles, likewise apart.
+CHECKOV_VENV ?= .venv-checkov
 DATA_PATH ?=
 PYTEST_ARGS ?=
 LINT_PATHS := src tests bench inference-api airflow scripts
@@ -37,8 +39,14 @@ $(AIRFLOW_VENV)/.installed: $(BIN)/python requirements/airflow.txt
 	$(BIN)/uv pip install --python $(AIRFLOW_VENV)/bin/python --quiet -r requirements/airflow.txt
 	touch $@
 
-## test: lint, type-check and run the test suite (the DAG tests use Airflow in .venv-airflow)
-test: $(VENV)/.dev-installed $(AIRFLOW_VENV)/.installed
+$(CHECKOV_VENV)/.installed: $(BIN)/python requirements/checkov.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(BIN)/uv pip install --python $(CHECKOV_VENV)/bin/python --quiet -r requirements/checkov.txt
+	touch $@
+
+## test: lint, type-check and run the test suite (the DAG tests use Airflow in .venv-airflow, the policy
+##       scan checkov in .venv-checkov)
+test: $(VENV)/.dev-installed $(AIRFLOW_VENV)/.installed $(CHECKOV_VENV)/.installed
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy
@@ -59,7 +67,7 @@ bench: $(VENV)/.dev-installed
 
 ## requirements: recompile the pinned requirement files from requirements/*.in
 requirements: $(BIN)/python
-	cd requirements && for f in lib api dev bench airflow; do ../$(BIN)/uv pip compile --quiet --python-version 3.11 $$f.in -o $$f.txt; done
+	cd requirements && for f in lib api dev bench airflow mlflow checkov; do ../$(BIN)/uv pip compile --quiet --python-version 3.11 $$f.in -o $$f.txt; done
 
 ## k8s-secrets: create the git-ignored */secrets.env of the Kubernetes manifests (random values, kept on re-runs)
 k8s-secrets:

@@ -56,7 +56,7 @@ def _copy_sources(dockerfile: Path) -> list[str]:
 
 
 def test_dockerfiles_exist_for_the_services() -> None:
-    assert {"inference-api", "airflow"} <= {p.parent.name for p in DOCKERFILES}
+    assert {"inference-api", "airflow", "mlflow"} <= {p.parent.name for p in DOCKERFILES}
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
@@ -121,3 +121,25 @@ def test_serving_requirements_are_enough_for_the_api(tmp_path: Path) -> None:
     )
     result = subprocess.run([python, "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
+def test_mlflow_server_requirements_hold_what_the_manifest_uses(tmp_path: Path) -> None:
+    """A clean environment with only requirements/mlflow.txt (what mlflow/Dockerfile installs) imports the MySQL
+    driver, boto3 and the Prometheus exporter the server's flags need, with the clients' MLflow version."""
+    uv = shutil.which("uv") or str(Path(sys.executable).with_name("uv"))
+    venv = tmp_path / "venv"
+    env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "PYTHONPATH"}}
+    subprocess.run([uv, "venv", "--quiet", "--python", sys.executable, str(venv)], check=True, env=env)
+    python = str(venv / "bin" / "python")
+    requirements = str(ROOT / "requirements" / "mlflow.txt")
+    subprocess.run([uv, "pip", "install", "--quiet", "--python", python, "-r", requirements], check=True, env=env)
+    probe = (
+        "import importlib.metadata as m, pymysql, boto3, cryptography, prometheus_flask_exporter;"
+        "print(m.version('mlflow'))"
+    )
+    result = subprocess.run([python, "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    clients = [
+        line for line in (ROOT / "requirements" / "lib.txt").read_text().splitlines() if line.startswith("mlflow==")
+    ]
+    assert clients == [f"mlflow=={result.stdout.strip()}"]  # server and clients on the same MLflow

@@ -1,16 +1,21 @@
 """Training against a real `mlflow server`: MariaDB metadata, S3 artifacts (moto) through the server's proxy.
 
-The training client gets no S3 credentials and no S3 endpoint: it must reach artifacts through the
-tracking server only, as Airflow and the API do when deployed.
+The server is started exactly as the Kubernetes manifest starts it (mlflow/deployment.yaml: the schema
+upgrade of its init container, then the server's flags, with the settings of mlflow/config.env); only the
+addresses change: MariaDB for MySQL, moto for MinIO, a free local port for 5000. The training client gets no
+S3 credentials and no S3 endpoint: it must reach artifacts through the tracking server only, as Airflow and
+the API do when deployed.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -20,6 +25,7 @@ from typing import Any
 import mlflow
 import numpy as np
 import pytest
+import yaml
 from sqlalchemy import create_engine, text
 
 from conftest import _unavailable
@@ -32,7 +38,29 @@ from readmission.synthetic import build_synthetic_clean
 from readmission.training import TrainConfig, train_and_register
 
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-BUCKET = "mlflow-artifacts"
+REPO = Path(__file__).resolve().parents[1]
+MANIFEST = REPO / "mlflow" / "deployment.yaml"
+CONFIG = dict(
+    line.split("=", 1)
+    for line in (REPO / "mlflow" / "config.env").read_text().splitlines()
+    if "=" in line and not line.startswith("#")
+)
+BUCKET = CONFIG["MLFLOW_ARTIFACTS_DESTINATION"].removeprefix("s3://").split("/")[0]
+
+
+def _manifest_commands(env: dict[str, str], port: int) -> tuple[list[str], list[str], dict[str, Any]]:
+    """The init container's and the server's argument lists from the manifest, $(VARS) expanded from ``env``;
+    the server listens on 127.0.0.1:``port`` instead of 0.0.0.0:5000. Also the server's readiness probe."""
+    pod = yaml.safe_load(MANIFEST.read_text())["spec"]["template"]["spec"]
+    (init,), (server,) = pod["initContainers"], pod["containers"]
+
+    def expand(arg: str) -> str:
+        arg = re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], arg)
+        return {"--host=0.0.0.0": "--host=127.0.0.1", "--port=5000": f"--port={port}"}.get(arg, arg)
+
+    args = [expand(a) for a in server["args"]]
+    assert "--host=127.0.0.1" in args and f"--port={port}" in args  # the manifest's flags are the ones swapped
+    return [expand(a) for a in init["args"]], args, server["readinessProbe"]
 
 
 def _free_port() -> int:
@@ -94,32 +122,26 @@ def mlflow_server(mysql_database: str, tmp_path_factory: pytest.TempPathFactory)
     try:
         _wait_http(f"{s3_url}/moto-api/", moto, 60)
         boto3.client("s3", endpoint_url=s3_url, **_boto_credentials()).create_bucket(Bucket=BUCKET)
-        env = {**os.environ, **S3_ENV, "MLFLOW_S3_ENDPOINT_URL": s3_url}
+        env = {
+            **os.environ,
+            **CONFIG,
+            **S3_ENV,
+            "MLFLOW_S3_ENDPOINT_URL": s3_url,
+            "MLFLOW_BACKEND_STORE_URI": mysql_database,
+        }
+        upgrade, args, readiness = _manifest_commands(env, mlflow_port)
+        mlflow_cli = str(bindir / "mlflow")
+        done = subprocess.run([mlflow_cli, *upgrade], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
         server = subprocess.Popen(
-            [
-                str(bindir / "mlflow"),
-                "server",
-                "--backend-store-uri",
-                mysql_database,
-                "--artifacts-destination",
-                f"s3://{BUCKET}/artifacts",
-                "--serve-artifacts",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(mlflow_port),
-                "--workers",
-                "1",
-                "--allowed-hosts",
-                f"127.0.0.1:{mlflow_port},localhost:{mlflow_port}",
-            ],
+            [mlflow_cli, *args],
             env=env,
             stdout=(logs / "mlflow.log").open("wb"),
             stderr=subprocess.STDOUT,
         )
         tracking = f"http://127.0.0.1:{mlflow_port}"
         _wait_http(f"{tracking}/health", server)
-        yield {"tracking": tracking, "s3": s3_url, "logs": logs}
+        yield {"tracking": tracking, "s3": s3_url, "logs": logs, "readiness": readiness, "port": mlflow_port}
     finally:
         for proc in (server, moto):
             if proc is not None:
@@ -147,7 +169,7 @@ def test_training_through_a_real_server_without_s3_credentials(
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
 
     clean = build_synthetic_clean(tmp_path, rows=4_000, seed=5)
-    config = TrainConfig(families=("logistic_regression",), time_budget_seconds=1, importance_rows=200)
+    config = TrainConfig(families=("logistic_regression",), time_budget_seconds=60, max_trials=1, importance_rows=200)
     try:
         report = train_and_register(clean, mlflow_server["tracking"], config, log=lambda _: None)
         assert report.decision.promoted
@@ -166,3 +188,32 @@ def test_training_through_a_real_server_without_s3_credentials(
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
     assert any(k.endswith("model.skops") for k in keys), keys
     assert any(k.endswith("plots/roc_curve.png") for k in keys), keys
+
+
+def _get(url: str, host: str, origin: str | None = None, body: bytes | None = None) -> int:
+    headers = {"Host": host} if origin is None else {"Host": host, "Origin": origin, "Content-Type": "application/json"}
+    request = urllib.request.Request(url, headers=headers, data=body)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def test_the_manifest_server_answers_its_probes_and_allowed_hosts_only(mlflow_server: dict[str, Any]) -> None:
+    """The readiness probe (with its Host header) reads the registry; names outside the allow-list get 403."""
+    base = f"http://127.0.0.1:{mlflow_server['port']}"
+    probe = mlflow_server["readiness"]["httpGet"]
+    probe_host = {h["name"]: h["value"] for h in probe["httpHeaders"]}["Host"]
+    assert _get(base + probe["path"], probe_host) == 200
+    assert _get(base + probe["path"], "192.168.1.20:30500") == 200  # the NodePort from the Airflow VM's range
+    assert _get(base + probe["path"], "mlflow.project-3-mlops.svc.cluster.local:5000") == 200
+    assert _get(base + probe["path"], "attacker.example:30500") == 403  # DNS rebinding is refused
+    assert _get(base + "/health", "attacker.example") == 200  # the liveness path needs no allowed name
+    # The UI opened at the NodePort may change things; a page of another origin may not (CORS protection).
+    create = base + "/api/2.0/mlflow/experiments/create"
+    node = "192.168.1.20:30500"
+    assert _get(create, node, origin=f"http://{node}", body=b'{"name": "from-the-ui"}') == 200
+    assert _get(create, node, origin="http://attacker.example", body=b'{"name": "from-elsewhere"}') == 403
+    with urllib.request.urlopen(urllib.request.Request(base + "/metrics", headers={"Host": "mlflow"})) as response:
+        assert b"mlflow_http_request_total" in response.read()  # --expose-prometheus, for Prometheus
