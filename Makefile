@@ -10,17 +10,17 @@ AIRFLOW_VENV ?= .venv-airflow
 CHECKOV_VENV ?= .venv-checkov
 DATA_PATH ?=
 PYTEST_ARGS ?=
-LINT_PATHS := src tests bench inference-api airflow scripts
+LINT_PATHS := src tests bench inference-api streamlit locust airflow scripts
 
-.PHONY: run test lint typecheck bench requirements clean-state k8s-secrets
+.PHONY: run test lint typecheck bench requirements clean-state k8s-secrets loadtest loadtest-ui
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv
 
-$(VENV)/.lib-installed: $(BIN)/python requirements/api.txt pyproject.toml inference-api/pyproject.toml
-	$(BIN)/uv pip install --python $(BIN)/python --quiet -r requirements/api.txt
-	$(BIN)/uv pip install --python $(BIN)/python --quiet --no-deps -e . -e inference-api
+$(VENV)/.lib-installed: $(BIN)/python requirements/run.txt pyproject.toml inference-api/pyproject.toml streamlit/pyproject.toml
+	$(BIN)/uv pip install --python $(BIN)/python --quiet -r requirements/run.txt
+	$(BIN)/uv pip install --python $(BIN)/python --quiet --no-deps -e . -e inference-api -e streamlit
 	touch $@
 
 $(VENV)/.dev-installed: $(VENV)/.lib-installed requirements/dev.txt
@@ -28,11 +28,11 @@ $(VENV)/.dev-installed: $(VENV)/.lib-installed requirements/dev.txt
 	touch $@
 
 ## run: fetch the data (or use DATA_PATH=...), load RAW, build CLEAN, train and gate the champion, then
-##      serve it: the inference API on http://127.0.0.1:8000 (docs at /docs) until Ctrl-C
+##      serve it: the inference API on http://127.0.0.1:8000 (docs at /docs) and the page on
+##      http://127.0.0.1:8501, until Ctrl-C
 run: $(VENV)/.lib-installed
 	$(BIN)/readmission run $(if $(DATA_PATH),--data-path "$(DATA_PATH)")
-	@echo "inference API: http://127.0.0.1:8000  (docs: http://127.0.0.1:8000/docs; Ctrl-C stops it)"
-	$(BIN)/python -m inference_api
+	$(BIN)/python scripts/serve.py
 
 $(AIRFLOW_VENV)/.installed: $(BIN)/python requirements/airflow.txt
 	$(PYTHON) -m venv $(AIRFLOW_VENV)
@@ -67,7 +67,19 @@ bench: $(VENV)/.dev-installed
 
 ## requirements: recompile the pinned requirement files from requirements/*.in
 requirements: $(BIN)/python
-	cd requirements && for f in lib api dev bench airflow mlflow checkov; do ../$(BIN)/uv pip compile --quiet --python-version 3.11 $$f.in -o $$f.txt; done
+	cd requirements && for f in lib api ui run locust dev bench airflow mlflow checkov; do ../$(BIN)/uv pip compile --quiet --python-version 3.11 $$f.in -o $$f.txt; done
+
+## loadtest: the capacity finder against a running API (API_URL, default the one `make run` serves), payloads
+##           from the embedded CLEAN store; reports and the verdict in test-output/locust/
+API_URL ?= http://127.0.0.1:8000
+loadtest: $(VENV)/.dev-installed
+	mkdir -p test-output/locust
+	CAPACITY_REPORT=test-output/locust/capacity.json $(BIN)/locust -f locust/locustfile.py,locust/capacity.py \
+		--headless --host $(API_URL) --csv test-output/locust/capacity --html test-output/locust/capacity.html
+
+## loadtest-ui: Locust's web UI on http://127.0.0.1:8089 against a running API (no shape: users set by hand)
+loadtest-ui: $(VENV)/.dev-installed
+	$(BIN)/locust -f locust/locustfile.py --host $(API_URL)
 
 ## k8s-secrets: create the git-ignored */secrets.env of the Kubernetes manifests (random values, kept on re-runs)
 k8s-secrets:

@@ -23,15 +23,10 @@ from readmission import schema
 from readmission.clean import SplitSpec, clean_frame
 from readmission.db import create_db_engine, normalize_url
 from readmission.synthetic import write_synthetic_csv
+from testsupport import _unavailable
 
 REPO = Path(__file__).resolve().parents[1]
 _SHARED_DATA = REPO.parent / "shared" / "data" / "diabetic_data.csv"
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("REQUIRE_TEST_SERVICES") == "1":
-        pytest.fail(f"{reason} (REQUIRE_TEST_SERVICES=1, so this is a failure, not a skip)")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from conftest import _unavailable  # defined by both conftest files: the import works from either
+from testsupport import _unavailable
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from conftest import _unavailable  # defined by both conftest files: the import works from either
+from testsupport import _unavailable
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -56,7 +56,7 @@ def _copy_sources(dockerfile: Path) -> list[str]:
 
 
 def test_dockerfiles_exist_for_the_services() -> None:
-    assert {"inference-api", "airflow", "mlflow"} <= {p.parent.name for p in DOCKERFILES}
+    assert {"inference-api", "airflow", "mlflow", "streamlit"} <= {p.parent.name for p in DOCKERFILES}
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
@@ -100,21 +100,26 @@ def test_dockerignore_rule_matches_docker_semantics() -> None:
     assert _ignored("src/readmission/__pycache__/schema.pyc", patterns)
 
 
-def test_serving_requirements_are_enough_for_the_api(tmp_path: Path) -> None:
-    """A clean environment with only requirements/api.txt plus the two packages (what the image installs)."""
+def _clean_venv(tmp_path: Path, requirements: str, *packages: Path) -> tuple[str, dict[str, str]]:
+    """A fresh virtualenv with only ``requirements`` and ``packages`` (without their dependencies), as an image
+    installs them; its python and an environment that does not leak this one's."""
     uv = shutil.which("uv") or str(Path(sys.executable).with_name("uv"))
     venv = tmp_path / "venv"
     env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "PYTHONPATH"}}
     subprocess.run([uv, "venv", "--quiet", "--python", sys.executable, str(venv)], check=True, env=env)
     python = str(venv / "bin" / "python")
-    subprocess.run(
-        [uv, "pip", "install", "--quiet", "--python", python, "-r", str(ROOT / "requirements" / "api.txt")],
-        check=True, env=env,
-    )  # fmt: skip
-    subprocess.run(
-        [uv, "pip", "install", "--quiet", "--python", python, "--no-deps", str(ROOT), str(ROOT / "inference-api")],
-        check=True, env=env,
-    )  # fmt: skip
+    pins = str(ROOT / "requirements" / requirements)
+    subprocess.run([uv, "pip", "install", "--quiet", "--python", python, "-r", pins], check=True, env=env)
+    if packages:
+        subprocess.run(
+            [uv, "pip", "install", "--quiet", "--python", python, "--no-deps", *map(str, packages)], check=True, env=env
+        )
+    return python, env
+
+
+def test_serving_requirements_are_enough_for_the_api(tmp_path: Path) -> None:
+    """A clean environment with only requirements/api.txt plus the two packages (what the image installs)."""
+    python, env = _clean_venv(tmp_path, "api.txt", ROOT, ROOT / "inference-api")
     probe = (
         "from inference_api.app import create_app; from inference_api.settings import ApiSettings;"
         "app = create_app(ApiSettings(_env_file=None)); assert '/predict' in app.openapi()['paths']; print('ok')"
@@ -123,16 +128,25 @@ def test_serving_requirements_are_enough_for_the_api(tmp_path: Path) -> None:
     assert result.stdout.strip() == "ok", result.stderr[-3000:]
 
 
+def test_ui_requirements_are_enough_for_the_page(tmp_path: Path) -> None:
+    """requirements/ui.txt plus the library and the page's package without their dependencies (what
+    streamlit/Dockerfile installs) render the page: no training stack needed."""
+    python, env = _clean_venv(tmp_path, "ui.txt", ROOT, ROOT / "streamlit")
+    probe = (
+        "import sys; from streamlit.testing.v1 import AppTest;"
+        f"at = AppTest.from_file({str(ROOT / 'streamlit' / 'app.py')!r}, default_timeout=60); at.run();"
+        "assert not at.exception, at.exception; assert 'sklearn' not in sys.modules and 'mlflow' not in sys.modules;"
+        "print(at.sidebar.error[0].value.split('**')[1])"
+    )
+    env = {**env, "API_URL": "http://127.0.0.1:9"}
+    result = subprocess.run([python, "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.stdout.strip() == "The API cannot be reached", result.stderr[-3000:]
+
+
 def test_mlflow_server_requirements_hold_what_the_manifest_uses(tmp_path: Path) -> None:
     """A clean environment with only requirements/mlflow.txt (what mlflow/Dockerfile installs) imports the MySQL
     driver, boto3 and the Prometheus exporter the server's flags need, with the clients' MLflow version."""
-    uv = shutil.which("uv") or str(Path(sys.executable).with_name("uv"))
-    venv = tmp_path / "venv"
-    env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "PYTHONPATH"}}
-    subprocess.run([uv, "venv", "--quiet", "--python", sys.executable, str(venv)], check=True, env=env)
-    python = str(venv / "bin" / "python")
-    requirements = str(ROOT / "requirements" / "mlflow.txt")
-    subprocess.run([uv, "pip", "install", "--quiet", "--python", python, "-r", requirements], check=True, env=env)
+    python, env = _clean_venv(tmp_path, "mlflow.txt")
     probe = (
         "import importlib.metadata as m, pymysql, boto3, cryptography, prometheus_flask_exporter;"
         "print(m.version('mlflow'))"

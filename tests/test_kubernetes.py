@@ -18,14 +18,14 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import _unavailable  # defined by both conftest files: the import works from either
+from testsupport import _unavailable
 
 REPO = Path(__file__).resolve().parents[1]
 K8S_VERSION = "1.32.0"
 NAMESPACE = "project-3-mlops"
 ROOT_FOLDERS = [entry for entry in yaml.safe_load((REPO / "kustomization.yaml").read_text())["resources"]]
 FOLDERS = [entry for entry in ROOT_FOLDERS if (REPO / entry).is_dir()]
-WORKLOADS = {"Deployment", "StatefulSet", "Job", "DaemonSet"}
+WORKLOADS = {"Deployment", "StatefulSet", "Job", "DaemonSet", "CronJob"}
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,8 @@ def _pod_specs(objects: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any],
     out = []
     for obj in objects:
         if obj["kind"] in WORKLOADS:
-            template = obj["spec"]["template"]
+            spec = obj["spec"]["jobTemplate"]["spec"] if obj["kind"] == "CronJob" else obj["spec"]
+            template = spec["template"]
             out.append((obj["metadata"]["name"], template["spec"], template["metadata"].get("labels", {})))
     return out
 
@@ -92,8 +93,9 @@ def test_every_rendered_object_validates_strictly(rendered: list[dict[str, Any]]
 def test_the_root_holds_the_namespace_and_every_folder(rendered: list[dict[str, Any]]) -> None:
     kinds = {(o["kind"], o["metadata"]["name"]) for o in rendered}
     assert ("Namespace", NAMESPACE) in kinds
-    for name in ("postgres", "mysql", "minio", "mlflow", "inference-api"):
+    for name in ("postgres", "mysql", "minio", "mlflow", "inference-api", "streamlit", "locust-master"):
         assert ("Deployment", name) in kinds and ("Service", name) in kinds
+    assert ("Deployment", "locust-worker") in kinds and ("CronJob", "locust-capacity") in kinds
 
 
 def test_services_select_existing_pods_and_named_container_ports(rendered: list[dict[str, Any]]) -> None:
@@ -226,14 +228,14 @@ def test_service_addresses_in_settings_name_existing_services(rendered: list[dic
         o["metadata"]["name"]: {p["port"] for p in o["spec"]["ports"]} for o in rendered if o["kind"] == "Service"
     }
     seen = set()
-    for workload in ("mlflow", "inference-api"):
+    for workload in ("mlflow", "inference-api", "streamlit", "locust-master", "locust-worker", "locust-capacity"):
         for name, value in _environment(rendered, workload).items():
             if "://" in value and not value.startswith("s3://") and not name.endswith("_ORIGINS"):  # origins: browsers
                 url = urlsplit(value)
                 assert url.hostname in services, f"{workload} {name}: no Service {url.hostname}"
                 assert url.port in services[url.hostname], f"{workload} {name}: {url.hostname} has no port {url.port}"
                 seen.add(url.hostname)
-    assert seen == {"mysql", "minio", "mlflow"}
+    assert seen == {"mysql", "minio", "mlflow", "inference-api", "postgres"}
 
 
 def test_a_password_two_folders_share_has_one_value(rendered: list[dict[str, Any]]) -> None:
@@ -247,6 +249,7 @@ def test_a_password_two_folders_share_has_one_value(rendered: list[dict[str, Any
         "INFERENCE_DB_PASSWORD": ("mysql-credentials", "inference-api-credentials"),
         "MLFLOW_S3_PASSWORD": ("minio-credentials", "mlflow-credentials"),
         "MLFLOW_S3_USER": ("minio-credentials", "mlflow-credentials"),
+        "CLEAN_READER_PASSWORD": ("postgres-credentials", "locust-credentials"),
     }.items():
         assert secrets[owner][key] == secrets[client][key], key
         assert len(base64.b64decode(secrets[owner][key])) >= 8, key
@@ -271,13 +274,27 @@ def test_the_api_stays_available_through_rollouts_drains_and_load(rendered: list
     assert api["template"]["spec"]["terminationGracePeriodSeconds"] > flush + 5  # preStop pause + flush
 
 
+def test_load_test_pods_wait_for_the_api_and_read_clean_read_only(rendered: list[dict[str, Any]]) -> None:
+    specs = {name: (spec, labels) for name, spec, labels in _pod_specs(rendered)}
+    for name in ("locust-master", "locust-worker", "locust-capacity"):
+        spec, labels = specs[name]
+        (wait,) = spec["initContainers"]
+        assert wait["command"] == ["python", "/app/wait_for_api.py", "$(LOCUST_HOST)"], name
+        if name != "locust-master":  # the master runs no users: no payloads, no database
+            assert labels.get("diabetes-readmission/postgres-client") == "true", name
+            assert _environment(rendered, name)["LOADTEST_CLEAN_URL"].startswith("postgresql://clean_reader:")
+    assert "LOADTEST_CLEAN_URL" not in _environment(rendered, "locust-master")
+    init = (REPO / "postgres" / "init-databases.sh").read_text()
+    assert "GRANT SELECT ON TABLES TO clean_reader" in init and "GRANT ALL" not in init
+
+
 def test_only_what_people_or_the_airflow_vm_reach_has_a_node_port(rendered: list[dict[str, Any]]) -> None:
     nodeports = {
         o["spec"]["selector"]["app.kubernetes.io/name"]: [p["nodePort"] for p in o["spec"]["ports"]]
         for o in rendered
         if o["kind"] == "Service" and o["spec"]["type"] == "NodePort"
     }
-    assert set(nodeports) <= {"postgres", "mlflow", "streamlit", "grafana", "prometheus", "locust"}
+    assert set(nodeports) <= {"postgres", "mlflow", "streamlit", "grafana", "prometheus", "locust-master"}
     ports = [port for found in nodeports.values() for port in found]
     assert len(ports) == len(set(ports)) and all(30000 <= p <= 32767 for p in ports)
 
@@ -435,3 +452,23 @@ def test_the_policy_scan_fails_a_privileged_container(rendered: list[dict[str, A
     result = _checkov("--framework", "kubernetes", "-d", str(tmp_path))
     assert result.returncode != 0
     assert any("CKV_K8S_16" in line for line in _failed_checks(result.stdout))  # privileged container
+
+
+def test_the_airflow_vm_settings_match_the_cluster(rendered: list[dict[str, Any]]) -> None:
+    """airflow/.env.example's NodePorts, database names and users are the ones the manifests create."""
+    example = dict(
+        line.split("=", 1)
+        for line in (REPO / "airflow" / ".env.example").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    nodeports = {
+        o["metadata"]["name"]: o["spec"]["ports"][0]["nodePort"]
+        for o in rendered
+        if o["kind"] == "Service" and o["spec"]["type"] == "NodePort"
+    }
+    assert int(example["POSTGRES_NODE_PORT"]) == nodeports["postgres-nodeport"]
+    assert int(example["MLFLOW_NODE_PORT"]) == nodeports["mlflow-nodeport"]
+    init = (REPO / "postgres" / "init-databases.sh").read_text()
+    for store in ("RAW", "CLEAN"):
+        name, user = example[f"{store}_DB_NAME"], example[f"{store}_DB_USER"]
+        assert f"CREATE DATABASE {name} OWNER {user};" in init, store

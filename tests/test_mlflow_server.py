@@ -28,7 +28,6 @@ import pytest
 import yaml
 from sqlalchemy import create_engine, text
 
-from conftest import _unavailable
 from readmission.clean import read_clean
 from readmission.db import normalize_url
 from readmission.evaluation import risk_of
@@ -36,6 +35,7 @@ from readmission.modeling import model_input
 from readmission.registry import CHAMPION, MODEL_NAME
 from readmission.synthetic import build_synthetic_clean
 from readmission.training import TrainConfig, train_and_register
+from testsupport import _unavailable
 
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 REPO = Path(__file__).resolve().parents[1]

@@ -97,6 +97,25 @@ def test_encounter_model_accepts_real_rows_and_rejects_bad_values(real_frame: pd
     assert errors["time_in_hospital"]["msg"] == "Input should be less than or equal to 14"
 
 
+def test_raw_rows_round_trip_through_the_request_model(real_frame: pd.DataFrame) -> None:
+    """``raw_to_encounter`` (the UI's upload, the load test's payloads) is the inverse of ``encounter_to_raw``."""
+    for record in real_frame.sample(500, random_state=1).to_dict(orient="records"):
+        assert schema.raw_violations(record) == []
+        encounter = schema.EncounterFeatures.model_validate(schema.raw_to_encounter(record))
+        assert schema.encounter_to_raw(encounter.model_dump()) == {
+            c.name: record[c.name] for c in schema.FEATURE_COLUMNS
+        }
+        assert all(encounter.model_dump()[h] == 0 for h in schema.HISTORY_FEATURE_NAMES)  # absent: a first visit
+    bad = {**record, "age": "[100-110)", "num_medications": "many", "prior_encounters": "-1"}
+    del bad["race"]
+    assert schema.raw_violations(bad) == [
+        "race: no value; write ? when it is unknown",
+        "age: unknown level '[100-110)' (allowed: " + ", ".join(schema.AGE_BRACKETS) + ")",
+        "num_medications: 'many' is not a whole number",
+        "prior_encounters: '-1' is not a whole number from 0 to 500",
+    ]
+
+
 def test_encounter_model_forbids_unknown_fields_and_takes_hyphenated_names() -> None:
     base = {
         c.name: (c.minimum if c.kind is schema.Kind.INTEGER else (int(c.levels[0]) if c.is_integer else c.levels[0]))

@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
+from apisupport import ApiServer, Registry, settings_for, wait_until
 from hypothesis import HealthCheck, settings
 
-from conftest import ApiServer, Registry, settings_for, wait_until
 from inference_api.app import create_app
 
 # The schema comes from the app itself (what /openapi.json serves); the requests go to a real server.

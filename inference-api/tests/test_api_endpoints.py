@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from apisupport import Registry, settings_for, wait_until
 from fastapi.testclient import TestClient
 
-from conftest import Registry, settings_for, wait_until
 from inference_api.app import create_app
 from inference_api.prediction_log import count_rows
 from readmission import schema

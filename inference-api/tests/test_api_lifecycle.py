@@ -12,9 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from apisupport import ApiServer, PrivateMariaDB, Registry, free_port, settings_for, wait_until
 from mlflow import MlflowClient
 
-from conftest import ApiServer, PrivateMariaDB, Registry, free_port, settings_for, wait_until
 from inference_api.prediction_log import count_rows
 from readmission import schema
 from readmission.registry import MODEL_NAME

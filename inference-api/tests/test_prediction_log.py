@@ -9,9 +9,9 @@ import signal
 import uuid
 from typing import Any
 
+from apisupport import wait_until
 from sqlalchemy import select
 
-from conftest import wait_until
 from inference_api.metrics import Metrics
 from inference_api.prediction_log import PredictionLog, _Writer, count_rows, create_log_engine, prediction_log
 from readmission import schema

@@ -269,3 +269,17 @@ def read_clean(engine: Engine, split: str | None = None) -> pd.DataFrame:
         where = f" WHERE split = '{split}'" if split else ""
         sql = f"SELECT {', '.join(quote(conn, n) for n in names)} FROM {CLEAN_TABLE}{where} ORDER BY encounter_id"
         return read_query(conn, sql, {n: ("Int64" if n in _INTEGER_COLUMNS else "string") for n in names})
+
+
+def sample_encounters(engine: Engine, rows: int, seed: int = 0, split: str = "test") -> list[dict[str, object]]:
+    """``rows`` encounters of one CLEAN split as API request bodies (model inputs only, None for missing),
+    drawn at random: realistic payloads for the load test, following the data's own distribution."""
+    frame = read_clean(engine, split)
+    if frame.empty:
+        raise EmptyStoreError(f"the CLEAN {split} split holds no rows: run `readmission build-clean` first.")
+    sample = frame.sample(n=rows, replace=len(frame) < rows, random_state=seed)[list(schema.MODEL_INPUT_NAMES)]
+    return [
+        {name: (None if pd.isna(value) else int(value) if isinstance(value, (int, np.integer)) else str(value))
+         for name, value in record.items()}
+        for record in sample.to_dict(orient="records")
+    ]  # fmt: skip

@@ -481,6 +481,37 @@ def encounter_to_raw(values: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
+def raw_violations(raw: Mapping[str, str]) -> list[str]:
+    """Why a row of the raw file's text breaks the contract, per feature column (empty when it is valid).
+
+    History features are optional (absent: a first visit); given, they must be whole numbers in range.
+    """
+    problems = []
+    for col in FEATURE_COLUMNS:
+        if col.name not in raw or raw[col.name] == "":
+            unknown = f"; write {MISSING} when it is unknown" if col.may_be_missing else ""
+            problems.append(f"{col.name}: no value{unknown}")
+        elif (problem := check_value(col, raw[col.name])) is not None:
+            problems.append(problem)
+    for history in HISTORY_FEATURES:
+        value = raw.get(history.name, "")
+        if value != "" and not (value.isdigit() and int(value) <= history.maximum):
+            problems.append(f"{history.name}: {value!r} is not a whole number from 0 to {history.maximum}")
+    return problems
+
+
+def raw_to_encounter(raw: Mapping[str, str]) -> dict[str, Any]:
+    """The request model's values of a valid raw row (the inverse of ``encounter_to_raw``): '?' becomes
+    None, codes and counts become integers; absent history features are 0 (a first visit)."""
+    out: dict[str, Any] = {}
+    for col in FEATURE_COLUMNS:
+        value = raw[col.name]
+        out[col.name] = None if value == MISSING else int(value) if col.is_integer else value
+    for history in HISTORY_FEATURES:
+        out[history.name] = int(raw.get(history.name) or 0)
+    return out
+
+
 def _example(**values: Any) -> dict[str, Any]:
     """An encounter in the request model's terms: no medications unless named, history of a first visit."""
     example: dict[str, Any] = dict.fromkeys(MEDICATIONS, "No")

@@ -1,0 +1,264 @@
+"""The page clinicians and analysts use: predict one encounter, score a file, see the model being served.
+
+    streamlit run streamlit/app.py        (API_URL: where the inference API is; see streamlit/.env.example)
+
+Every list of allowed values and every range comes from the shared feature contract (readmission.schema),
+the same declarations the API validates against.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from readmission import schema
+from readmission_ui.batch import BatchFileError, check_file, score, summary
+from readmission_ui.client import ApiClient, ApiFailed, ApiNotReady, ApiProblem, ApiRejected, ApiUnreachable
+from readmission_ui.settings import UiSettings
+
+SECTIONS = {
+    schema.Section.DEMOGRAPHICS: "Demographics",
+    schema.Section.ADMISSION: "Admission",
+    schema.Section.HISTORY: "History",
+    schema.Section.DIAGNOSES: "Diagnoses",
+    schema.Section.MEDICATIONS: "Medications",
+}
+UNKNOWN = "Unknown"
+FIRST_EXAMPLE = next(iter(schema.EXAMPLE_ENCOUNTERS))
+
+
+@st.cache_resource
+def _client(url: str, timeout: float) -> ApiClient:
+    return ApiClient(url, timeout)
+
+
+def _show_problem(problem: ApiProblem, settings: UiSettings) -> None:
+    """One clear message per kind of failure."""
+    if isinstance(problem, ApiUnreachable):
+        st.error(
+            f"**The API cannot be reached** at `{settings.api_url}`. Check that it runs and that API_URL points "
+            f"at it.\n\n{problem}",
+            icon="🔌",
+        )
+    elif isinstance(problem, ApiNotReady):
+        st.warning(
+            "**No model is served yet.** The API runs but has no `champion` to answer with. Run the training "
+            "pipeline (Airflow DAG `1-diabetes-training-pipeline`, or `make run` on a laptop); the API picks "
+            f"the champion up by itself.\n\nThe API says: {problem}",
+            icon="⏳",
+        )
+    elif isinstance(problem, ApiRejected):
+        st.error(f"**The API refused the input:** {problem}", icon="✋")
+        rows = [
+            {
+                "field": e.field,
+                "problem": e.message,
+                "allowed": ", ".join(e.allowed) if e.allowed else (f"{e.minimum} to {e.maximum}" if e.maximum else ""),
+            }
+            for e in problem.errors
+        ]
+        if rows:
+            st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    elif isinstance(problem, ApiFailed):
+        st.error(f"**The API failed.** {problem}", icon="🛑")
+
+
+def _widget(col: schema.Column | schema.HistoryFeature, key: str) -> None:
+    """The input of one field, with the contract's allowed values or range."""
+    if isinstance(col, schema.HistoryFeature):
+        st.number_input(col.description, min_value=0, max_value=col.maximum, step=1, key=key)
+        return
+    if col.kind in (schema.Kind.CATEGORY, schema.Kind.CODED):
+        options: list[Any] = [int(v) for v in col.levels] if col.kind is schema.Kind.CODED else list(col.levels)
+        if col.may_be_missing:
+            options = [UNKNOWN, *options]
+
+        def label(value: Any, labels: Any = col.labels) -> str:
+            text = labels.get(str(value))
+            return f"{value}: {text}" if text and text != str(value) else str(value)
+
+        st.selectbox(col.description, options, format_func=label, key=key)
+    elif col.kind is schema.Kind.INTEGER:
+        st.number_input(
+            col.description,
+            min_value=col.minimum,
+            max_value=col.maximum,
+            step=1,
+            key=key,
+            help=f"{col.minimum} to {col.maximum}",
+        )
+    else:  # diagnosis
+        st.text_input(col.description, key=key, help="ICD-9 code such as 428, 250.83, V57 or E878; empty if unknown")
+
+
+def _load_example(name: str) -> None:
+    """Fill the form with an example patient (None: the field's "unknown" choice)."""
+    for field_name, value in schema.EXAMPLE_ENCOUNTERS[name].items():
+        unknown = "" if field_name.startswith("diag_") else UNKNOWN
+        st.session_state[f"f_{field_name}"] = unknown if value is None else value
+    st.session_state.pop("result", None)
+
+
+def _encounter_from_form() -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name in schema.MODEL_INPUT_NAMES:
+        value = st.session_state[f"f_{name}"]
+        values[name] = None if value in (UNKNOWN, "") else value.strip() if isinstance(value, str) else int(value)
+    return values
+
+
+def _show_prediction(result: dict[str, Any]) -> None:
+    risk, band, model = result["risk_30_days"], result["risk_band"], result["model"]
+    left, middle, right = st.columns(3)
+    left.metric("30-day readmission risk", f"{risk:.1%}", help="P(readmitted within 30 days)")
+    middle.metric("Risk band", band.upper())
+    right.metric(
+        "Most likely outcome",
+        {"NO": "No readmission", ">30": "After 30 days", "<30": "Within 30 days"}[result["predicted_class"]],
+    )
+    probabilities = pd.DataFrame(
+        {"probability": [result["probabilities"][c] for c in ("NO", ">30", "<30")]},
+        index=["no readmission", "after 30 days", "within 30 days"],
+    )
+    st.bar_chart(probabilities, horizontal=True, y_label="", x_label="probability")
+    st.caption(
+        f"Answered by model **{model['name']} v{model['version']}** (alias `{model['alias']}`), "
+        f"request id `{result['request_id']}`."
+    )
+
+
+def predict_page(client: ApiClient, settings: UiSettings) -> None:
+    st.write("Fill in one encounter, or start from an example patient:")
+    for column, name in zip(st.columns(len(schema.EXAMPLE_ENCOUNTERS)), schema.EXAMPLE_ENCOUNTERS, strict=True):
+        column.button(name, key=f"example {name}", on_click=_load_example, args=(name,), width="stretch")
+    with st.form("encounter"):
+        for section, title in SECTIONS.items():
+            fields: list[schema.Column | schema.HistoryFeature] = [
+                c for c in schema.FEATURE_COLUMNS if c.section is section
+            ]
+            if section is schema.Section.HISTORY:
+                fields += list(schema.HISTORY_FEATURES)
+            with st.expander(title, expanded=section is not schema.Section.MEDICATIONS):
+                columns = st.columns(4 if section is schema.Section.MEDICATIONS else 3)
+                for i, col in enumerate(fields):
+                    with columns[i % len(columns)]:
+                        _widget(col, f"f_{col.name}")
+        submitted = st.form_submit_button("Predict", type="primary")
+    if submitted:
+        try:
+            st.session_state["result"] = client.predict(_encounter_from_form())
+        except ApiProblem as problem:
+            st.session_state.pop("result", None)
+            _show_problem(problem, settings)
+    if "result" in st.session_state:
+        _show_prediction(st.session_state["result"])
+
+
+def batch_page(client: ApiClient, settings: UiSettings) -> None:
+    st.write(
+        "Upload a CSV in the raw data format (the columns of `diabetic_data.csv`; identifiers and `readmitted` "
+        "are optional and kept beside the results). Every row is checked first; nothing is sent if any is invalid."
+    )
+    upload = st.file_uploader("Encounters (CSV)", type=["csv"], key="upload")
+    if upload is None:
+        return
+    try:
+        checked = check_file(upload.getvalue(), settings.max_upload_rows)
+    except BatchFileError as exc:
+        st.error(f"**{upload.name} cannot be used:** {exc}", icon="📄")
+        return
+    if not checked.valid:
+        bad_lines = len({line for line, _ in checked.row_errors})
+        st.error(
+            f"**{upload.name}: {len(checked.row_errors)} problem(s) in {bad_lines} of {len(checked.frame):,} rows; "
+            "nothing was sent.** Fix these lines and upload again:",
+            icon="📄",
+        )
+        errors = pd.DataFrame(checked.row_errors[:500], columns=["line", "problem"])
+        st.dataframe(errors, hide_index=True, width="stretch")
+        return
+    st.success(f"{upload.name}: {len(checked.encounters):,} valid encounters.")
+    if not st.button(f"Score {len(checked.encounters):,} encounters", type="primary", key="score"):
+        return
+    bar = st.progress(0.0, text="scoring…")
+    try:
+        results, versions = score(
+            client,
+            checked,
+            settings.batch_chunk_rows,
+            lambda done, total: bar.progress(done / total, f"{done:,} of {total:,}"),
+        )
+    except ApiProblem as problem:
+        _show_problem(problem, settings)
+        return
+    facts = summary(results)
+    st.subheader("Summary")
+    cols = st.columns(4)
+    cols[0].metric("Encounters scored", f"{facts['rows']:,}")
+    cols[1].metric("Mean 30-day risk", f"{facts['mean_risk_30_days']:.1%}")
+    cols[2].metric("High risk", f"{facts['bands']['high']:,}")
+    cols[3].metric("Medium risk", f"{facts['bands']['medium']:,}")
+    st.caption(f"Answered by {', '.join(sorted(versions))}.")
+    st.dataframe(results.head(1_000), hide_index=True, width="stretch")
+    st.download_button(
+        "Download the results (CSV)",
+        results.to_csv(index=False).encode(),
+        file_name=f"{upload.name.removesuffix('.csv')}-scored.csv",
+        mime="text/csv",
+        key="download",
+    )
+
+
+def model_page(client: ApiClient, settings: UiSettings) -> None:
+    try:
+        info = client.model()
+    except ApiProblem as problem:
+        _show_problem(problem, settings)
+        return
+    cols = st.columns(3)
+    cols[0].metric("Model", f"{info['name']} v{info['version']}")
+    cols[1].metric("Alias", info["alias"])
+    cols[2].metric("Loaded at", pd.Timestamp(info["loaded_at"]).strftime("%Y-%m-%d %H:%M:%S UTC"))
+    st.caption(f"MLflow run `{info['run_id']}`; prediction path: {info['prediction_path']}.")
+    table: dict[str, dict[str, float]] = {}
+    for key, value in info["metrics"].items():
+        split, _, name = key.partition("_")
+        if split in ("validation", "test"):
+            table.setdefault(name, {})[split] = value
+        else:
+            table.setdefault(key, {})["value"] = value
+    metrics = pd.DataFrame.from_dict(table, orient="index").rename_axis("metric").reset_index()
+    st.dataframe(metrics.sort_values("metric"), hide_index=True, width="stretch")
+
+
+def main() -> None:
+    st.set_page_config(page_title="Diabetes readmission risk", page_icon="🏥", layout="wide")
+    try:
+        settings = UiSettings()
+    except ValueError as exc:
+        st.error(f"**Invalid setting:** {exc}")
+        st.stop()
+    client = _client(settings.api_url, settings.api_timeout_seconds)
+    if "f_race" not in st.session_state:
+        _load_example(FIRST_EXAMPLE)
+    st.title("Diabetes readmission risk")
+    with st.sidebar:
+        st.subheader("Service")
+        try:
+            ready = client.ready()
+            st.success(f"Ready: {ready['model']['name']} v{ready['model']['version']} (@{ready['model']['alias']})")
+        except ApiProblem as problem:
+            _show_problem(problem, settings)
+        st.caption(f"API: `{settings.api_url}`")
+    predict_tab, batch_tab, model_tab = st.tabs(["Predict", "Batch scoring", "Model"])
+    with predict_tab:
+        predict_page(client, settings)
+    with batch_tab:
+        batch_page(client, settings)
+    with model_tab:
+        model_page(client, settings)
+
+
+main()

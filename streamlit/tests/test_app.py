@@ -1,0 +1,151 @@
+"""The page under Streamlit's AppTest against the real API: the form, the result, batch upload (good and
+malformed files) and each error state (API unreachable, no champion, input refused)."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from readmission import schema
+from readmission.synthetic import synthetic_encounters
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+SECOND_EXAMPLE = list(schema.EXAMPLE_ENCOUNTERS)[1]
+
+
+def _page(monkeypatch: pytest.MonkeyPatch, api: str) -> AppTest:
+    monkeypatch.setenv("API_URL", api)
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _texts(elements: object) -> str:
+    return "\n".join(str(e.value) for e in elements)  # type: ignore[attr-defined]
+
+
+def _api_predict(api: str, encounter: dict[str, object]) -> dict[str, object]:
+    request = urllib.request.Request(
+        f"{api}/predict", data=json.dumps(encounter).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        result: dict[str, object] = json.loads(response.read())
+        return result
+
+
+def test_an_example_patient_gets_the_apis_risk_band_and_model(monkeypatch: pytest.MonkeyPatch, api_url: str) -> None:
+    at = _page(monkeypatch, api_url)
+    assert "Ready: diabetes-readmission v1 (@champion)" in _texts(at.sidebar.success)
+    # The form is generated from the contract: one input per model input, the contract's allowed values.
+    race = at.selectbox(key="f_race")
+    assert race.options == ["Unknown", *schema.column("race").levels]
+    assert at.number_input(key="f_time_in_hospital").max == schema.column("time_in_hospital").maximum
+    at.button(key=f"example {SECOND_EXAMPLE}").click().run()
+    assert at.selectbox(key="f_race").value == schema.EXAMPLE_ENCOUNTERS[SECOND_EXAMPLE]["race"]
+    at.get("form_submit_button")[0].click().run()
+    assert not at.exception and not at.error
+    expected = _api_predict(api_url, schema.EXAMPLE_ENCOUNTERS[SECOND_EXAMPLE])
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["30-day readmission risk"] == f"{expected['risk_30_days']:.1%}"
+    assert metrics["Risk band"] == str(expected["risk_band"]).upper()
+    assert "model **diabetes-readmission v1** (alias `champion`)" in _texts(at.caption)
+
+
+def test_a_field_the_api_refuses_is_named_with_the_reason(monkeypatch: pytest.MonkeyPatch, api_url: str) -> None:
+    at = _page(monkeypatch, api_url)
+    at.text_input(key="f_diag_1").input("not-a-code")  # inside the form: sent with the submit
+    at.get("form_submit_button")[0].click().run()
+    assert "The API refused the input" in _texts(at.error)
+    refused = at.dataframe[0].value
+    assert list(refused["field"]) == ["diag_1"]
+    assert not [m for m in at.metric if m.label == "30-day readmission risk"]  # no stale result beside it
+
+
+def _upload(at: AppTest, name: str, content: bytes) -> AppTest:
+    at.tabs[1]  # the batch tab exists
+    at.get("file_uploader")[0].set_value((name, content, "text/csv"))
+    return at.run()
+
+
+def test_a_good_file_is_scored_in_chunks_with_a_summary_and_a_download(
+    monkeypatch: pytest.MonkeyPatch, api_url: str
+) -> None:
+    monkeypatch.setenv("BATCH_CHUNK_ROWS", "40")  # 3 calls for 100 rows
+    frame = synthetic_encounters(100, seed=3)
+    at = _page(monkeypatch, api_url)
+    _upload(at, "ward.csv", frame.to_csv(index=False).encode())
+    assert "ward.csv: 100 valid encounters." in _texts(at.success)
+    at.button(key="score").click().run()
+    assert not at.exception and not at.error
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Encounters scored"] == "100"
+    results = at.dataframe[0].value
+    assert list(results["encounter_id"]) == list(frame["encounter_id"])  # in file order, beside its ids
+    assert results["risk_30_days"].between(0, 1).all() and set(results["model_version"]) == {"1"}
+    first = _api_predict(api_url, schema.raw_to_encounter(frame.iloc[0].to_dict()))
+    assert results["risk_30_days"].iloc[0] == pytest.approx(first["risk_30_days"])
+    assert "Answered by diabetes-readmission v1 (@champion)." in _texts(at.caption)
+    assert at.get("download_button")  # the results as CSV
+
+
+def test_a_malformed_file_shows_each_bad_row_and_sends_nothing(monkeypatch: pytest.MonkeyPatch, api_url: str) -> None:
+    frame = synthetic_encounters(30, seed=4)
+    frame.loc[4, "age"] = "[100-110)"
+    frame.loc[9, "num_medications"] = "lots"
+    at = _page(monkeypatch, api_url)
+    _upload(at, "bad.csv", frame.to_csv(index=False).encode())
+    assert "bad.csv: 2 problem(s) in 2 of 30 rows; nothing was sent." in _texts(at.error)
+    problems = at.dataframe[0].value
+    assert list(problems["line"]) == [6, 11]  # file lines: header is line 1
+    assert "age: unknown level '[100-110)'" in problems["problem"].iloc[0]
+    assert not [b for b in at.button if b.key == "score"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"race,gender\nCaucasian,Female\n", "lacks 45 column(s) of the raw data format: age, weight"),
+        (b"", "not a readable CSV"),
+    ],
+)
+def test_a_file_that_is_not_encounters_is_refused_as_a_whole(
+    monkeypatch: pytest.MonkeyPatch, api_url: str, content: bytes, message: str
+) -> None:
+    at = _page(monkeypatch, api_url)
+    _upload(at, "x.csv", content)
+    assert message in _texts(at.error)
+
+
+def test_the_model_page_shows_the_champion_and_its_metrics(monkeypatch: pytest.MonkeyPatch, api_url: str) -> None:
+    at = _page(monkeypatch, api_url)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Model"] == "diabetes-readmission v1" and metrics["Alias"] == "champion"
+    table = next(d.value for d in at.dataframe if "metric" in d.value.columns).set_index("metric")
+    assert 0.5 < table.loc["roc_auc_30", "test"] <= 1 and 0.5 < table.loc["roc_auc_30", "validation"] <= 1
+
+
+def test_no_champion_yet_tells_the_user_to_run_the_pipeline(
+    monkeypatch: pytest.MonkeyPatch, not_ready_api_url: str
+) -> None:
+    at = _page(monkeypatch, not_ready_api_url)
+    assert "No model is served yet" in _texts(at.sidebar.warning)
+    at.get("form_submit_button")[0].click().run()
+    warnings = _texts(at.warning)
+    assert "1-diabetes-training-pipeline" in warnings and "make run" in warnings
+
+
+def test_an_unreachable_api_is_named_with_its_url(monkeypatch: pytest.MonkeyPatch, closed_url: str) -> None:
+    at = _page(monkeypatch, closed_url)
+    assert f"The API cannot be reached** at `{closed_url}`" in _texts(at.sidebar.error)
+    at.get("form_submit_button")[0].click().run()
+    assert "cannot be reached" in _texts(at.error)
+
+
+def test_a_bad_api_url_setting_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    at = _page(monkeypatch, "inference-api:8000")
+    assert "API_URL must start with http:// or https://" in _texts(at.error)

@@ -1,0 +1,93 @@
+"""Live services for tests of the clients of the API (the page, the load test), importable from every test
+folder (pytest's `pythonpath` puts tests/support on sys.path): a champion trained by the project's own
+training job on synthetic encounters, and the real API process (`python -m inference_api`) serving it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from readmission.synthetic import build_synthetic_clean
+from readmission.training import TrainConfig, prepare_tracking, train_and_register
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_status(url: str) -> int:
+    """The HTTP status ``url`` answers with; 0 when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return 0
+
+
+def serve(command: list[str], env: dict[str, str], health: str, log_path: Path, want: int = 200) -> Iterator[None]:
+    """Run ``command`` until ``health`` answers ``want``; yield while it runs, then stop it."""
+    log = log_path.open("wb")
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=log_path.parent)
+    deadline = time.monotonic() + 120
+    while http_status(health) != want:
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"{command[:3]} did not come up: {log_path.read_text()[-3000:]}")
+        time.sleep(0.2)
+    try:
+        yield
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+        log.close()
+
+
+@dataclass(frozen=True)
+class Champion:
+    """A local MLflow store whose `champion` is v1, and the CLEAN database it was trained on."""
+
+    tracking_uri: str
+    clean_url: str
+
+
+def train_champion(folder: Path, rows: int = 4_000) -> Champion:
+    clean = build_synthetic_clean(folder, rows=rows, seed=8, split_seed=2)
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    artifacts = (folder / "artifacts").as_uri()
+    prepare_tracking(uri, artifacts)
+    config = TrainConfig(families=("logistic_regression",), time_budget_seconds=60, max_trials=1, importance_rows=200)
+    report = train_and_register(clean, uri, config, artifact_location=artifacts, log=lambda _line: None)
+    assert report.version == "1" and report.decision.promoted
+    return Champion(uri, f"sqlite:///{folder / 'clean.db'}")
+
+
+def start_api(folder: Path, tracking_uri: str, want: int = 200, **settings: str) -> Iterator[str]:
+    """`python -m inference_api` on a free port until /health/ready answers ``want``; yields its URL."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+        "DATA_DIR": str(folder),
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "PREDICTION_LOG_URL": f"sqlite:///{folder / 'predictions.db'}",
+        "MODEL_RETRY_MAX_SECONDS": "1",
+        "LOG_LEVEL": "warning",
+        **settings,
+    }
+    url = f"http://127.0.0.1:{port}"
+    for _ in serve([sys.executable, "-m", "inference_api"], env, f"{url}/health/ready", folder / "api.log", want):
+        yield url

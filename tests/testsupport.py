@@ -1,0 +1,15 @@
+"""Helpers the test modules of tests/ import (a module name of its own: several test folders run in one
+pytest session, and each has a conftest.py)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+def _unavailable(reason: str) -> None:
+    """Skip for want of a service, or fail when CI requires every service (REQUIRE_TEST_SERVICES=1)."""
+    if os.environ.get("REQUIRE_TEST_SERVICES") == "1":
+        pytest.fail(f"{reason} (REQUIRE_TEST_SERVICES=1, so this is a failure, not a skip)")
+    pytest.skip(reason)
