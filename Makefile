@@ -12,7 +12,7 @@ DATA_PATH ?=
 PYTEST_ARGS ?=
 LINT_PATHS := src tests bench inference-api streamlit locust airflow scripts
 
-.PHONY: run test lint typecheck bench requirements clean-state k8s-secrets loadtest loadtest-ui
+.PHONY: run test lint typecheck bench requirements clean-state k8s-secrets loadtest loadtest-ui observability
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -80,6 +80,10 @@ loadtest: $(VENV)/.dev-installed
 ## loadtest-ui: Locust's web UI on http://127.0.0.1:8089 against a running API (no shape: users set by hand)
 loadtest-ui: $(VENV)/.dev-installed
 	$(BIN)/locust -f locust/locustfile.py --host $(API_URL)
+
+## observability: regenerate observability/prometheusrule.yaml from prometheus/rules/ (one source of rules)
+observability: $(VENV)/.lib-installed
+	$(BIN)/python scripts/observability.py
 
 ## k8s-secrets: create the git-ignored */secrets.env of the Kubernetes manifests (random values, kept on re-runs)
 k8s-secrets:

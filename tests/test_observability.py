@@ -1,0 +1,281 @@
+"""Monitoring, checked with the real tools: promtool on the scrape config and the rules, promtool's unit tests
+of every alert, the generated PrometheusRule kept in step with the rule files, the Grafana dashboards' JSON,
+and a real Prometheus (Debian's package) scraping the real API with the project's own files and answering
+every PromQL expression of every dashboard and rule."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from livesupport import free_port, http_status, serve, start_api, train_champion
+
+REPO = Path(__file__).resolve().parents[1]
+PROMETHEUS = REPO / "prometheus"
+DASHBOARDS = sorted((REPO / "grafana" / "dashboards").glob("*.json"))
+RULE_FILES = sorted((PROMETHEUS / "rules").glob("*.yml"))
+GRAFANA_SCHEMA_VERSION = 42  # Grafana 13 (the image grafana/ pins)
+
+
+def _tool(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is missing: `apt-get install prometheus` (CI installs it)")
+    return found
+
+
+def _rules() -> list[dict[str, Any]]:
+    return [
+        rule for path in RULE_FILES for group in yaml.safe_load(path.read_text())["groups"] for rule in group["rules"]
+    ]
+
+
+def _static_config(target: str, rules_dir: Path) -> dict[str, Any]:
+    """prometheus.yml with the API's Kubernetes discovery swapped for ``target`` (the Debian build has no
+    Kubernetes discovery) and the rule files where they are; nothing else changes."""
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    config["rule_files"] = [str(rules_dir / "*.yml")]
+    for job in config["scrape_configs"]:
+        if "kubernetes_sd_configs" in job:
+            sd = job.pop("kubernetes_sd_configs")
+            assert sd[0]["role"] == "pod" and sd[0]["namespaces"]["names"] == ["project-3-mlops"], job["job_name"]
+            job["static_configs"] = [{"targets": [target]}] if job["job_name"] == "inference-api" else []
+    return config
+
+
+def test_the_scrape_config_passes_promtool(tmp_path: Path) -> None:
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(_static_config("127.0.0.1:8000", PROMETHEUS / "rules")))
+    done = subprocess.run([_tool("promtool"), "check", "config", str(path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"SUCCESS: {len(RULE_FILES)} rule files found" in done.stdout + done.stderr
+    selector = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())["scrape_configs"][1]
+    assert selector["job_name"] == "inference-api"
+    assert selector["kubernetes_sd_configs"][0]["selectors"] == [
+        {"role": "pod", "label": "app.kubernetes.io/name=inference-api"}
+    ]
+
+
+def test_the_rules_pass_promtool_and_their_unit_tests() -> None:
+    promtool = _tool("promtool")
+    checked = subprocess.run([promtool, "check", "rules", *map(str, RULE_FILES)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    tests = sorted((PROMETHEUS / "tests").glob("*.yml"))
+    tested = subprocess.run(
+        [promtool, "test", "rules", *map(str, tests)], capture_output=True, text=True, cwd=PROMETHEUS
+    )
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    # Every alert has a firing case and the healthy case in the unit tests.
+    alerts = {r["alert"] for r in _rules() if "alert" in r}
+    cases = [
+        case
+        for path in tests
+        for group in yaml.safe_load(path.read_text())["tests"]
+        for case in group.get("alert_rule_test", [])
+    ]
+    assert {c["alertname"] for c in cases if c.get("exp_alerts")} == alerts
+    assert {c["alertname"] for c in cases if not c.get("exp_alerts")} == alerts
+    assert len(alerts) >= 8
+
+
+def test_the_unit_tests_catch_a_broken_alert(tmp_path: Path) -> None:
+    """promtool's unit tests fail when an alert's threshold is wrong (they test something)."""
+    rules = tmp_path / "rules"
+    tests = tmp_path / "tests"
+    shutil.copytree(PROMETHEUS / "rules", rules)
+    shutil.copytree(PROMETHEUS / "tests", tests)
+    path = rules / "inference.yml"
+    path.write_text(
+        path.read_text().replace(
+            "job:inference_request_errors:ratio_rate5m > 0.01", "job:inference_request_errors:ratio_rate5m > 0.5"
+        )
+    )
+    tested = subprocess.run(
+        [_tool("promtool"), "test", "rules", "tests/inference.test.yml"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert tested.returncode != 0 and "InferenceHighErrorRatio" in tested.stdout + tested.stderr
+
+
+def test_the_prometheus_rule_of_kube_prometheus_stack_is_generated_from_the_rule_files(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "observability.py"), "--check"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    rule = yaml.safe_load((REPO / "observability" / "prometheusrule.yaml").read_text())
+    assert (
+        rule["apiVersion"] == "monitoring.coreos.com/v1" and rule["metadata"]["labels"]["release"] == "kube-prom-stack"
+    )
+    groups = tmp_path / "groups.yml"
+    groups.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    checked = subprocess.run([_tool("promtool"), "check", "rules", str(groups)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    monitor = yaml.safe_load((REPO / "observability" / "servicemonitor.yaml").read_text())
+    api_service = yaml.safe_load((REPO / "inference-api" / "service.yaml").read_text())
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= api_service["metadata"]["labels"].items()
+    assert monitor["spec"]["endpoints"][0]["port"] in {p["name"] for p in api_service["spec"]["ports"]}
+    assert monitor["metadata"]["labels"]["release"] == "kube-prom-stack"
+    rendered = subprocess.run(["kubectl", "kustomize", str(REPO / "observability")], capture_output=True, text=True)
+    assert rendered.returncode == 0, rendered.stderr
+    objects = [o for o in yaml.safe_load_all(rendered.stdout) if o]
+    assert {o["metadata"]["namespace"] for o in objects} == {"observability"}
+    dashboards = next(o for o in objects if o["kind"] == "ConfigMap")
+    assert dashboards["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert sorted(dashboards["data"]) == sorted(p.name for p in DASHBOARDS)  # the same files as grafana/
+
+
+def _panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for panel in dashboard["panels"]:
+        out.append(panel)
+        out += panel.get("panels", [])  # rows
+    return out
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
+def test_dashboards_are_valid_grafana_json(path: Path) -> None:
+    dashboard = json.loads(path.read_text())
+    assert dashboard["schemaVersion"] == GRAFANA_SCHEMA_VERSION
+    assert dashboard["uid"] and dashboard["title"] and dashboard["description"]
+    panels = _panels(dashboard)
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    for panel in panels:
+        where = f"{path.name} panel {panel['id']}"
+        assert panel["title"] and panel.get("description"), where
+        assert panel["fieldConfig"]["defaults"].get("unit"), f"{where}: no unit"
+        assert panel["datasource"] == {"type": "prometheus", "uid": "prometheus"}, where
+        assert panel["targets"], where
+        for target in panel["targets"]:
+            assert target["datasource"] == {"type": "prometheus", "uid": "prometheus"}, where
+            assert target["expr"].strip(), where
+        grid = panel["gridPos"]
+        assert grid["w"] > 0 and grid["h"] > 0 and grid["x"] + grid["w"] <= 24, where
+    uids = [json.loads(p.read_text())["uid"] for p in DASHBOARDS]
+    assert len(uids) == len(set(uids))
+    datasource = yaml.safe_load((REPO / "grafana" / "datasource.yaml").read_text())["datasources"][0]
+    assert datasource["uid"] == "prometheus"
+
+
+# --- a real Prometheus scraping the real API -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    champion = train_champion(tmp_path_factory.mktemp("registry"))
+    yield from start_api(tmp_path_factory.mktemp("api"), champion.tracking_uri, MODEL_POLL_INTERVAL_SECONDS="2")
+
+
+@pytest.fixture(scope="module")
+def prometheus(api: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    folder = tmp_path_factory.mktemp("prometheus")
+    config = folder / "prometheus.yml"
+    config.write_text(yaml.safe_dump(_static_config(api.removeprefix("http://"), PROMETHEUS / "rules")))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [
+        _tool("prometheus"),
+        f"--config.file={config}",
+        f"--storage.tsdb.path={folder / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    for _ in serve(command, dict(os.environ), f"{url}/-/ready", folder / "prometheus.log"):
+        yield url
+
+
+def _query(prometheus: str, expr: str) -> dict[str, Any]:
+    url = f"{prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return dict(json.loads(response.read()))
+    except urllib.error.HTTPError as exc:
+        return dict(json.loads(exc.read()))
+
+
+def _traffic(api: str, seconds: float) -> None:
+    from readmission import schema
+
+    encounter = json.dumps(next(iter(schema.EXAMPLE_ENCOUNTERS.values()))).encode()
+    batch = json.dumps({"encounters": list(schema.EXAMPLE_ENCOUNTERS.values())}).encode()
+    headers = {"Content-Type": "application/json"}
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for path, body in (("/predict", encounter), ("/predict/batch", batch), ("/predict", b'{"age": "old"}')):
+            with contextlib.suppress(urllib.error.HTTPError):  # the invalid one answers 422
+                urllib.request.urlopen(
+                    urllib.request.Request(api + path, data=body, headers=headers), timeout=10
+                ).close()
+        time.sleep(0.05)
+
+
+def test_prometheus_answers_every_dashboard_and_rule_expression(api: str, prometheus: str) -> None:
+    assert http_status(f"{api}/health/ready") == 200
+    # Scrapes every 15 s (the project's interval): two minutes of traffic give every rate and rule samples.
+    _traffic(api, 75)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        recorded = _query(prometheus, "job:inference_request_duration_seconds:p99_5m")
+        if recorded["data"]["result"]:
+            break
+        _traffic(api, 5)
+    targets = _query(prometheus, 'up{job="inference-api"}')["data"]["result"]
+    assert [t["value"][1] for t in targets] == ["1"]
+    problems = []
+    for path in DASHBOARDS:
+        for panel in _panels(json.loads(path.read_text())):
+            for target in panel["targets"]:
+                expr = target["expr"].replace("$__rate_interval", "1m")
+                answer = _query(prometheus, expr)
+                if answer["status"] != "success":
+                    problems.append(f"{path.name} '{panel['title']}': {answer.get('error')}")
+                elif not answer["data"]["result"]:
+                    problems.append(f"{path.name} '{panel['title']}': no data for {expr}")
+    for rule in _rules():
+        answer = _query(prometheus, rule["expr"])
+        if answer["status"] != "success":
+            problems.append(f"rule {rule.get('alert') or rule.get('record')}: {answer.get('error')}")
+    assert problems == []
+    # The recording rules computed what the API did: no 5xx, a mean risk between 0 and 1.
+    ratio = _query(prometheus, 'job:inference_request_errors:ratio_rate5m{job="inference-api"}')["data"]["result"]
+    assert float(ratio[0]["value"][1]) == 0.0
+    risk = _query(prometheus, 'job:inference_readmission_risk:mean1h{job="inference-api"}')["data"]["result"]
+    assert 0 < float(risk[0]["value"][1]) < 1
+    refused = _query(prometheus, 'sum(inference_requests_total{status="422"})')["data"]["result"]
+    assert float(refused[0]["value"][1]) > 0
+
+
+def test_alerts_are_loaded_and_silent_on_the_healthy_api(prometheus: str) -> None:
+    with urllib.request.urlopen(f"{prometheus}/api/v1/rules", timeout=10) as response:
+        groups = json.loads(response.read())["data"]["groups"]
+    loaded = {r["name"] for g in groups for r in g["rules"]}
+    assert {r.get("alert") or r.get("record") for r in _rules()} == loaded
+    firing = [r["name"] for g in groups for r in g["rules"] if r.get("type") == "alerting" and r["state"] != "inactive"]
+    assert firing == []
+    assert all(r.get("health") == "ok" for g in groups for r in g["rules"]), [
+        (r["name"], r.get("lastError")) for g in groups for r in g["rules"] if r.get("health") != "ok"
+    ]
+
+
+def test_static_swap_changes_only_discovery() -> None:
+    original = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    swapped = _static_config("127.0.0.1:1", Path("/rules"))
+    for before, after in zip(original["scrape_configs"], swapped["scrape_configs"], strict=True):
+        if "kubernetes_sd_configs" in before:  # discovery swapped for static targets, the rest (relabelling) kept
+            rest_before = {k: v for k, v in before.items() if k != "kubernetes_sd_configs"}
+            assert rest_before == {k: v for k, v in after.items() if k != "static_configs"}
+        else:
+            assert before == after
+    assert copy.deepcopy(original["global"]) == swapped["global"]
