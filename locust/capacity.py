@@ -140,18 +140,18 @@ def _report(environment: Environment, **_: Any) -> None:
     print(line, flush=True)
     report = Path(os.environ.get("CAPACITY_REPORT") or "capacity.json")
     report.parent.mkdir(parents=True, exist_ok=True)
-    held = [s for s in shape.steps if s.held]
+    held_users = max((s.users for s in shape.steps if s.held), default=0)
     report.write_text(
         json.dumps(
             {
                 "verdict": line,
                 "objective": asdict(shape.objective),
-                "held_users": held[-1].users if held else 0,
+                "held_users": held_users,
                 "steps": [asdict(s) for s in shape.steps],
             },
             indent=2,
         )
     )
-    if (held[-1].users if held else 0) < shape.min_users:
+    if held_users < shape.min_users:
         print(f"capacity: below the required minimum of {shape.min_users} users (CAPACITY_MIN_USERS)", flush=True)
         environment.process_exit_code = 1

@@ -39,6 +39,9 @@ def _setting(name: str, default: str) -> str:
     return os.environ.get(name) or default
 
 
+BATCH_MAX = int(_setting("LOADTEST_BATCH_MAX", "50"))  # read once, not on every task
+
+
 @events.init.add_listener
 def _load_payloads(environment: Environment, **_: Any) -> None:
     """Draw the payloads once per process that runs users (not a distributed master) before any user starts."""
@@ -64,7 +67,7 @@ class ApiUser(FastHttpUser):
 
     @task(3)
     def predict_batch(self) -> None:
-        size = random.randint(10, int(_setting("LOADTEST_BATCH_MAX", "50")))
+        size = random.randint(10, BATCH_MAX)
         self.client.post("/predict/batch", json={"encounters": random.sample(PAYLOADS, size)}, name="/predict/batch")
 
     @task(1)
