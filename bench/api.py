@@ -22,14 +22,13 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,9 @@ from readmission.registry import CHAMPION, MODEL_NAME
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(ROOT / "tests" / "support"))  # the process helpers the tests use (dev tooling, as this is)
+from livesupport import free_port, serve  # noqa: E402
+
 CLIENTS = (1, 8, 64)
 BATCH_ROWS = 100
 OURS_PATHS = {"single": "/predict", "batch": "/predict/batch"}
@@ -65,12 +67,6 @@ class Cell:
     @property
     def rows_per_second(self) -> float:
         return self.rps * self.rows_per_request
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _ms(value: str, unit: str) -> float:
@@ -100,39 +96,26 @@ class Server:
 
     def __init__(self, name: str, command: list[str], env: dict[str, str], ready_path: str, cwd: Path) -> None:
         self.name = name
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.command = [part.replace("{port}", str(self.port)) for part in command]
-        self.env = {**os.environ, **env, "PORT": str(self.port)}
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.command = [part.replace("{port}", str(port)) for part in command]
+        self.env = {**os.environ, **env, "PORT": str(port)}
         self.ready_path = ready_path
         self.cwd = cwd
-        self.process: subprocess.Popen[bytes] | None = None
         self.log_path = Path(tempfile.gettempdir()) / f"bench-api-{name}.log"
+        self._running: Iterator[None] | None = None
 
     def __enter__(self) -> Server:
-        self.process = subprocess.Popen(
-            self.command, env=self.env, cwd=self.cwd, stdout=subprocess.DEVNULL, stderr=self.log_path.open("wb"),
-            start_new_session=True,
+        self._running = serve(
+            self.command, self.env, self.url + self.ready_path, self.log_path, cwd=self.cwd, timeout=180,
+            process_group=True,
         )  # fmt: skip
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited during start-up; see {self.log_path}")
-            try:
-                if httpx.get(self.url + self.ready_path, timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"{self.name} was not ready within 180 s; see {self.log_path}")
+        next(self._running)
+        return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
+        if self._running is not None:
+            next(self._running, None)
 
 
 def measure(

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from testsupport import _unavailable
+from testsupport import _unavailable, read_env_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,8 +48,7 @@ def _compose() -> list[str]:
 
 
 def _example() -> dict[str, str]:
-    pairs = [line.split("=", 1) for line in ENV_EXAMPLE.read_text().splitlines() if line and not line.startswith("#")]
-    return {k: v for k, v in pairs}
+    return read_env_file(ENV_EXAMPLE)
 
 
 def _config(env_file: Path) -> subprocess.CompletedProcess[str]:

@@ -115,8 +115,10 @@ def test_model_commands_train_list_rollback_promote(tmp_path: Path) -> None:
     missing = _cli("rollback", "9", cwd=tmp_path, env=env)
     assert missing.returncode == 1
     assert "has no version 9 (known versions: 1, 2)" in missing.stderr
+    # v1 and v2 are the same model (same data and seed): the gate keeps the champion.
     promote = _cli("promote", "--version", "1", cwd=tmp_path, env=env)
-    assert "promote: v1 not promoted" in promote.stdout or "promote: v1 is now champion" in promote.stdout
+    assert "promote: v1 not promoted" in promote.stdout
+    assert "models: 2 version(s); champion v2" in _cli("models", cwd=tmp_path, env=env).stdout
 
 
 def test_train_before_the_clean_dataset_exists_says_what_to_run(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from testsupport import _unavailable
+from testsupport import _unavailable, read_env_file
 
 REPO = Path(__file__).resolve().parents[1]
 K8S_VERSION = "1.32.0"
@@ -351,12 +351,8 @@ def test_no_generated_secret_reaches_a_tracked_file(checkout: Path) -> None:
     assert ".gitignore" in tracked and "secrets.env" in (REPO / ".gitignore").read_text().split()
     generated = []  # the values the examples leave empty (names such as a user name have a default)
     for path in checkout.glob("*/secrets.env"):
-        example = dict(
-            line.split("=", 1)
-            for line in (REPO / path.parent.name / "secrets.env.example").read_text().splitlines()
-            if "=" in line and not line.startswith("#")
-        )
-        values = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+        example = read_env_file(REPO / path.parent.name / "secrets.env.example")
+        values = read_env_file(path)
         assert set(values) == set(example), path
         generated += [values[key] for key, default in example.items() if not default]
     assert len(generated) >= 8 and all(len(value) >= 24 for value in generated)
@@ -419,8 +415,7 @@ def test_make_k8s_secrets_shares_names_and_keeps_existing_values(tmp_path: Path)
     script = [sys.executable, str(REPO / "scripts" / "k8s_secrets.py"), str(tmp_path)]
 
     def values(folder: str) -> dict[str, str]:
-        lines = (tmp_path / folder / "secrets.env").read_text().splitlines()
-        return dict(line.split("=", 1) for line in lines)
+        return read_env_file(tmp_path / folder / "secrets.env")
 
     subprocess.run(script, check=True, capture_output=True)
     first = {"db": values("db"), "client": values("client")}
@@ -481,11 +476,7 @@ def test_the_policy_scan_fails_a_privileged_container(rendered: list[dict[str, A
 
 def test_the_airflow_vm_settings_match_the_cluster(rendered: list[dict[str, Any]]) -> None:
     """airflow/.env.example's NodePorts, database names and users are the ones the manifests create."""
-    example = dict(
-        line.split("=", 1)
-        for line in (REPO / "airflow" / ".env.example").read_text().splitlines()
-        if "=" in line and not line.startswith("#")
-    )
+    example = read_env_file(REPO / "airflow" / ".env.example")
     nodeports = {
         o["metadata"]["name"]: o["spec"]["ports"][0]["nodePort"]
         for o in rendered

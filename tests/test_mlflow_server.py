@@ -35,16 +35,12 @@ from readmission.modeling import model_input
 from readmission.registry import CHAMPION, MODEL_NAME
 from readmission.synthetic import build_synthetic_clean
 from readmission.training import TrainConfig, train_and_register
-from testsupport import _unavailable
+from testsupport import _unavailable, read_env_file
 
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 REPO = Path(__file__).resolve().parents[1]
 MANIFEST = REPO / "mlflow" / "deployment.yaml"
-CONFIG = dict(
-    line.split("=", 1)
-    for line in (REPO / "mlflow" / "config.env").read_text().splitlines()
-    if "=" in line and not line.startswith("#")
-)
+CONFIG = read_env_file(REPO / "mlflow" / "config.env")
 BUCKET = CONFIG["MLFLOW_ARTIFACTS_DESTINATION"].removeprefix("s3://").split("/")[0]
 
 

@@ -5,6 +5,7 @@ training job on synthetic encounters, and the real API process (`python -m infer
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -37,21 +38,46 @@ def http_status(url: str) -> int:
         return 0
 
 
-def serve(command: list[str], env: dict[str, str], health: str, log_path: Path, want: int = 200) -> Iterator[None]:
-    """Run ``command`` until ``health`` answers ``want``; yield while it runs, then stop it."""
+def serve(
+    command: list[str],
+    env: dict[str, str],
+    health: str,
+    log_path: Path,
+    want: int = 200,
+    *,
+    cwd: Path | None = None,
+    timeout: float = 120,
+    process_group: bool = False,
+) -> Iterator[None]:
+    """Run ``command`` until ``health`` answers ``want``; yield while it runs, then stop it (SIGTERM).
+
+    ``process_group`` runs it in a session of its own and signals the whole group, for servers that start
+    workers of their own (`mlflow models serve`)."""
     log = log_path.open("wb")
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=log_path.parent)
-    deadline = time.monotonic() + 120
+    process = subprocess.Popen(
+        command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd or log_path.parent,
+        start_new_session=process_group,
+    )  # fmt: skip
+
+    def signal_it(sig: signal.Signals) -> None:
+        if process.poll() is None:
+            os.killpg(process.pid, sig) if process_group else process.send_signal(sig)
+
+    deadline = time.monotonic() + timeout
     while http_status(health) != want:
         if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
+            signal_it(signal.SIGKILL)
             raise RuntimeError(f"{command[:3]} did not come up: {log_path.read_text()[-3000:]}")
         time.sleep(0.2)
     try:
         yield
     finally:
-        process.terminate()
-        process.wait(timeout=60)
+        signal_it(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            signal_it(signal.SIGKILL)
+            process.wait()
         log.close()
 
 
