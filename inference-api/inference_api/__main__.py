@@ -4,14 +4,26 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
+from types import FrameType
 
 import uvicorn
 
 from inference_api.settings import ApiSettings
 
 
+def _exit_through_python(signum: int, _frame: FrameType | None) -> None:
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the same signal again with the handler
+    # it found. Exiting through Python here (exit status 128 + signal, as the default action gives) lets
+    # atexit run, so multiprocessing releases the prediction log's shared semaphores instead of its
+    # resource tracker warning that they leaked.
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
     """Start uvicorn with the settings from the environment."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _exit_through_python)
     settings = ApiSettings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(

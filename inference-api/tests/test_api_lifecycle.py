@@ -189,13 +189,15 @@ def test_sigterm_writes_what_is_still_queued(
             served += 10
         process.send_signal(signal.SIGTERM)
         private_mariadb.start()  # comes back while the process is flushing
-        # uvicorn finishes its graceful shutdown (our lifespan flushes the log), then re-raises SIGTERM so
-        # the exit status says what stopped the process.
-        assert process.wait(90) in (0, -signal.SIGTERM)
+        # uvicorn finishes its graceful shutdown (our lifespan flushes the log), then raises SIGTERM again;
+        # the service exits through Python with the status the signal's default action gives.
+        assert process.wait(90) == 128 + signal.SIGTERM
     finally:
         if process.poll() is None:
             process.kill()
     assert count_rows(private_mariadb.url) == count_rows_before + served
+    # atexit ran: multiprocessing released the shared semaphores (no resource-tracker warning).
+    assert "leaked semaphore" not in (tmp_path / "api.log").read_text()
 
 
 def _ready(url: str) -> bool:
