@@ -12,8 +12,14 @@ from sklearn.frozen import FrozenEstimator
 
 from readmission import schema
 from readmission.clean import diagnosis_group, diagnosis_group_of
-from readmission.modeling import hist_gradient_boosting, logistic_regression, model_input, random_forest
-from readmission.serving import Predictor, rows_to_frame
+from readmission.modeling import (
+    hist_gradient_boosting,
+    logistic_regression,
+    model_input,
+    prepare_features,
+    random_forest,
+)
+from readmission.serving import Predictor, prepare_columns, rows_to_frame
 
 
 def _rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -80,6 +86,22 @@ def test_rows_to_frame_matches_model_input(data: Any) -> None:
     expected = model_input(test).reset_index(drop=True)
     frame = rows_to_frame(_rows(test))
     pd.testing.assert_frame_equal(frame, expected)
+
+
+def test_prepare_columns_equals_prepare_features_column_by_column(data: Any) -> None:
+    _, _, test = data
+    expected = prepare_features(model_input(test)).reset_index(drop=True)
+    got = prepare_columns(_rows(test))
+    assert set(got) == set(expected.columns)
+    for name, values in got.items():
+        want = expected[name].to_numpy()
+        if values.dtype == object:
+            assert values.tolist() == want.tolist(), name
+        else:
+            np.testing.assert_array_equal(values, want.astype(np.float64), err_msg=name)
+    # the real rows exercise every dose the medication counts distinguish
+    doses = set(test[list(schema.MEDICATIONS)].to_numpy().ravel().tolist())
+    assert {"No", "Steady", "Up", "Down"} <= doses and got["medications_changed"].max() >= 2
 
 
 def test_scalar_diagnosis_group_matches_the_vectorised_one(real_clean: pd.DataFrame) -> None:
