@@ -204,13 +204,17 @@ def _request_body(name: str, examples: dict[str, Any]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": content}}}
 
 
-def _with_request_models(spec: dict[str, Any]) -> dict[str, Any]:
-    """Add the request models (and the models they use) to the document's components."""
+def _with_request_models(spec: dict[str, Any], max_batch_size: int) -> dict[str, Any]:
+    """Add the request models (and the models they use) to the document's components, with the batch
+    limit this instance enforces (MAX_BATCH_SIZE; a longer batch is answered 413)."""
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
     for name, model in REQUEST_MODELS.items():
         body = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(body.pop("$defs", {}))
         schemas[name] = body
+    encounters = schemas["BatchRequest"]["properties"]["encounters"]
+    encounters["maxItems"] = max_batch_size
+    encounters["description"] = f"At most {max_batch_size:,} encounters (MAX_BATCH_SIZE); more are answered 413."
     return spec
 
 
@@ -359,7 +363,7 @@ def create_app(settings: ApiSettings | None = None, source_factory: Callable[[],
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = _with_request_models(FastAPI.openapi(app))
+            app.openapi_schema = _with_request_models(FastAPI.openapi(app), settings.max_batch_size)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

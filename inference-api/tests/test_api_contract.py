@@ -18,14 +18,16 @@ from hypothesis import HealthCheck, settings
 
 from inference_api.app import create_app
 
-# The schema comes from the app itself (what /openapi.json serves); the requests go to a real server.
-schema = schemathesis.openapi.from_dict(create_app(settings_for("sqlite://", "sqlite://")).openapi())
+# The schema comes from the app itself (what /openapi.json serves, the batch limit included); the requests
+# go to a real server with the same settings.
+LIMITS = {"max_batch_size": 20, "reload_token": "fuzz-token"}
+schema = schemathesis.openapi.from_dict(create_app(settings_for("sqlite://", "sqlite://", **LIMITS)).openapi())
 
 
 @pytest.fixture(scope="module")
 def api_url(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log_url = f"sqlite:///{tmp_path_factory.mktemp('contract') / 'predictions.db'}"
-    app_settings = settings_for(registry.uri, log_url, max_batch_size=20, reload_token="fuzz-token")
+    app_settings = settings_for(registry.uri, log_url, **LIMITS)
     with ApiServer(app_settings) as api:
         wait_until(lambda: httpx.get(f"{api.url}/health/ready").status_code == 200, 60, "the model to load")
         assert httpx.get(f"{api.url}/openapi.json").json() == schema.raw_schema
@@ -33,7 +35,7 @@ def api_url(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 @schema.parametrize()
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 def test_every_generated_request_gets_a_documented_non_5xx_answer(case: Any, api_url: str) -> None:
     case.call_and_validate(base_url=api_url)
 

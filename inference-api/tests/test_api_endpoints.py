@@ -111,6 +111,8 @@ def test_model_health_metrics_and_docs(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     examples = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["examples"]
     assert set(examples) == set(schema.EXAMPLE_ENCOUNTERS)
+    # the documented batch limit is the one this instance enforces (MAX_BATCH_SIZE=5 here)
+    assert spec["components"]["schemas"]["BatchRequest"]["properties"]["encounters"]["maxItems"] == 5
 
 
 def test_invalid_input_is_422_naming_each_field_with_allowed_values(client: TestClient) -> None:
