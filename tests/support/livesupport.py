@@ -59,25 +59,30 @@ def serve(
         start_new_session=process_group,
     )  # fmt: skip
 
-    def signal_it(sig: signal.Signals) -> None:
+    def stop(sig: signal.Signals, wait: float | None) -> None:
+        """Send ``sig`` (to the whole group with ``process_group``) and reap the process."""
         if process.poll() is None:
-            os.killpg(process.pid, sig) if process_group else process.send_signal(sig)
+            if process_group:
+                os.killpg(process.pid, sig)
+            else:
+                process.send_signal(sig)
+        process.wait(timeout=wait)
 
-    deadline = time.monotonic() + timeout
-    while http_status(health) != want:
-        if process.poll() is not None or time.monotonic() > deadline:
-            signal_it(signal.SIGKILL)
-            raise RuntimeError(f"{command[:3]} did not come up: {log_path.read_text()[-3000:]}")
-        time.sleep(0.2)
     try:
-        yield
-    finally:
-        signal_it(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while http_status(health) != want:
+            if process.poll() is not None or time.monotonic() > deadline:
+                stop(signal.SIGKILL, None)
+                raise RuntimeError(f"{command[:3]} did not come up: {log_path.read_text()[-3000:]}")
+            time.sleep(0.2)
         try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            signal_it(signal.SIGKILL)
-            process.wait()
+            yield
+        finally:
+            try:
+                stop(signal.SIGTERM, 60)
+            except subprocess.TimeoutExpired:
+                stop(signal.SIGKILL, None)
+    finally:
         log.close()
 
 
