@@ -164,7 +164,14 @@ def test_model_inputs_exclude_identifiers_and_target() -> None:
     assert not {"encounter_id", "patient_nbr", schema.TARGET} & set(schema.MODEL_INPUT_NAMES)
 
 
-def test_cli_model_name_matches_the_registry() -> None:
-    from readmission.cli.model_commands import MODEL_NAME as CLI_MODEL_NAME
+def test_shared_names_and_the_api_settings_do_not_import_mlflow() -> None:
+    """One dependency-free module holds the model's names: reading them (or the API's settings) loads no MLflow."""
+    import subprocess
+    import sys
 
-    assert CLI_MODEL_NAME == MODEL_NAME
+    code = (
+        "import sys; import readmission.names, inference_api.settings, readmission.cli.model_commands; "
+        "heavy = sorted(m for m in ('mlflow', 'sklearn') if m in sys.modules); print(heavy); sys.exit(bool(heavy))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr

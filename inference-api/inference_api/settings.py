@@ -6,12 +6,13 @@ MLFLOW_TRACKING_TOKEN, ...) pass through untouched.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from readmission.registry import CHAMPION, MODEL_NAME
+from readmission.names import CHAMPION, MODEL_NAME
 
 
 class ApiSettings(BaseSettings):
@@ -31,6 +32,15 @@ class ApiSettings(BaseSettings):
     model_poll_interval_seconds: float = Field(30.0, gt=0, description="How often the registry alias is checked.")
     model_retry_max_seconds: float = Field(
         30.0, gt=0, description="Longest wait between attempts while no model is loaded (backoff from 1 s)."
+    )
+    mlflow_http_request_max_retries: int = Field(
+        0,
+        ge=0,
+        description="MLflow client retries of a failed registry call (MLflow's own variable; its default retries "
+        "a dead server for minutes, while the poller has its own backoff). A value set in the environment wins.",
+    )
+    mlflow_http_request_timeout: int = Field(
+        10, ge=1, description="Seconds an MLflow registry call may take (MLflow's own variable; the environment wins)."
     )
     reload_token: SecretStr | None = Field(
         None, description="Bearer token that POST /model/reload requires; empty: the endpoint is open."
@@ -83,6 +93,12 @@ class ApiSettings(BaseSettings):
     def log_url(self) -> str:
         """Prediction-log database URL, defaulting to an SQLite file."""
         return self.prediction_log_url or f"sqlite:///{self.data_dir / 'predictions.db'}"
+
+    def apply_mlflow_client_environment(self) -> None:
+        """Put the MLflow client's retry and timeout settings into the environment, where MLflow reads them,
+        without replacing a value the operator exported."""
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(self.mlflow_http_request_max_retries))
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(self.mlflow_http_request_timeout))
 
     @property
     def bands(self) -> tuple[float, float]:

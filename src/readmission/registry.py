@@ -14,12 +14,9 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from readmission.errors import ReadmissionError
+from readmission.names import CHALLENGER, CHAMPION, EXPERIMENT_NAME, MODEL_NAME, SELECTION_METRIC
 
-MODEL_NAME = "diabetes-readmission"
-EXPERIMENT_NAME = "diabetes-readmission"
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-SELECTION_METRIC = "roc_auc_30"
+__all__ = ["CHALLENGER", "CHAMPION", "EXPERIMENT_NAME", "MODEL_NAME", "SELECTION_METRIC"]
 
 
 class RegistryError(ReadmissionError):

@@ -11,13 +11,13 @@ from rich.table import Table
 
 from readmission.db import create_db_engine
 from readmission.errors import ReadmissionError
+from readmission.names import MODEL_NAME
 
 from .settings import Settings
 
 if TYPE_CHECKING:  # MLflow and scikit-learn take seconds to import: only the model commands load them
     from readmission.training import TrainReport
 
-MODEL_NAME = "diabetes-readmission"  # kept equal to readmission.registry.MODEL_NAME by a test
 
 SHOWN_METRICS = ("roc_auc_30", "roc_auc_ovr_macro", "average_precision_30", "brier_skill_30", "calibration_slope_30")
 

@@ -1,0 +1,16 @@
+"""Names shared by the library, the inference API and the Airflow DAG: the registered model, its experiment,
+its aliases and the tags the lifecycle writes.
+
+This module imports nothing, so reading the API's settings or parsing the DAG never loads MLflow.
+"""
+
+from __future__ import annotations
+
+MODEL_NAME = "diabetes-readmission"
+EXPERIMENT_NAME = "diabetes-readmission"
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+SELECTION_METRIC = "roc_auc_30"
+
+TRAINING_KEY_TAG = "training_key"  # one training job (a CLI call or an Airflow DAG run) on its runs and version
+DECISION_TAG = "promotion.decision"  # written last by the gate: a version without it has not been gated
