@@ -17,7 +17,8 @@ from readmission.clean import SplitSpec, build_clean
 from readmission.db import create_db_engine
 from readmission.raw import SourceFile, load_raw_batches
 from readmission.source import resolve_dataset
-from readmission.training import TrainConfig, train_and_register
+from readmission.steps import train_job
+from readmission.training import TrainConfig
 
 TARGET_SECONDS = 300.0
 
@@ -50,8 +51,8 @@ def main() -> None:
         stages[f"build CLEAN ({built.clean_rows:,} rows)"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        report = train_and_register(
-            clean,
+        job = train_job(
+            str(clean.url),
             f"sqlite:///{folder / 'mlflow.db'}",
             TrainConfig(time_budget_seconds=args.budget),
             artifact_location=(folder / "artifacts").as_uri(),
@@ -65,7 +66,9 @@ def main() -> None:
         print(f"{name:<48} {seconds:8.1f} {seconds / total:6.1%}")
     print(f"{'total':<48} {total:8.1f} {total / TARGET_SECONDS:6.2f}x of the {TARGET_SECONDS:.0f} s target")
 
-    print(f"\ncandidates (test split, patient-grouped, seed 42); champion: v{report.version} {report.best.family}")
+    print(
+        f"\ncandidates (test split, patient-grouped, seed 42); champion: v{job['promotion']['champion_version']} {job['best']['family']}"
+    )
     metrics = (
         "roc_auc_30",
         "roc_auc_ovr_macro",
@@ -75,8 +78,11 @@ def main() -> None:
         "log_loss",
     )
     print(f"{'family':<24} {'val auc30':>9} " + " ".join(f"{m:>20}" for m in metrics))
-    for c in report.candidates:
-        print(f"{c.family:<24} {c.validation['roc_auc_30']:9.4f} " + " ".join(f"{c.test[m]:20.4f}" for m in metrics))
+    for c in job["candidates"]:
+        print(
+            f"{c['family']:<24} {c['validation']['roc_auc_30']:9.4f} "
+            + " ".join(f"{c['test'][m]:20.4f}" for m in metrics)
+        )
 
 
 if __name__ == "__main__":

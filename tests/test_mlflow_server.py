@@ -33,8 +33,9 @@ from readmission.db import normalize_url
 from readmission.evaluation import risk_of
 from readmission.modeling import model_input
 from readmission.registry import CHAMPION, MODEL_NAME
+from readmission.steps import train_job
 from readmission.synthetic import build_synthetic_clean
-from readmission.training import TrainConfig, train_and_register
+from readmission.training import TrainConfig
 from testsupport import _unavailable, read_env_file
 
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -167,13 +168,14 @@ def test_training_through_a_real_server_without_s3_credentials(
     clean = build_synthetic_clean(tmp_path, rows=4_000, seed=5)
     config = TrainConfig(families=("logistic_regression",), time_budget_seconds=60, max_trials=1, importance_rows=200)
     try:
-        report = train_and_register(clean, mlflow_server["tracking"], config, log=lambda _: None)
-        assert report.decision.promoted
+        job = train_job(str(clean.url), mlflow_server["tracking"], config, log=lambda _: None)
+        assert job["promotion"]["promoted"]
 
         test = read_clean(clean, "test")
         loaded = mlflow.sklearn.load_model(f"models:/{MODEL_NAME}@{CHAMPION}")
         np.testing.assert_allclose(
-            risk_of(loaded, model_input(test))[0], risk_of(report.best.model, model_input(test))[0]
+            risk_of(loaded, model_input(test))[0],
+            risk_of(mlflow.sklearn.load_model(job["best"]["model_uri"]), model_input(test))[0],
         )
         experiment = mlflow.get_experiment_by_name("diabetes-readmission")
         assert experiment is not None and experiment.artifact_location.startswith("mlflow-artifacts:")

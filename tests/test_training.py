@@ -28,8 +28,9 @@ from readmission.registry import (
     promote_if_better,
     rollback,
 )
+from readmission.steps import train_job
 from readmission.synthetic import build_synthetic_clean
-from readmission.training import TrainConfig, _score_on, fit_family, prepare_tracking, train_and_register
+from readmission.training import TrainConfig, _score_on, fit_family, prepare_tracking
 
 FAST = TrainConfig(
     families=("logistic_regression", "hist_gradient_boosting"),
@@ -69,31 +70,33 @@ def _log(model: Any) -> str:
 
 
 def test_training_registers_and_promotes_and_the_champion_round_trips(clean_db: Any, tracking: str) -> None:
-    report = train_and_register(clean_db, tracking, FAST, log=lambda _: None)
-    assert {c.family for c in report.candidates} == {"logistic_regression", "hist_gradient_boosting"}
-    assert report.version == "1"
-    assert report.decision.promoted and report.decision.reason == "no champion yet"
+    job = train_job(str(clean_db.url), tracking, FAST, log=lambda _: None)
+    assert {c["family"] for c in job["candidates"]} == {"logistic_regression", "hist_gradient_boosting"}
+    best, promotion = job["best"], job["promotion"]
+    assert promotion["version"] == "1"
+    assert promotion["promoted"] and promotion["reason"] == "no champion yet"
     client = MlflowClient(tracking, tracking)
     assert champion_version(client) == "1"
     assert str(client.get_model_version_by_alias(MODEL_NAME, CHALLENGER).version) == "1"
 
     test = read_clean(clean_db, "test")
     loaded = mlflow.sklearn.load_model(f"models:/{MODEL_NAME}@{CHAMPION}")
-    expected, _ = risk_of(report.best.model, model_input(test))
+    expected, _ = risk_of(mlflow.sklearn.load_model(best["model_uri"]), model_input(test))
     served, _ = risk_of(loaded, model_input(test))
     np.testing.assert_allclose(served, expected, rtol=0, atol=1e-12)
 
     tags = client.get_model_version(MODEL_NAME, "1").tags
-    assert float(tags["test_roc_auc_30"]) == pytest.approx(report.best.test["roc_auc_30"], abs=1e-6)
+    assert float(tags["test_roc_auc_30"]) == pytest.approx(best["test"]["roc_auc_30"], abs=1e-6)
     assert tags["data.raw_batches"] == "0" and tags["data.split_seed"] == "3"
     assert len(tags["data.checksum"]) == 64
-    run = client.get_run(report.best.run_id)
-    artifacts = {a.path for a in client.list_artifacts(report.best.run_id, "plots")}
+    assert tags["training_key"] == job["training_key"] and tags["promotion.decision"] == "promoted"
+    run = client.get_run(best["run_id"])
+    artifacts = {a.path for a in client.list_artifacts(best["run_id"], "plots")}
     assert artifacts == {
         f"plots/{n}.png"
         for n in ("roc_curve", "precision_recall_curve", "calibration_curve", "confusion_matrix", "feature_importance")
     }
-    assert run.data.metrics["validation_roc_auc_30"] == pytest.approx(report.best.validation["roc_auc_30"])
+    assert run.data.metrics["validation_roc_auc_30"] == pytest.approx(best["validation"]["roc_auc_30"])
 
 
 def test_gate_keeps_a_better_champion_and_replaces_a_worse_one(clean_db: Any, tracking: str) -> None:
@@ -105,19 +108,19 @@ def test_gate_keeps_a_better_champion_and_replaces_a_worse_one(clean_db: Any, tr
     first = promote_if_better(client, dummy, score(dummy), score)
     assert first.promoted and champion_version(client) == dummy
 
-    report = train_and_register(clean_db, tracking, FAST, log=lambda _: None)
-    assert report.decision.promoted, report.decision.reason  # a real model beats the class-mix dummy
-    assert report.decision.previous_champion == dummy
-    assert champion_version(client) == report.version
+    promotion = train_job(str(clean_db.url), tracking, FAST, log=lambda _: None)["promotion"]
+    assert promotion["promoted"], promotion["reason"]  # a real model beats the class-mix dummy
+    assert promotion["previous_champion"] == dummy
+    assert champion_version(client) == promotion["version"]
 
     worse = _log(_dummy(clean_db))
     decision = promote_if_better(client, worse, score(worse), score)
     assert not decision.promoted
-    assert champion_version(client) == report.version  # unchanged
+    assert champion_version(client) == promotion["version"]  # unchanged
     assert str(client.get_model_version_by_alias(MODEL_NAME, CHALLENGER).version) == worse
     tags = client.get_model_version(MODEL_NAME, worse).tags
     assert tags["promotion.decision"] == "kept previous champion"
-    assert tags["promotion.previous_champion"] == report.version
+    assert tags["promotion.previous_champion"] == promotion["version"]
     assert "does not beat champion" in tags["promotion.reason"]
 
 
@@ -125,7 +128,7 @@ def test_rollback_and_listing(clean_db: Any, tracking: str) -> None:
     client = MlflowClient(tracking, tracking)
     first = _log(_dummy(clean_db))
     client.set_registered_model_alias(MODEL_NAME, CHAMPION, first)
-    second = train_and_register(clean_db, tracking, FAST, log=lambda _: None).version
+    second = train_job(str(clean_db.url), tracking, FAST, log=lambda _: None)["promotion"]["version"]
     assert champion_version(client) == second
 
     assert rollback(client, first) == second

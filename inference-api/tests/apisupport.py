@@ -32,8 +32,9 @@ from inference_api.app import create_app
 from inference_api.settings import ApiSettings
 from readmission.db import normalize_url
 from readmission.registry import MODEL_NAME
+from readmission.steps import train_job
 from readmission.synthetic import build_synthetic_clean
-from readmission.training import TrainConfig, prepare_tracking, train_and_register
+from readmission.training import TrainConfig, prepare_tracking
 
 
 def _unavailable(reason: str) -> None:
@@ -68,7 +69,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
         config = TrainConfig(
             families=("hist_gradient_boosting",), time_budget_seconds=60, max_trials=1, importance_rows=200, seed=seed
         )
-        train_and_register(clean, uri, config, artifact_location=artifacts, log=lambda _line: None)
+        train_job(str(clean.url), uri, config, artifact_location=artifacts, log=lambda _line: None)
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)

@@ -2,6 +2,13 @@
 
 Moving an alias is one registry call, so clients resolving ``models:/diabetes-readmission@champion``
 see the old version or the new one, never anything in between.
+
+The gate fails closed: only the registry's own "does not exist" answer (error code
+``RESOURCE_DOES_NOT_EXIST``) means "no champion yet"; any other failure (a 5xx, a network error, a
+timeout) raises ``RegistryUnavailableError`` and nothing is promoted, so the caller (an Airflow task with
+retries, or the CLI) fails and can run again. The gate is idempotent: its decision tag is written last,
+after the alias move, so a gate killed anywhere leaves a version without a decision, which the next run
+gates again (``gated``).
 """
 
 from __future__ import annotations
@@ -14,13 +21,47 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from readmission.errors import ReadmissionError
-from readmission.names import CHALLENGER, CHAMPION, EXPERIMENT_NAME, MODEL_NAME, SELECTION_METRIC
+from readmission.names import CHALLENGER, CHAMPION, DECISION_TAG, EXPERIMENT_NAME, MODEL_NAME, SELECTION_METRIC
 
 __all__ = ["CHALLENGER", "CHAMPION", "EXPERIMENT_NAME", "MODEL_NAME", "SELECTION_METRIC"]
+
+PROMOTED = "promoted"
+KEPT = "kept previous champion"
 
 
 class RegistryError(ReadmissionError):
     """The registry does not hold what a command needs."""
+
+
+class RegistryUnavailableError(RegistryError):
+    """The registry could not be read or written (server error, network, timeout): nothing was decided."""
+
+
+def is_not_found(exc: MlflowException) -> bool:
+    """Whether ``exc`` is the registry saying that a model, version or alias does not exist."""
+    return bool(exc.error_code == "RESOURCE_DOES_NOT_EXIST")
+
+
+def _unavailable(what: str, client: MlflowClient, exc: MlflowException) -> RegistryUnavailableError:
+    where = getattr(client, "_registry_uri", None) or "the configured registry"
+    first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    return RegistryUnavailableError(
+        f"could not {what} at the MLflow registry {where} ({exc.error_code}: {first}); nothing was changed. "
+        "Check that the MLflow server is up and run the step again (an Airflow task retries by itself)."
+    )
+
+
+def quote_filter_value(value: str) -> str:
+    """``value`` quoted for an MLflow search filter (``tags.key = <this>``).
+
+    MLflow strips the outer quotes and unescapes nothing, so a value with a single quote is put in double
+    quotes; a value holding both quote characters cannot be expressed and raises ``ValueError``.
+    """
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise ValueError(f"{value!r} holds both quote characters and cannot be searched for in MLflow")
 
 
 @dataclass(frozen=True)
@@ -35,12 +76,75 @@ class GateDecision:
     reason: str
 
 
-def champion_version(client: MlflowClient, name: str = MODEL_NAME) -> str | None:
-    """Version number the `champion` alias points at, or None if there is none yet."""
+def alias_version(client: MlflowClient, alias: str, name: str = MODEL_NAME) -> str | None:
+    """Version number ``alias`` points at, or None if the registry says there is none.
+
+    Reads the registered model's aliases (MLflow answers a missing alias with the same error code as a bad
+    argument, so the alias is looked up in the model rather than inferred from an error). Raises
+    ``RegistryUnavailableError`` for any failure other than "model not registered": an outage is never read
+    as "no such alias".
+    """
     try:
-        return str(client.get_model_version_by_alias(name, CHAMPION).version)
-    except MlflowException:
-        return None
+        model = client.get_registered_model(name)
+    except MlflowException as exc:
+        if is_not_found(exc):
+            return None
+        raise _unavailable(f"read the `{alias}` alias of {name!r}", client, exc) from exc
+    version = (model.aliases or {}).get(alias)
+    return None if version is None else str(version)
+
+
+def champion_version(client: MlflowClient, name: str = MODEL_NAME) -> str | None:
+    """Version number the `champion` alias points at, or None (see ``alias_version``)."""
+    return alias_version(client, CHAMPION, name)
+
+
+def _compare(
+    candidate_score: float, previous: str | None, champion_score: float | None, min_improvement: float
+) -> tuple[bool, str]:
+    """The gate's rule: promote when there is no champion, or when the candidate beats it by more than
+    ``min_improvement`` on the same test split."""
+    if previous is None or champion_score is None:
+        return True, "no champion yet"
+    if candidate_score > champion_score + min_improvement:
+        return True, f"{SELECTION_METRIC} {candidate_score:.4f} beats champion v{previous} ({champion_score:.4f})"
+    margin = f" + {min_improvement}" if min_improvement else ""
+    return False, (
+        f"{SELECTION_METRIC} {candidate_score:.4f} does not beat champion v{previous} ({champion_score:.4f}"
+        f"{margin}) on the same test split"
+    )
+
+
+def gated(client: MlflowClient, version: str, name: str = MODEL_NAME) -> bool:
+    """Whether the gate has decided on ``version`` (its decision tag is written last)."""
+    try:
+        return DECISION_TAG in (client.get_model_version(name, version).tags or {})
+    except MlflowException as exc:
+        raise _unavailable(f"read version {version} of {name!r}", client, exc) from exc
+
+
+def _recorded(client: MlflowClient, version: str, name: str) -> GateDecision:
+    """The decision a gate wrote on ``version`` (tags): its decision tag, or, for a gate stopped after moving
+    `champion`, the decision its reason tags record."""
+    tags = client.get_model_version(name, version).tags or {}
+    if DECISION_TAG in tags:
+        promoted = tags[DECISION_TAG] == PROMOTED
+    else:
+        promoted = tags.get("promotion.would_promote", "True") == "True"
+
+    def number(key: str) -> float | None:
+        value = tags.get(key, "none")
+        return None if value == "none" else float(value)
+
+    previous = tags.get("promotion.previous_champion", "none")
+    return GateDecision(
+        promoted,
+        version,
+        None if previous == "none" else previous,
+        number(f"promotion.candidate_test_{SELECTION_METRIC}") or 0.0,
+        number(f"promotion.champion_test_{SELECTION_METRIC}"),
+        tags.get("promotion.reason", "already champion when the gate ran"),
+    )
 
 
 def promote_if_better(
@@ -51,55 +155,77 @@ def promote_if_better(
     *,
     name: str = MODEL_NAME,
     min_improvement: float = 0.0,
+    again: bool = False,
 ) -> GateDecision:
     """Set `challenger` on the candidate; move `champion` to it only if it beats the current champion.
 
     ``score_champion(version)`` evaluates the current champion on the SAME test split as the candidate,
-    so the comparison stays fair when the data has grown since the champion was trained.
+    so the comparison stays fair when the data has grown since the champion was trained. A version the
+    gate already decided on is not gated again (its recorded decision is returned) unless ``again`` (an
+    operator's `readmission promote`). Order of the writes:
+    `challenger`, the reason tags, `champion` (when promoted), the decision tag; a gate stopped between
+    any two leaves no decision tag, and running it again finishes the job. Raises
+    ``RegistryUnavailableError`` when the registry cannot be read or written.
     """
-    client.set_registered_model_alias(name, CHALLENGER, candidate_version)
-    previous = champion_version(client, name)
-    champion_score = score_champion(previous) if previous is not None else None
-    if champion_score is None:
-        promoted, reason = True, "no champion yet"
-    elif candidate_score > champion_score + min_improvement:
-        promoted = True
-        reason = f"{SELECTION_METRIC} {candidate_score:.4f} beats champion v{previous} ({champion_score:.4f})"
-    else:
-        promoted = False
-        reason = (
-            f"{SELECTION_METRIC} {candidate_score:.4f} does not beat champion v{previous} ({champion_score:.4f}"
-            f"{f' + {min_improvement}' if min_improvement else ''}) on the same test split"
-        )
+    try:
+        if not again and gated(client, candidate_version, name):
+            return _recorded(client, candidate_version, name)
+        client.set_registered_model_alias(name, CHALLENGER, candidate_version)
+        previous = champion_version(client, name)
+        if previous == candidate_version:  # a gate stopped after its alias move: finish what it decided
+            decision = _recorded(client, candidate_version, name)
+        else:
+            champion_score = score_champion(previous) if previous is not None else None
+            promoted, reason = _compare(candidate_score, previous, champion_score, min_improvement)
+            decision = GateDecision(promoted, candidate_version, previous, candidate_score, champion_score, reason)
+            _write_reason(client, decision, name)
+        if decision.promoted:
+            client.set_registered_model_alias(name, CHAMPION, candidate_version)
+        client.set_model_version_tag(name, candidate_version, DECISION_TAG, PROMOTED if decision.promoted else KEPT)
+    except MlflowException as exc:
+        raise _unavailable(f"gate version {candidate_version} of {name!r}", client, exc) from exc
+    return decision
+
+
+def _write_reason(client: MlflowClient, decision: GateDecision, name: str) -> None:
+    """The gate's evidence as version tags (everything but the decision itself, which is written last)."""
     tags = {
-        "promotion.decision": "promoted" if promoted else "kept previous champion",
-        "promotion.reason": reason,
-        "promotion.previous_champion": previous or "none",
-        f"promotion.candidate_test_{SELECTION_METRIC}": f"{candidate_score:.6f}",
-        f"promotion.champion_test_{SELECTION_METRIC}": "none" if champion_score is None else f"{champion_score:.6f}",
+        "promotion.reason": decision.reason,
+        "promotion.would_promote": str(decision.promoted),
+        "promotion.previous_champion": decision.previous_champion or "none",
+        f"promotion.candidate_test_{SELECTION_METRIC}": f"{decision.candidate_score:.6f}",
+        f"promotion.champion_test_{SELECTION_METRIC}": "none"
+        if decision.champion_score is None
+        else f"{decision.champion_score:.6f}",
     }
     for key, value in tags.items():
-        client.set_model_version_tag(name, candidate_version, key, value)
-    if promoted:
-        client.set_registered_model_alias(name, CHAMPION, candidate_version)
-    return GateDecision(promoted, candidate_version, previous, candidate_score, champion_score, reason)
+        client.set_model_version_tag(name, decision.candidate_version, key, value)
 
 
 def rollback(
     client: MlflowClient, version: str, *, name: str = MODEL_NAME, reason: str = "manual rollback"
 ) -> str | None:
-    """Point `champion` at an existing ``version``; returns the version it pointed at before."""
+    """Point `champion` at an existing ``version``; returns the version it pointed at before.
+
+    Raises ``RegistryError`` naming the known versions when ``version`` does not exist, and
+    ``RegistryUnavailableError`` when the registry cannot be read or written (nothing changed).
+    """
     try:
         client.get_model_version(name, version)
-    except MlflowException:
-        known = ", ".join(sorted((str(v.version) for v in client.search_model_versions(f"name='{name}'")), key=int))
+    except MlflowException as exc:
+        if not is_not_found(exc):
+            raise _unavailable(f"read version {version} of {name!r}", client, exc) from exc
+        known = ", ".join(sorted((v.version for v in list_versions(client, name)), key=int))
         raise RegistryError(
             f"model {name!r} has no version {version} (known versions: {known or 'none'}); "
             "`readmission models` lists them."
         ) from None
     previous = champion_version(client, name)
-    client.set_registered_model_alias(name, CHAMPION, version)
-    client.set_model_version_tag(name, version, "rollback.reason", f"{reason} (champion was v{previous})")
+    try:
+        client.set_registered_model_alias(name, CHAMPION, version)
+        client.set_model_version_tag(name, version, "rollback.reason", f"{reason} (champion was v{previous})")
+    except MlflowException as exc:
+        raise _unavailable(f"move `{CHAMPION}` of {name!r} to version {version}", client, exc) from exc
     return previous
 
 
@@ -116,17 +242,20 @@ class VersionSummary:
 
 
 def list_versions(client: MlflowClient, name: str = MODEL_NAME) -> list[VersionSummary]:
-    """All versions of the model, newest first, with aliases and test metrics."""
+    """All versions of the model, newest first, with aliases and test metrics ([] when it is not registered).
+
+    Raises ``RegistryUnavailableError`` when the registry cannot be read.
+    """
     try:
-        versions = client.search_model_versions(f"name='{name}'")
+        versions = client.search_model_versions(f"name={quote_filter_value(name)}")
+        registered = client.get_registered_model(name)
     except MlflowException as exc:
-        raise RegistryError(f"could not read the registry: {exc}") from exc
+        if is_not_found(exc):
+            return []
+        raise _unavailable(f"list the versions of {name!r}", client, exc) from exc
     aliases: dict[str, list[str]] = {}
-    try:
-        for alias, version in client.get_registered_model(name).aliases.items():
-            aliases.setdefault(str(version), []).append(alias)
-    except MlflowException:
-        return []
+    for alias, version in registered.aliases.items():
+        aliases.setdefault(str(version), []).append(alias)
     summaries = []
     for v in sorted(versions, key=lambda mv: int(mv.version), reverse=True):
         tags: dict[str, Any] = dict(v.tags or {})
@@ -138,7 +267,7 @@ def list_versions(client: MlflowClient, name: str = MODEL_NAME) -> list[VersionS
                 v.run_id or "",
                 tags.get("model_family", "?"),
                 metrics,
-                tags.get("promotion.decision", ""),
+                tags.get(DECISION_TAG, ""),
             )
         )
     return summaries

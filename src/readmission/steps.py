@@ -7,17 +7,22 @@ caller passes every setting). Each is idempotent, so a retried task or a re-run 
 - ``load_raw``: the RAW ledger skips batches already loaded (and checks they still match the file).
 - ``build_clean``: CLEAN is rebuilt from RAW in one transaction (same input, same output).
 - ``train_family``: a finished candidate run of the same ``training_key`` and family is reused.
-- ``select_and_promote``: a version already registered for ``training_key`` is reported, not registered
-  again; the gate runs once per version.
+- ``select_and_promote``: the version is registered with its ``training_key`` tag in the same registry call,
+  so a retry finds it and never registers a second one; a version without a gate decision is gated
+  (again), one with a decision is reported.
 
-``training_key`` names one training job (the DAG run id); its runs and its model version carry it as a tag.
+``training_key`` names one training job (the DAG run id, or a generated key for `readmission train`); its
+runs and its model version carry it as a tag. ``train_job`` is the whole training job for the CLI: the same
+steps as the DAG, one after the other, so selection and the gate exist once.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from readmission.clean import SplitSpec
 from readmission.clean import build_clean as _build_clean
@@ -25,12 +30,89 @@ from readmission.db import create_db_engine, display_url
 from readmission.raw import DEFAULT_BATCH_SIZE, SourceFile, load_raw_batches, raw_status
 from readmission.source import UCI_ZIP_URL, resolve_dataset
 
-Summary = dict[str, Any]
+if TYPE_CHECKING:
+    from readmission.training import TrainConfig
+
+Log = Callable[[str], None]
+
+
+class FetchSummary(TypedDict):
+    """What ``fetch_data`` found: the file, its checksum and where it came from."""
+
+    path: str
+    sha256: str
+    official: bool
+    origin: str
+
+
+class LoadSummary(TypedDict):
+    """What ``load_raw`` did now and what the RAW ledger holds."""
+
+    database: str
+    batches_loaded_now: list[int]
+    rows_loaded_now: int
+    rows_quarantined_now: int
+    batches_already_loaded: int
+    batches_pending: int
+    batches_in_ledger: int
+    batches_total: int | None
+    raw_rows: int
+    seconds: float
+
+
+class CleanSummary(TypedDict):
+    """The CLEAN build: row counts by split and patients by split."""
+
+    database: str
+    raw_rows: int
+    clean_rows: int
+    excluded_rows: int
+    split_rows: dict[str, int]
+    split_patients: dict[str, int]
+    seconds: float
+
+
+class CandidateSummary(TypedDict):
+    """One family's best model, as its MLflow run records it (metrics by name, without the split prefix)."""
+
+    family: str
+    run_id: str
+    model_uri: str
+    calibrated: bool
+    validation: dict[str, float]
+    test: dict[str, float]
+    fit_seconds: float | None
+    reused: bool
+
+
+class PromotionSummary(TypedDict):
+    """The registered version of a training job and the gate's decision on it."""
+
+    model: str
+    version: str
+    family: str
+    promoted: bool
+    reason: str
+    previous_champion: str | None
+    champion_version: str | None
+    test_roc_auc_30: float
+    champion_test_roc_auc_30: float | None
+    candidates: dict[str, float]
+
+
+class JobSummary(TypedDict):
+    """``train_job``: every candidate and the promotion, under one training key."""
+
+    training_key: str
+    candidates: list[CandidateSummary]
+    best: CandidateSummary
+    promotion: PromotionSummary
+    seconds: float
 
 
 def fetch_data(
     data_dir: str, data_path: str | None = None, data_url: str = UCI_ZIP_URL, timeout_seconds: float = 60.0
-) -> Summary:
+) -> FetchSummary:
     """Download the UCI file into ``data_dir`` (cached, checksummed) or check the local ``data_path``."""
     dataset = resolve_dataset(
         Path(data_dir), Path(data_path) if data_path else None, url=data_url, timeout_seconds=timeout_seconds
@@ -45,7 +127,7 @@ def fetch_data(
 
 def load_raw(
     raw_url: str, data_path: str, batch_size: int = DEFAULT_BATCH_SIZE, max_batches: int | None = None
-) -> Summary:
+) -> LoadSummary:
     """Load up to ``max_batches`` pending batches (all when None) of ``data_path`` into RAW."""
     started = time.perf_counter()
     engine = create_db_engine(raw_url)
@@ -74,7 +156,7 @@ def build_clean(
     split_seed: int = 42,
     validation_fraction: float = 0.15,
     test_fraction: float = 0.15,
-) -> Summary:
+) -> CleanSummary:
     """Rebuild CLEAN from RAW with the patient-grouped split."""
     raw, clean = create_db_engine(raw_url), create_db_engine(clean_url)
     try:
@@ -93,7 +175,7 @@ def build_clean(
     }
 
 
-def _candidate_summary(run: Any) -> Summary:
+def _candidate_summary(run: Any, reused: bool) -> CandidateSummary:
     metrics = run.data.metrics
     return {
         "family": run.data.tags["model_family"],
@@ -103,10 +185,21 @@ def _candidate_summary(run: Any) -> Summary:
         "validation": {k.removeprefix("validation_"): v for k, v in metrics.items() if k.startswith("validation_")},
         "test": {k.removeprefix("test_"): v for k, v in metrics.items() if k.startswith("test_")},
         "fit_seconds": metrics.get("fit_seconds"),
+        "reused": reused,
     }
 
 
-def _clean_with_lineage(clean_url: str, config: Any) -> tuple[Any, dict[str, str]]:
+def _read_clean(clean_url: str, split: str | None = None) -> Any:
+    from readmission.clean import read_clean
+
+    engine = create_db_engine(clean_url)
+    try:
+        return read_clean(engine, split)
+    finally:
+        engine.dispose()
+
+
+def _clean_with_lineage(clean_url: str, config: TrainConfig) -> tuple[Any, dict[str, str]]:
     """The CLEAN frame (all splits) and its lineage tags."""
     from readmission.clean import read_clean
     from readmission.training import clean_lineage
@@ -119,19 +212,30 @@ def _clean_with_lineage(clean_url: str, config: Any) -> tuple[Any, dict[str, str
         engine.dispose()
 
 
-def _candidate_runs(client: Any, training_key: str, family: str | None = None) -> list[Any]:
-    """Finished candidate runs (with a logged model) of the training job ``training_key``, newest first."""
-    from readmission.registry import EXPERIMENT_NAME
-    from readmission.training import TRAINING_KEY_TAG
+def _splits(frame: Any) -> dict[str, Any]:
+    """The train, validation and test rows of a CLEAN frame (its ``split`` column)."""
+    return {s: frame[frame["split"] == s] for s in ("train", "validation", "test")}
+
+
+def _candidate_runs(client: Any, training_key: str, family: str) -> list[Any]:
+    """Finished candidate runs (with a logged model) of ``family`` in the job ``training_key``, newest first."""
+    from readmission.names import EXPERIMENT_NAME, TRAINING_KEY_TAG
+    from readmission.registry import quote_filter_value
 
     experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
     if experiment is None:
         return []
-    query = f"tags.{TRAINING_KEY_TAG} = '{training_key}' and attributes.status = 'FINISHED'"
-    if family is not None:
-        query += f" and tags.model_family = '{family}'"
+    query = (
+        f"tags.{TRAINING_KEY_TAG} = {quote_filter_value(training_key)} and attributes.status = 'FINISHED'"
+        f" and tags.model_family = {quote_filter_value(family)}"
+    )
     runs = client.search_runs([experiment.experiment_id], query, order_by=["attributes.start_time DESC"])
     return [run for run in runs if "candidate_model_uri" in run.data.tags]
+
+
+def new_training_key(origin: str = "cli") -> str:
+    """A unique key for a training job started outside Airflow (UTC time and a random suffix)."""
+    return f"{origin}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:8]}"
 
 
 def train_family(
@@ -143,19 +247,15 @@ def train_family(
     seed: int = 0,
     artifact_location: str | None = None,
     max_trials: int | None = None,
-) -> Summary:
+    log: Log = print,
+) -> CandidateSummary:
     """Fit one model family on CLEAN within ``time_budget_seconds`` (at most ``max_trials`` trials) and track it
-    (with its model) in MLflow."""
+    (with its model) in MLflow; a finished run of the same job and family is reused."""
     from mlflow import MlflowClient
 
-    from readmission import schema
     from readmission.modeling import model_input
-    from readmission.training import (
-        TrainConfig,
-        fit_family,
-        log_candidate,
-        prepare_tracking,
-    )
+    from readmission.schema import TARGET
+    from readmission.training import TrainConfig, fit_family, log_candidate, prepare_tracking
 
     config = TrainConfig(
         families=(family,), time_budget_seconds=time_budget_seconds, max_trials=max_trials or None, seed=seed
@@ -164,13 +264,75 @@ def train_family(
     client = MlflowClient()
     done = _candidate_runs(client, training_key, family)
     if done:
-        return {**_candidate_summary(done[0]), "reused": True}
+        return _candidate_summary(done[0], reused=True)
     frame, lineage = _clean_with_lineage(clean_url, config)
-    splits = {s: frame[frame["split"] == s] for s in ("train", "validation", "test")}
-    xy = {s: (model_input(f), f[schema.TARGET].astype(str)) for s, f in splits.items()}
-    candidate = fit_family(family, xy["train"], xy["validation"], config, time_budget_seconds)
+    xy = {s: (model_input(f), f[TARGET].astype(str)) for s, f in _splits(frame).items()}
+    candidate = fit_family(family, xy["train"], xy["validation"], config, time_budget_seconds, log)
     log_candidate(candidate, xy["test"], lineage, training_key=training_key, log_model=True)
-    return {**_candidate_summary(client.get_run(candidate.run_id)), "reused": False}
+    return _candidate_summary(client.get_run(candidate.run_id), reused=False)
+
+
+def best_on_validation(candidates: list[CandidateSummary]) -> CandidateSummary:
+    """The candidate with the highest validation ROC-AUC of the 30-day risk (the test split chooses nothing)."""
+    from readmission.names import SELECTION_METRIC
+
+    return max(candidates, key=lambda c: c["validation"][SELECTION_METRIC])
+
+
+def _job_version(client: Any, training_key: str) -> str | None:
+    """The version the job ``training_key`` registered (the lowest, should a past bug have made two), if any."""
+    from mlflow.exceptions import MlflowException
+
+    from readmission.names import MODEL_NAME, TRAINING_KEY_TAG
+    from readmission.registry import RegistryUnavailableError, quote_filter_value
+
+    query = f"name = {quote_filter_value(MODEL_NAME)} and tags.{TRAINING_KEY_TAG} = {quote_filter_value(training_key)}"
+    try:
+        versions = client.search_model_versions(query)
+    except MlflowException as exc:
+        raise RegistryUnavailableError(f"could not search the registry for job {training_key}: {exc}") from exc
+    return str(min(int(v.version) for v in versions)) if versions else None
+
+
+def _register(best: CandidateSummary, clean_url: str, training_key: str, config: TrainConfig) -> str:
+    """Log the winner's evidence to its run and register its logged model with every tag in one call."""
+    import mlflow
+
+    from readmission.names import TRAINING_KEY_TAG
+    from readmission.training import Candidate, log_evidence_and_register
+
+    frame, lineage = _clean_with_lineage(clean_url, config)
+    winner = Candidate(
+        best["family"],
+        {},
+        mlflow.sklearn.load_model(best["model_uri"]),
+        best["validation"],
+        test=best["test"],
+        calibrated=best["calibrated"],
+        run_id=best["run_id"],
+        model_uri=best["model_uri"],  # registered as the training task logged it, not logged again
+    )
+    tags = {**lineage, **{f"test_{k}": f"{v:.6f}" for k, v in best["test"].items()}, TRAINING_KEY_TAG: training_key}
+    splits = _splits(frame)
+    return log_evidence_and_register(winner, splits["test"], splits["validation"], config, tags)
+
+
+def _gate(client: Any, version: str, best: CandidateSummary, clean_url: str, min_improvement: float) -> Any:
+    """Run the `champion` gate on ``version`` (or read the decision it already has)."""
+    from readmission.names import SELECTION_METRIC
+    from readmission.registry import promote_if_better
+    from readmission.training import _score_on
+
+    scorer: list[Callable[[str], float]] = []
+
+    def score_champion(champion: str) -> float:  # reads the test split only when there is a champion to score
+        if not scorer:
+            scorer.append(_score_on(_read_clean(clean_url, "test")))
+        return scorer[0](champion)
+
+    return promote_if_better(
+        client, version, best["test"][SELECTION_METRIC], score_champion, min_improvement=min_improvement
+    )
 
 
 def select_and_promote(
@@ -181,23 +343,18 @@ def select_and_promote(
     min_improvement: float = 0.0,
     seed: int = 0,
     artifact_location: str | None = None,
-) -> Summary:
-    """Register the best of the job's candidates (by validation) and move `champion` only if it is better.
+) -> PromotionSummary:
+    """Register the best of the job's candidates (by validation) once, and move `champion` only if it is better.
 
-    The candidates are the finished runs ``train_family`` tracked for ``training_key``: MLflow is the
-    source of truth, so a re-run picks up exactly what was trained.
+    The candidates are the finished runs ``train_family`` tracked for ``training_key``: MLflow is the source of
+    truth, so a re-run picks up exactly what was trained. Raises ``ValueError`` when a family has no finished
+    candidate, and ``RegistryUnavailableError`` when the registry fails (nothing is promoted; run it again).
     """
-    import mlflow
     from mlflow import MlflowClient
 
-    from readmission.registry import CHAMPION, MODEL_NAME, SELECTION_METRIC
-    from readmission.training import (
-        Candidate,
-        TrainConfig,
-        prepare_tracking,
-        register_and_gate,
-        registered_for,
-    )
+    from readmission.names import MODEL_NAME, SELECTION_METRIC
+    from readmission.registry import champion_version
+    from readmission.training import TrainConfig, prepare_tracking
 
     prepare_tracking(tracking_uri, artifact_location)
     client = MlflowClient()
@@ -206,39 +363,60 @@ def select_and_promote(
         runs = _candidate_runs(client, training_key, family)
         if not runs:
             raise ValueError(f"no finished {family} candidate for training job {training_key}: train it first")
-        candidates.append(_candidate_summary(runs[0]))
-    best = max(candidates, key=lambda c: c["validation"][SELECTION_METRIC])
-    version = registered_for(training_key)
-    if version is None:
-        config = TrainConfig(families=(best["family"],), seed=seed, min_improvement=min_improvement)
-        frame, lineage = _clean_with_lineage(clean_url, config)
-        winner = Candidate(
-            best["family"],
-            {},
-            mlflow.sklearn.load_model(best["model_uri"]),
-            best["validation"],
-            test=best["test"],
-            calibrated=best["calibrated"],
-            run_id=best["run_id"],
-            model_uri=best["model_uri"],  # registered as logged by the training task, not logged again
-        )
-        test, validation = (frame[frame["split"] == s] for s in ("test", "validation"))
-        version, _ = register_and_gate(winner, test, validation, lineage, config, training_key=training_key)
-    tags = client.get_model_version(MODEL_NAME, version).tags
-    champion = client.get_model_version_by_alias(MODEL_NAME, CHAMPION)
+        candidates.append(_candidate_summary(runs[0], reused=True))
+    best = best_on_validation(candidates)
+    config = TrainConfig(families=(best["family"],), seed=seed, min_improvement=min_improvement)
+    version = _job_version(client, training_key) or _register(best, clean_url, training_key, config)
+    decision = _gate(client, version, best, clean_url, min_improvement)
     return {
         "model": MODEL_NAME,
         "version": version,
         "family": best["family"],
-        "promoted": tags.get("promotion.decision") == "promoted",
-        "reason": tags.get("promotion.reason", ""),
-        "champion_version": str(champion.version),
-        f"test_{SELECTION_METRIC}": best["test"][SELECTION_METRIC],
+        "promoted": decision.promoted,
+        "reason": decision.reason,
+        "previous_champion": decision.previous_champion,
+        "champion_version": champion_version(client),
+        "test_roc_auc_30": best["test"][SELECTION_METRIC],
+        "champion_test_roc_auc_30": decision.champion_score,
         "candidates": {c["family"]: c["validation"][SELECTION_METRIC] for c in candidates},
     }
 
 
-def report(load: Summary, clean: Summary, promotion: Summary) -> str:
+def train_job(
+    clean_url: str,
+    tracking_uri: str,
+    config: TrainConfig,
+    *,
+    artifact_location: str | None = None,
+    training_key: str | None = None,
+    log: Log = print,
+) -> JobSummary:
+    """The whole training job in one process (what `readmission train` runs): ``train_family`` for each family
+    of ``config`` with an equal share of its time budget, then ``select_and_promote``; the DAG runs the same
+    steps as tasks. ``training_key`` defaults to a new unique key (``new_training_key``)."""
+    started = time.perf_counter()
+    key = training_key or new_training_key()
+    share = config.time_budget_seconds / len(config.families)
+    candidates = [
+        train_family(
+            clean_url, tracking_uri, family, key, share, config.seed, artifact_location, config.max_trials, log
+        )
+        for family in config.families
+    ]
+    promotion = select_and_promote(
+        clean_url, tracking_uri, key, list(config.families), config.min_improvement, config.seed, artifact_location
+    )
+    best = next(c for c in candidates if c["family"] == promotion["family"])
+    return {
+        "training_key": key,
+        "candidates": candidates,
+        "best": best,
+        "promotion": promotion,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def report(load: LoadSummary, clean: CleanSummary, promotion: PromotionSummary) -> str:
     """One paragraph for the task log and the run's XCom."""
     return (
         f"RAW: {load['rows_loaded_now']:,} rows loaded now in batch(es) {load['batches_loaded_now'] or 'none'} "

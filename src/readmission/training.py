@@ -1,4 +1,8 @@
-"""Train the candidate families on CLEAN, track them in MLflow, register the best, gate `champion`."""
+"""Fit a candidate family on CLEAN, track it in MLflow, log the winner's evidence and register it.
+
+The job that strings these together (and the `champion` gate) is ``readmission.steps``: one path for the
+CLI and the Airflow DAG.
+"""
 
 from __future__ import annotations
 
@@ -18,10 +22,9 @@ from sklearn.inspection import permutation_importance
 from sklearn.metrics import roc_auc_score
 
 from readmission import __version__, schema
-from readmission.clean import read_clean
 from readmission.evaluation import best_f1_threshold, classification_metrics, risk_of, write_plots
 from readmission.modeling import FAMILIES, model_input
-from readmission.registry import EXPERIMENT_NAME, MODEL_NAME, SELECTION_METRIC, GateDecision, promote_if_better
+from readmission.names import EXPERIMENT_NAME, MODEL_NAME, SELECTION_METRIC, TRAINING_KEY_TAG
 
 _TRUSTED_MODULE_PREFIXES = ("sklearn.", "numpy.", "scipy.", "builtins.", "readmission.")
 # sklearn stores functools.partial objects internally; skops still vets the function each one wraps.
@@ -61,18 +64,6 @@ class Candidate:
     calibrated: bool = False
     run_id: str = ""
     model_uri: str = ""  # set when the model is already logged (a candidate run of an Airflow task)
-
-
-@dataclass
-class TrainReport:
-    """What a training run produced and decided."""
-
-    candidates: list[Candidate]
-    best: Candidate
-    version: str
-    decision: GateDecision
-    lineage: dict[str, str]
-    seconds: float
 
 
 def _early(labels: pd.Series) -> np.ndarray:
@@ -126,16 +117,6 @@ def fit_family(
     if winner.calibrated:
         winner.validation = classification_metrics(y_val, *risk_of(winner.model, x_val))
     return winner
-
-
-def fit_candidates(
-    train: pd.DataFrame, validation: pd.DataFrame, config: TrainConfig, log: Callable[[str], None] = print
-) -> list[Candidate]:
-    """Fit each family's trials within its share of the time budget; keep each family's best (by validation)."""
-    xy_train = model_input(train), train[schema.TARGET].astype(str)
-    xy_val = model_input(validation), validation[schema.TARGET].astype(str)
-    share = config.time_budget_seconds / len(config.families)
-    return [fit_family(name, xy_train, xy_val, config, share, log) for name in config.families]
 
 
 def data_lineage(frame: pd.DataFrame, clean_build: dict[str, str]) -> dict[str, str]:
@@ -195,37 +176,43 @@ def _log_model(model: Any, name: str, input_example: pd.DataFrame | None = None)
     )
 
 
-def log_and_register(best: Candidate, test: pd.DataFrame, validation: pd.DataFrame, config: TrainConfig) -> str:
-    """Log the winner's plots and importance (and its model unless already logged) to its run and register it.
+def log_evidence_and_register(
+    best: Candidate, test: pd.DataFrame, validation: pd.DataFrame, config: TrainConfig, tags: dict[str, str]
+) -> str:
+    """Log the winner's threshold, plots and importance (and its model unless already logged) to its run, then
+    register it with ``tags`` in the same registry call (a version never exists without them).
 
-    Returns the new version.
+    Returns the new version number.
     """
     import mlflow
 
     x_test, y_test = model_input(test), test[schema.TARGET].astype(str)
     x_val, y_val = model_input(validation), validation[schema.TARGET].astype(str)
-    _, val_risk = risk_of(best.model, x_val)
-    threshold = best_f1_threshold(_early(y_val), val_risk)
+    threshold = best_f1_threshold(_early(y_val), risk_of(best.model, x_val)[1])
+    importance = _importance(best.model, x_val, y_val, config)
+    _, test_risk = risk_of(best.model, x_test)
+    with mlflow.start_run(run_id=best.run_id), tempfile.TemporaryDirectory() as tmp:
+        mlflow.log_metric("chosen_threshold_30", threshold)
+        for path in write_plots(Path(tmp), y_test, test_risk, threshold, importance):
+            mlflow.log_artifact(str(path), artifact_path="plots")
+        mlflow.log_dict(importance.sort_values(ascending=False).to_dict(), "feature_importance.json")
+        model_uri = best.model_uri or _log_model(best.model, "model", input_example=x_test.head(3)).model_uri
+    version = mlflow.register_model(model_uri, MODEL_NAME, tags={"model_family": best.family, **tags})
+    return str(version.version)
+
+
+def _importance(model: Any, x_val: pd.DataFrame, y_val: pd.Series, config: TrainConfig) -> pd.Series:
+    """Permutation importance (drop in ROC-AUC of the 30-day risk) on a sample of the validation split."""
     sample = x_val.sample(min(config.importance_rows, len(x_val)), random_state=config.seed)
-    y_sample = _early(y_val.loc[sample.index])
     importance = permutation_importance(
-        best.model,
+        model,
         sample,
-        y_sample,
+        _early(y_val.loc[sample.index]),
         scoring=lambda est, x, y: roc_auc_score(y, risk_of(est, x)[1]),
         n_repeats=2,
         random_state=config.seed,
     )
-    importance_series = pd.Series(importance.importances_mean, index=sample.columns)
-    _, test_risk = risk_of(best.model, x_test)
-    with mlflow.start_run(run_id=best.run_id), tempfile.TemporaryDirectory() as tmp:
-        mlflow.log_metric("chosen_threshold_30", threshold)
-        for path in write_plots(Path(tmp), y_test, test_risk, threshold, importance_series):
-            mlflow.log_artifact(str(path), artifact_path="plots")
-        mlflow.log_dict(importance_series.sort_values(ascending=False).to_dict(), "feature_importance.json")
-        model_uri = best.model_uri or _log_model(best.model, "model", input_example=x_test.head(3)).model_uri
-    version = mlflow.register_model(model_uri, MODEL_NAME, tags={"model_family": best.family})
-    return str(version.version)
+    return pd.Series(importance.importances_mean, index=sample.columns)
 
 
 def _score_on(frame: pd.DataFrame) -> Callable[[str], float]:
@@ -249,9 +236,6 @@ def prepare_tracking(tracking_uri: str, artifact_location: str | None = None) ->
     if mlflow.get_experiment_by_name(EXPERIMENT_NAME) is None:
         mlflow.create_experiment(EXPERIMENT_NAME, artifact_location=artifact_location)
     mlflow.set_experiment(EXPERIMENT_NAME)
-
-
-TRAINING_KEY_TAG = "training_key"  # one training job (a CLI call or an Airflow DAG run) on its runs and version
 
 
 def clean_lineage(clean_engine: Any, frame: pd.DataFrame, config: TrainConfig) -> dict[str, str]:
@@ -304,65 +288,3 @@ def log_candidate(
         if log_model:
             candidate.model_uri = _log_model(candidate.model, "candidate", input_example=test[0].head(3)).model_uri
             mlflow.set_tag("candidate_model_uri", candidate.model_uri)
-
-
-def registered_for(training_key: str) -> str | None:
-    """The version already registered by the training job ``training_key``, if any (idempotent re-runs)."""
-    from mlflow import MlflowClient
-
-    versions = MlflowClient().search_model_versions(f"name='{MODEL_NAME}' and tags.{TRAINING_KEY_TAG}='{training_key}'")
-    return str(versions[0].version) if versions else None
-
-
-def register_and_gate(
-    best: Candidate,
-    test: pd.DataFrame,
-    validation: pd.DataFrame,
-    lineage: dict[str, str],
-    config: TrainConfig,
-    *,
-    training_key: str | None = None,
-) -> tuple[str, GateDecision]:
-    """Register ``best`` (plots, importance, lineage tags) and move `champion` to it only if it is better."""
-    from mlflow import MlflowClient
-
-    version = log_and_register(best, test, validation, config)
-    client = MlflowClient()
-    tags = {**lineage, **{f"test_{k}": f"{v:.6f}" for k, v in best.test.items()}}
-    if training_key:
-        tags[TRAINING_KEY_TAG] = training_key
-    for key, value in tags.items():
-        client.set_model_version_tag(MODEL_NAME, version, key, value)
-    decision = promote_if_better(
-        client, version, best.test[SELECTION_METRIC], _score_on(test), min_improvement=config.min_improvement
-    )
-    return version, decision
-
-
-def train_and_register(
-    clean_engine: Any,
-    tracking_uri: str,
-    config: TrainConfig,
-    *,
-    artifact_location: str | None = None,
-    log: Callable[[str], None] = print,
-) -> TrainReport:
-    """The training job: fit candidates, track them, register the best, gate `champion` on the test split."""
-    import mlflow
-
-    started = time.perf_counter()
-    frame = read_clean(clean_engine)
-    train, validation, test = (frame[frame["split"] == s] for s in ("train", "validation", "test"))
-    lineage = clean_lineage(clean_engine, frame, config)
-    prepare_tracking(tracking_uri, artifact_location)
-    candidates = fit_candidates(train, validation, config, log)
-    xy_test = model_input(test), test[schema.TARGET].astype(str)
-    with mlflow.start_run(run_name=f"training {time.strftime('%Y-%m-%d %H:%M:%S')}"):
-        mlflow.set_tags(lineage)
-        for candidate in candidates:
-            log_candidate(candidate, xy_test, lineage, nested=True)
-        best = max(candidates, key=lambda c: c.validation[SELECTION_METRIC])
-        mlflow.log_metrics({f"best_test_{k}": v for k, v in best.test.items()})
-        mlflow.set_tag("best_family", best.family)
-    version, decision = register_and_gate(best, test, validation, lineage, config)
-    return TrainReport(candidates, best, version, decision, lineage, time.perf_counter() - started)

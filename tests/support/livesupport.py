@@ -16,8 +16,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from readmission.steps import train_job
 from readmission.synthetic import build_synthetic_clean
-from readmission.training import TrainConfig, prepare_tracking, train_and_register
+from readmission.training import TrainConfig, prepare_tracking
 
 
 def free_port() -> int:
@@ -27,10 +28,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def http_status(url: str) -> int:
-    """The HTTP status ``url`` answers with; 0 when nothing answers."""
+def http_status(url: str, timeout: float = 30) -> int:
+    """The HTTP status ``url`` answers with; 0 when nothing answers (within ``timeout``: generous, since a busy
+    machine can take seconds to answer even a health check)."""
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             return int(response.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
@@ -46,10 +48,13 @@ def serve(
     want: int = 200,
     *,
     cwd: Path | None = None,
-    timeout: float = 120,
+    timeout: float = 600,
     process_group: bool = False,
 ) -> Iterator[None]:
     """Run ``command`` until ``health`` answers ``want``; yield while it runs, then stop it (SIGTERM).
+
+    ``timeout`` is a hang guard, not a speed limit: a process that exits is reported at once, and a loaded
+    machine can take minutes to import and start a server.
 
     ``process_group`` runs it in a session of its own and signals the whole group, for servers that start
     workers of their own (`mlflow models serve`)."""
@@ -79,7 +84,7 @@ def serve(
             yield
         finally:
             try:
-                stop(signal.SIGTERM, 60)
+                stop(signal.SIGTERM, 120)
             except subprocess.TimeoutExpired:
                 stop(signal.SIGKILL, None)
     finally:
@@ -100,8 +105,8 @@ def train_champion(folder: Path, rows: int = 4_000) -> Champion:
     artifacts = (folder / "artifacts").as_uri()
     prepare_tracking(uri, artifacts)
     config = TrainConfig(families=("logistic_regression",), time_budget_seconds=60, max_trials=1, importance_rows=200)
-    report = train_and_register(clean, uri, config, artifact_location=artifacts, log=lambda _line: None)
-    assert report.version == "1" and report.decision.promoted
+    job = train_job(str(clean.url), uri, config, artifact_location=artifacts, log=lambda _line: None)
+    assert job["promotion"]["version"] == "1" and job["promotion"]["promoted"]
     return Champion(uri, f"sqlite:///{folder / 'clean.db'}")
 
 

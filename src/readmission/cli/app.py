@@ -24,11 +24,12 @@ from rich.table import Table
 from readmission.clean import SplitSpec, build_clean, clean_status
 from readmission.db import create_db_engine, display_url
 from readmission.errors import ReadmissionError
+from readmission.names import MODEL_NAME
 from readmission.raw import BatchResult, SourceFile, load_raw_batches, raw_status
 from readmission.source import Dataset, resolve_dataset
 from readmission.synthetic import write_synthetic_csv
 
-from .model_commands import MODEL_NAME, register_model_commands, train_models
+from .model_commands import register_model_commands, train_models
 from .settings import Settings
 
 app = typer.Typer(
@@ -185,8 +186,8 @@ def run(data_path: DataPathOption = None, batches: BatchesOption = None) -> None
     _load_raw(settings, _fetch(settings), batches)
     _build_clean(settings)
     status()
-    report = train_models(settings, out, console)
-    champion = report.decision.candidate_version if report.decision.promoted else report.decision.previous_champion
+    job = train_models(settings, out, console)
+    champion = job["promotion"]["champion_version"]
     out.print(f"run: done in {time.perf_counter() - started:.1f} s; champion is {MODEL_NAME} v{champion}")
 
 

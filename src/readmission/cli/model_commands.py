@@ -16,7 +16,7 @@ from readmission.names import MODEL_NAME
 from .settings import Settings
 
 if TYPE_CHECKING:  # MLflow and scikit-learn take seconds to import: only the model commands load them
-    from readmission.training import TrainReport
+    from readmission.steps import JobSummary
 
 
 SHOWN_METRICS = ("roc_auc_30", "roc_auc_ovr_macro", "average_precision_30", "brier_skill_30", "calibration_slope_30")
@@ -31,10 +31,10 @@ def _client(settings: Settings):  # type: ignore[no-untyped-def]
     return MlflowClient(settings.tracking_uri, settings.tracking_uri)
 
 
-def train_models(settings: Settings, out: Console, console: Console) -> TrainReport:
-    """Train, register and gate; print the candidates side by side and a one-line summary."""
-    from readmission.registry import SELECTION_METRIC
-    from readmission.training import TrainConfig, train_and_register
+def train_models(settings: Settings, out: Console, console: Console) -> JobSummary:
+    """Run the training job (the DAG's steps, one after the other); print the candidates and a one-line summary."""
+    from readmission.steps import train_job
+    from readmission.training import TrainConfig
 
     try:
         config = TrainConfig(
@@ -46,32 +46,35 @@ def train_models(settings: Settings, out: Console, console: Console) -> TrainRep
         )
     except ValueError as exc:
         raise ReadmissionError(f"invalid setting TRAIN_FAMILIES: {exc}") from None
-    report = train_and_register(
-        create_db_engine(settings.clean_url),
+    job = train_job(
+        settings.clean_url,
         settings.tracking_uri,
         config,
         artifact_location=settings.artifact_location,
         log=lambda line: console.print(line, highlight=False),
     )
+    out.print(_candidate_table(job))
+    p = job["promotion"]
+    out.print(
+        f"train: registered {MODEL_NAME} v{p['version']} ({p['family']}, test roc_auc_30 "
+        f"{p['test_roc_auc_30']:.4f}); {'promoted to champion' if p['promoted'] else 'champion unchanged'}: "
+        f"{p['reason']} (job {job['training_key']}, {job['seconds']:.1f} s)"
+    )
+    return job
+
+
+def _candidate_table(job: JobSummary) -> Table:
     table = Table(title="candidates (test split; selection by validation ROC-AUC <30)")
     for header in ("family", "calibrated", "validation auc<30", *(f"test {m}" for m in SHOWN_METRICS)):
         table.add_column(header)
-    for c in report.candidates:
-        marker = " *" if c is report.best else ""
+    for c in job["candidates"]:
         table.add_row(
-            c.family + marker,
-            "yes" if c.calibrated else "no",
-            f"{c.validation[SELECTION_METRIC]:.4f}",
-            *(f"{c.test[m]:.4f}" for m in SHOWN_METRICS),
+            c["family"] + (" *" if c["family"] == job["best"]["family"] else ""),
+            "yes" if c["calibrated"] else "no",
+            f"{c['validation']['roc_auc_30']:.4f}",
+            *(f"{c['test'][m]:.4f}" for m in SHOWN_METRICS),
         )
-    out.print(table)
-    d = report.decision
-    out.print(
-        f"train: registered {MODEL_NAME} v{report.version} ({report.best.family}, test {SELECTION_METRIC} "
-        f"{d.candidate_score:.4f}); {'promoted to champion' if d.promoted else 'champion unchanged'}: {d.reason} "
-        f"({report.seconds:.1f} s)"
-    )
-    return report
+    return table
 
 
 def register_model_commands(app: typer.Typer, settings_factory, out: Console, console: Console) -> None:  # type: ignore[no-untyped-def]
@@ -87,24 +90,18 @@ def register_model_commands(app: typer.Typer, settings_factory, out: Console, co
         version: Annotated[str | None, typer.Option(help="Version to consider (default: the `challenger`).")] = None,
     ) -> None:
         """Re-run the promotion gate for a registered version against the champion on today's test split."""
-        from mlflow.exceptions import MlflowException
-
         from readmission.clean import read_clean
-        from readmission.registry import CHALLENGER, RegistryError, promote_if_better
+        from readmission.registry import CHALLENGER, RegistryError, alias_version, promote_if_better
         from readmission.training import _score_on
 
         settings = settings_factory()
         client = _client(settings)
+        version = version or alias_version(client, CHALLENGER)
         if version is None:
-            try:
-                version = str(client.get_model_version_by_alias(MODEL_NAME, CHALLENGER).version)
-            except MlflowException:
-                raise RegistryError(
-                    f"model {MODEL_NAME!r} has no `challenger` yet: run `readmission train` first"
-                ) from None
+            raise RegistryError(f"model {MODEL_NAME!r} has no `challenger` yet: run `readmission train` first")
         score = _score_on(read_clean(create_db_engine(settings.clean_url), "test"))
         decision = promote_if_better(
-            client, version, score(version), score, min_improvement=settings.promotion_min_improvement
+            client, version, score(version), score, min_improvement=settings.promotion_min_improvement, again=True
         )
         out.print(
             f"promote: v{version} {'is now champion' if decision.promoted else 'not promoted'}: {decision.reason}"
