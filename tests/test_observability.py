@@ -199,44 +199,52 @@ def prometheus(api: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[s
         yield url
 
 
+# Hang guards, not speed limits: on a loaded machine a query or a request can take seconds.
+HTTP_TIMEOUT = 60
+PATIENCE_SECONDS = 600
+
+# Alerts whose input is how fast this machine is, not how healthy the API is: on a slow or busy machine the
+# real p99 of the real requests is above the 250 ms objective and the alert goes pending (issue #16). Their
+# verdict is checked on synthetic series instead, where it is deterministic: the promtool unit tests fire it
+# on a slow histogram and keep it silent on a fast one (test_the_rules_pass_promtool_and_their_unit_tests
+# requires both cases for every alert). On the real Prometheus they must still load, evaluate without error
+# and, when active, carry a value above their threshold (see the test).
+SPEED_DEPENDENT_ALERTS = {"InferenceHighLatencyP99"}
+
+
 def _query(prometheus: str, expr: str) -> dict[str, Any]:
     url = f"{prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
+        with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT) as response:
             return dict(json.loads(response.read()))
     except urllib.error.HTTPError as exc:
         return dict(json.loads(exc.read()))
 
 
-def _traffic(api: str, seconds: float) -> None:
+def _traffic(api: str, rounds: int) -> None:
+    """``rounds`` rounds of a single prediction, a batch and an invalid request (a fixed amount of traffic,
+    however long the machine takes to answer it)."""
     from readmission import schema
 
     encounter = json.dumps(next(iter(schema.EXAMPLE_ENCOUNTERS.values()))).encode()
     batch = json.dumps({"encounters": list(schema.EXAMPLE_ENCOUNTERS.values())}).encode()
     headers = {"Content-Type": "application/json"}
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    for _ in range(rounds):
         for path, body in (("/predict", encounter), ("/predict/batch", batch), ("/predict", b'{"age": "old"}')):
             with contextlib.suppress(urllib.error.HTTPError):  # the invalid one answers 422
                 urllib.request.urlopen(
-                    urllib.request.Request(api + path, data=body, headers=headers), timeout=10
+                    urllib.request.Request(api + path, data=body, headers=headers), timeout=HTTP_TIMEOUT
                 ).close()
         time.sleep(0.05)
 
 
-def test_prometheus_answers_every_dashboard_and_rule_expression(api: str, prometheus: str) -> None:
-    assert http_status(f"{api}/health/ready") == 200
-    # Scrapes every 2 s (see the fixture): 20 s of traffic give every rate and rule several samples.
-    _traffic(api, 20)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        recorded = _query(prometheus, "job:inference_request_duration_seconds:p99_5m")
-        if recorded["data"]["result"]:
-            break
-        _traffic(api, 5)
-    targets = _query(prometheus, 'up{job="inference-api"}')["data"]["result"]
-    assert [t["value"][1] for t in targets] == ["1"]
+def _expression_problems(prometheus: str) -> list[str]:
+    """Every dashboard expression that fails or has no data, every rule expression that fails, and the API's
+    target unless its last scrape succeeded."""
     problems = []
+    targets = _query(prometheus, 'up{job="inference-api"}')["data"]["result"]
+    if [t["value"][1] for t in targets] != ["1"]:
+        problems.append(f"the API's target is not up: {targets}")
     for path in DASHBOARDS:
         for panel in _panels(json.loads(path.read_text())):
             for target in panel["targets"]:
@@ -250,6 +258,25 @@ def test_prometheus_answers_every_dashboard_and_rule_expression(api: str, promet
         answer = _query(prometheus, rule["expr"])
         if answer["status"] != "success":
             problems.append(f"rule {rule.get('alert') or rule.get('record')}: {answer.get('error')}")
+    # InferencePredictionDrift only looks at the mean risk past 100 predictions an hour: until Prometheus saw
+    # that many, its silence in the next test would prove nothing.
+    if not _query(prometheus, "sum(increase(inference_readmission_risk_count[1h])) > 100")["data"]["result"]:
+        problems.append("Prometheus has not seen 100 predictions yet (InferencePredictionDrift's volume gate)")
+    return problems
+
+
+def test_prometheus_answers_every_dashboard_and_rule_expression(api: str, prometheus: str) -> None:
+    assert http_status(f"{api}/health/ready") == 200
+    # Scrapes every 2 s (see the fixture). Traffic goes on, round after round, until every expression has
+    # data: how many rounds that takes depends on the machine, the verdict does not. The deadline is a hang
+    # guard; a failed scrape (2 s timeout on a busy machine) is only waited out, one that never succeeds fails.
+    deadline = time.monotonic() + PATIENCE_SECONDS
+    while True:
+        _traffic(api, 20)
+        problems = _expression_problems(prometheus)
+        if not problems or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     assert problems == []
     # The recording rules computed what the API did: no 5xx, a mean risk between 0 and 1.
     ratio = _query(prometheus, 'job:inference_request_errors:ratio_rate5m{job="inference-api"}')["data"]["result"]
@@ -260,16 +287,39 @@ def test_prometheus_answers_every_dashboard_and_rule_expression(api: str, promet
     assert float(refused[0]["value"][1]) > 0
 
 
+def _rule_states(prometheus: str) -> list[dict[str, Any]]:
+    with urllib.request.urlopen(f"{prometheus}/api/v1/rules", timeout=HTTP_TIMEOUT) as response:
+        return [rule for group in json.loads(response.read())["data"]["groups"] for rule in group["rules"]]
+
+
 def test_alerts_are_loaded_and_silent_on_the_healthy_api(prometheus: str) -> None:
-    with urllib.request.urlopen(f"{prometheus}/api/v1/rules", timeout=10) as response:
-        groups = json.loads(response.read())["data"]["groups"]
-    loaded = {r["name"] for g in groups for r in g["rules"]}
-    assert {r.get("alert") or r.get("record") for r in _rules()} == loaded
-    firing = [r["name"] for g in groups for r in g["rules"] if r.get("type") == "alerting" and r["state"] != "inactive"]
-    assert firing == []
-    assert all(r.get("health") == "ok" for g in groups for r in g["rules"]), [
-        (r["name"], r.get("lastError")) for g in groups for r in g["rules"] if r.get("health") != "ok"
+    rules = _rule_states(prometheus)
+    assert {r.get("alert") or r.get("record") for r in _rules()} == {r["name"] for r in rules}
+    alerts = {r["name"] for r in rules if r.get("type") == "alerting"}
+    assert alerts > SPEED_DEPENDENT_ALERTS  # the exclusion names real alerts, and not all of them
+    # Every other alert's input is deterministic on a healthy API (a model loaded, no 5xx, no failed load, no
+    # log error or drop, a mean risk in range): each must be inactive. Those driven by counters stay active for
+    # their whole window once triggered, so waiting cannot hide them; it only waits out the one input a busy
+    # machine can flip for a moment, `up` after a scrape slower than its 2 s timeout (InferenceApiDown).
+    deadline = time.monotonic() + PATIENCE_SECONDS
+    while True:
+        active = [r["name"] for r in rules if r["name"] in alerts - SPEED_DEPENDENT_ALERTS and r["state"] != "inactive"]
+        if not active or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+        rules = _rule_states(prometheus)
+    assert active == []
+    assert all(r.get("health") == "ok" for r in rules), [
+        (r["name"], r.get("lastError")) for r in rules if r.get("health") != "ok"
     ]
+    # A speed-dependent alert is not asserted silent (see SPEED_DEPENDENT_ALERTS), but when the machine made it
+    # active, it must be for the reason its rule states: a value above the rule's threshold.
+    thresholds = {
+        r["alert"]: float(r["expr"].rsplit(">", 1)[1]) for r in _rules() if r.get("alert") in SPEED_DEPENDENT_ALERTS
+    }
+    for rule in rules:
+        if rule["name"] in SPEED_DEPENDENT_ALERTS:
+            assert all(float(a["value"]) > thresholds[rule["name"]] for a in rule.get("alerts", [])), rule
 
 
 def test_static_swap_changes_only_discovery() -> None:
