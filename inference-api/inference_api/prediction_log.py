@@ -1,18 +1,23 @@
 """The prediction log: every served prediction, written by a writer process of its own, in batches.
 
-A request only appends its rows to a bounded in-memory buffer (never blocks, never fails). A sender
-thread ships the buffer every few milliseconds, serialised as one message, through a pipe to the writer
-process, which inserts batches of up to ``batch_size`` rows and, while the database is down, keeps them,
-backs off and tries again. The writer runs in its own process so that its work (SQL text building, driver
+A request serialises its rows (JSON, one ``bytes`` per row) and appends them to a bounded in-memory buffer
+(never blocks, never fails). A sender thread ships the buffer every few milliseconds, as messages of at most
+``batch_size`` rows, through a pipe to the writer process, which inserts batches of up to ``batch_size`` rows
+and, while the database is down, keeps them (as the messages' bytes; only the batch being written is parsed),
+backs off and tries again, logging the first failure, then at most one line per ``warn_interval_seconds``,
+then one line when writes recover. The writer runs in its own process so that its work (SQL text building, driver
 escaping, socket waits) never competes with request handling for the interpreter lock; that was a third
 of the service's throughput.
 
 Nothing already accepted is lost: a message stays in the sender's memory until the writer reports its
 rows written (``acknowledged``), and if the writer process dies it is restarted and the unacknowledged
 messages are sent again (rows carry their own ``log_id`` and the INSERT skips ids already stored, so a
-resent row is never stored twice). Only when the buffer plus the unacknowledged rows reach
-``queue_size`` is a row dropped, and then it is counted (metric) and logged, never silently. ``close``
-writes what is still queued before the process exits (SIGTERM).
+resent row is never stored twice). Only when the buffer plus the unacknowledged rows reach ``queue_size``
+rows or ``buffer_bytes`` serialised bytes is a row dropped, and then it is counted (metric) and logged,
+never silently; so is a row that cannot be serialised (the others of its request are kept). The writer
+process holds a second copy of the unacknowledged bytes, so the log's memory is at most about twice
+``buffer_bytes`` (see PREDICTION_LOG_BUFFER_BYTES in settings.py). ``close`` writes what is still queued
+before the process exits (SIGTERM).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import orjson
+from prometheus_client import Gauge
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -89,13 +95,16 @@ _ACKED, _WRITTEN, _ERRORS = range(3)
 
 @dataclass(frozen=True)
 class WriterStatus:
-    """What the writer has done so far."""
+    """What the writer has done so far: rows queued (buffered or sent, not yet written), written, dropped
+    (buffer full or not serialisable), failed write attempts, the last error, and ``buffered_bytes``, the
+    serialised size in bytes of the queued rows (what ``buffer_bytes`` bounds)."""
 
     queued: int
     written: int
     dropped: int
     write_errors: int
     last_error: str | None
+    buffered_bytes: int = 0
 
 
 class PredictionLog:
@@ -109,23 +118,29 @@ class PredictionLog:
         batch_size: int = 500,
         retry_max_seconds: float = 10.0,
         send_interval_seconds: float = 0.02,
+        buffer_bytes: int = 256 * 2**20,
+        warn_interval_seconds: float = 60.0,
     ) -> None:
         self.url = url
         self._metrics = metrics
         self._queue_size = queue_size
+        self._buffer_bytes = buffer_bytes
         self._batch_size = batch_size
         self._retry_max = retry_max_seconds
+        self._warn_interval = warn_interval_seconds
         self._send_interval = send_interval_seconds
-        self._buffer: deque[dict[str, Any]] = deque()
-        self._unacked: deque[tuple[int, int, bytes]] = deque()  # (sequence, rows, message) not yet written
+        self._lock = threading.Lock()  # guards the buffer, the unacknowledged messages and their sizes
+        self._buffer: deque[bytes] = deque()  # one serialised row each, oldest first
+        self._unacked: deque[tuple[int, int, int, bytes]] = deque()  # (sequence, rows, row bytes, message)
         self._unacked_rows = 0
+        self._held_bytes = 0  # serialised size of the buffered and the unacknowledged rows
         self._sequence = 0
         self._counters = _SPAWN.Array("q", 3)
         self._error: Any = _SPAWN.Array("c", 512)  # the last write error, as UTF-8
         self._seen_written = 0
         self._seen_errors = 0
         self._dropped = 0
-        self._last_drop_warning = 0.0
+        self._last_drop_warning = -float("inf")
         self._stop = threading.Event()
         self._flush_seconds = 20.0
         self._thread = threading.Thread(target=self._send_loop, name="prediction-log-sender", daemon=True)
@@ -134,6 +149,12 @@ class PredictionLog:
         self._next_restart = 0.0
         self._restart_backoff = 1.0
         metrics.log_queue_depth.set_function(lambda: len(self._buffer) + self._unacked_rows)
+        # Defined here rather than in metrics.py: it exists only with a prediction log.
+        Gauge(
+            "inference_prediction_log_buffer_bytes",
+            "Serialised bytes of prediction-log rows held in memory (buffered or sent, not yet written).",
+            registry=metrics.registry,
+        ).set_function(lambda: self._held_bytes)
 
     def start(self) -> None:
         """Start the writer process and the sender thread."""
@@ -146,34 +167,53 @@ class PredictionLog:
         return self._process.pid if self._process is not None else None
 
     def submit(self, rows: list[dict[str, Any]]) -> None:
-        """Queue rows for writing; rows that do not fit are dropped and counted."""
-        room = self._queue_size - len(self._buffer) - self._unacked_rows
-        if len(rows) <= room:
-            self._buffer.extend(rows)
-            return
-        kept = max(room, 0)
-        self._buffer.extend(rows[:kept])
-        lost = len(rows) - kept
-        self._dropped += lost
+        """Queue rows (JSON-serialisable dicts: str keys; str, numbers, None, datetimes, lists, dicts).
+
+        Each row is serialised here. A row that cannot be, and the rows beyond the bounds (``queue_size``
+        rows, ``buffer_bytes`` serialised bytes, counting what is buffered and what is sent but not yet
+        written), are dropped, counted (``inference_prediction_log_rows_dropped_total``) and logged; the
+        others are kept, in order. Never raises, never blocks on I/O.
+        """
+        encoded, failures = _encode(rows)
+        if failures:
+            self._count_drops(len(failures), f"{len(failures)} row(s) cannot be serialised ({failures[0]})", False)
+        with self._lock:
+            room = self._queue_size - len(self._buffer) - self._unacked_rows
+            held, kept = self._held_bytes, 0
+            for chunk in encoded:
+                if kept >= room or held + len(chunk) > self._buffer_bytes:
+                    break
+                held += len(chunk)
+                kept += 1
+            self._buffer.extend(encoded[:kept])
+            self._held_bytes = held
+        if kept < len(encoded):
+            self._count_drops(
+                len(encoded) - kept,
+                f"the buffer is full ({self._queue_size:,} rows or {self._buffer_bytes:,} bytes); the log database "
+                f"is too slow or down (last error: {self._last_error()})",
+                True,
+            )
+
+    def _count_drops(self, lost: int, reason: str, rate_limited: bool) -> None:
+        """Count ``lost`` dropped rows and log why (if ``rate_limited``, at most one line per 5 s)."""
+        with self._lock:
+            self._dropped += lost
+            dropped = self._dropped
         self._metrics.log_rows_dropped.inc(lost)
         now = time.monotonic()
-        if now - self._last_drop_warning > 5:
-            self._last_drop_warning = now
-            log.error(
-                "prediction log queue full (%d rows): dropped %d row(s), %d in all; the log database is too slow "
-                "or down (last error: %s)",
-                self._queue_size,
-                lost,
-                self._dropped,
-                self._last_error(),
-            )
+        if not rate_limited or now - self._last_drop_warning > 5:
+            if rate_limited:
+                self._last_drop_warning = now
+            log.error("prediction log dropped %d row(s), %d in all: %s", lost, dropped, reason)
 
     def status(self) -> WriterStatus:
         """Counts since start."""
         with self._counters.get_lock():
             written, errors = self._counters[_WRITTEN], self._counters[_ERRORS]
-        queued = len(self._buffer) + self._unacked_rows
-        return WriterStatus(queued, written, self._dropped, errors, self._last_error())
+        with self._lock:
+            queued, held = len(self._buffer) + self._unacked_rows, self._held_bytes
+        return WriterStatus(queued, written, self._dropped, errors, self._last_error(), held)
 
     def close(self, flush_seconds: float = 20.0) -> WriterStatus:
         """Stop after the writer has written what is queued (for at most ``flush_seconds``)."""
@@ -197,7 +237,15 @@ class PredictionLog:
         receiver, self._pipe = _SPAWN.Pipe(duplex=False)
         self._process = _SPAWN.Process(
             target=_writer_main,
-            args=(self.url, receiver, self._counters, self._error, self._batch_size, self._retry_max),
+            args=(
+                self.url,
+                receiver,
+                self._counters,
+                self._error,
+                self._batch_size,
+                self._retry_max,
+                self._warn_interval,
+            ),
             name="prediction-log-writer",
             daemon=True,
         )
@@ -224,22 +272,31 @@ class PredictionLog:
         if self._pipe is not None:
             self._pipe.close()
         self._start_writer()
-        for _, _, message in list(self._unacked):
+        with self._lock:
+            messages = [message for *_, message in self._unacked]
+        for message in messages:
             self._send(message)
 
     def _ship(self) -> None:
-        """Send the buffered rows as one message; forget what the writer acknowledged; update the metrics."""
-        if self._buffer:
-            rows = [self._buffer.popleft() for _ in range(len(self._buffer))]
-            self._sequence += 1
-            message = _HEADER.pack(self._sequence) + orjson.dumps(rows)
-            self._unacked.append((self._sequence, len(rows), message))
-            self._unacked_rows += len(rows)
+        """Send the buffered rows (messages of at most ``batch_size`` rows); forget what the writer
+        acknowledged; update the metrics."""
+        while True:
+            with self._lock:
+                chunks = [self._buffer.popleft() for _ in range(min(len(self._buffer), self._batch_size))]
+                if not chunks:
+                    break
+                self._sequence += 1
+                message = _HEADER.pack(self._sequence) + b"[" + b",".join(chunks) + b"]"
+                self._unacked.append((self._sequence, len(chunks), sum(map(len, chunks)), message))
+                self._unacked_rows += len(chunks)
             self._send(message)
         with self._counters.get_lock():
             acked, written, errors = (self._counters[i] for i in (_ACKED, _WRITTEN, _ERRORS))
-        while self._unacked and self._unacked[0][0] <= acked:
-            self._unacked_rows -= self._unacked.popleft()[1]
+        with self._lock:
+            while self._unacked and self._unacked[0][0] <= acked:
+                _, rows, size, _ = self._unacked.popleft()
+                self._unacked_rows -= rows
+                self._held_bytes -= size
         if written > self._seen_written:
             self._metrics.log_rows_written.inc(written - self._seen_written)
             self._seen_written = written
@@ -289,11 +346,23 @@ class PredictionLog:
             self._pipe.close()
 
 
+def _encode(rows: list[dict[str, Any]]) -> tuple[list[bytes], list[str]]:
+    """Each row as JSON bytes, and for each row that cannot be serialised the reason (it is left out)."""
+    encoded: list[bytes] = []
+    failures: list[str] = []
+    for row in rows:
+        try:
+            encoded.append(orjson.dumps(row))
+        except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
+            failures.append(f"{type(exc).__name__}: {exc}")
+    return encoded, failures
+
+
 # --- writer process ---------------------------------------------------------------------------------------
 
 
 def _writer_main(
-    url: str, pipe: Connection, counters: Any, error: Any, batch_size: int, retry_max: float
+    url: str, pipe: Connection, counters: Any, error: Any, batch_size: int, retry_max: float, warn_interval: float
 ) -> None:  # runs in the writer process
     """Receive messages, insert their rows in batches, retry while the database is down, report progress."""
     # The server process decides when this one stops (it flushes first): a Ctrl-C or SIGTERM sent to
@@ -301,51 +370,131 @@ def _writer_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    writer = _Writer(url)
-    pending: deque[tuple[int, dict[str, Any]]] = deque()  # (message sequence, row), oldest first
-    last_sequence = 0
-    deadline = float("inf")  # set when the server process asks to close (or disappears)
-    next_try, backoff = 0.0, 0.5
-    while True:
-        closing = deadline != float("inf")
-        if closing and (not pending or time.monotonic() >= deadline):
-            break
-        if not closing:
-            wait = 0.2 if not pending else max(0.0, next_try - time.monotonic())
-            while pipe.poll(wait):
-                try:
-                    message = pipe.recv_bytes()
-                except EOFError:  # the server process is gone without closing: write what we have, briefly
-                    deadline = time.monotonic() + 10
-                    break
-                if message.startswith(_CLOSE):
-                    deadline = time.monotonic() + _HEADER.unpack_from(message, len(_CLOSE))[0] / 1000
-                    break
-                last_sequence = _HEADER.unpack_from(message)[0]
-                pending.extend((last_sequence, row) for row in orjson.loads(message[_HEADER.size :]))
-                wait = 0.0
-        elif (pause := min(next_try, deadline) - time.monotonic()) > 0:
-            time.sleep(pause)
-        if not pending or time.monotonic() < next_try:
-            continue
-        batch = [pending[i][1] for i in range(min(batch_size, len(pending)))]
+    loop = _WriterLoop(_Writer(url), pipe, counters, error, batch_size, retry_max, _RetryLog(warn_interval))
+    try:
+        loop.run()
+    finally:
+        loop.retries.stopping(len(loop.rows), len(loop.messages))
+        loop.writer.dispose()
+
+
+class _RetryLog:
+    """The writer's failure lines: the first failure, then at most one per ``interval`` seconds (with the
+    number of failures not logged since), and one line when a write succeeds again."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.failures = 0  # since the last successful write
+        self.quiet = 0  # failures not logged since the last line
+        self.first = self.last_line = 0.0
+
+    def failed(self, rows: int, wait: float, text: str) -> None:
+        now = time.monotonic()
+        self.failures += 1
+        if self.failures == 1:
+            self.first = now
+        elif now - self.last_line < self.interval:
+            self.quiet += 1
+            return
+        quiet = f" ({self.quiet} more failed attempt(s) not logged)" if self.quiet else ""
+        log.warning("prediction log write of %d row(s) failed, retrying in %.1f s: %s%s", rows, wait, text, quiet)
+        self.last_line, self.quiet = now, 0
+
+    def succeeded(self) -> None:
+        if self.failures:
+            log.warning(
+                "prediction log writes recovered after %d failed attempt(s) over %.1f s",
+                self.failures,
+                time.monotonic() - self.first,
+            )
+        self.failures = self.quiet = 0
+
+    def stopping(self, rows: int, messages: int) -> None:
+        if self.failures:
+            log.error(
+                "prediction log writer stopping with %d row(s) and %d message(s) unwritten after %d failed "
+                "attempt(s) over %.1f s",
+                rows,
+                messages,
+                self.failures,
+                time.monotonic() - self.first,
+            )
+
+
+class _WriterLoop:
+    """The writer process's state: messages received (kept as bytes), the parsed rows of the oldest ones
+    (at most a batch plus one message), the retry schedule, and what the server process is told."""
+
+    def __init__(
+        self,
+        writer: _Writer,
+        pipe: Connection,
+        counters: Any,
+        error: Any,
+        batch_size: int,
+        retry_max: float,
+        retries: _RetryLog,
+    ) -> None:
+        self.writer, self.pipe, self.counters, self.error = writer, pipe, counters, error
+        self.batch_size, self.retry_max, self.retries = batch_size, retry_max, retries
+        self.messages: deque[tuple[int, bytes]] = deque()  # (sequence, JSON array), oldest first
+        self.rows: deque[tuple[int, dict[str, Any]]] = deque()  # (message sequence, row), oldest first
+        self.last_sequence = 0
+        self.deadline = float("inf")  # set when the server process asks to close (or disappears)
+        self.next_try, self.backoff = 0.0, 0.5
+
+    def run(self) -> None:
+        while True:
+            closing = self.deadline != float("inf")
+            pending = bool(self.rows or self.messages)
+            if closing and (not pending or time.monotonic() >= self.deadline):
+                return
+            if not closing:
+                self.receive(0.2 if not pending else max(0.0, self.next_try - time.monotonic()))
+            elif (pause := min(self.next_try, self.deadline) - time.monotonic()) > 0:
+                time.sleep(pause)
+            if (self.rows or self.messages) and time.monotonic() >= self.next_try:
+                self.write_batch()
+
+    def receive(self, wait: float) -> None:
+        """Take the messages that arrive within ``wait`` seconds (or until a close request)."""
+        while self.pipe.poll(wait):
+            try:
+                message = self.pipe.recv_bytes()
+            except EOFError:  # the server process is gone without closing: write what we have, briefly
+                self.deadline = time.monotonic() + 10
+                return
+            if message.startswith(_CLOSE):
+                self.deadline = time.monotonic() + _HEADER.unpack_from(message, len(_CLOSE))[0] / 1000
+                return
+            self.last_sequence = _HEADER.unpack_from(message)[0]
+            self.messages.append((self.last_sequence, message[_HEADER.size :]))
+            wait = 0.0
+
+    def write_batch(self) -> None:
+        """Insert the oldest rows (up to a batch); on failure keep them and schedule the next try."""
+        while len(self.rows) < self.batch_size and self.messages:
+            sequence, body = self.messages.popleft()
+            self.rows.extend((sequence, row) for row in orjson.loads(body))
+        batch = [self.rows[i][1] for i in range(min(self.batch_size, len(self.rows)))]
         try:
-            writer.write(batch)
+            self.writer.write(batch)
         except Exception as exc:
             text = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
-            error.value = text.encode("utf-8", "replace")[:511]
-            with counters.get_lock():
-                counters[_ERRORS] += 1
-            log.warning("prediction log write of %d row(s) failed, retrying in %.1f s: %s", len(batch), backoff, text)
-            next_try, backoff = time.monotonic() + backoff, min(backoff * 2, retry_max)
-            continue
+            self.error.value = text.encode("utf-8", "replace")[:511]
+            with self.counters.get_lock():
+                self.counters[_ERRORS] += 1
+            self.retries.failed(len(batch), self.backoff, text)
+            self.next_try, self.backoff = time.monotonic() + self.backoff, min(self.backoff * 2, self.retry_max)
+            return
         for _ in batch:
-            pending.popleft()
-        with counters.get_lock():
-            counters[_WRITTEN] += len(batch)
-            counters[_ACKED] = pending[0][0] - 1 if pending else last_sequence
-        next_try, backoff = 0.0, 0.5
-    writer.dispose()
+            self.rows.popleft()
+        first_unwritten = self.rows[0][0] if self.rows else self.messages[0][0] if self.messages else None
+        with self.counters.get_lock():
+            self.counters[_WRITTEN] += len(batch)
+            self.counters[_ACKED] = self.last_sequence if first_unwritten is None else first_unwritten - 1
+        self.retries.succeeded()
+        self.next_try, self.backoff = 0.0, 0.5
 
 
 class _Writer:

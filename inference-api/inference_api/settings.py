@@ -54,6 +54,16 @@ class ApiSettings(BaseSettings):
         ge=1,
         description="Rows held in memory while the log database is slow or down; beyond: dropped and counted.",
     )
+    prediction_log_buffer_bytes: int = Field(
+        256 * 2**20,
+        ge=2**20,
+        description=(
+            "Serialised bytes of prediction-log rows held in memory (buffered, or sent to the writer process and "
+            "not yet written); beyond: dropped and counted. Default 256 MiB: the writer process keeps a second "
+            "copy of the unwritten bytes, so at most 2 x 256 = 512 MiB for the log, beside the serving process "
+            "and the writer at rest (about 0.6 GiB), under the pod's 1536 MiB memory limit (deployment.yaml)."
+        ),
+    )
     prediction_log_batch_size: int = Field(
         500, ge=1, description="Rows per INSERT of the prediction-log writer process."
     )

@@ -4,11 +4,15 @@ batch never doubles rows, a killed writer process loses nothing, and the counter
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import signal
 import uuid
+from pathlib import Path
 from typing import Any
 
+import orjson
+import pytest
 from apisupport import wait_until
 from sqlalchemy import select
 
@@ -102,3 +106,69 @@ def test_rows_beyond_the_queue_size_are_dropped_and_counted_while_the_database_i
     assert status.last_error is not None and "OperationalError" in status.last_error
     closed = log.close(0.5)
     assert closed.queued == 10 and closed.written == 0
+
+
+def test_a_long_outage_stays_under_the_byte_bound_and_counts_every_drop(unreachable_mysql_url: str) -> None:
+    """Rows are pushed far past the byte bound while the database is down: the serialised bytes held
+    (buffered and sent but unwritten) never pass it, and every row beyond it is counted as dropped."""
+    rows = [_row({"a": f"{i:06d}", "text": "x" * 400}, 100 + i) for i in range(600)]
+    size = len(orjson.dumps(rows[0]))
+    assert {len(orjson.dumps(r)) for r in rows} == {size}  # every row has the same serialised size
+    bound = 100 * size + size // 2  # room for exactly 100 rows
+    metrics = Metrics()
+    log = PredictionLog(unreachable_mysql_url, metrics, buffer_bytes=bound, retry_max_seconds=0.2)
+    log.start()
+    try:
+        for start in range(0, len(rows), 30):
+            log.submit(rows[start : start + 30])
+            assert log.status().buffered_bytes <= bound
+            if start == 0:
+                wait_until(lambda: log.status().write_errors >= 1, 60, "the writer to meet the outage")
+        status = log.status()
+        assert (status.queued, status.buffered_bytes, status.dropped) == (100, 100 * size, 500)
+        assert metrics.registry.get_sample_value("inference_prediction_log_rows_dropped_total") == 500
+        assert metrics.registry.get_sample_value("inference_prediction_log_buffer_bytes") == 100 * size
+    finally:
+        log.close(0.5)
+
+
+def test_a_row_that_cannot_be_serialised_is_dropped_and_counted_the_others_written(
+    mysql_log_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    rows = [_row({"a": 1}, 0), _row({"a": {1, 2}}, 1), _row({"a": 3}, 2)]  # a set is not JSON
+    metrics = Metrics()
+    log = PredictionLog(mysql_log_url, metrics)
+    log.start()
+    with caplog.at_level(logging.ERROR, logger="inference_api.prediction_log"):
+        log.submit(rows)
+    wait_until(lambda: log.status().written == 2, 30, "the two serialisable rows written")
+    status = log.close(5)
+    assert (status.written, status.dropped, status.queued) == (2, 1, 0)
+    assert metrics.registry.get_sample_value("inference_prediction_log_rows_dropped_total") == 1
+    assert count_rows(mysql_log_url) == 2
+    assert any("cannot be serialised" in r.getMessage() and "TypeError" in r.getMessage() for r in caplog.records)
+
+
+def test_repeated_write_failures_are_logged_once_per_interval_and_the_recovery_once(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The writer process logs the first failure, stays quiet for the interval, and says when it recovered."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("the log database's folder cannot be made while this file is here")
+    log = PredictionLog(
+        f"sqlite:///{blocker / 'log.db'}", Metrics(), retry_max_seconds=0.01, warn_interval_seconds=3600
+    )
+    log.start()
+    try:
+        log.submit([_row({"a": i}, i) for i in range(5)])
+        wait_until(lambda: log.status().write_errors >= 20, 60, "twenty failed writes")
+        blocker.unlink()
+        wait_until(lambda: log.status().written == 5, 60, "the rows written after the recovery")
+        failures = log.status().write_errors
+    finally:
+        log.close(5)
+    lines = capfd.readouterr().err.splitlines()
+    failed = [line for line in lines if "prediction log write of" in line and "failed" in line]
+    recovered = [line for line in lines if "prediction log writes recovered" in line]
+    assert len(failed) == 1, failed[:5]
+    assert len(recovered) == 1 and f"after {failures} failed attempt(s)" in recovered[0], recovered
