@@ -46,7 +46,7 @@ def _unavailable(what: str, client: MlflowClient, exc: MlflowException) -> Regis
     where = getattr(client, "_registry_uri", None) or "the configured registry"
     first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
     return RegistryUnavailableError(
-        f"could not {what} at the MLflow registry {where} ({exc.error_code}: {first}); nothing was changed. "
+        f"could not {what} at the MLflow registry {where} ({exc.error_code}: {first}); `champion` was not moved. "
         "Check that the MLflow server is up and run the step again (an Airflow task retries by itself)."
     )
 
