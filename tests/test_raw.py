@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -102,29 +103,54 @@ def test_crash_inside_a_batch_leaves_whole_batches_and_resumes_there(
 
 @pytest.mark.slow
 def test_killed_process_resumes_to_exact_full_count(postgres: object, real_data_path: Path, tmp_path: Path) -> None:
-    """A real SIGKILL of `readmission load-raw` after two batches; the rerun ends with exactly 101,766 rows."""
+    """A real SIGKILL of `readmission load-raw` in the middle of batch 2; the rerun ends with exactly 101,766 rows.
+
+    Where the kill lands does not depend on how fast the loader or this test runs: the test holds batch 2's
+    ledger row (its primary key) in an open transaction, so the loader commits batches 0 and 1, writes batch
+    2's rows and then waits on that row, and the kill comes once it waits there."""
     url = postgres.create("kill")  # type: ignore[attr-defined]
     env = {**os.environ, "RAW_DATABASE_URL": url, "DATA_DIR": str(tmp_path)}
     cmd = [sys.executable, "-m", "readmission.cli.app", "load-raw", "--data-path", str(real_data_path)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     engine = create_db_engine(url)
-    deadline = time.monotonic() + 120
-    batches = 0
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
+    raw.create_raw_tables(engine)
+    holder = engine.connect()
+    hold = holder.begin()
+    holder.execute(
+        raw.raw_batches.insert().values(
+            batch_number=2, first_line=0, last_line=0, rows_in_batch=0, rows_loaded=0, rows_quarantined=0,
+            batch_size=0, source_rows=0, checksum="", source_sha256="", loaded_at=datetime.now(UTC),
+        )
+    )  # fmt: skip
+    log = (tmp_path / "load-raw.log").open("wb")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 600  # a hang guard: a busy machine only takes longer to get there
+        while True:
             with engine.connect() as conn:
-                batches = conn.execute(text("SELECT COUNT(*) FROM raw_batches")).scalar_one()
-        except Exception:
-            batches = 0
-        if batches >= 2:
-            break
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+                batches = conn.execute(text("SELECT COUNT(*) FROM raw_batches")).scalar_one()  # committed ones
+                waiting = conn.execute(
+                    text(
+                        "SELECT COUNT(*) FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                    )
+                ).scalar_one()
+            if batches == 2 and waiting:
+                break
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "load-raw.log").read_text()
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+        hold.rollback()
+        holder.close()
     engine.dispose()
     rows, distinct, ledger_batches, ledger_rows = _counts(url)
-    assert 2 <= ledger_batches < 7, f"the loader was not interrupted mid-run ({ledger_batches} batches)"
-    assert rows == distinct == ledger_rows  # only whole, ledgered batches survived the kill
+    assert ledger_batches == 2, f"the loader was not stopped in batch 2 ({ledger_batches} batches)"
+    assert rows == distinct == ledger_rows == 30_000  # batch 2's written rows went with its transaction
 
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     assert "already loaded" in rerun.stdout
