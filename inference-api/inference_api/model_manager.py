@@ -183,8 +183,11 @@ class ModelManager:
             metrics=run_metrics,
         )
         self.current = loaded  # the swap: one reference assignment
+        # The model lives until the next swap: keep it out of the collector's full passes. Unfreeze first, so
+        # the replaced model's objects (frozen at its own swap) become collectable again.
+        gc.unfreeze()
         gc.collect()
-        gc.freeze()  # the model lives until the next swap: keep it out of the collector's full passes
+        gc.freeze()
         self.last_error = None
         self._failed_version = None
         self._metrics.model_loads.inc()

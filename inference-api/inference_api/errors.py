@@ -1,0 +1,98 @@
+"""The one error map: every exception a request can raise becomes the same JSON body (``ErrorBody``).
+
+``register_error_handlers(app)`` installs it; the endpoints only raise. Every answer carries the request id
+the edge middleware gave the request (``X-Request-ID``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from inference_api.batcher import ModelNotReadyError
+from inference_api.contract import ErrorBody, InvalidBodyError
+
+log = logging.getLogger("inference_api")
+
+
+class PayloadTooLargeError(Exception):
+    """The body (or the batch) is larger than allowed (413)."""
+
+
+class FastJSONResponse(JSONResponse):
+    """JSON rendered by orjson (several times faster than the standard library on the hot path)."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def error_response(status: int, error: str, message: str, request_id: str, **extra: Any) -> JSONResponse:
+    """An ``ErrorBody`` answer with the ``X-Request-ID`` header."""
+    body = {"error": error, "message": message, "request_id": request_id, **extra}
+    return FastJSONResponse(body, status_code=status, headers={"X-Request-ID": request_id})
+
+
+def request_id(request: Request) -> str:
+    """The id the edge middleware gave this request (a fresh one if the middleware did not run)."""
+    return str(request.scope.get("state", {}).get("request_id") or os.urandom(16).hex())
+
+
+# What the prediction endpoints document (OpenAPI ``responses``).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "The body could not be read at all (not UTF-8 text)."},
+    422: {"model": ErrorBody, "description": "Invalid input: each bad field with its allowed values or range."},
+    503: {"model": ErrorBody, "description": "No model loaded yet (train and promote one)."},
+    413: {"model": ErrorBody, "description": "Body or batch too large."},
+    500: {"model": ErrorBody, "description": "Unexpected error (the request id identifies it in the logs)."},
+}
+
+_HTTP_ERRORS = {400: "malformed_body", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}
+
+
+async def _invalid(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, InvalidBodyError)
+    fields = ", ".join(dict.fromkeys(e["field"] for e in exc.errors))
+    message = f"{len(exc.errors)} invalid field(s): {fields}"
+    return error_response(422, "invalid_input", message, request_id(request), errors=exc.errors)
+
+
+async def _not_ready(request: Request, exc: Exception) -> JSONResponse:
+    message = (
+        f"no model is loaded: {exc}. Train and promote one (`make run` or the Airflow DAG); the service "
+        "picks it up by itself."
+    )
+    return error_response(503, "model_not_ready", message, request_id(request))
+
+
+async def _too_large(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(413, "payload_too_large", str(exc), request_id(request))
+
+
+async def _http(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    error = _HTTP_ERRORS.get(exc.status_code, "http_error")
+    response = error_response(exc.status_code, error, str(exc.detail), request_id(request))
+    for key, value in (exc.headers or {}).items():
+        response.headers[key] = value
+    return response
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    rid = request_id(request)
+    log.exception("unexpected error answering request %s", rid)
+    return error_response(500, "internal_error", "unexpected error; quote the request id when reporting it", rid)
+
+
+def register_error_handlers(app: FastAPI) -> None:
+    """Map every exception to its status code and ``ErrorBody`` (anything unexpected: 500, logged)."""
+    app.add_exception_handler(InvalidBodyError, _invalid)
+    app.add_exception_handler(ModelNotReadyError, _not_ready)
+    app.add_exception_handler(PayloadTooLargeError, _too_large)
+    app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,37 @@
+"""GET /health/live, GET /health/ready and GET /metrics (Prometheus)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from inference_api.contract import model_ref
+from inference_api.deps import ComponentsDep
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health/live")
+async def live() -> dict[str, str]:
+    """The process is up and answering (it may not have a model yet)."""
+    return {"status": "alive"}
+
+
+@router.get("/health/ready", responses={503: {"description": "Not ready, with the reason."}})
+async def ready(parts: ComponentsDep) -> JSONResponse:
+    """Ready when a model is loaded; 503 with the reason otherwise."""
+    model = parts.manager.current
+    if model is None:
+        return JSONResponse({"status": "not_ready", "reason": parts.manager.not_ready_reason}, status_code=503)
+    return JSONResponse({"status": "ready", "model": model_ref(model)})
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Metrics."}},
+)
+async def prometheus_metrics(parts: ComponentsDep) -> Response:
+    """Prometheus metrics (text exposition format)."""
+    return Response(generate_latest(parts.metrics.registry), media_type=CONTENT_TYPE_LATEST)

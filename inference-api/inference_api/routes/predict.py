@@ -1,0 +1,135 @@
+"""POST /predict and POST /predict/batch: score encounters with the served model and log every answer.
+
+The bodies are read as raw bytes and validated in one pass (``contract.parse_body``); the OpenAPI document
+still describes them (``openapi_extra``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from inference_api.batcher import ModelNotReadyError
+from inference_api.components import Components
+from inference_api.contract import BatchPrediction, BatchRequest, Prediction, model_ref, parse_body, request_body
+from inference_api.deps import ComponentsDep
+from inference_api.errors import ERROR_RESPONSES, FastJSONResponse, PayloadTooLargeError, request_id
+from inference_api.model_manager import LoadedModel
+from readmission import schema
+
+router = APIRouter(tags=["predict"])
+
+_EXAMPLES = list(schema.EXAMPLE_ENCOUNTERS.items())
+
+
+def _band(risk: float, bands: tuple[float, float]) -> str:
+    return "low" if risk < bands[0] else "medium" if risk < bands[1] else "high"
+
+
+def _scores(parts: Components, model: LoadedModel, probabilities: np.ndarray) -> list[dict[str, Any]]:
+    """One ``Scores`` dict per row of ``probabilities`` (counted in the prediction metrics)."""
+    bands, metrics = parts.settings.bands, parts.metrics
+    out = []
+    for no, later, early in probabilities[:, model.class_columns].tolist():
+        # The most probable class, the first one on a tie (as numpy's argmax).
+        predicted = "NO" if no >= later and no >= early else ">30" if later >= early else "<30"
+        metrics.observe_prediction(predicted, early)
+        out.append(
+            {
+                "predicted_class": predicted,
+                "probabilities": {"NO": no, ">30": later, "<30": early},
+                "risk_30_days": early,
+                "risk_band": _band(early, bands),
+            }
+        )
+    return out
+
+
+def _log(
+    parts: Components,
+    request: Request,
+    endpoint: str,
+    model: LoadedModel,
+    rows: list[dict[str, Any]],
+    scores: list[dict[str, Any]],
+) -> str:
+    """Queue one prediction-log row per scored encounter; returns the request id."""
+    rid = request_id(request)
+    started = request.scope.get("state", {}).get("started", time.perf_counter())
+    latency_ms = (time.perf_counter() - started) * 1000.0
+    now = datetime.now(UTC)
+    parts.prediction_log.submit(
+        [
+            {
+                "log_id": os.urandom(16).hex(),  # unique per row, even when a client reuses a request id
+                "request_id": rid,
+                "item": i,
+                "created_at": now,
+                "endpoint": endpoint,
+                "model_name": model.name,
+                "model_version": model.version,
+                "inputs": row,
+                "predicted_class": s["predicted_class"],
+                "probability_no": s["probabilities"]["NO"],
+                "probability_after_30": s["probabilities"][">30"],
+                "probability_within_30": s["probabilities"]["<30"],
+                "risk_band": s["risk_band"],
+                "latency_ms": latency_ms,
+            }
+            for i, (row, s) in enumerate(zip(rows, scores, strict=True))
+        ]
+    )
+    return rid
+
+
+@router.post(
+    "/predict",
+    response_model=Prediction,
+    responses=ERROR_RESPONSES,
+    openapi_extra=request_body(
+        "EncounterFeatures", {name: {"summary": name, "value": value} for name, value in _EXAMPLES}
+    ),
+)
+async def predict(request: Request, parts: ComponentsDep) -> Response:
+    """Score one encounter: predicted class, class probabilities, 30-day risk and its band."""
+    encounter = parse_body(await request.body(), schema.EncounterFeatures)
+    rows = [encounter.model_dump()]
+    model, probabilities = await parts.batcher.predict(rows)
+    scores = _scores(parts, model, probabilities)
+    rid = _log(parts, request, "predict", model, rows, scores)
+    return FastJSONResponse({"request_id": rid, "model": model_ref(model), **scores[0]})
+
+
+@router.post(
+    "/predict/batch",
+    response_model=BatchPrediction,
+    responses=ERROR_RESPONSES,
+    openapi_extra=request_body(
+        "BatchRequest",
+        {"three patients": {"summary": "The example patients", "value": {"encounters": [v for _, v in _EXAMPLES]}}},
+    ),
+)
+async def predict_batch(request: Request, parts: ComponentsDep) -> Response:
+    """Score up to MAX_BATCH_SIZE encounters in one call (answers in request order)."""
+    body = parse_body(await request.body(), BatchRequest)
+    limit = parts.settings.max_batch_size
+    if len(body.encounters) > limit:
+        raise PayloadTooLargeError(
+            f"{len(body.encounters):,} encounters in one batch; the limit is {limit:,} (MAX_BATCH_SIZE)"
+        )
+    if not body.encounters:
+        current = parts.manager.current
+        if current is None:
+            raise ModelNotReadyError(parts.manager.not_ready_reason)
+        return FastJSONResponse({"request_id": request_id(request), "model": model_ref(current), "predictions": []})
+    rows = [e.model_dump() for e in body.encounters]
+    model, probabilities = await parts.batcher.predict(rows, gather=False)
+    scores = _scores(parts, model, probabilities)
+    rid = _log(parts, request, "predict_batch", model, rows, scores)
+    return FastJSONResponse({"request_id": rid, "model": model_ref(model), "predictions": scores})
