@@ -15,11 +15,14 @@ from readmission.synthetic import synthetic_encounters
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 SECOND_EXAMPLE = list(schema.EXAMPLE_ENCOUNTERS)[1]
+# Hang guards, not speed limits: a busy machine can take many seconds for a script run or an API answer.
+PATIENCE_SECONDS = 300
 
 
 def _page(monkeypatch: pytest.MonkeyPatch, api: str) -> AppTest:
     monkeypatch.setenv("API_URL", api)
-    at = AppTest.from_file(APP, default_timeout=60)
+    monkeypatch.setenv("API_TIMEOUT_SECONDS", str(PATIENCE_SECONDS))  # the page's own 15 s is for people
+    at = AppTest.from_file(APP, default_timeout=PATIENCE_SECONDS)
     at.run()
     assert not at.exception, at.exception
     return at
@@ -33,7 +36,7 @@ def _api_predict(api: str, encounter: dict[str, object]) -> dict[str, object]:
     request = urllib.request.Request(
         f"{api}/predict", data=json.dumps(encounter).encode(), headers={"Content-Type": "application/json"}
     )
-    with urllib.request.urlopen(request, timeout=30) as response:
+    with urllib.request.urlopen(request, timeout=PATIENCE_SECONDS) as response:
         result: dict[str, object] = json.loads(response.read())
         return result
 
