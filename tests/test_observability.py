@@ -297,8 +297,9 @@ def test_alerts_are_loaded_and_silent_on_the_healthy_api(prometheus: str) -> Non
     assert {r.get("alert") or r.get("record") for r in _rules()} == {r["name"] for r in rules}
     alerts = {r["name"] for r in rules if r.get("type") == "alerting"}
     assert alerts > SPEED_DEPENDENT_ALERTS  # the exclusion names real alerts, and not all of them
-    # Every other alert's input is deterministic on a healthy API (a model loaded, no 5xx, no failed load, no
-    # log error or drop, a mean risk in range): each must be inactive. Those driven by counters stay active for
+    # Every other alert's input is deterministic on a healthy API (a model loaded and still champion, no 5xx, no
+    # failed load, no log error or drop, a mean risk in range, no model call over the test API's 300 s timeout,
+    # see livesupport.start_api): each must be inactive. Those driven by counters stay active for
     # their whole window once triggered, so waiting cannot hide them; it only waits out the one input a busy
     # machine can flip for a moment, `up` after a scrape slower than its 2 s timeout (InferenceApiDown).
     deadline = time.monotonic() + PATIENCE_SECONDS

@@ -120,6 +120,9 @@ def start_api(folder: Path, tracking_uri: str, want: int = 200, **settings: str)
         "MLFLOW_TRACKING_URI": tracking_uri,
         "PREDICTION_LOG_URL": f"sqlite:///{folder / 'predictions.db'}",
         "MODEL_RETRY_MAX_SECONDS": "1",
+        # A hang guard, not the API's 10 s: on a busy machine a model call can take longer, and the clients'
+        # tests (and the alerts on their traffic) are not about the API's timeout.
+        "PREDICT_TIMEOUT_SECONDS": "300",
         "LOG_LEVEL": "warning",
         **settings,
     }
