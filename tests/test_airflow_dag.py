@@ -51,7 +51,7 @@ def airflow_python() -> Path:
 def _probe(airflow_python: Path, dags: Path, tmp_path: Path) -> dict[str, Any]:
     env = {**os.environ, "AIRFLOW_HOME": str(tmp_path / "airflow-home"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
     done = subprocess.run(
-        [str(airflow_python), str(PROBE), str(dags)], capture_output=True, text=True, env=env, timeout=300
+        [str(airflow_python), str(PROBE), str(dags)], capture_output=True, text=True, env=env, timeout=900
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -152,7 +152,7 @@ def test_dags_test_runs_the_pipeline_and_a_second_run_adds_one_batch(
         "AIRFLOW_VAR_READMISSION_PYTHON": str(REPO / ".venv" / "bin" / "python"),
     }
     airflow = airflow_python.with_name("airflow")
-    migrate = subprocess.run([str(airflow), "db", "migrate"], capture_output=True, text=True, env=env, timeout=300)
+    migrate = subprocess.run([str(airflow), "db", "migrate"], capture_output=True, text=True, env=env, timeout=900)
     assert migrate.returncode == 0, migrate.stdout[-2000:] + migrate.stderr[-2000:]
     families = ["logistic_regression", "hist_gradient_boosting"]  # two mapped tasks; the forest adds only minutes
     conf = {"data_path": str(real_data_path), "train_time_budget_seconds": 60, "max_trials": 1, "families": families}

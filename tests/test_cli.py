@@ -25,7 +25,7 @@ def _cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess
         env={**clean_env, **(env or {}), "COLUMNS": "200"},
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,  # a hang guard (the per-test limit), not a speed limit
     )
 
 

@@ -66,7 +66,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_http(url: str, proc: subprocess.Popen[bytes], seconds: float = 180) -> None:
+def _wait_http(url: str, proc: subprocess.Popen[bytes], seconds: float = 600) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -128,7 +128,7 @@ def mlflow_server(mysql_database: str, tmp_path_factory: pytest.TempPathFactory)
         }
         upgrade, args, readiness = _manifest_commands(env, mlflow_port)
         mlflow_cli = str(bindir / "mlflow")
-        done = subprocess.run([mlflow_cli, *upgrade], env=env, capture_output=True, text=True, timeout=300)
+        done = subprocess.run([mlflow_cli, *upgrade], env=env, capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
         server = subprocess.Popen(
             [mlflow_cli, *args],
@@ -192,7 +192,7 @@ def _get(url: str, host: str, origin: str | None = None, body: bytes | None = No
     headers = {"Host": host} if origin is None else {"Host": host, "Origin": origin, "Content-Type": "application/json"}
     request = urllib.request.Request(url, headers=headers, data=body)
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=60) as response:
             return int(response.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
