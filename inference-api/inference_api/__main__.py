@@ -5,11 +5,62 @@ from __future__ import annotations
 import logging
 import math
 import signal
+import sys
+from dataclasses import dataclass
 from types import FrameType
 
 import uvicorn
 
+from inference_api.app import create_app
 from inference_api.settings import ApiSettings
+from inference_api.shutdown import AnswerBeforeExit
+
+# After SIGTERM, how long a request in flight may take to be answered before it is answered 503 (with
+# Connection: close); then how long uvicorn waits for those answers to go out before it gives up.
+ANSWER_SECONDS = 20.0
+ANSWER_MARGIN_SECONDS = 5.0
+# After uvicorn's graceful wait the lifespan shutdown stops the model thread (it finishes the one model
+# call it runs: at most MAX_BATCH_SIZE rows) and flushes the log (PREDICTION_LOG_FLUSH_SECONDS); the
+# process then exits through Python (atexit).
+STOP_MARGIN_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class ShutdownBudget:
+    """The seconds from SIGTERM to the exit, in order; ``total`` must fit the pod's grace period after
+    its preStop pause (deployment.yaml: terminationGracePeriodSeconds >= preStop sleep + total)."""
+
+    answer: float
+    graceful_timeout: float
+    log_flush: float
+    stop_margin: float
+
+    @property
+    def total(self) -> float:
+        return self.graceful_timeout + self.log_flush + self.stop_margin
+
+
+def shutdown_budget(settings: ApiSettings) -> ShutdownBudget:
+    """Each phase of the shutdown, from the settings (seconds)."""
+    return ShutdownBudget(
+        answer=ANSWER_SECONDS,
+        graceful_timeout=ANSWER_SECONDS + ANSWER_MARGIN_SECONDS,
+        log_flush=settings.prediction_log_flush_seconds,
+        stop_margin=STOP_MARGIN_SECONDS,
+    )
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, which also tells the app when the stop signal arrives."""
+
+    def __init__(self, config: uvicorn.Config, app: AnswerBeforeExit) -> None:
+        super().__init__(config)
+        self._app = app
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self.should_exit:
+            self._app.begin()
+        super().handle_exit(sig, frame)
 
 
 def _exit_through_python(signum: int, _frame: FrameType | None) -> None:
@@ -26,16 +77,21 @@ def main() -> None:
         signal.signal(signum, _exit_through_python)
     settings = ApiSettings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(
-        "inference_api.app:create_app",
-        factory=True,
+    budget = shutdown_budget(settings)
+    app = AnswerBeforeExit(create_app(settings), budget.answer)
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         workers=1,
         log_level=settings.log_level,
         access_log=False,  # every request is counted in /metrics and every prediction is in the log table
-        timeout_graceful_shutdown=math.ceil(settings.prediction_log_flush_seconds) + 10,
+        timeout_graceful_shutdown=math.ceil(budget.graceful_timeout),
     )
+    server = _Server(config, app)
+    server.run()
+    if not server.started:
+        sys.exit(3)  # uvicorn's status for a failed start-up (as uvicorn.run exits)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,206 @@
+"""Shutdown: every request the server accepted is answered (and logged), and the pod's grace period
+covers the whole shutdown.
+
+- The real service (`python -m inference_api`) against a real registry and a real MariaDB log: twelve
+  clients each send a 1,000-encounter batch, all but its last bytes; once the server has accepted all
+  twelve (its own /metrics shows them in flight) SIGTERM is sent, then the last bytes. So all twelve are
+  in flight at SIGTERM, still being received, however fast or slow the machine. Every client must get its
+  answer (200, or 503 with ``Connection: close``), never a reset, and the log must hold 1,000 rows per 200.
+- A request still unanswered when the answer window closes gets its 503 with ``Connection: close``
+  (real uvicorn server, a handler that never finishes by itself).
+- deployment.yaml: preStop pause + the shutdown budget (from the settings the pod gets) fit
+  terminationGracePeriodSeconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+import uvicorn
+import yaml
+from apisupport import Registry, free_port, wait_until
+from fastapi import FastAPI
+
+from inference_api.__main__ import shutdown_budget
+from inference_api.prediction_log import count_rows
+from inference_api.settings import ApiSettings
+from inference_api.shutdown import AnswerBeforeExit
+from readmission import schema
+
+HERE = Path(__file__).resolve().parents[1]
+
+CLIENTS = 12
+ENCOUNTERS = 1_000
+_BODY = orjson.dumps({"encounters": [list(schema.EXAMPLE_ENCOUNTERS.values())[i % 3] for i in range(ENCOUNTERS)]})
+_HELD = 16  # bytes of each body sent only after SIGTERM
+
+
+def _sample(metrics: str, name: str, labels: str = "") -> float:
+    """The value of one sample of a Prometheus text exposition (0 when absent)."""
+    pattern = rf"^{re.escape(name)}{re.escape(labels)} ([0-9.e+-]+)$"
+    found = re.search(pattern, metrics, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def _in_flight(url: str) -> int:
+    try:
+        return int(_sample(httpx.get(f"{url}/metrics", timeout=5).text, "inference_requests_in_flight") - 1)
+    except httpx.HTTPError:
+        return -1
+
+
+def _rss_mib(pid: int) -> str:
+    """Resident memory of the process and its children (MiB), for the report."""
+    pids = [pid, *(int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]
+    sizes = []
+    for p in pids:
+        line = next(x for x in Path(f"/proc/{p}/status").read_text().splitlines() if x.startswith("VmRSS:"))
+        sizes.append(int(line.split()[1]) // 1024)
+    return " + ".join(f"{s} MiB" for s in sizes)
+
+
+class BatchClients:
+    """Threads that each send one batch request and record the answer or the error."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.outcomes: list[tuple[int, str] | str] = []
+        self.lock = threading.Lock()
+        self.release = threading.Event()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(CLIENTS)]
+
+    def _body(self) -> Iterator[bytes]:
+        yield _BODY[:-_HELD]
+        self.release.wait()
+        yield _BODY[-_HELD:]
+
+    def _run(self) -> None:
+        headers = {"content-type": "application/json", "content-length": str(len(_BODY))}
+        try:
+            with httpx.Client(base_url=self.url, timeout=600) as client:
+                response = client.post("/predict/batch", content=self._body(), headers=headers)
+            outcome: tuple[int, str] | str = (response.status_code, response.headers.get("connection", ""))
+            if response.status_code == 200:
+                assert len(response.json()["predictions"]) == ENCOUNTERS
+        except Exception as exc:  # a reset or a truncated answer: recorded, the test fails on it
+            outcome = repr(exc)
+        with self.lock:
+            self.outcomes.append(outcome)
+
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
+
+    def join(self) -> None:
+        for t in self.threads:
+            t.join(600)
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health/ready", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.mark.slow
+def test_sigterm_answers_and_logs_every_accepted_batch(registry: Registry, mysql_log_url: str, tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": registry.uri,
+        "PREDICTION_LOG_URL": mysql_log_url,
+        "PORT": str(port),
+        "LOG_LEVEL": "warning",
+    }
+    stderr = tmp_path / "api.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "inference_api"], env=env, cwd=tmp_path,
+        stdout=subprocess.DEVNULL, stderr=stderr.open("wb"),
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _ready(url), 120, "the API process to be ready")
+        clients = BatchClients(url)
+        clients.start()
+        wait_until(lambda: _in_flight(url) == CLIENTS, 300, "the server to accept all twelve batch requests")
+        print(f"resident memory before SIGTERM: {_rss_mib(process.pid)}")
+        process.send_signal(signal.SIGTERM)
+        wait_until(lambda: _in_flight(url) < 0, 60, "the server to stop accepting connections")
+        clients.release.set()
+        clients.join()
+        status = process.wait(300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    outcomes = clients.outcomes
+    log_text = stderr.read_text()
+    assert len(outcomes) == CLIENTS
+    answered = sum(1 for o in outcomes if isinstance(o, tuple) and o[0] == 200)
+    refused = sum(1 for o in outcomes if o == (503, "close"))
+    assert answered + refused == CLIENTS, (outcomes, log_text[-3000:])
+    assert status == 128 + signal.SIGTERM, log_text[-3000:]
+    assert count_rows(mysql_log_url) == ENCOUNTERS * answered, log_text[-3000:]
+
+
+def test_the_grace_period_covers_the_pre_stop_pause_and_the_shutdown_budget() -> None:
+    deployment = yaml.safe_load((HERE / "deployment.yaml").read_text())
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    pre_stop = float(command[1])
+    settings = ApiSettings(_env_file=HERE / "config.env")  # type: ignore[call-arg]  # what the ConfigMap sets
+    budget = shutdown_budget(settings)
+    assert budget.graceful_timeout > budget.answer  # the 503 answers go out before uvicorn gives up
+    assert pre_stop + budget.total <= pod["terminationGracePeriodSeconds"], (pre_stop, budget)
+
+
+def test_a_request_unanswered_when_the_window_closes_gets_503_with_connection_close() -> None:
+    app = FastAPI()
+    entered = asyncio.Event()
+
+    @app.post("/slow")
+    async def slow() -> dict[str, str]:
+        entered.set()
+        await asyncio.Event().wait()  # work that will not finish in the window
+        return {"never": "answered"}
+
+    @app.get("/fast")
+    async def fast() -> dict[str, str]:
+        return {"status": "ok"}
+
+    wrapped = AnswerBeforeExit(app, answer_seconds=0.0)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(wrapped, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started, 60, "the server to start")
+    answers: list[httpx.Response] = []
+    client = threading.Thread(
+        target=lambda: answers.append(httpx.post(f"http://127.0.0.1:{port}/slow", json={"a": 1}, timeout=60)),
+        daemon=True,
+    )
+    try:
+        client.start()
+        wait_until(entered.is_set, 60, "the request to be in the handler")
+        assert httpx.get(f"http://127.0.0.1:{port}/fast").status_code == 200  # answered ones are untouched
+        wrapped.begin()
+        client.join(60)
+    finally:
+        server.should_exit = True
+        thread.join(60)
+    (answer,) = answers
+    assert answer.status_code == 503 and answer.headers["connection"] == "close"
+    assert answer.json()["error"] == "shutting_down"
