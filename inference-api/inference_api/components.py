@@ -58,6 +58,7 @@ class Components:
             metrics,
             queue_size=settings.prediction_log_queue_size,
             batch_size=settings.prediction_log_batch_size,
+            buffer_bytes=settings.prediction_log_buffer_bytes,
         )
         in_flight = InFlight()
         metrics.in_flight.set_function(lambda: in_flight.count)

@@ -118,7 +118,7 @@ class PredictionLog:
         batch_size: int = 500,
         retry_max_seconds: float = 10.0,
         send_interval_seconds: float = 0.02,
-        buffer_bytes: int = 256 * 2**20,
+        buffer_bytes: int = 192 * 2**20,
         warn_interval_seconds: float = 60.0,
     ) -> None:
         self.url = url

@@ -55,13 +55,14 @@ class ApiSettings(BaseSettings):
         description="Rows held in memory while the log database is slow or down; beyond: dropped and counted.",
     )
     prediction_log_buffer_bytes: int = Field(
-        256 * 2**20,
+        192 * 2**20,
         ge=2**20,
         description=(
             "Serialised bytes of prediction-log rows held in memory (buffered, or sent to the writer process and "
-            "not yet written); beyond: dropped and counted. Default 256 MiB: the writer process keeps a second "
-            "copy of the unwritten bytes, so at most 2 x 256 = 512 MiB for the log, beside the serving process "
-            "and the writer at rest (about 0.6 GiB), under the pod's 1536 MiB memory limit (deployment.yaml)."
+            "not yet written); beyond: dropped and counted. Default 192 MiB: the writer process keeps a second "
+            "copy of the unwritten bytes, so at most 2 x 192 = 384 MiB for the log; with the ~800 MiB measured "
+            "after serving (server ~610 + writer ~175 + resource tracker ~13) that is ~1.2 GiB, leaving ~350 MiB "
+            "of the pod's 1536 MiB memory limit (deployment.yaml) for request bodies."
         ),
     )
     prediction_log_batch_size: int = Field(
