@@ -16,8 +16,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from readmission.steps import train_job
 from readmission.synthetic import build_synthetic_clean
-from readmission.training import TrainConfig, prepare_tracking, train_and_register
+from readmission.training import TrainConfig, prepare_tracking
 
 
 def free_port() -> int:
@@ -104,8 +105,8 @@ def train_champion(folder: Path, rows: int = 4_000) -> Champion:
     artifacts = (folder / "artifacts").as_uri()
     prepare_tracking(uri, artifacts)
     config = TrainConfig(families=("logistic_regression",), time_budget_seconds=60, max_trials=1, importance_rows=200)
-    report = train_and_register(clean, uri, config, artifact_location=artifacts, log=lambda _line: None)
-    assert report.version == "1" and report.decision.promoted
+    job = train_job(str(clean.url), uri, config, artifact_location=artifacts, log=lambda _line: None)
+    assert job["promotion"]["version"] == "1" and job["promotion"]["promoted"]
     return Champion(uri, f"sqlite:///{folder / 'clean.db'}")
 
 
