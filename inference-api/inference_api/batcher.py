@@ -6,12 +6,20 @@ waits (at most ``max_wait_ms``) only while other requests are still being receiv
 predicted at once. All model
 calls run on one worker thread, off the event loop; a call takes ``manager.current`` once, so a swap
 never changes the model in the middle of a batch.
+
+A request waits at most ``timeout_seconds`` (PREDICT_TIMEOUT_SECONDS) for its model call, then gets
+``PredictionTimeoutError`` (504); while a call runs longer than that the service is not ready. The batching
+task is supervised: if it ends without ``stop()`` (an exception escaped it, or it was cancelled), what
+waits on it gets ``BatcherFailedError`` (503), as does every later request, and the service stays not ready
+with the reason (it is not restarted: a batcher that died once may die again; the pod is replaced).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,9 +30,19 @@ import numpy as np
 from inference_api.metrics import Metrics
 from inference_api.model_manager import LoadedModel, ModelManager
 
+log = logging.getLogger(__name__)
+
 
 class ModelNotReadyError(RuntimeError):
     """No model is loaded; the reason says why."""
+
+
+class PredictionTimeoutError(RuntimeError):
+    """The model call took longer than PREDICT_TIMEOUT_SECONDS (answered 504)."""
+
+
+class BatcherFailedError(RuntimeError):
+    """The micro-batcher task stopped unexpectedly; the reason says how (answered 503)."""
 
 
 class InFlight:
@@ -51,6 +69,7 @@ class Batcher:
         max_rows: int = 256,
         max_wait_ms: float = 2.0,
         in_flight: InFlight | None = None,
+        timeout_seconds: float = 10.0,
     ) -> None:
         self._manager = manager
         self._metrics = metrics
@@ -61,15 +80,53 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict")
         self._queue: asyncio.Queue[_Pending] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._timeout = timeout_seconds
+        self._stopping = False
+        self._busy_since: float | None = None  # monotonic start of the model call running now
+        self._batch: list[_Pending] = []  # requests taken from the queue and not answered yet
+        self._carry: _Pending | None = None  # a request taken from the queue for the next batch
+        self.failure: str | None = None  # why the batching task died (None: alive or not used)
 
     def start(self) -> None:
         """Start gathering (call from the event loop)."""
         if self.enabled:
             self._queue = asyncio.Queue()
             self._task = asyncio.get_running_loop().create_task(self._run(), name="micro-batcher")
+            self._task.add_done_callback(self._supervise)
+
+    def _supervise(self, task: asyncio.Task[None]) -> None:
+        """The batching task ended: unless ``stop()`` ended it, fail what waits on it and record why."""
+        if self._stopping:
+            return
+        error = None if task.cancelled() else task.exception()
+        how = "it was cancelled" if error is None else f"{type(error).__name__}: {error}"
+        self.failure = f"the micro-batcher stopped ({how}); restart the pod"
+        self._metrics.batcher_failures.inc()
+        log.error("%s", self.failure, exc_info=error)
+        waiting = [*self._batch, *([self._carry] if self._carry else [])]
+        while self._queue is not None and not self._queue.empty():
+            waiting.append(self._queue.get_nowait())
+        for pending in waiting:
+            if not pending.future.done():
+                pending.future.set_exception(BatcherFailedError(self.failure))
+
+    def busy_seconds(self) -> float | None:
+        """How long the model call running now has run (seconds), or None when the worker is idle."""
+        since = self._busy_since
+        return None if since is None else time.monotonic() - since
+
+    def unhealthy_reason(self) -> str | None:
+        """Why the service cannot answer now (batcher dead, or a model call stuck past the timeout), or None."""
+        if self.failure is not None:
+            return self.failure
+        busy = self.busy_seconds()
+        if busy is not None and busy >= self._timeout:
+            return f"a model call has been running for {busy:.1f} s, over PREDICT_TIMEOUT_SECONDS={self._timeout:g}"
+        return None
 
     async def stop(self) -> None:
         """Stop gathering and release the worker thread."""
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -81,48 +138,80 @@ class Batcher:
         if model is None:
             raise ModelNotReadyError(self._manager.not_ready_reason)
         self._metrics.batch_rows.observe(len(rows))
-        return model, model.predictor.predict_proba(rows)
+        self._busy_since = time.monotonic()
+        try:
+            return model, model.predictor.predict_proba(rows)
+        finally:
+            self._busy_since = None
 
     async def predict(self, rows: Sequence[dict[str, Any]], gather: bool = True) -> tuple[LoadedModel, np.ndarray]:
-        """The model that answered and its probabilities for ``rows`` (columns in its ``classes_`` order)."""
+        """The model that answered and its probabilities for ``rows`` (shape len(rows) x classes, columns in
+        its ``classes_`` order).
+
+        Raises ``ModelNotReadyError`` (no model), ``BatcherFailedError`` (the batching task died) or
+        ``PredictionTimeoutError`` (no answer within ``timeout_seconds``).
+        """
+        if self.failure is not None:
+            raise BatcherFailedError(self.failure)
         if self._manager.current is None:
             raise ModelNotReadyError(self._manager.not_ready_reason)
         loop = asyncio.get_running_loop()
         if self._queue is None or not gather or len(rows) >= self._max_rows:
-            return await loop.run_in_executor(self._executor, self._predict, rows)
+            return await self._bounded(loop.run_in_executor(self._executor, self._predict, rows), len(rows))
         future: asyncio.Future[tuple[LoadedModel, np.ndarray]] = loop.create_future()
         self._queue.put_nowait(_Pending(rows, future))
-        return await future
+        return await self._bounded(future, len(rows))
+
+    async def _bounded(
+        self, future: asyncio.Future[tuple[LoadedModel, np.ndarray]], rows: int
+    ) -> tuple[LoadedModel, np.ndarray]:
+        """``future``'s result, or ``PredictionTimeoutError`` after ``timeout_seconds`` (the call itself cannot
+        be interrupted: it finishes on the worker thread and its result is dropped)."""
+        try:
+            return await asyncio.wait_for(future, self._timeout)
+        except TimeoutError:
+            self._metrics.prediction_timeouts.inc()
+            raise PredictionTimeoutError(
+                f"the model call for {rows} row(s) took longer than {self._timeout:g} s (PREDICT_TIMEOUT_SECONDS); "
+                "the service is not ready until it returns"
+            ) from None
 
     def _others_coming(self, gathered: int) -> bool:
         """Whether requests not yet in the batch are being received: waiting only pays off for them."""
         return self._in_flight is None or self._in_flight.count > gathered
 
+    async def _gather(self, first: _Pending) -> list[_Pending]:
+        """``first`` and the requests that arrive while others are still being received (at most
+        ``max_wait_ms``, ``max_rows`` rows); one that would overflow is kept in ``_carry`` for the next batch."""
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        batch, size = [first], len(first.rows)
+        self._batch = batch
+        deadline = loop.time() + self._max_wait
+        while size < self._max_rows:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - loop.time()
+                if remaining <= 0 or not self._others_coming(len(batch)):
+                    break
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), remaining)
+                except TimeoutError:
+                    break
+            if size + len(item.rows) > self._max_rows:
+                self._carry = item  # held for the next batch (failed too if the batcher dies)
+                break
+            batch.append(item)
+            size += len(item.rows)
+        return batch
+
     async def _run(self) -> None:
         assert self._queue is not None
         loop = asyncio.get_running_loop()
-        carry: _Pending | None = None
         while True:
-            first = carry or await self._queue.get()
-            carry = None
-            batch, size = [first], len(first.rows)
-            deadline = loop.time() + self._max_wait
-            while size < self._max_rows:
-                try:
-                    item = self._queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    remaining = deadline - loop.time()
-                    if remaining <= 0 or not self._others_coming(len(batch)):
-                        break
-                    try:
-                        item = await asyncio.wait_for(self._queue.get(), remaining)
-                    except TimeoutError:
-                        break
-                if size + len(item.rows) > self._max_rows:
-                    carry = item
-                    break
-                batch.append(item)
-                size += len(item.rows)
+            first, self._carry = self._carry or await self._queue.get(), None
+            batch = await self._gather(first)
             rows = [row for pending in batch for row in pending.rows]
             try:
                 model, probabilities = await loop.run_in_executor(self._executor, self._predict, rows)
@@ -137,3 +226,4 @@ class Batcher:
                 if not pending.future.done():
                     pending.future.set_result((model, probabilities[start:stop]))
                 start = stop
+            self._batch = []

@@ -69,6 +69,7 @@ class Components:
             enabled=settings.microbatch_enabled,
             max_rows=settings.microbatch_max_rows,
             max_wait_ms=settings.microbatch_max_wait_ms,
+            timeout_seconds=settings.predict_timeout_seconds,
         )
         return cls(settings, metrics, manager, prediction_log, in_flight, batcher)
 

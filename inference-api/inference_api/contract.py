@@ -24,7 +24,16 @@ class ModelRef(BaseModel):
 
     name: str
     version: str
-    alias: str
+    alias: str | None = Field(
+        description="The registry alias pointing at this version; null when the registry no longer names it "
+        "(see registry_status)."
+    )
+    registry_status: str | None = Field(
+        None,
+        description="Only when the alias is null: alias_missing (the alias was deleted) or version_deleted (the "
+        "version was deleted); the last good model still answers.",
+    )
+    registry_message: str | None = Field(None, description="Only when the alias is null: what the registry says.")
 
 
 class Scores(BaseModel):
@@ -62,7 +71,11 @@ class ModelInfo(BaseModel):
 
     name: str
     version: str
-    alias: str
+    alias: str | None = Field(
+        description="The registry alias of this version; null when the registry no longer names it."
+    )
+    registry_status: str = Field(description="ok, alias_missing (alias deleted) or version_deleted (version deleted).")
+    registry_message: str | None = Field(description="What the registry says, when the status is not ok.")
     run_id: str
     loaded_at: datetime
     prediction_path: str
@@ -165,6 +178,14 @@ def with_request_models(spec: dict[str, Any], max_batch_size: int) -> dict[str, 
     return spec
 
 
-def model_ref(model: LoadedModel) -> dict[str, str]:
-    """The ``model`` block of an answer (``ModelRef``)."""
-    return {"name": model.name, "version": model.version, "alias": model.alias}
+def model_ref(model: LoadedModel) -> dict[str, str | None]:
+    """The ``model`` block of an answer (``ModelRef``): the registry status only when it is not ok."""
+    if model.alias is not None:
+        return {"name": model.name, "version": model.version, "alias": model.alias}
+    return {
+        "name": model.name,
+        "version": model.version,
+        "alias": None,
+        "registry_status": model.registry_status,
+        "registry_message": model.registry_message,
+    }

@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from inference_api.batcher import ModelNotReadyError
+from inference_api.batcher import BatcherFailedError, ModelNotReadyError, PredictionTimeoutError
 from inference_api.contract import ErrorBody, InvalidBodyError
 
 log = logging.getLogger("inference_api")
@@ -47,9 +47,10 @@ def request_id(request: Request) -> str:
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "The body could not be read at all (not UTF-8 text)."},
     422: {"model": ErrorBody, "description": "Invalid input: each bad field with its allowed values or range."},
-    503: {"model": ErrorBody, "description": "No model loaded yet (train and promote one)."},
+    503: {"model": ErrorBody, "description": "No model loaded yet (train and promote one), or the batcher stopped."},
     413: {"model": ErrorBody, "description": "Body or batch too large."},
     500: {"model": ErrorBody, "description": "Unexpected error (the request id identifies it in the logs)."},
+    504: {"model": ErrorBody, "description": "The model call took longer than PREDICT_TIMEOUT_SECONDS."},
 }
 
 _HTTP_ERRORS = {400: "malformed_body", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}
@@ -68,6 +69,14 @@ async def _not_ready(request: Request, exc: Exception) -> JSONResponse:
         "picks it up by itself."
     )
     return error_response(503, "model_not_ready", message, request_id(request))
+
+
+async def _timeout(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(504, "prediction_timeout", str(exc), request_id(request))
+
+
+async def _batcher_failed(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(503, "batcher_failed", str(exc), request_id(request))
 
 
 async def _too_large(request: Request, exc: Exception) -> JSONResponse:
@@ -93,6 +102,8 @@ def register_error_handlers(app: FastAPI) -> None:
     """Map every exception to its status code and ``ErrorBody`` (anything unexpected: 500, logged)."""
     app.add_exception_handler(InvalidBodyError, _invalid)
     app.add_exception_handler(ModelNotReadyError, _not_ready)
+    app.add_exception_handler(PredictionTimeoutError, _timeout)
+    app.add_exception_handler(BatcherFailedError, _batcher_failed)
     app.add_exception_handler(PayloadTooLargeError, _too_large)
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(Exception, _unexpected)

@@ -76,6 +76,33 @@ class Metrics:
         self.model_checks = Counter(
             "inference_model_registry_checks", "Registry alias checks, by outcome.", ["outcome"], registry=r
         )
+        self.model_alias_current = Gauge(
+            "inference_model_alias_current",
+            "1 while the registry alias (MODEL_ALIAS) points at the served version; 0 when the alias or the "
+            "version was deleted and the last good model is served without it.",
+            registry=r,
+        )
+        self.model_registry_status = Gauge(
+            "inference_model_registry_status",
+            "What the registry says of the served version (value 1 on its status): ok, alias_missing, version_deleted.",
+            ["status"],
+            registry=r,
+        )
+        self.fast_path_mismatches = Counter(
+            "inference_model_fast_path_mismatch",
+            "Loads whose compiled fast path disagreed with the pipeline (the pipeline path was served instead).",
+            registry=r,
+        )
+        self.prediction_timeouts = Counter(
+            "inference_prediction_timeouts",
+            "Requests answered 504 because the model call exceeded PREDICT_TIMEOUT_SECONDS.",
+            registry=r,
+        )
+        self.batcher_failures = Counter(
+            "inference_batcher_failures",
+            "Times the micro-batcher task stopped unexpectedly (the service is then not ready).",
+            registry=r,
+        )
         self.log_queue_depth = Gauge(
             "inference_prediction_log_queue_depth", "Prediction-log rows waiting to be written.", registry=r
         )

@@ -9,12 +9,13 @@ and ``not_ready_reason`` says why; the poller retries with backoff.
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,7 +23,7 @@ import numpy as np
 
 from inference_api.metrics import Metrics
 from readmission import schema
-from readmission.serving import Predictor
+from readmission.serving import Predictor, Row, rows_to_frame
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +36,13 @@ class LoadedModel:
 
     name: str
     version: str
-    alias: str
+    alias: str | None  # None once the registry no longer points the alias at this version
     run_id: str
     predictor: Predictor
     loaded_at: datetime
     metrics: dict[str, float] = field(default_factory=dict)
+    registry_status: str = "ok"  # ok / alias_missing / version_deleted (REGISTRY_STATUSES)
+    registry_message: str | None = None  # what the registry says, when the status is not ok
     # Columns of NO, >30 and <30 in the predictor's probabilities (its ``classes_`` order).
     class_columns: list[int] = field(init=False)
 
@@ -56,6 +59,24 @@ class VersionRef:
     run_id: str
 
 
+REGISTRY_OK, ALIAS_MISSING, VERSION_DELETED = "ok", "alias_missing", "version_deleted"
+REGISTRY_STATUSES = (REGISTRY_OK, ALIAS_MISSING, VERSION_DELETED)
+
+
+class AliasNotFoundError(LookupError):
+    """The registry answered that the alias (or the registered model) does not exist: an answer, not an outage."""
+
+
+def _is_not_found(exc: Exception) -> bool:
+    """Whether an MLflow error is the registry saying "no such alias/model/version" (as opposed to an outage).
+
+    The REST server and the local stores answer RESOURCE_DOES_NOT_EXIST for a missing model or version and
+    INVALID_PARAMETER_VALUE "Registered model alias ... not found." for a missing alias.
+    """
+    code = str(getattr(exc, "error_code", ""))
+    return code == "RESOURCE_DOES_NOT_EXIST" or (code == "INVALID_PARAMETER_VALUE" and "not found" in str(exc))
+
+
 class ModelSource:
     """Registry access through the MLflow client (kept behind a small interface for clarity)."""
 
@@ -70,9 +91,28 @@ class ModelSource:
         self.alias = alias
 
     def resolve(self) -> VersionRef:
-        """The version the alias points at (raises if the registry is down or the alias is unset)."""
-        version = self._client.get_model_version_by_alias(self.name, self.alias)
+        """The version the alias points at.
+
+        Raises ``AliasNotFoundError`` when the registry says the alias (or the model) does not exist, and
+        any other exception when the registry cannot be read (an outage).
+        """
+        try:
+            version = self._client.get_model_version_by_alias(self.name, self.alias)
+        except Exception as exc:
+            if _is_not_found(exc):
+                raise AliasNotFoundError(_short(exc)) from exc
+            raise
         return VersionRef(str(version.version), str(version.run_id or ""))
+
+    def version_exists(self, version: str) -> bool:
+        """Whether the registry still holds ``version`` of the model (raises when it cannot be read)."""
+        try:
+            self._client.get_model_version(self.name, version)
+        except Exception as exc:
+            if _is_not_found(exc):
+                return False
+            raise
+        return True
 
     def load(self, ref: VersionRef) -> tuple[Any, dict[str, float]]:
         """The fitted model object of a version and its run's metrics."""
@@ -83,6 +123,10 @@ class ModelSource:
         if ref.run_id:
             metrics = {k: float(v) for k, v in self._client.get_run(ref.run_id).data.metrics.items()}
         return model, metrics
+
+    def predictor(self, model: Any) -> Predictor:
+        """The predictor of a loaded model (compiles the fast path when the model allows it)."""
+        return Predictor(model)
 
 
 def smoke_test(predictor: Predictor) -> None:
@@ -99,6 +143,59 @@ def smoke_test(predictor: Predictor) -> None:
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text[:300]}"
+
+
+FAST_PATH_TOLERANCE = 1e-9  # largest difference allowed between the fast path's and the pipeline's probabilities
+FAST_PATH_SAMPLE_ROWS = 200  # synthetic encounters checked at load, besides the contract's examples
+
+
+@functools.cache
+def fast_path_rows() -> list[dict[str, Any]]:
+    """The rows the fast path is proven on: the contract's example encounters plus a fixed synthetic sample,
+    validated as a request would be."""
+    from readmission.synthetic import synthetic_encounters
+
+    raw = synthetic_encounters(FAST_PATH_SAMPLE_ROWS, seed=20_240_611).to_dict("records")
+    encounters = [*schema.EXAMPLE_ENCOUNTERS.values(), *(schema.raw_to_encounter(r) for r in raw)]
+    return [schema.EncounterFeatures.model_validate(e).model_dump() for e in encounters]
+
+
+@dataclass(frozen=True)
+class FastPathCheck:
+    """The fast path against the pipeline on ``rows`` rows: ``max_difference`` (probability units) and the
+    indexes (into ``fast_path_rows()``) of the rows that differ by more than ``FAST_PATH_TOLERANCE``."""
+
+    rows: int
+    max_difference: float
+    mismatched_rows: list[int]
+
+    @property
+    def agrees(self) -> bool:
+        return not self.mismatched_rows
+
+
+def check_fast_path(predictor: Predictor, rows: list[dict[str, Any]]) -> FastPathCheck:
+    """Compare the compiled path's probabilities with the pipeline's ``predict_proba`` (shape rows x classes)."""
+    fast = predictor.predict_proba(rows)
+    reference = np.asarray(predictor.model.predict_proba(rows_to_frame(rows)), dtype=float)
+    if fast.shape != reference.shape:
+        return FastPathCheck(len(rows), float("inf"), list(range(len(rows))))
+    difference = np.abs(fast - reference).max(axis=1)
+    bad = np.flatnonzero(~(difference <= FAST_PATH_TOLERANCE))  # NaN counts as a mismatch
+    worst = float(np.nanmax(difference)) if np.isfinite(difference).any() else float("inf")
+    return FastPathCheck(len(rows), worst, bad.tolist())
+
+
+class PipelinePredictor(Predictor):
+    """A predictor that always calls the model object itself (``path`` "pipeline")."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__(model)
+        self.path = "pipeline"
+
+    def predict_proba(self, rows: Sequence[Row]) -> np.ndarray:
+        result: np.ndarray = self.model.predict_proba(rows_to_frame(rows))
+        return result
 
 
 class ModelManager:
@@ -144,35 +241,72 @@ class ModelManager:
             if self._source is None:
                 self._source = self._source_factory()
             ref = self._source.resolve()
+        except AliasNotFoundError as exc:
+            return self._alias_gone(exc)
         except Exception as exc:
-            reason = f"cannot resolve the registry alias: {_short(exc)}"
-            self._metrics.model_checks.labels(outcome="registry_error").inc()
-            self.last_error = reason
-            if self.current is None:
-                self.not_ready_reason = reason
-            log.warning("%s", reason)
-            return "registry_error"
+            return self._registry_error(exc)
         current = self.current
         if current is not None and current.version == ref.version:
+            if current.registry_status != REGISTRY_OK:
+                return self._restore(current)
             self._metrics.model_checks.labels(outcome="unchanged").inc()
             return "unchanged"
+        return self._load(ref, current)
+
+    def _registry_error(self, exc: Exception) -> str:
+        """The registry could not be read: keep the model and its last known status, count and log it."""
+        reason = f"cannot resolve the registry alias: {_short(exc)}"
+        self._metrics.model_checks.labels(outcome="registry_error").inc()
+        self.last_error = reason
+        if self.current is None:
+            self.not_ready_reason = reason
+        log.warning("%s", reason)
+        return "registry_error"
+
+    def _alias_gone(self, exc: AliasNotFoundError) -> str:
+        """The registry says the alias does not exist: keep serving the last good model, without the alias."""
+        assert self._source is not None
+        name, alias, current = self._source.name, self._source.alias, self.current
+        if current is None:
+            self.not_ready_reason = f"the registry has no `{alias}` version of {name} ({exc})"
+            self._metrics.model_checks.labels(outcome=ALIAS_MISSING).inc()
+            return ALIAS_MISSING
+        try:
+            exists = self._source.version_exists(current.version)
+        except Exception as lookup_error:
+            return self._registry_error(lookup_error)
+        status = ALIAS_MISSING if exists else VERSION_DELETED
+        what = "the alias was deleted" if exists else "the version was deleted from the registry"
+        message = (
+            f"the registry no longer names version {current.version} of {name} `{alias}` ({what}); it is still "
+            f"served (the last good model) until `{alias}` is set again"
+        )
+        self.last_error = message
+        if current.registry_status != status:
+            log.warning("%s", message)
+            self._publish(replace(current, alias=None, registry_status=status, registry_message=message))
+        self._metrics.model_checks.labels(outcome=status).inc()
+        return status
+
+    def _restore(self, current: LoadedModel) -> str:
+        """The alias points at the served version again: label it with the alias again."""
+        assert self._source is not None
+        self._publish(replace(current, alias=self._source.alias, registry_status=REGISTRY_OK, registry_message=None))
+        self.last_error = None
+        self._metrics.model_checks.labels(outcome="restored").inc()
+        log.info("the registry names version %s `%s` again", current.version, self._source.alias)
+        return "restored"
+
+    def _load(self, ref: VersionRef, current: LoadedModel | None) -> str:
+        """Load, prove and smoke-test ``ref``, then swap it in (or keep ``current`` and count the failure)."""
+        assert self._source is not None
         try:
             started = time.perf_counter()
             model, run_metrics = self._source.load(ref)
-            predictor = Predictor(model)
+            predictor = self._proven(self._source.predictor(model), ref.version)
             smoke_test(predictor)
         except Exception as exc:
-            reason = f"version {ref.version} failed to load: {_short(exc)}"
-            self._metrics.model_load_failures.labels(reason=type(exc).__name__).inc()
-            self._metrics.model_checks.labels(outcome="load_failed").inc()
-            self.last_error = reason
-            if self.current is None:
-                self.not_ready_reason = reason
-            (log.warning if self._failed_version == ref.version else log.error)(
-                "%s; %s", reason, f"still serving version {current.version}" if current else "not ready"
-            )
-            self._failed_version = ref.version
-            return "load_failed"
+            return self._load_failed(ref, current, exc)
         loaded = LoadedModel(
             name=self._source.name,
             version=ref.version,
@@ -182,7 +316,7 @@ class ModelManager:
             loaded_at=datetime.now(UTC),
             metrics=run_metrics,
         )
-        self.current = loaded  # the swap: one reference assignment
+        self._publish(loaded)  # the swap: one reference assignment
         # The model lives until the next swap: keep it out of the collector's full passes. Unfreeze first, so
         # the replaced model's objects (frozen at its own swap) become collectable again.
         gc.unfreeze()
@@ -192,21 +326,54 @@ class ModelManager:
         self._failed_version = None
         self._metrics.model_loads.inc()
         self._metrics.model_checks.labels(outcome="swapped").inc()
-        self._metrics.model_info.clear()
-        self._metrics.model_info.labels(loaded.name, loaded.version, loaded.alias, loaded.run_id).set(1)
-        self._metrics.model_loaded.set(1)
-        self._metrics.model_version.set(float(ref.version) if ref.version.isdigit() else 0)
         log.info(
             "serving %s version %s (alias %s, run %s, %s path), loaded in %.1f s%s",
-            loaded.name,
-            loaded.version,
-            loaded.alias,
-            loaded.run_id,
-            predictor.path,
-            time.perf_counter() - started,
-            f"; replaced version {current.version}" if current else "",
-        )
+            loaded.name, loaded.version, loaded.alias, loaded.run_id, predictor.path,
+            time.perf_counter() - started, f"; replaced version {current.version}" if current else "",
+        )  # fmt: skip
         return "swapped"
+
+    def _load_failed(self, ref: VersionRef, current: LoadedModel | None, exc: Exception) -> str:
+        reason = f"version {ref.version} failed to load: {_short(exc)}"
+        self._metrics.model_load_failures.labels(reason=type(exc).__name__).inc()
+        self._metrics.model_checks.labels(outcome="load_failed").inc()
+        self.last_error = reason
+        if current is None:
+            self.not_ready_reason = reason
+        (log.warning if self._failed_version == ref.version else log.error)(
+            "%s; %s", reason, f"still serving version {current.version}" if current else "not ready"
+        )
+        self._failed_version = ref.version
+        return "load_failed"
+
+    def _proven(self, predictor: Predictor, version: str) -> Predictor:
+        """``predictor`` if its compiled path agrees with the pipeline on the check rows (once per load, never
+        per request); otherwise the pipeline path, counted and logged."""
+        if predictor.path == "pipeline":
+            return predictor
+        check = check_fast_path(predictor, fast_path_rows())
+        if check.agrees:
+            return predictor
+        self._metrics.fast_path_mismatches.inc()
+        log.error(
+            "version %s: the %s fast path differs from the pipeline on %d of %d check rows (rows %s; max "
+            "difference %.3g > %.0e); serving the pipeline path instead",
+            version, predictor.path, len(check.mismatched_rows), check.rows, check.mismatched_rows[:20],
+            check.max_difference, FAST_PATH_TOLERANCE,
+        )  # fmt: skip
+        return PipelinePredictor(predictor.model)
+
+    def _publish(self, model: LoadedModel) -> None:
+        """Make ``model`` the served one (one reference assignment) and update the model metrics."""
+        self.current = model
+        m = self._metrics
+        m.model_info.clear()
+        m.model_info.labels(model.name, model.version, model.alias or "", model.run_id).set(1)
+        m.model_loaded.set(1)
+        m.model_version.set(float(model.version) if model.version.isdigit() else 0)
+        m.model_alias_current.set(1 if model.registry_status == REGISTRY_OK else 0)
+        for status in REGISTRY_STATUSES:
+            m.model_registry_status.labels(status).set(1 if status == model.registry_status else 0)
 
     def _poll(self) -> None:
         backoff = 1.0

@@ -79,6 +79,12 @@ class ApiSettings(BaseSettings):
         description="Two ascending 30-day-risk cut points: below the first 'low', below the second 'medium', else 'high'.",
     )
 
+    predict_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Longest wait for a model call (a MAX_BATCH_SIZE batch on a slow machine takes well under it); "
+        "beyond: 504 prediction_timeout, and not ready while the call still runs.",
+    )
     microbatch_enabled: bool = Field(True, description="Gather concurrent requests and predict them as one batch.")
     microbatch_max_rows: int = Field(256, ge=1, description="Most rows predicted together.")
     microbatch_max_wait_ms: float = Field(

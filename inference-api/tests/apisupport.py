@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 import uvicorn
+from fastapi import FastAPI
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -94,8 +95,8 @@ def settings_for(registry_uri: str, log_url: str, **overrides: Any) -> ApiSettin
 class ApiServer:
     """The app under a real uvicorn server in a thread."""
 
-    def __init__(self, settings: ApiSettings) -> None:
-        self.app = create_app(settings)
+    def __init__(self, settings: ApiSettings, app: FastAPI | None = None) -> None:
+        self.app = app or create_app(settings)  # ``app``: one built by the test (e.g. with a source_factory)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")

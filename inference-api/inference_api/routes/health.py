@@ -20,10 +20,13 @@ async def live() -> dict[str, str]:
 
 @router.get("/health/ready", responses={503: {"description": "Not ready, with the reason."}})
 async def ready(parts: ComponentsDep) -> JSONResponse:
-    """Ready when a model is loaded; 503 with the reason otherwise."""
+    """Ready when a model is loaded and the model worker answers; 503 with the reason otherwise (no model yet,
+    the micro-batcher stopped, or a model call running past PREDICT_TIMEOUT_SECONDS). The body's ``model``
+    block says when the registry no longer names the served version (``alias`` null, ``registry_status``)."""
     model = parts.manager.current
-    if model is None:
-        return JSONResponse({"status": "not_ready", "reason": parts.manager.not_ready_reason}, status_code=503)
+    reason = parts.manager.not_ready_reason if model is None else parts.batcher.unhealthy_reason()
+    if model is None or reason is not None:
+        return JSONResponse({"status": "not_ready", "reason": reason}, status_code=503)
     return JSONResponse({"status": "ready", "model": model_ref(model)})
 
 

@@ -27,6 +27,8 @@ async def model_info(parts: ComponentsDep) -> ModelInfo:
         name=model.name,
         version=model.version,
         alias=model.alias,
+        registry_status=model.registry_status,
+        registry_message=model.registry_message,
         run_id=model.run_id,
         loaded_at=model.loaded_at,
         prediction_path=model.predictor.path,

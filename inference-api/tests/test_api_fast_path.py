@@ -1,0 +1,65 @@
+"""The compiled fast path is proven at load: if its probabilities differ from the pipeline's, the service
+serves the pipeline path instead and counts the mismatch (real registry, real uvicorn)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from apisupport import ApiServer, Registry, settings_for, wait_until
+
+from inference_api.app import create_app
+from inference_api.model_manager import ModelSource
+from readmission import schema
+from readmission.serving import Predictor, rows_to_frame
+
+
+def _first_tree_leaves(model: Any) -> np.ndarray:
+    """The node array of the first tree of the fitted gradient-boosting estimator inside ``model``."""
+    seen: list[Any] = [model]
+    while seen:
+        obj = seen.pop()
+        if hasattr(obj, "_predictors"):
+            return obj._predictors[0][0].nodes
+        seen.extend(step for _, step in getattr(obj, "steps", []))
+        seen.extend(v for k, v in vars(obj).items() if k.endswith("_") and hasattr(v, "__dict__"))
+    raise AssertionError("no fitted gradient-boosting trees in the model")
+
+
+class TamperedSource(ModelSource):
+    """Compiles the fast path as usual, then changes the pipeline's first tree so the two disagree."""
+
+    def predictor(self, model: Any) -> Predictor:
+        predictor = super().predictor(model)
+        nodes = _first_tree_leaves(model)
+        nodes["value"][nodes["is_leaf"] == 1] += 0.5
+        return predictor
+
+
+def test_a_fast_path_that_disagrees_with_the_pipeline_is_not_served(registry: Registry, tmp_path: Path) -> None:
+    settings = settings_for(registry.uri, f"sqlite:///{tmp_path / 'log.db'}")
+    app = create_app(settings, lambda: TamperedSource(registry.uri, settings.model_name, settings.model_alias))
+    with ApiServer(settings, app=app) as api:
+        wait_until(lambda: httpx.get(f"{api.url}/health/ready").status_code == 200, 120, "the model to load")
+        assert httpx.get(f"{api.url}/model").json()["prediction_path"] == "pipeline"
+        metrics = httpx.get(f"{api.url}/metrics").text
+        assert "inference_model_fast_path_mismatch_total 1.0" in metrics
+        example = next(iter(schema.EXAMPLE_ENCOUNTERS.values()))
+        served = httpx.post(f"{api.url}/predict", json=example).json()["probabilities"]
+        model = api.app.state.manager.current.predictor.model
+        row = schema.EncounterFeatures.model_validate(example).model_dump()
+        expected = dict(
+            zip([str(c) for c in model.classes_], model.predict_proba(rows_to_frame([row]))[0], strict=True)
+        )
+        assert served == pytest.approx(expected, abs=1e-12)  # the (tampered) pipeline answered
+
+
+def test_an_untouched_model_keeps_its_fast_path(registry: Registry, tmp_path: Path) -> None:
+    settings = settings_for(registry.uri, f"sqlite:///{tmp_path / 'log.db'}")
+    with ApiServer(settings) as api:
+        wait_until(lambda: httpx.get(f"{api.url}/health/ready").status_code == 200, 120, "the model to load")
+        assert httpx.get(f"{api.url}/model").json()["prediction_path"] in {"compiled", "compiled-input"}
+        assert "inference_model_fast_path_mismatch_total 0.0" in httpx.get(f"{api.url}/metrics").text

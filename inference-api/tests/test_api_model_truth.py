@@ -1,0 +1,127 @@
+"""The API tells the truth about its model: when the registry stops naming the served version `champion`
+(alias deleted, or the version itself deleted), the service keeps answering with it but no longer labels
+its answers `champion`; when the alias comes back, the label does too. Real `mlflow server`, real uvicorn.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from apisupport import ApiServer, Registry, free_port, settings_for, wait_until
+from mlflow import MlflowClient
+
+from readmission import schema
+from readmission.names import CHAMPION, MODEL_NAME
+
+EXAMPLE = next(iter(schema.EXAMPLE_ENCOUNTERS.values()))
+
+
+@pytest.fixture
+def mlflow_server(registry: Registry, tmp_path: Path) -> Iterator[str]:
+    """A real `mlflow server` on a copy of the test registry's database (the test may delete from it)."""
+    shutil.copy(registry.folder / "mlflow.db", tmp_path / "mlflow.db")
+    port = free_port()
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
+    log = (tmp_path / "mlflow.log").open("wb")
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert process.poll() is None, (tmp_path / "mlflow.log").read_text()[-3000:]
+        try:
+            return httpx.get(f"{url}/health", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(up, 300, "mlflow server")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(60)
+        log.close()
+
+
+def _reload(api: ApiServer) -> str:
+    outcome = httpx.post(f"{api.url}/model/reload", timeout=60).json()["outcome"]
+    return str(outcome)
+
+
+def _labels(api: ApiServer) -> dict[str, object]:
+    """The served model as /model, /health/ready, /predict and /metrics each describe it."""
+    info = httpx.get(f"{api.url}/model", timeout=30).json()
+    ready = httpx.get(f"{api.url}/health/ready", timeout=30)
+    predicted = httpx.post(f"{api.url}/predict", json=EXAMPLE, timeout=30)
+    metrics = httpx.get(f"{api.url}/metrics", timeout=30).text
+    gauge = [line for line in metrics.splitlines() if line.startswith("inference_model_alias_current ")]
+    return {
+        "info": (info["version"], info["alias"], info.get("registry_status")),
+        "ready": (ready.status_code, ready.json()["model"]["alias"], ready.json()["model"].get("registry_status")),
+        "predict": (predicted.status_code, predicted.json()["model"]["alias"], predicted.json()["model"].get("registry_status")),
+        "gauge": gauge,
+    }  # fmt: skip
+
+
+def test_deleted_alias_is_reported_and_its_return_restores_the_label(mlflow_server: str, tmp_path: Path) -> None:
+    client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
+    settings = settings_for(mlflow_server, f"sqlite:///{tmp_path / 'log.db'}", model_poll_interval_seconds=3600)
+    with ApiServer(settings) as api:
+        wait_until(lambda: httpx.get(f"{api.url}/health/ready").status_code == 200, 120, "the model to load")
+        client.delete_registered_model_alias(MODEL_NAME, CHAMPION)
+        assert _reload(api) == "alias_missing"
+        labels = _labels(api)
+        assert labels["info"] == ("1", None, "alias_missing")
+        assert labels["ready"] == (200, None, "alias_missing")  # still serving the last good model
+        assert labels["predict"] == (200, None, "alias_missing")
+        assert labels["gauge"] == ["inference_model_alias_current 0.0"]
+        message = httpx.get(f"{api.url}/model").json()["registry_message"]
+        assert "`champion`" in message and "version 1" in message
+
+        client.set_registered_model_alias(MODEL_NAME, CHAMPION, "1")
+        assert _reload(api) == "restored"
+        labels = _labels(api)
+        assert labels["info"] == ("1", "champion", "ok")
+        assert labels["predict"] == (200, "champion", None)
+        assert labels["gauge"] == ["inference_model_alias_current 1.0"]
+
+
+def test_deleted_version_is_reported_and_a_new_champion_is_swapped_in(mlflow_server: str, tmp_path: Path) -> None:
+    client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
+    settings = settings_for(mlflow_server, f"sqlite:///{tmp_path / 'log.db'}", model_poll_interval_seconds=3600)
+    with ApiServer(settings) as api:
+        wait_until(lambda: httpx.get(f"{api.url}/health/ready").status_code == 200, 120, "the model to load")
+        client.delete_model_version(MODEL_NAME, "1")
+        assert _reload(api) == "version_deleted"
+        labels = _labels(api)
+        assert labels["info"] == ("1", None, "version_deleted")
+        assert labels["predict"] == (200, None, "version_deleted")
+        assert labels["gauge"] == ["inference_model_alias_current 0.0"]
+        checks = httpx.get(f"{api.url}/metrics").text
+        assert 'inference_model_registry_checks_total{outcome="version_deleted"} 1.0' in checks
+
+        client.set_registered_model_alias(MODEL_NAME, CHAMPION, "2")
+        assert _reload(api) == "swapped"
+        labels = _labels(api)
+        assert labels["info"] == ("2", "champion", "ok")
+        assert labels["predict"] == (200, "champion", None)
+
+
+def test_a_registry_outage_keeps_the_last_known_status(registry: Registry, tmp_path: Path) -> None:
+    """A registry that does not answer is not an answer: the served model keeps its `champion` label."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    settings = settings_for(registry.uri, f"sqlite:///{tmp_path / 'log.db'}", model_poll_interval_seconds=3600)
+    with ApiServer(settings) as api:
+        wait_until(lambda: httpx.get(f"{api.url}/health/ready").status_code == 200, 120, "the model to load")
+        source = api.app.state.manager._source
+        source._client = MlflowClient(tracking_uri=dead, registry_uri=dead)
+        assert _reload(api) == "registry_error"
+        labels = _labels(api)
+        assert labels["info"] == ("1", "champion", "ok")
+        assert labels["gauge"] == ["inference_model_alias_current 1.0"]
