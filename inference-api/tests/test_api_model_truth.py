@@ -41,7 +41,7 @@ def mlflow_server(registry: Registry, tmp_path: Path) -> Iterator[str]:
             return False
 
     try:
-        wait_until(up, 300, "mlflow server")
+        wait_until(up, 900, "mlflow server")  # a hang guard: a loaded machine takes minutes
         yield url
     finally:
         process.terminate()
