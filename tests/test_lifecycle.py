@@ -97,7 +97,9 @@ def registry_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "--default-artifact-root", (folder / "artifacts").as_uri(), "--workers", "1",
     ]  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    for _ in serve(command, dict(os.environ), f"{url}/health", folder / "mlflow.log"):
+    # No job consumers (MLflow's GenAI jobs): they outlive a stopped server. The group is signalled all the same.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    for _ in serve(command, env, f"{url}/health", folder / "mlflow.log", process_group=True):
         yield url
 
 

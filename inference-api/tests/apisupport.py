@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
@@ -105,7 +106,7 @@ class ApiServer:
 
     def __enter__(self) -> ApiServer:
         self.thread.start()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + HANG_GUARD_SECONDS
         while not self.server.started:
             if time.monotonic() > deadline or not self.thread.is_alive():
                 raise RuntimeError("the API server did not start")
@@ -117,13 +118,29 @@ class ApiServer:
         self.thread.join(60)
 
 
-def wait_until(condition: Any, timeout: float = 30.0, what: str = "condition") -> None:
-    """Poll ``condition()`` until it is true."""
+HANG_GUARD_SECONDS = 300.0
+
+
+def wait_until(condition: Any, timeout: float = HANG_GUARD_SECONDS, what: str = "condition") -> None:
+    """Poll ``condition()`` until it is true.
+
+    ``timeout`` is a hang guard, never shorter than ``HANG_GUARD_SECONDS``: a test's verdict may not depend on
+    the machine's speed. A probe that times out or cannot connect (``httpx.TransportError``) counts as "not
+    yet", since a busy machine can be slow to answer even a health check.
+    """
+    timeout = max(timeout, HANG_GUARD_SECONDS)
     deadline = time.monotonic() + timeout
-    while not condition():
+    while not _holds(condition):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.05)
+
+
+def _holds(condition: Any) -> bool:
+    try:
+        return bool(condition())
+    except httpx.TransportError:
+        return False
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ class Stream:
         self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
 
     def _run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=30) as client:
+        with httpx.Client(base_url=self.url, timeout=300) as client:
             while not self.stop.is_set():
                 try:
                     response = client.post("/predict", json=EXAMPLE)
@@ -62,7 +62,7 @@ class Stream:
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
         for t in self.threads:
-            t.join(30)
+            t.join(300)
 
 
 def test_alias_change_is_picked_up_without_restart_and_without_failed_requests(
@@ -202,6 +202,6 @@ def test_sigterm_writes_what_is_still_queued(
 
 def _ready(url: str) -> bool:
     try:
-        return httpx.get(f"{url}/health/ready", timeout=2).status_code == 200
+        return httpx.get(f"{url}/health/ready", timeout=30).status_code == 200
     except httpx.HTTPError:
         return False

@@ -5,7 +5,10 @@ its answers `champion`; when the alias comes back, the label does too. Real `mlf
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -30,7 +33,11 @@ def mlflow_server(registry: Registry, tmp_path: Path) -> Iterator[str]:
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
     log = (tmp_path / "mlflow.log").open("wb")
-    process = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    # No job consumers (MLflow's GenAI jobs outlive a stopped server); a session of its own, stopped whole below.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    process = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     url = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
@@ -44,9 +51,13 @@ def mlflow_server(registry: Registry, tmp_path: Path) -> Iterator[str]:
         wait_until(up, 900, "mlflow server")  # a hang guard: a loaded machine takes minutes
         yield url
     finally:
-        process.terminate()
-        process.wait(60)
-        log.close()
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(60)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # whatever of the group is left
+            log.close()
 
 
 def _reload(api: ApiServer) -> str:
