@@ -131,7 +131,8 @@ class Batcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        self._executor.shutdown(wait=True)
+        # A model call stuck past PREDICT_TIMEOUT_SECONDS must not hold up the shutdown (the log flush follows).
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _predict(self, rows: Sequence[dict[str, Any]]) -> tuple[LoadedModel, np.ndarray]:
         model = self._manager.current

@@ -5,6 +5,7 @@ metrics (count, duration, in flight).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import time
@@ -61,6 +62,10 @@ class EdgeMiddleware:
                 await response(scope, receive, send_with_id)
                 return
             await self.app(scope, _limited(receive, self.max_body), send_with_id)
+        except asyncio.CancelledError:
+            if status[0] == 500:  # stopped before answering: shutdown.AnswerBeforeExit answers it 503
+                status[0] = 503
+            raise
         finally:
             self.in_flight.count -= 1
             endpoint = path if path in ENDPOINTS else "other"

@@ -33,6 +33,9 @@ from apisupport import Registry, free_port, wait_until
 from fastapi import FastAPI
 
 from inference_api.__main__ import shutdown_budget
+from inference_api.batcher import InFlight
+from inference_api.metrics import Metrics
+from inference_api.middleware import EdgeMiddleware
 from inference_api.prediction_log import count_rows
 from inference_api.settings import ApiSettings
 from inference_api.shutdown import AnswerBeforeExit
@@ -181,6 +184,8 @@ def test_a_request_unanswered_when_the_window_closes_gets_503_with_connection_cl
     async def fast() -> dict[str, str]:
         return {"status": "ok"}
 
+    metrics = Metrics()
+    app.add_middleware(EdgeMiddleware, metrics=metrics, max_body_bytes=10_000, in_flight=InFlight())
     wrapped = AnswerBeforeExit(app, answer_seconds=0.0)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(wrapped, host="127.0.0.1", port=port, log_level="warning"))
@@ -204,3 +209,6 @@ def test_a_request_unanswered_when_the_window_closes_gets_503_with_connection_cl
     (answer,) = answers
     assert answer.status_code == 503 and answer.headers["connection"] == "close"
     assert answer.json()["error"] == "shutting_down"
+    counted = {"endpoint": "other", "method": "POST"}  # /metrics says what the client got: 503, not 500
+    assert metrics.registry.get_sample_value("inference_requests_total", {**counted, "status": "503"}) == 1
+    assert metrics.registry.get_sample_value("inference_requests_total", {**counted, "status": "500"}) is None
