@@ -30,8 +30,9 @@ class ModelRef(BaseModel):
     )
     registry_status: str | None = Field(
         None,
-        description="Only when the alias is null: alias_missing (the alias was deleted) or version_deleted (the "
-        "version was deleted); the last good model still answers.",
+        description="Only when the alias is null: alias_missing (the alias was deleted), version_deleted (the "
+        "version was deleted) or alias_moved (the alias names another version, which failed to load); the last "
+        "good model still answers.",
     )
     registry_message: str | None = Field(None, description="Only when the alias is null: what the registry says.")
 
@@ -74,7 +75,10 @@ class ModelInfo(BaseModel):
     alias: str | None = Field(
         description="The registry alias of this version; null when the registry no longer names it."
     )
-    registry_status: str = Field(description="ok, alias_missing (alias deleted) or version_deleted (version deleted).")
+    registry_status: str = Field(
+        description="ok, alias_missing (alias deleted), version_deleted (version deleted) or alias_moved (the alias "
+        "names another version, which failed to load)."
+    )
     registry_message: str | None = Field(description="What the registry says, when the status is not ok.")
     run_id: str
     loaded_at: datetime

@@ -41,7 +41,7 @@ class LoadedModel:
     predictor: Predictor
     loaded_at: datetime
     metrics: dict[str, float] = field(default_factory=dict)
-    registry_status: str = "ok"  # ok / alias_missing / version_deleted (REGISTRY_STATUSES)
+    registry_status: str = "ok"  # ok / alias_missing / version_deleted / alias_moved (REGISTRY_STATUSES)
     registry_message: str | None = None  # what the registry says, when the status is not ok
     # Columns of NO, >30 and <30 in the predictor's probabilities (its ``classes_`` order).
     class_columns: list[int] = field(init=False)
@@ -60,21 +60,12 @@ class VersionRef:
 
 
 REGISTRY_OK, ALIAS_MISSING, VERSION_DELETED = "ok", "alias_missing", "version_deleted"
-REGISTRY_STATUSES = (REGISTRY_OK, ALIAS_MISSING, VERSION_DELETED)
+ALIAS_MOVED = "alias_moved"  # the alias names another version, which failed to load
+REGISTRY_STATUSES = (REGISTRY_OK, ALIAS_MISSING, VERSION_DELETED, ALIAS_MOVED)
 
 
 class AliasNotFoundError(LookupError):
     """The registry answered that the alias (or the registered model) does not exist: an answer, not an outage."""
-
-
-def _is_not_found(exc: Exception) -> bool:
-    """Whether an MLflow error is the registry saying "no such alias/model/version" (as opposed to an outage).
-
-    The REST server and the local stores answer RESOURCE_DOES_NOT_EXIST for a missing model or version and
-    INVALID_PARAMETER_VALUE "Registered model alias ... not found." for a missing alias.
-    """
-    code = str(getattr(exc, "error_code", ""))
-    return code == "RESOURCE_DOES_NOT_EXIST" or (code == "INVALID_PARAMETER_VALUE" and "not found" in str(exc))
 
 
 class ModelSource:
@@ -93,23 +84,29 @@ class ModelSource:
     def resolve(self) -> VersionRef:
         """The version the alias points at.
 
+        The alias is read from the registered model (MLflow answers a missing alias with the same error code
+        as a bad argument, so it is not inferred from an error; the rule is ``readmission.registry``'s).
         Raises ``AliasNotFoundError`` when the registry says the alias (or the model) does not exist, and
         any other exception when the registry cannot be read (an outage).
         """
-        try:
-            version = self._client.get_model_version_by_alias(self.name, self.alias)
-        except Exception as exc:
-            if _is_not_found(exc):
-                raise AliasNotFoundError(_short(exc)) from exc
-            raise
-        return VersionRef(str(version.version), str(version.run_id or ""))
+        from readmission.registry import alias_version
+
+        version = alias_version(self._client, self.alias, self.name)
+        if version is None:
+            raise AliasNotFoundError(f"model {self.name!r} has no alias `{self.alias}`")
+        found = self._client.get_model_version(self.name, version)
+        return VersionRef(str(found.version), str(found.run_id or ""))
 
     def version_exists(self, version: str) -> bool:
         """Whether the registry still holds ``version`` of the model (raises when it cannot be read)."""
+        from mlflow.exceptions import MlflowException
+
+        from readmission.registry import is_not_found
+
         try:
             self._client.get_model_version(self.name, version)
-        except Exception as exc:
-            if _is_not_found(exc):
+        except MlflowException as exc:
+            if is_not_found(exc):
                 return False
             raise
         return True
@@ -340,6 +337,13 @@ class ModelManager:
         self.last_error = reason
         if current is None:
             self.not_ready_reason = reason
+        elif current.registry_status != ALIAS_MOVED:  # never label answers with an alias now on another version
+            assert self._source is not None
+            message = (
+                f"the registry names version {ref.version} `{self._source.alias}`, which failed to load; version "
+                f"{current.version}, no longer `{self._source.alias}`, is still served"
+            )
+            self._publish(replace(current, alias=None, registry_status=ALIAS_MOVED, registry_message=message))
         (log.warning if self._failed_version == ref.version else log.error)(
             "%s; %s", reason, f"still serving version {current.version}" if current else "not ready"
         )

@@ -104,9 +104,15 @@ def test_a_version_that_fails_to_load_leaves_the_old_one_serving(registry: Regis
                 client.set_registered_model_alias(MODEL_NAME, "champion", "2")
                 wait_until(lambda: manager.last_error is not None, what="the failed load")
                 wait_until(lambda: stream.served >= 20, what="requests during the failure")
+                # Version 1 still answers, but no longer as `champion`: the registry gives that name to version 2.
+                answer = httpx.post(f"{api.url}/predict", json=EXAMPLE, timeout=60).json()["model"]
+                assert answer["version"] == "1" and answer["alias"] is None
+                assert answer["registry_status"] == "alias_moved" and "version 2" in answer["registry_message"]
+                assert "inference_model_alias_current 0.0" in httpx.get(f"{api.url}/metrics", timeout=60).text
         finally:
             client.set_registered_model_alias(MODEL_NAME, "champion", "1")
             source.load = original
+        wait_until(lambda: httpx.get(f"{api.url}/model", timeout=60).json()["alias"] == "champion", what="restored")
         assert stream.failures == [] and set(stream.versions) == {"1"}
         assert "version 2 failed to load: OSError: artifact store unreachable" in manager.last_error
         metrics = httpx.get(f"{api.url}/metrics").text

@@ -34,7 +34,8 @@ class RegistryError(ReadmissionError):
 
 
 class RegistryUnavailableError(RegistryError):
-    """The registry could not be read or written (server error, network, timeout): nothing was decided."""
+    """The registry could not be read or written (server error, network, timeout); the message says whether
+    `champion` had already been moved when it failed."""
 
 
 def is_not_found(exc: MlflowException) -> bool:
@@ -42,11 +43,19 @@ def is_not_found(exc: MlflowException) -> bool:
     return bool(exc.error_code == "RESOURCE_DOES_NOT_EXIST")
 
 
-def _unavailable(what: str, client: MlflowClient, exc: MlflowException) -> RegistryUnavailableError:
+def _unavailable(
+    what: str, client: MlflowClient, exc: MlflowException, moved_to: str | None = None
+) -> RegistryUnavailableError:
+    """The error for a failed registry call; ``moved_to``: the version `champion` was already moved to."""
     where = getattr(client, "_registry_uri", None) or "the configured registry"
     first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    state = (
+        "`champion` was not moved"
+        if moved_to is None
+        else f"`champion` already points at version {moved_to}, but the step did not finish recording it"
+    )
     return RegistryUnavailableError(
-        f"could not {what} at the MLflow registry {where} ({exc.error_code}: {first}); `champion` was not moved. "
+        f"could not {what} at the MLflow registry {where} ({exc.error_code}: {first}); {state}. "
         "Check that the MLflow server is up and run the step again (an Airflow task retries by itself)."
     )
 
@@ -141,10 +150,14 @@ def _recorded(client: MlflowClient, version: str, name: str) -> GateDecision:
         promoted,
         version,
         None if previous == "none" else previous,
-        number(f"promotion.candidate_test_{SELECTION_METRIC}") or 0.0,
+        _or_nan(number(f"promotion.candidate_test_{SELECTION_METRIC}")),
         number(f"promotion.champion_test_{SELECTION_METRIC}"),
         tags.get("promotion.reason", "already champion when the gate ran"),
     )
+
+
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else value
 
 
 def promote_if_better(
@@ -165,11 +178,15 @@ def promote_if_better(
     operator's `readmission promote`). Order of the writes:
     `challenger`, the reason tags, `champion` (when promoted), the decision tag; a gate stopped between
     any two leaves no decision tag, and running it again finishes the job. Raises
-    ``RegistryUnavailableError`` when the registry cannot be read or written.
+    ``RegistryUnavailableError`` when the registry cannot be read or written. With ``again`` the old decision
+    tag is deleted first, so a re-gate stopped midway is finished by the next run like any other.
     """
+    moved = False
     try:
-        if not again and gated(client, candidate_version, name):
-            return _recorded(client, candidate_version, name)
+        if gated(client, candidate_version, name):
+            if not again:
+                return _recorded(client, candidate_version, name)
+            client.delete_model_version_tag(name, candidate_version, DECISION_TAG)
         client.set_registered_model_alias(name, CHALLENGER, candidate_version)
         previous = champion_version(client, name)
         if previous == candidate_version:  # a gate stopped after its alias move: finish what it decided
@@ -181,9 +198,11 @@ def promote_if_better(
             _write_reason(client, decision, name)
         if decision.promoted:
             client.set_registered_model_alias(name, CHAMPION, candidate_version)
+            moved = True
         client.set_model_version_tag(name, candidate_version, DECISION_TAG, PROMOTED if decision.promoted else KEPT)
     except MlflowException as exc:
-        raise _unavailable(f"gate version {candidate_version} of {name!r}", client, exc) from exc
+        where = candidate_version if moved else None
+        raise _unavailable(f"gate version {candidate_version} of {name!r}", client, exc, where) from exc
     return decision
 
 
@@ -223,9 +242,12 @@ def rollback(
     previous = champion_version(client, name)
     try:
         client.set_registered_model_alias(name, CHAMPION, version)
-        client.set_model_version_tag(name, version, "rollback.reason", f"{reason} (champion was v{previous})")
     except MlflowException as exc:
         raise _unavailable(f"move `{CHAMPION}` of {name!r} to version {version}", client, exc) from exc
+    try:
+        client.set_model_version_tag(name, version, "rollback.reason", f"{reason} (champion was v{previous})")
+    except MlflowException as exc:
+        raise _unavailable(f"tag version {version} of {name!r} with the rollback", client, exc, version) from exc
     return previous
 
 
