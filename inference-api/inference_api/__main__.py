@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import sys
+import threading
 from dataclasses import dataclass
 from types import FrameType
 
 import uvicorn
 
 from inference_api.app import create_app
+from inference_api.prediction_log import CLOSE_MARGIN_SECONDS
 from inference_api.settings import ApiSettings
 from inference_api.shutdown import AnswerBeforeExit
 
@@ -19,9 +22,9 @@ from inference_api.shutdown import AnswerBeforeExit
 # Connection: close); then how long uvicorn waits for those answers to go out before it gives up.
 ANSWER_SECONDS = 20.0
 ANSWER_MARGIN_SECONDS = 5.0
-# After uvicorn's graceful wait the lifespan shutdown stops the model thread (it finishes the one model
-# call it runs: at most MAX_BATCH_SIZE rows) and flushes the log (PREDICTION_LOG_FLUSH_SECONDS); the
-# process then exits through Python (atexit).
+# After uvicorn's graceful wait the lifespan shutdown stops the batcher and the registry poller without
+# waiting for them, and flushes the log (PREDICTION_LOG_FLUSH_SECONDS, plus the log's own CLOSE_MARGIN_SECONDS
+# to stop its writer); the process then exits (through Python, or at once past a stuck model call).
 STOP_MARGIN_SECONDS = 5.0
 
 
@@ -33,11 +36,12 @@ class ShutdownBudget:
     answer: float
     graceful_timeout: float
     log_flush: float
+    log_close_margin: float
     stop_margin: float
 
     @property
     def total(self) -> float:
-        return self.graceful_timeout + self.log_flush + self.stop_margin
+        return self.graceful_timeout + self.log_flush + self.log_close_margin + self.stop_margin
 
 
 def shutdown_budget(settings: ApiSettings) -> ShutdownBudget:
@@ -46,6 +50,7 @@ def shutdown_budget(settings: ApiSettings) -> ShutdownBudget:
         answer=ANSWER_SECONDS,
         graceful_timeout=ANSWER_SECONDS + ANSWER_MARGIN_SECONDS,
         log_flush=settings.prediction_log_flush_seconds,
+        log_close_margin=CLOSE_MARGIN_SECONDS,
         stop_margin=STOP_MARGIN_SECONDS,
     )
 
@@ -67,7 +72,13 @@ def _exit_through_python(signum: int, _frame: FrameType | None) -> None:
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the same signal again with the handler
     # it found. Exiting through Python here (exit status 128 + signal, as the default action gives) lets
     # atexit run, so multiprocessing releases the prediction log's shared semaphores instead of its
-    # resource tracker warning that they leaked.
+    # resource tracker warning that they leaked. A model call still stuck past PREDICT_TIMEOUT_SECONDS would
+    # hold that exit forever (Python joins the model thread): then leave at once, the log already flushed.
+    stuck = [t.name for t in threading.enumerate() if t.name.startswith("predict") and t.is_alive()]
+    if stuck:
+        logging.getLogger("inference_api").error("exiting past a stuck model call (%s)", ", ".join(stuck))
+        logging.shutdown()
+        os._exit(128 + signum)
     raise SystemExit(128 + signum)
 
 

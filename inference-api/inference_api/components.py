@@ -98,5 +98,5 @@ class Components:
     async def stop(self) -> None:
         """Stop the batcher and the poller, then let the log writer flush (PREDICTION_LOG_FLUSH_SECONDS)."""
         await self.batcher.stop()
-        self.manager.stop()
+        self.manager.stop(wait=False)  # a registry call in progress may take MLFLOW_HTTP_REQUEST_TIMEOUT
         await run_in_threadpool(self.prediction_log.close, self.settings.prediction_log_flush_seconds)

@@ -222,10 +222,10 @@ class ModelManager:
         """Begin polling (the first check runs at once)."""
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stop polling."""
+    def stop(self, wait: bool = True) -> None:
+        """Stop polling; with ``wait``, wait (10 s at most) for a check in progress (the thread is a daemon)."""
         self._stop.set()
-        if self._thread.is_alive():
+        if wait and self._thread.is_alive():
             self._thread.join(10)
 
     def check(self) -> str:

@@ -89,6 +89,8 @@ prediction_log = Table(
 _SPAWN = multiprocessing.get_context("spawn")  # a clean interpreter: never a fork of a threaded server
 _HEADER = struct.Struct("<q")  # each message: its sequence number, then the rows as one JSON array
 _CLOSE = b"close"
+# ``close`` takes at most the flush time plus this: the writer's join (5 s past the flush), a kill, a join (5 s).
+CLOSE_MARGIN_SECONDS = 10.0
 # Slots of the shared counters the writer process updates and the sender thread reads.
 _ACKED, _WRITTEN, _ERRORS = range(3)
 
@@ -220,7 +222,7 @@ class PredictionLog:
         self._flush_seconds = flush_seconds
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join(flush_seconds + 10)
+            self._thread.join(flush_seconds + CLOSE_MARGIN_SECONDS)
         status = self.status()
         if status.queued:
             log.error("prediction log closed with %d row(s) unwritten (database unreachable)", status.queued)
