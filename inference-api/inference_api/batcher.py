@@ -7,11 +7,12 @@ predicted at once. All model
 calls run on one worker thread, off the event loop; a call takes ``manager.current`` once, so a swap
 never changes the model in the middle of a batch.
 
-A request waits at most ``timeout_seconds`` (PREDICT_TIMEOUT_SECONDS) for its model call, then gets
+A request waits at most ``timeout_seconds`` (PREDICT_TIMEOUT_SECONDS) for its model call, queue included, then gets
 ``PredictionTimeoutError`` (504); while a call runs longer than that the service is not ready. The batching
 task is supervised: if it ends without ``stop()`` (an exception escaped it, or it was cancelled), what
 waits on it gets ``BatcherFailedError`` (503), as does every later request, and the service stays not ready
-with the reason (it is not restarted: a batcher that died once may die again; the pod is replaced).
+with the reason; `/health/live` answers 503, so the kubelet restarts the container (the task itself is not
+restarted in place: a batcher that died once may die again).
 """
 
 from __future__ import annotations

@@ -100,3 +100,5 @@ def test_a_dead_batcher_fails_its_requests_and_makes_the_service_not_ready(regis
         after = httpx.post(f"{api.url}/predict", json=EXAMPLE, timeout=30)
         assert after.status_code == 503 and after.json()["error"] == "batcher_failed"
         assert "inference_batcher_failures_total 1.0" in httpx.get(f"{api.url}/metrics").text
+        live = httpx.get(f"{api.url}/health/live", timeout=30)  # the liveness probe asks for a restart
+        assert live.status_code == 503 and "micro-batcher stopped" in live.json()["reason"]

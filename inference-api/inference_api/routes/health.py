@@ -12,10 +12,13 @@ from inference_api.deps import ComponentsDep
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health/live")
-async def live() -> dict[str, str]:
-    """The process is up and answering (it may not have a model yet)."""
-    return {"status": "alive"}
+@router.get("/health/live", responses={503: {"description": "The micro-batcher died: restart the process."}})
+async def live(parts: ComponentsDep) -> JSONResponse:
+    """The process is up and answering (it may not have a model yet); 503 once the micro-batcher has died,
+    which only a restart mends (the kubelet's liveness probe restarts the container)."""
+    if parts.batcher.failure is not None:
+        return JSONResponse({"status": "dead", "reason": parts.batcher.failure}, status_code=503)
+    return JSONResponse({"status": "alive"})
 
 
 @router.get("/health/ready", responses={503: {"description": "Not ready, with the reason."}})
