@@ -187,7 +187,7 @@ def test_without_a_champion_the_service_is_up_but_not_ready(tmp_path: Path, log_
     empty = f"sqlite:///{tmp_path / 'empty-mlflow.db'}"
     app = create_app(settings_for(empty, log_url))
     with TestClient(app) as c:
-        wait_until(lambda: "cannot resolve" in c.get("/health/ready").text, what="a registry check")
+        wait_until(lambda: "has no `champion`" in c.get("/health/ready").text, what="a registry check")
         ready = c.get("/health/ready")
         assert ready.status_code == 503 and ready.json()["status"] == "not_ready"
         assert "diabetes-readmission" in ready.json()["reason"]
