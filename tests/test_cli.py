@@ -131,3 +131,18 @@ def test_unknown_model_family_is_named(tmp_path: Path) -> None:
     result = _cli("train", cwd=tmp_path, env={"TRAIN_FAMILIES": "xgboost"})
     assert result.returncode == 1
     assert "invalid setting TRAIN_FAMILIES: unknown model families ['xgboost']" in result.stderr
+
+
+def test_an_unreachable_registry_is_one_line_and_a_bad_version_is_named(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    down = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    for command in (("models",), ("rollback", "1")):
+        result = _cli(*command, cwd=tmp_path, env=down)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert "error: the MLflow registry failed" in result.stderr and "MLFLOW_TRACKING_URI" in result.stderr
+    bad = _cli("rollback", "abc", cwd=tmp_path)
+    assert bad.returncode == 1 and "are numbers" in bad.stderr and "Traceback" not in bad.stderr

@@ -272,6 +272,15 @@ def test_an_operators_regate_stopped_after_the_alias_move_is_finished_by_the_nex
     assert decision.promoted and client.get_model_version(MODEL_NAME, candidate).tags[DECISION_TAG] == "promoted"
 
 
+def test_an_operator_regating_the_champion_is_told_it_is_already_champion(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    (only,) = _versions(client, 1)
+    assert promote_if_better(client, only, 0.7, lambda _v: 0.5).reason == "no champion yet"
+    again = promote_if_better(client, only, 0.7, lambda _v: 0.5, again=True)  # `readmission promote --version 1`
+    assert again.promoted and again.reason == "already champion" and champion_version(client) == only
+
+
 QUOTABLE = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=1, max_size=40)
 
 

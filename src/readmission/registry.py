@@ -189,7 +189,10 @@ def promote_if_better(
             client.delete_model_version_tag(name, candidate_version, DECISION_TAG)
         client.set_registered_model_alias(name, CHALLENGER, candidate_version)
         previous = champion_version(client, name)
-        if previous == candidate_version:  # a gate stopped after its alias move: finish what it decided
+        if previous == candidate_version and again:  # an operator re-gates the champion itself
+            decision = GateDecision(True, candidate_version, previous, candidate_score, None, "already champion")
+            _write_reason(client, decision, name)
+        elif previous == candidate_version:  # a gate stopped after its alias move: finish what it decided
             decision = _recorded(client, candidate_version, name)
         else:
             champion_score = score_champion(previous) if previous is not None else None
@@ -229,6 +232,8 @@ def rollback(
     Raises ``RegistryError`` naming the known versions when ``version`` does not exist, and
     ``RegistryUnavailableError`` when the registry cannot be read or written (nothing changed).
     """
+    if not version.isdigit():
+        raise RegistryError(f"versions of {name!r} are numbers (`readmission models` lists them), not {version!r}")
     try:
         client.get_model_version(name, version)
     except MlflowException as exc:

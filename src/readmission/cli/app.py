@@ -212,6 +212,14 @@ def main() -> None:
     except ReadmissionError as exc:
         console.print(f"[red]error:[/] {exc}")
         sys.exit(1)
+    except Exception as exc:  # MLflow's errors (an unreachable registry) without importing MLflow here
+        if type(exc).__module__.split(".")[0] != "mlflow":
+            raise
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        console.print(
+            f"[red]error:[/] the MLflow registry failed: {first}; check MLFLOW_TRACKING_URI and that MLflow is up"
+        )
+        sys.exit(1)
 
 
 if __name__ == "__main__":

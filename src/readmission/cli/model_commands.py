@@ -114,7 +114,8 @@ def register_model_commands(app: typer.Typer, settings_factory, out: Console, co
 
         started = time.perf_counter()
         previous = rollback(_client(settings_factory()), version)
-        out.print(f"rollback: champion is now v{version} (was v{previous}) ({time.perf_counter() - started:.1f} s)")
+        was = f"was v{previous}" if previous else "there was none"
+        out.print(f"rollback: champion is now v{version} ({was}) ({time.perf_counter() - started:.1f} s)")
 
     @app.command()
     def models() -> None:
