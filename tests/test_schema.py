@@ -111,8 +111,8 @@ def test_raw_rows_round_trip_through_the_request_model(real_frame: pd.DataFrame)
     assert schema.raw_violations(bad) == [
         "race: no value; write ? when it is unknown",
         "age: unknown level '[100-110)' (allowed: " + ", ".join(schema.AGE_BRACKETS) + ")",
-        "num_medications: 'many' is not a whole number",
-        "prior_encounters: '-1' is not a whole number from 0 to 500",
+        "num_medications: 'many' is not a whole number (digits 0-9, no sign, no leading zero: e.g. 3)",
+        "prior_encounters: '-1' is not a whole number (digits 0-9, no sign, no leading zero: e.g. 3)",
     ]
 
 

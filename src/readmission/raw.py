@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -35,8 +34,9 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from readmission import schema
+from readmission.csvfile import parse_records, read_records
 from readmission.db import copy_csv_into, insert_rows, is_postgres
-from readmission.errors import LedgerConflictError, SourceFormatError
+from readmission.errors import LedgerConflictError
 from readmission.validation import check_header, contract_violations
 
 DEFAULT_BATCH_SIZE = 15_000
@@ -94,8 +94,8 @@ class SourceFile:
     """The source's header and data lines, cut into batches."""
 
     path: Path
-    header: bytes
-    lines: list[bytes]
+    header: list[str]
+    lines: list[bytes]  # canonical records (readmission.csvfile), blank lines left out
     batch_size: int
     sha256: str
 
@@ -105,12 +105,9 @@ class SourceFile:
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         data = Path(path).read_bytes()
-        lines = [line for line in data.splitlines() if line.strip()]
-        if not lines:
-            raise SourceFormatError(f"{path} is empty; expected the UCI diabetic_data.csv")
-        header = lines[0]
-        check_header(next(csv.reader([header.decode("utf-8", "replace")])), str(path))
-        return cls(Path(path), header, lines[1:], batch_size, hashlib.sha256(data).hexdigest())
+        records = read_records(data, str(path))
+        check_header(records.header, str(path))
+        return cls(Path(path), records.header, records.lines, batch_size, hashlib.sha256(data).hexdigest())
 
     @property
     def batch_count(self) -> int:
@@ -222,22 +219,6 @@ def _check_ledger(engine: Engine, source: SourceFile) -> set[int]:
     return {number for number, _, _ in rows}
 
 
-def _split_fields(lines: list[bytes]) -> tuple[list[int], dict[int, str]]:
-    """Indices of lines with the header's field count, and reasons for the others."""
-    expected = len(schema.COLUMNS) - 1
-    good: list[int] = []
-    bad: dict[int, str] = {}
-    for i, line in enumerate(lines):
-        commas = line.count(b",")
-        if b'"' in line:
-            commas = len(next(csv.reader([line.decode("utf-8", "replace")]))) - 1
-        if commas == expected:
-            good.append(i)
-        else:
-            bad[i] = f"record has {commas + 1} fields, expected {expected + 1}"
-    return good, bad
-
-
 def _existing_ids(conn: Connection, ids: list[int]) -> dict[int, int]:
     """encounter_id -> batch_number for the ``ids`` already in the RAW table."""
     if is_postgres(conn):  # one round trip with an array parameter
@@ -252,14 +233,9 @@ def _existing_ids(conn: Connection, ids: list[int]) -> dict[int, int]:
     return found
 
 
-def _validate_batch(header: bytes, lines: list[bytes]) -> tuple[pd.DataFrame, dict[int, str]]:
+def _validate_batch(header: list[str], lines: list[bytes]) -> tuple[pd.DataFrame, dict[int, str]]:
     """The parsed well-formed lines (index = position in ``lines``) and reasons for the rest."""
-    good, reasons = _split_fields(lines)
-    payload = b"\n".join([header, *(lines[i] for i in good)])
-    frame = pd.read_csv(io.BytesIO(payload), dtype=str, keep_default_na=False, na_values=[], engine="pyarrow")
-    if len(frame) != len(good):
-        raise SourceFormatError(f"could not parse the batch: {len(good)} records but {len(frame)} rows read")
-    frame.index = pd.Index(good)
+    frame, reasons = parse_records(header, lines)
     violations = contract_violations(frame)
     reasons.update({int(i): str(r) for i, r in violations[violations != ""].items()})
     frame = frame.drop(index=[i for i in reasons if i in frame.index])
@@ -316,7 +292,7 @@ def _write_batch(
                         "batch_number": number,
                         "source_line": first_line + i,
                         "reason": reason,
-                        "encounter_id": lines[i].split(b",", 1)[0].decode("utf-8", "replace"),
+                        "encounter_id": _field(lines[i], source.header.index("encounter_id")),
                         "raw_record": lines[i].decode("utf-8", "replace"),
                         "quarantined_at": now,
                     }
@@ -339,6 +315,12 @@ def _write_batch(
             )
         )
     return BatchResult(number, len(frame), len(reasons), time.perf_counter() - started)
+
+
+def _field(line: bytes, position: int) -> str | None:
+    """The text of field ``position`` of a canonical record (None when the record is shorter)."""
+    fields = next(csv.reader([line.decode("utf-8", "replace")]))
+    return fields[position] if position < len(fields) else None
 
 
 def _write_rows(conn: Connection, lines: list[bytes], frame: pd.DataFrame, number: int) -> None:

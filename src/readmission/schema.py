@@ -352,29 +352,47 @@ def column(name: str) -> Column:
         raise KeyError(f"unknown column {name!r}; the contract declares: {', '.join(COLUMN_NAMES)}") from None
 
 
+WHOLE_NUMBER_PATTERN = r"0|[1-9][0-9]*"  # ASCII digits, no sign, no leading zeros: how the source writes counts
+IDENTIFIER_PATTERN = r"[1-9][0-9]{0,17}"  # positive, at most 18 digits: always fits a 64-bit integer
+
+
 def check_value(col: Column, value: str) -> str | None:
-    """Why the raw text ``value`` breaks the contract for ``col``, or None if it is allowed."""
+    """Why the raw text ``value`` breaks the contract for ``col``, or None if it is allowed.
+
+    Total: any string gets an answer, never an exception. The loader's vectorised check
+    (``readmission.validation``) gives the same verdict for every string (a property test holds them
+    together), so the loader, the page and batch scoring agree on every cell.
+    """
+    if value == "":
+        unknown = f"; write {MISSING} when it is unknown" if col.may_be_missing else ""
+        return f"{col.name}: no value{unknown}"
     if value == MISSING:
-        if col.may_be_missing:
-            return None
-        return f"{col.name}: missing value '?' is not allowed"
+        return None if col.may_be_missing else f"{col.name}: missing value '?' is not allowed"
     if col.is_integer:
-        if not value.isdigit():
-            return f"{col.name}: {value!r} is not a whole number"
-        number = int(value)
-        if col.kind is Kind.CODED and value not in col.levels:
-            return f"{col.name}: unknown code {value!r} (allowed: {', '.join(col.levels)})"
-        if col.minimum is not None and number < col.minimum:
-            return f"{col.name}: {number} is below the minimum {col.minimum}"
-        if col.maximum is not None and number > col.maximum:
-            return f"{col.name}: {number} is above the maximum {col.maximum}"
-        return None
+        return _integer_problem(col, value)
     if col.kind is Kind.DIAGNOSIS:
         if re.fullmatch(DIAGNOSIS_PATTERN, value) is None:
             return f"{col.name}: {value!r} is not an ICD-9 code (e.g. 250.83, V57, E878)"
         return None
     if value not in col.levels:
         return f"{col.name}: unknown level {value!r} (allowed: {', '.join(col.levels)})"
+    return None
+
+
+def _integer_problem(col: Column, value: str) -> str | None:
+    if col.kind is Kind.IDENTIFIER:
+        if re.fullmatch(IDENTIFIER_PATTERN, value) is None:
+            return f"{col.name}: {value!r} is not a positive whole number of at most 18 digits"
+        return None
+    if re.fullmatch(WHOLE_NUMBER_PATTERN, value) is None:
+        return f"{col.name}: {value!r} is not a whole number (digits 0-9, no sign, no leading zero: e.g. 3)"
+    if col.kind is Kind.CODED and value not in col.levels:
+        return f"{col.name}: unknown code {value!r} (allowed: {', '.join(col.levels)})"
+    number = int(value)
+    if col.minimum is not None and number < col.minimum:
+        return f"{col.name}: {number} is below the minimum {col.minimum}"
+    if col.maximum is not None and number > col.maximum:
+        return f"{col.name}: {number} is above the maximum {col.maximum}"
     return None
 
 
@@ -415,6 +433,10 @@ HISTORY_FEATURES: tuple[HistoryFeature, ...] = (
     ),
 )
 HISTORY_FEATURE_NAMES: tuple[str, ...] = tuple(h.name for h in HISTORY_FEATURES)
+# The history features as columns of an uploaded file (optional there: empty or absent means a first visit).
+HISTORY_COLUMNS: tuple[Column, ...] = tuple(
+    Column(h.name, Kind.INTEGER, Section.HISTORY, h.description, minimum=0, maximum=h.maximum) for h in HISTORY_FEATURES
+)
 MODEL_INPUT_NAMES: tuple[str, ...] = FEATURE_NAMES + HISTORY_FEATURE_NAMES
 
 
@@ -488,15 +510,12 @@ def raw_violations(raw: Mapping[str, str]) -> list[str]:
     """
     problems = []
     for col in FEATURE_COLUMNS:
-        if col.name not in raw or raw[col.name] == "":
-            unknown = f"; write {MISSING} when it is unknown" if col.may_be_missing else ""
-            problems.append(f"{col.name}: no value{unknown}")
-        elif (problem := check_value(col, raw[col.name])) is not None:
+        if (problem := check_value(col, raw.get(col.name, ""))) is not None:
             problems.append(problem)
-    for history in HISTORY_FEATURES:
+    for history in HISTORY_COLUMNS:
         value = raw.get(history.name, "")
-        if value != "" and not (value.isdigit() and int(value) <= history.maximum):
-            problems.append(f"{history.name}: {value!r} is not a whole number from 0 to {history.maximum}")
+        if value != "" and (problem := check_value(history, value)) is not None:
+            problems.append(problem)
     return problems
 
 

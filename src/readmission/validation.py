@@ -1,11 +1,22 @@
-"""Vectorised checks of raw rows against the feature contract."""
+"""Vectorised checks of raw rows against the feature contract: the loader's and the page's one verdict."""
 
 from __future__ import annotations
 
 import pandas as pd
 
 from readmission.errors import SourceFormatError
-from readmission.schema import COLUMN_NAMES, COLUMNS, DIAGNOSIS_PATTERN, MISSING, Column, Kind, check_value
+from readmission.schema import (
+    COLUMN_NAMES,
+    COLUMNS,
+    DIAGNOSIS_PATTERN,
+    HISTORY_COLUMNS,
+    IDENTIFIER_PATTERN,
+    MISSING,
+    WHOLE_NUMBER_PATTERN,
+    Column,
+    Kind,
+    check_value,
+)
 
 
 def check_header(columns: list[str], source: str) -> None:
@@ -17,7 +28,7 @@ def check_header(columns: list[str], source: str) -> None:
         if missing:
             parts.append(f"missing columns: {', '.join(missing)}")
         if extra:
-            parts.append(f"unexpected columns: {', '.join(extra)}")
+            parts.append(f"unexpected columns: {', '.join(repr(c) if not c.isprintable() else c for c in extra)}")
         raise SourceFormatError(
             f"{source} is not the UCI diabetic_data.csv layout ({'; '.join(parts)}). "
             "Point DATA_PATH / --data-path at the original diabetic_data.csv or the UCI zip."
@@ -33,31 +44,49 @@ def _allowed_texts(col: Column) -> tuple[str, ...] | None:
     return None
 
 
-def _invalid_mask(col: Column, values: pd.Series) -> pd.Series:
+def invalid_mask(col: Column, values: pd.Series) -> pd.Series:
+    """True where the text in ``values`` breaks the contract for ``col``.
+
+    The vectorised twin of :func:`readmission.schema.check_value`: the same verdict on every string.
+    """
     allowed = _allowed_texts(col)
     if allowed is not None:
         ok = values.isin(allowed)
     elif col.kind is Kind.DIAGNOSIS:
-        ok = values.str.fullmatch(DIAGNOSIS_PATTERN).fillna(False).astype(bool)
-    else:  # identifiers: positive whole numbers without leading zeros, within 64 bits
-        ok = values.str.fullmatch(r"[1-9][0-9]{0,17}").fillna(False).astype(bool)
+        ok = values.str.fullmatch(DIAGNOSIS_PATTERN)
+    elif col.kind is Kind.IDENTIFIER:
+        ok = values.str.fullmatch(IDENTIFIER_PATTERN)
+    else:  # an integer without bounds (the contract has none today)
+        ok = values.str.fullmatch(WHOLE_NUMBER_PATTERN)
+    ok = ok.fillna(False).astype(bool)
     if col.may_be_missing:
         ok |= values.eq(MISSING)
     return ~ok
 
 
-def contract_violations(frame: pd.DataFrame) -> pd.Series:
-    """Per row, the reasons it breaks the contract ('' when it is valid).
+def row_problems(frame: pd.DataFrame) -> dict[int, list[str]]:
+    """The problems of each row that breaks the contract (rows without problems are absent).
 
-    ``frame`` holds the raw text of every column (as read with ``dtype=str``).
+    ``frame`` holds the raw text of its columns (as :func:`readmission.csvfile.parse_records` gives it);
+    every contract column present is checked, and the history features where given (empty there means a
+    first visit). Problems are listed in the contract's column order, each naming column, value and reason.
     """
-    reasons = pd.Series("", index=frame.index, dtype=object)
-    for col in COLUMNS:
+    problems: dict[int, list[str]] = {}
+    checks = [(c, False) for c in COLUMNS if c.name in frame] + [(h, True) for h in HISTORY_COLUMNS if h.name in frame]
+    for col, optional in checks:
         values = frame[col.name]
-        bad = _invalid_mask(col, values)
-        if not bad.any():
-            continue
+        bad = invalid_mask(col, values)
+        if optional:
+            bad &= values.ne("")
         for idx in bad[bad].index:
-            reason = check_value(col, str(values.at[idx])) or f"{col.name}: invalid value"
-            reasons.at[idx] = f"{reasons.at[idx]}; {reason}" if reasons.at[idx] else reason
+            reason = check_value(col, str(values.at[idx])) or f"{col.name}: invalid value {values.at[idx]!r}"
+            problems.setdefault(int(idx), []).append(reason)
+    return problems
+
+
+def contract_violations(frame: pd.DataFrame) -> pd.Series:
+    """Per row, the reasons it breaks the contract joined by '; ' ('' when it is valid)."""
+    reasons = pd.Series("", index=frame.index, dtype=object)
+    for idx, problems in row_problems(frame).items():
+        reasons.at[idx] = "; ".join(problems)
     return reasons

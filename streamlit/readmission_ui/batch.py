@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,6 +9,9 @@ from typing import Any
 import pandas as pd
 
 from readmission import schema
+from readmission.csvfile import parse_records, read_records
+from readmission.errors import SourceFormatError
+from readmission.validation import row_problems
 from readmission_ui.client import ApiClient
 
 CLASSES = ("NO", ">30", "<30")
@@ -35,32 +37,34 @@ class CheckedFile:
 def check_file(content: bytes, max_rows: int) -> CheckedFile:
     """Parse ``content`` (CSV, the raw file's columns) and check every row against the feature contract.
 
+    The file is read and its cells judged by the same library code as ``readmission load-raw``
+    (``readmission.csvfile``, ``readmission.validation``), so the page and the loader agree on every file.
     Raises BatchFileError when the file as a whole is unusable; bad rows are listed, not raised.
     """
     try:
-        frame = pd.read_csv(io.BytesIO(content), dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise BatchFileError(f"the file is not a readable CSV ({exc}); export it as comma-separated UTF-8") from None
-    missing = [name for name in schema.FEATURE_NAMES if name not in frame.columns]
+        records = read_records(content, "the file")
+    except SourceFormatError as exc:
+        raise BatchFileError(str(exc)) from None
+    missing = [name for name in schema.FEATURE_NAMES if name not in records.header]
     if missing:
         shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
         raise BatchFileError(
             f"the file lacks {len(missing)} column(s) of the raw data format: {shown}. "
             "Use the header of diabetic_data.csv (identifiers and `readmitted` are optional)."
         )
-    if frame.empty:
+    if not records.lines:
         raise BatchFileError("the file has a header but no rows")
-    if len(frame) > max_rows:
-        raise BatchFileError(f"the file has {len(frame):,} rows; at most {max_rows:,} per upload (MAX_UPLOAD_ROWS)")
-    row_errors: list[tuple[int, str]] = []
-    encounters: list[dict[str, Any]] = []
-    for index, record in enumerate(frame.to_dict(orient="records")):
-        problems = schema.raw_violations(record)
-        line = index + 2  # the header is line 1
-        row_errors += [(line, problem) for problem in problems]
-        if not problems:
-            encounters.append(schema.raw_to_encounter(record))
-    return CheckedFile(frame, encounters if not row_errors else [], row_errors)
+    if len(records.lines) > max_rows:
+        raise BatchFileError(
+            f"the file has {len(records.lines):,} rows; at most {max_rows:,} per upload (MAX_UPLOAD_ROWS)"
+        )
+    frame, unreadable = parse_records(records.header, records.lines)
+    problems = {i: [reason] for i, reason in unreadable.items()} | row_problems(frame)
+    row_errors = [(records.line_numbers[i], p) for i in sorted(problems) for p in problems[i]]
+    if row_errors:
+        return CheckedFile(frame.reset_index(drop=True), [], row_errors)
+    encounters = [schema.raw_to_encounter(record) for record in frame.to_dict(orient="records")]
+    return CheckedFile(frame.reset_index(drop=True), encounters, row_errors)
 
 
 def score(

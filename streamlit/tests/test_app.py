@@ -113,7 +113,8 @@ def test_a_malformed_file_shows_each_bad_row_and_sends_nothing(monkeypatch: pyte
     ("content", "message"),
     [
         (b"race,gender\nCaucasian,Female\n", "lacks 45 column(s) of the raw data format: age, weight"),
-        (b"", "not a readable CSV"),
+        (b"", "the file is empty. Save it as CSV"),
+        (b"race|gender\nCaucasian|Female\n", "the file is separated by '|'"),
     ],
 )
 def test_a_file_that_is_not_encounters_is_refused_as_a_whole(

@@ -1,0 +1,157 @@
+"""The one reader of encounter files: the loader (``readmission load-raw``) and the page's batch scoring both
+turn a file's bytes into records here, so they accept and refuse the same files.
+
+Accepted: UTF-8 with or without a byte-order mark (UTF-16 with its mark is re-encoded), any line ending
+(LF, CRLF, CR), fields separated by ``,``, ``;`` or tab, fields quoted with ``"`` as RFC 4180 describes.
+The separator is found by the standard library's ``csv.Sniffer`` on the first complete lines, never by
+hand. Anything else is refused with one message that says what was found and what to do.
+
+Every accepted file comes out in one canonical form: comma-separated UTF-8 records, one ``bytes`` each
+(no line terminator), so everything downstream (the field-count check, the parser, PostgreSQL ``COPY``)
+sees one dialect. A plain comma-separated file without quotes is used as it is, without re-encoding.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+from dataclasses import dataclass
+
+import pandas as pd
+
+from readmission.errors import SourceFormatError
+
+ACCEPTED_DELIMITERS = {",": "commas", ";": "semicolons", "\t": "tabs"}
+_CANDIDATES = ",;\t|:^~"  # what the sniffer may report; only ACCEPTED_DELIMITERS are read
+_NAMES = {**ACCEPTED_DELIMITERS, "|": "'|'", ":": "':'", "^": "'^'", "~": "'~'"}
+_SNIFF_LINES = 20
+_FIX = "Save it as CSV (comma-, semicolon- or tab-separated, UTF-8) with the header of diabetic_data.csv."
+
+
+@dataclass(frozen=True)
+class CsvRecords:
+    """A file's header and data records in the canonical dialect.
+
+    ``lines[i]`` is record ``i`` as comma-separated UTF-8 bytes; ``line_numbers[i]`` is the 1-based line of
+    the file where it starts (blank lines are skipped, so they are not always consecutive).
+    """
+
+    header: list[str]
+    header_line: bytes
+    lines: list[bytes]
+    line_numbers: list[int]
+    delimiter: str
+
+
+def read_records(data: bytes, source: str) -> CsvRecords:
+    """The header and records of the CSV file ``data``; ``source`` names it in errors.
+
+    Raises SourceFormatError when the file is empty, is not text, or is separated by something other than
+    commas, semicolons or tabs (the message names the separator found).
+    """
+    data = _as_utf8(data, source)
+    numbered = [(n, line) for n, line in enumerate(data.splitlines(), start=1) if line.strip()]
+    if not numbered:
+        raise SourceFormatError(f"{source} is empty. {_FIX}")
+    delimiter = _delimiter([line for _, line in numbered[:_SNIFF_LINES]], source)
+    if delimiter == "," and b'"' not in data:  # the common case: the bytes are already canonical
+        header = numbered[0][1].decode("utf-8", "replace").split(",")
+        body = numbered[1:]
+        records = CsvRecords(_clean(header), numbered[0][1], [b for _, b in body], [n for n, _ in body], ",")
+    else:
+        records = _transcode(data, delimiter)
+    repeated = sorted({name for name in records.header if records.header.count(name) > 1})
+    if repeated:
+        raise SourceFormatError(f"{source} names the column(s) {', '.join(repeated)} more than once. {_FIX}")
+    return records
+
+
+def _as_utf8(data: bytes, source: str) -> bytes:
+    """``data`` without a UTF-8 byte-order mark, UTF-16 (with its mark) re-encoded as UTF-8."""
+    if data.startswith(codecs.BOM_UTF8):
+        return data[len(codecs.BOM_UTF8) :]
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return data.decode("utf-16").encode("utf-8")
+        except UnicodeDecodeError:
+            raise SourceFormatError(f"{source} starts with a UTF-16 mark but is not UTF-16 text. {_FIX}") from None
+    if b"\x00" in data[:4096]:
+        raise SourceFormatError(f"{source} is not a text file (it holds NUL bytes). {_FIX}")
+    return data
+
+
+def _delimiter(first_lines: list[bytes], source: str) -> str:
+    """The separator of the file, from its first complete lines (the header first)."""
+    sample = "\n".join(line.decode("utf-8", "replace") for line in first_lines)
+    try:
+        found = csv.Sniffer().sniff(sample, delimiters=_CANDIDATES).delimiter
+    except csv.Error:
+        if len(first_lines[0].split(b",")) > 1 or not any(c.encode() in first_lines[0] for c in _CANDIDATES):
+            return ","  # a header-only or single-column file: let the header check name what is missing
+        raise SourceFormatError(f"{source}: cannot tell how its fields are separated. {_FIX}") from None
+    if found not in ACCEPTED_DELIMITERS:
+        raise SourceFormatError(f"{source} is separated by {_NAMES.get(found, repr(found))}. {_FIX}")
+    return found
+
+
+def _transcode(data: bytes, delimiter: str) -> CsvRecords:
+    """Re-encode a file with quotes or another separator as canonical records, keeping line numbers."""
+    text = data.decode("utf-8", "replace")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=False)
+    records: list[bytes] = []
+    numbers: list[int] = []
+    header: list[str] | None = None
+    start = 1
+    for fields in reader:
+        if any(f.strip() for f in fields):
+            if header is None:
+                header = fields
+            else:
+                records.append(_canonical(fields))
+                numbers.append(start)
+        start = reader.line_num + 1
+    assert header is not None  # read_records refused a file without a non-blank line
+    return CsvRecords(_clean(header), _canonical(header), records, numbers, delimiter)
+
+
+def _canonical(fields: list[str]) -> bytes:
+    """One record as comma-separated UTF-8, quoted only where a field needs it (RFC 4180)."""
+    out = io.StringIO()
+    csv.writer(out, lineterminator="").writerow(fields)
+    return out.getvalue().encode("utf-8")
+
+
+def _clean(header: list[str]) -> list[str]:
+    """Column names without surrounding spaces (spreadsheets pad them)."""
+    return [name.strip() for name in header]
+
+
+def parse_records(header: list[str], lines: list[bytes]) -> tuple[pd.DataFrame, dict[int, str]]:
+    """The text of every well-formed record of ``lines`` (canonical records, as :func:`read_records` gives
+    them), and why the others cannot be read.
+
+    The frame's index is the position in ``lines`` and its columns are ``header``; every cell is the
+    field's exact text (no type inference, no NA values). A record whose field count differs from the
+    header's is left out with its reason.
+    """
+    expected = len(header)
+    good: list[int] = []
+    bad: dict[int, str] = {}
+    for i, line in enumerate(lines):
+        count = line.count(b",") + 1
+        if b'"' in line:
+            if b"\n" in line or b"\r" in line:
+                bad[i] = "a quoted field spans several lines"
+                continue
+            count = len(next(csv.reader([line.decode("utf-8", "replace")])))
+        if count == expected:
+            good.append(i)
+        else:
+            bad[i] = f"record has {count} fields, expected {expected}"
+    payload = b"\n".join([_canonical(header), *(lines[i] for i in good)])
+    frame = pd.read_csv(io.BytesIO(payload), dtype=str, keep_default_na=False, na_values=[], engine="pyarrow")
+    if len(frame) != len(good):
+        raise SourceFormatError(f"could not parse the records: {len(good)} well-formed but {len(frame)} rows read")
+    frame.index = pd.Index(good)
+    return frame, bad

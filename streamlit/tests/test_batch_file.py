@@ -1,0 +1,56 @@
+"""The page's batch check and the loader read a file the same way and judge every row the same way."""
+
+from __future__ import annotations
+
+import codecs
+import tempfile
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sqlalchemy import text
+
+from readmission import schema
+from readmission.db import create_db_engine
+from readmission.raw import SourceFile, load_raw_batches
+from readmission.synthetic import synthetic_encounters
+from readmission_ui.batch import check_file
+
+VALUES = st.one_of(
+    st.sampled_from(["²", "٣", "01", "+3", "3.0", "", "?", " Caucasian", "V57", "250.83", "[100-110)", "Ch"]),
+    st.text(alphabet=st.characters(exclude_characters=",;\t\r\n\"'", exclude_categories=["Cs"]), max_size=8),
+)
+
+
+def _loader_reasons(content: bytes) -> dict[int, str]:
+    """source line (1-based, header excluded) -> quarantine reason, from a real load into SQLite."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "f.csv"
+        path.write_bytes(content)
+        engine = create_db_engine(f"sqlite:///{Path(tmp) / 'raw.db'}")
+        load_raw_batches(engine, SourceFile.read(path))
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT source_line, reason FROM raw_quarantine")).all()
+        engine.dispose()
+    return {int(line): str(reason) for line, reason in rows}
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    cells=st.lists(st.tuples(st.integers(0, 9), st.sampled_from(schema.FEATURE_NAMES), VALUES), min_size=1, max_size=4),
+    delimiter=st.sampled_from([",", ";", "\t"]),
+    bom=st.booleans(),
+)
+def test_the_page_and_the_loader_give_each_row_the_same_verdict(
+    cells: list[tuple[int, str, str]], delimiter: str, bom: bool
+) -> None:
+    frame = synthetic_encounters(10, seed=5)
+    for row, name, value in cells:
+        frame.loc[row, name] = value
+    content = (codecs.BOM_UTF8 if bom else b"") + frame.to_csv(index=False, sep=delimiter).encode()
+    checked = check_file(content, max_rows=1_000)
+    page: dict[int, list[str]] = {}
+    for line, problem in checked.row_errors:
+        page.setdefault(line - 1, []).append(problem)  # the page counts the header as line 1
+    assert {line: "; ".join(problems) for line, problems in page.items()} == _loader_reasons(content)
+    assert len(checked.encounters) == (10 if not page else 0)

@@ -1,0 +1,152 @@
+"""The one reader of encounter files: dialects accepted by the loader and the page alike, the rest refused
+with one message that names what was found."""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import text
+
+from readmission.csvfile import parse_records, read_records
+from readmission.db import create_db_engine
+from readmission.errors import SourceFormatError
+from readmission.raw import SourceFile, load_raw_batches
+from readmission.synthetic import synthetic_encounters
+
+FRAME = synthetic_encounters(60, seed=11)
+
+
+def _write(
+    frame: pd.DataFrame,
+    *,
+    delimiter: str = ",",
+    newline: str = "\n",
+    quoting: int = csv.QUOTE_MINIMAL,
+    bom: bytes = b"",
+    encoding: str = "utf-8",
+) -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out, delimiter=delimiter, lineterminator=newline, quoting=quoting)
+    writer.writerow(frame.columns)
+    writer.writerows(frame.itertuples(index=False, name=None))
+    return bom + out.getvalue().encode(encoding)
+
+
+def _frame(data: bytes) -> pd.DataFrame:
+    records = read_records(data, "f.csv")
+    frame, bad = parse_records(records.header, records.lines)
+    assert bad == {}
+    return frame.reset_index(drop=True)
+
+
+CANONICAL = _frame(_write(FRAME))
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"bom": codecs.BOM_UTF8},
+        {"delimiter": ";"},
+        {"delimiter": "\t"},
+        {"newline": "\r\n"},
+        {"newline": "\r"},
+        {"quoting": csv.QUOTE_ALL},
+        {"bom": codecs.BOM_UTF16_LE, "encoding": "utf-16-le", "delimiter": "\t"},  # Excel's "Unicode text"
+    ],
+    ids=["utf8-bom", "semicolon", "tab", "crlf", "cr", "all-quoted", "utf16-tab"],
+)
+def test_every_accepted_dialect_reads_as_the_plain_file(variant: dict[str, object], tmp_path: Path) -> None:
+    data = _write(FRAME, **variant)  # type: ignore[arg-type]
+    pd.testing.assert_frame_equal(_frame(data), CANONICAL)
+    path = tmp_path / "variant.csv"
+    path.write_bytes(data)
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'raw.db'}")
+    report = load_raw_batches(engine, SourceFile.read(path, batch_size=25))
+    assert (report.rows_loaded, report.rows_quarantined) == (60, 0)
+    with engine.connect() as conn:
+        stored = conn.execute(text("SELECT race, diag_1 FROM raw_encounters ORDER BY encounter_id")).all()
+    expected = FRAME.assign(key=FRAME["encounter_id"].astype(int)).sort_values("key")
+    assert [tuple(r) for r in stored] == list(zip(expected["race"], expected["diag_1"], strict=True))
+
+
+def test_the_same_rows_in_another_dialect_are_the_same_batches(tmp_path: Path) -> None:
+    """The ledger's checksums are of the canonical records: a re-export (BOM, ';', CRLF) is not a new file."""
+    plain, other = tmp_path / "plain.csv", tmp_path / "other.csv"
+    plain.write_bytes(_write(FRAME))
+    other.write_bytes(_write(FRAME, delimiter=";", newline="\r\n", bom=codecs.BOM_UTF8))
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'raw.db'}")
+    load_raw_batches(engine, SourceFile.read(plain, batch_size=25))
+    again = load_raw_batches(engine, SourceFile.read(other, batch_size=25))
+    assert (again.batches_already_loaded, again.rows_loaded) == (3, 0)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (_write(FRAME, delimiter="|"), "f.csv is separated by '|'. Save it as CSV (comma-, semicolon- or tab-"),
+        (b"", "f.csv is empty"),
+        (b"\n \n\r\n", "f.csv is empty"),
+        (b"PK\x03\x04\x00\x00binary", "f.csv is not a text file"),
+        (b"a,b,a\n1,2,3\n", "f.csv names the column(s) a more than once"),
+    ],
+    ids=["pipe", "empty", "blank-lines", "binary", "repeated-column"],
+)
+def test_other_files_are_refused_with_what_was_found_and_the_fix(data: bytes, message: str) -> None:
+    with pytest.raises(SourceFormatError) as caught:
+        read_records(data, "f.csv")
+    assert str(caught.value).startswith(message)
+
+
+def test_a_bom_file_loads_where_it_once_failed_with_an_invisible_column_name(tmp_path: Path) -> None:
+    """Before: 'missing columns: encounter_id; unexpected columns: \\ufeffencounter_id'."""
+    path = tmp_path / "bom.csv"
+    path.write_bytes(_write(FRAME, bom=codecs.BOM_UTF8))
+    assert SourceFile.read(path).header[0] == "encounter_id"
+
+
+def test_quoted_fields_keep_separators_and_a_field_over_two_lines_is_one_bad_record() -> None:
+    frame = FRAME.head(3).copy()
+    frame.loc[1, "medical_specialty"] = "Surgery,\nGeneral"  # not a level, and it spans two lines
+    records = read_records(_write(frame, delimiter=";"), "f.csv")
+    parsed, bad = parse_records(records.header, records.lines)
+    assert bad == {1: "a quoted field spans several lines"}
+    assert list(parsed.index) == [0, 2]
+    assert records.line_numbers == [2, 3, 5]  # the file's own lines: record 2 took lines 3 and 4
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    delimiter=st.sampled_from([",", ";", "\t"]),
+    newline=st.sampled_from(["\n", "\r\n", "\r"]),
+    quoting=st.sampled_from([csv.QUOTE_MINIMAL, csv.QUOTE_ALL]),
+    bom=st.sampled_from([b"", codecs.BOM_UTF8]),
+    rows=st.integers(min_value=1, max_value=40),
+    seed=st.integers(min_value=0, max_value=10_000),
+    blank_lines=st.booleans(),
+)
+def test_any_accepted_dialect_gives_the_canonical_records(
+    delimiter: str, newline: str, quoting: int, bom: bytes, rows: int, seed: int, blank_lines: bool
+) -> None:
+    frame = synthetic_encounters(rows, seed=seed)
+    data = _write(frame, delimiter=delimiter, newline=newline, quoting=quoting, bom=bom)
+    if blank_lines:
+        data += newline.encode() * 3
+    expected = _frame(_write(frame))
+    pd.testing.assert_frame_equal(_frame(data), expected)
+    assert read_records(data, "f.csv").lines == read_records(_write(frame), "f.csv").lines
+
+
+@settings(max_examples=40, deadline=None)
+@given(separator=st.sampled_from(["|", ":", "^", "~"]), rows=st.integers(min_value=0, max_value=10))
+def test_any_other_separator_is_named(separator: str, rows: int) -> None:
+    data = _write(synthetic_encounters(max(rows, 1), seed=rows).head(rows), delimiter=separator)
+    with pytest.raises(SourceFormatError, match=re.escape(f"is separated by '{separator}'")):
+        read_records(data, "f.csv")
