@@ -7,10 +7,11 @@ predicted at once. All model
 calls run on one worker thread, off the event loop; a call takes ``manager.current`` once, so a swap
 never changes the model in the middle of a batch.
 
-A request waits at most ``timeout_seconds`` (PREDICT_TIMEOUT_SECONDS) for its model call, queue included, then gets
-``PredictionTimeoutError`` (504). Gathered requests are timed by one watchdog task that wakes every
-``timeout_seconds / 10`` (at most 0.25 s) and fails the expired ones, oldest first: a request pays a deque
-append instead of an ``asyncio.wait_for`` (4 us, 2 % of a request at 64 clients: ``bench/timeout_cost.py``); while a call runs longer than that the service is not ready. The batching
+A request waits about ``timeout_seconds`` (PREDICT_TIMEOUT_SECONDS) for its model call, queue included, then
+gets ``PredictionTimeoutError`` (504). Gathered requests are timed by one watchdog task that wakes every
+``timeout_seconds / 10`` (at most 0.25 s, so an answer may come that much late) and fails the expired ones,
+oldest first: a request pays a deque append instead of an ``asyncio.wait_for`` (measured in
+``bench/timeout_cost.py``); while a call runs longer than that the service is not ready. The batching
 task is supervised: if it ends without ``stop()`` (an exception escaped it, or it was cancelled), what
 waits on it gets ``BatcherFailedError`` (503), as does every later request, and the service stays not ready
 with the reason; `/health/live` answers 503, so the kubelet restarts the container (the task itself is not
@@ -101,6 +102,7 @@ class Batcher:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="micro-batcher")
             self._task.add_done_callback(self._supervise)
             self._watchdog = asyncio.get_running_loop().create_task(self._watch(), name="predict-timeouts")
+            self._watchdog.add_done_callback(self._supervise)
 
     def _supervise(self, task: asyncio.Task[None]) -> None:
         """The batching task ended: unless ``stop()`` ended it, fail what waits on it and record why."""
@@ -108,15 +110,19 @@ class Batcher:
             return
         error = None if task.cancelled() else task.exception()
         how = "it was cancelled" if error is None else f"{type(error).__name__}: {error}"
-        self.failure = f"the micro-batcher stopped ({how}); restart the pod"
+        self.failure = f"the micro-batcher stopped ({task.get_name()}: {how}); restart the pod"
         self._metrics.batcher_failures.inc()
         log.error("%s", self.failure, exc_info=error)
-        waiting = [*self._batch, *([self._carry] if self._carry else [])]
+        self._fail_waiting(self.failure)
+
+    def _fail_waiting(self, reason: str) -> None:
+        """Answer ``BatcherFailedError(reason)`` to every gathered request not answered yet."""
+        waiting = [*self._batch, *([self._carry] if self._carry else []), *self._watched]
         while self._queue is not None and not self._queue.empty():
             waiting.append(self._queue.get_nowait())
         for pending in waiting:
             if not pending.future.done():
-                pending.future.set_exception(BatcherFailedError(self.failure))
+                pending.future.set_exception(BatcherFailedError(reason))
 
     def busy_seconds(self) -> float | None:
         """How long the model call running now has run (seconds), or None when the worker is idle."""
@@ -140,6 +146,7 @@ class Batcher:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        self._fail_waiting("the service is stopping")  # nothing waits for a task that no longer runs
         # A model call stuck past PREDICT_TIMEOUT_SECONDS must not hold up the shutdown (the log flush follows).
         self._executor.shutdown(wait=False, cancel_futures=True)
 
@@ -178,9 +185,9 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(min(self._timeout / 10, 0.25))
-            self.expire(loop.time())
+            self._expire(loop.time())
 
-    def expire(self, now: float) -> None:
+    def _expire(self, now: float) -> None:
         """Answer ``PredictionTimeoutError`` to the gathered requests still waiting at event-loop time ``now``
         past their deadline, and forget the answered ones (the deque is in deadline order)."""
         watched = self._watched
@@ -192,8 +199,8 @@ class Batcher:
 
     def _timeout_message(self, rows: int) -> str:
         return (
-            f"the model call for {rows} row(s) took longer than {self._timeout:g} s (PREDICT_TIMEOUT_SECONDS); "
-            "the service is not ready until it returns"
+            f"no prediction for {rows} row(s) within {self._timeout:g} s (PREDICT_TIMEOUT_SECONDS), the wait for "
+            "the model thread included; while one model call runs longer, the service is not ready"
         )
 
     async def _bounded(
