@@ -32,6 +32,7 @@ CORRUPTIONS: tuple[tuple[str, Any], ...] = (
     ("admission_type_id", 42),  # not a code of the lookup table
     ("num_medications", "12"),  # a string where the contract wants a number
     ("diag_1", "not-a-code"),  # not an ICD-9 code
+    ("discharge_disposition_id", 11),  # expired: outside the model's population (422 not_eligible)
 )
 
 

@@ -7,6 +7,9 @@ document still describes them (``request_body`` and ``with_request_models``).
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -91,7 +94,7 @@ class ErrorItem(BaseModel):
 
     field: str
     message: str
-    allowed: list[str] | None = None
+    allowed: list[str | int] | None = Field(None, description="Allowed values: numbers for coded columns.")
     minimum: int | None = None
     maximum: int | None = None
 
@@ -106,11 +109,29 @@ class ErrorBody(BaseModel):
 
 
 class InvalidBodyError(Exception):
-    """The request body is not a valid request: each bad field, as the 422 answer lists them."""
+    """The request body is not a valid request: each bad field, as the 422 answer lists them.
 
-    def __init__(self, errors: list[dict[str, Any]]) -> None:
+    ``error`` is the answer's code: ``invalid_input`` (the contract refuses a value), ``not_eligible`` (a
+    valid encounter outside the model's population) or ``duplicate_key`` (a JSON object repeats a key).
+    """
+
+    def __init__(self, errors: list[dict[str, Any]], error: str = "invalid_input") -> None:
         super().__init__(f"{len(errors)} invalid field(s)")
         self.errors = errors
+        self.error = error
+
+
+def check_eligible(encounters: Sequence[BaseModel], prefix: str = "") -> None:
+    """Raise ``InvalidBodyError`` (``not_eligible``) naming each encounter outside the model's population;
+    ``prefix`` is the list's field in the body (``encounters``), none for a single encounter."""
+    field = schema.ELIGIBILITY_FIELD.replace("-", "_")
+    errors = []
+    for i, encounter in enumerate(encounters):
+        if (problem := schema.eligibility_problem(getattr(encounter, field))) is not None:
+            where = f"{prefix}[{i}].{schema.ELIGIBILITY_FIELD}" if prefix else schema.ELIGIBILITY_FIELD
+            errors.append({"field": where, "message": problem.split(": ", 1)[1]})
+    if errors:
+        raise InvalidBodyError(errors, error="not_eligible")
 
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -119,18 +140,80 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 def parse_body(body: bytes, model: type[ModelT]) -> ModelT:
     """Validate raw JSON bytes straight into ``model`` (one pass in pydantic-core, no intermediate dict).
 
-    Raises ``InvalidBodyError`` (422) naming every bad field, or a 400 when the body is not UTF-8 text.
+    Raises ``InvalidBodyError`` (422) naming every bad field, or naming each key that an object of the body
+    repeats (``duplicate_key``: JSON readers disagree on which value counts), or a 400 when the body is not
+    UTF-8 text.
     """
     try:
-        return model.model_validate_json(body)
+        parsed = model.model_validate_json(body)
     except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_input=False)
+        errors = exc.errors(include_url=False)
         if any(e["type"] == "json_invalid" for e in errors):
             try:
                 body.decode("utf-8")
             except UnicodeDecodeError:
                 raise StarletteHTTPException(400, "the request body is not UTF-8 text") from None
         raise InvalidBodyError([_field_error(dict(e)) for e in errors]) from None
+    if _key_count(body) != _keys_given(parsed) and (repeated := _repeated_keys(body)):
+        raise InvalidBodyError(repeated, error="duplicate_key")
+    return parsed
+
+
+_KEY_END = re.compile(rb'"[ \t\n\r]*:')
+
+
+def _key_count(body: bytes) -> int:
+    """Keys in a body that validated: each ends with a quote and a colon, which no valid value contains
+    (an upper bound the slow check of ``_repeated_keys`` confirms)."""
+    if b'" ' in body or b'"\t' in body or b'"\n' in body or b'"\r' in body:
+        return len(_KEY_END.findall(body))
+    return body.count(b'":')
+
+
+def _keys_given(value: Any) -> int:
+    """Keys the body must have held to give ``value``: each model's fields set, recursively."""
+    if isinstance(value, schema.EncounterFeatures):
+        return len(value.model_fields_set)
+    if isinstance(value, BaseModel):
+        return len(value.model_fields_set) + sum(_keys_given(getattr(value, f)) for f in value.model_fields_set)
+    if isinstance(value, list):
+        return sum(_keys_given(v) for v in value)
+    return 0
+
+
+class _Object(dict[str, Any]):
+    """A JSON object that remembers the keys it repeated."""
+
+    repeated: list[str]
+
+
+def _object(pairs: list[tuple[str, Any]]) -> _Object:
+    obj = _Object(pairs)
+    seen: set[str] = set()
+    obj.repeated = []
+    for key, _ in pairs:
+        if key in seen and key not in obj.repeated:
+            obj.repeated.append(key)
+        seen.add(key)
+    return obj
+
+
+def _repeated_keys(body: bytes) -> list[dict[str, Any]]:
+    """One error per key that an object of ``body`` repeats, at its place (``encounters[2].age``)."""
+    errors: list[dict[str, Any]] = []
+    message = "this key appears more than once in the same object; send it once (JSON readers disagree on which counts)"
+
+    def walk(value: Any, where: str) -> None:
+        if isinstance(value, _Object):
+            errors.extend({"field": f"{where}.{k}".lstrip("."), "message": message} for k in value.repeated)
+            for key, item in value.items():
+                walk(item, f"{where}.{key}")
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                walk(item, f"{where}[{i}]")
+
+    walk(json.loads(body, object_pairs_hook=_object), "")
+    return errors
 
 
 def _field_error(err: dict[str, Any]) -> dict[str, Any]:
@@ -144,7 +227,9 @@ def _field_error(err: dict[str, Any]) -> dict[str, Any]:
     where = "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in parts).lstrip(".")
     item: dict[str, Any] = {"field": where or "body", "message": err.get("msg", "invalid")}
     col = schema.COLUMNS_BY_NAME.get(name)
-    if col is not None and col.levels:
+    if col is not None and col.kind is schema.Kind.CODED:
+        item["allowed"] = [int(v) for v in col.levels]
+    elif col is not None and col.levels:
         item["allowed"] = [*col.levels, *(["null"] if col.may_be_missing else [])]
     elif col is not None and col.minimum is not None:
         item["minimum"], item["maximum"] = col.minimum, col.maximum
@@ -153,6 +238,9 @@ def _field_error(err: dict[str, Any]) -> dict[str, Any]:
         item["minimum"], item["maximum"] = 0, history.maximum
     elif col is not None and col.kind is schema.Kind.DIAGNOSIS:
         item["message"] += f" (an ICD-9 code like 428, 250.13, V45 or E888; pattern {schema.DIAGNOSIS_PATTERN})"
+    numeric = (col is not None and col.is_integer) or name in schema.HISTORY_FEATURE_NAMES
+    if numeric and isinstance(err.get("input"), str):
+        item["message"] = f"send a JSON number, not the string {err['input']!r:.40}: {item['message']}"
     return item
 
 

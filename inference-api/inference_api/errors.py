@@ -59,8 +59,9 @@ _HTTP_ERRORS = {400: "malformed_body", 401: "unauthorized", 404: "not_found", 40
 async def _invalid(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, InvalidBodyError)
     fields = ", ".join(dict.fromkeys(e["field"] for e in exc.errors))
-    message = f"{len(exc.errors)} invalid field(s): {fields}"
-    return error_response(422, "invalid_input", message, request_id(request), errors=exc.errors)
+    what = {"not_eligible": "not eligible", "duplicate_key": "repeated key(s)"}.get(exc.error, "invalid field(s)")
+    message = f"{len(exc.errors)} {what}: {fields}"
+    return error_response(422, exc.error, message, request_id(request), errors=exc.errors)
 
 
 async def _not_ready(request: Request, exc: Exception) -> JSONResponse:

@@ -24,8 +24,10 @@ TARGET = "readmitted"
 TARGET_LABELS: tuple[str, ...] = ("NO", ">30", "<30")
 POSITIVE_LABEL = "<30"  # the 30-day readmission risk is P(readmitted == "<30")
 
-# Discharge dispositions after which no readmission is possible (death or hospice).
+# Discharge dispositions after which no readmission is possible (death or hospice): the model is trained
+# without them (Strack et al. 2014 removed them from the cohort), so they are outside its population.
 DEATH_OR_HOSPICE_DISCHARGE_IDS: frozenset[int] = frozenset({11, 13, 14, 19, 20, 21})
+ELIGIBILITY_FIELD = "discharge_disposition_id"
 
 
 class Kind(StrEnum):
@@ -377,6 +379,26 @@ def check_value(col: Column, value: str) -> str | None:
     if value not in col.levels:
         return f"{col.name}: unknown level {value!r} (allowed: {', '.join(col.levels)})"
     return None
+
+
+def eligibility_problem(discharge_disposition_id: int | str | None) -> str | None:
+    """Why an encounter with this discharge disposition is outside the model's population, or None.
+
+    Encounters ending in death or hospice (``DEATH_OR_HOSPICE_DISCHARGE_IDS``) cannot be readmitted; the
+    training cohort leaves them out, so the model has no valid answer for them. The API answers 422
+    ``not_eligible``, the page lists the row; the loader still stores them in RAW (CLEAN leaves them out).
+    """
+    try:
+        code = int(str(discharge_disposition_id))
+    except ValueError:
+        return None  # not a code at all: the contract's own check names it
+    if code not in DEATH_OR_HOSPICE_DISCHARGE_IDS:
+        return None
+    label = DISCHARGE_DISPOSITIONS.get(str(code), "?")
+    return (
+        f"{ELIGIBILITY_FIELD}: {code} ({label}) is not eligible: the encounter ended in death or hospice, so no "
+        "readmission can follow and the model, trained without such encounters, has no answer for it"
+    )
 
 
 def _integer_problem(col: Column, value: str) -> str | None:

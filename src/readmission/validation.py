@@ -8,7 +8,9 @@ from readmission.errors import SourceFormatError
 from readmission.schema import (
     COLUMN_NAMES,
     COLUMNS,
+    DEATH_OR_HOSPICE_DISCHARGE_IDS,
     DIAGNOSIS_PATTERN,
+    ELIGIBILITY_FIELD,
     HISTORY_COLUMNS,
     IDENTIFIER_PATTERN,
     MISSING,
@@ -16,6 +18,7 @@ from readmission.schema import (
     Column,
     Kind,
     check_value,
+    eligibility_problem,
 )
 
 
@@ -90,3 +93,13 @@ def contract_violations(frame: pd.DataFrame) -> pd.Series:
     for idx, problems in row_problems(frame).items():
         reasons.at[idx] = "; ".join(problems)
     return reasons
+
+
+def eligibility_problems(frame: pd.DataFrame) -> dict[int, list[str]]:
+    """The rows outside the model's population (death or hospice), with the reason
+    (:func:`readmission.schema.eligibility_problem`); the API answers such an encounter 422 ``not_eligible``."""
+    if ELIGIBILITY_FIELD not in frame:
+        return {}
+    values = frame[ELIGIBILITY_FIELD]
+    out = values.isin([str(code) for code in DEATH_OR_HOSPICE_DISCHARGE_IDS])
+    return {int(i): [str(eligibility_problem(values.at[i]))] for i in out[out].index}

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
+from uisupport import eligible
 
 from readmission import schema
 from readmission.synthetic import synthetic_encounters
@@ -79,7 +80,7 @@ def test_a_good_file_is_scored_in_chunks_with_a_summary_and_a_download(
     monkeypatch: pytest.MonkeyPatch, api_url: str
 ) -> None:
     monkeypatch.setenv("BATCH_CHUNK_ROWS", "40")  # 3 calls for 100 rows
-    frame = synthetic_encounters(100, seed=3)
+    frame = eligible(synthetic_encounters(100, seed=3))
     at = _page(monkeypatch, api_url)
     _upload(at, "ward.csv", frame.to_csv(index=False).encode())
     assert "ward.csv: 100 valid encounters." in _texts(at.success)
@@ -97,7 +98,7 @@ def test_a_good_file_is_scored_in_chunks_with_a_summary_and_a_download(
 
 
 def test_a_malformed_file_shows_each_bad_row_and_sends_nothing(monkeypatch: pytest.MonkeyPatch, api_url: str) -> None:
-    frame = synthetic_encounters(30, seed=4)
+    frame = eligible(synthetic_encounters(30, seed=4))
     frame.loc[4, "age"] = "[100-110)"
     frame.loc[9, "num_medications"] = "lots"
     at = _page(monkeypatch, api_url)

@@ -6,9 +6,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from livesupport import free_port, start_api, train_champion
 
+from readmission import schema
 from readmission.training import prepare_tracking
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
@@ -39,3 +41,9 @@ def not_ready_api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
 def closed_url() -> str:
     """An address where nothing listens."""
     return f"http://127.0.0.1:{free_port()}"
+
+
+def eligible(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with every death or hospice discharge (which the page refuses) made a discharge home."""
+    ended = frame["discharge_disposition_id"].isin([str(c) for c in schema.DEATH_OR_HOSPICE_DISCHARGE_IDS])
+    return frame.assign(discharge_disposition_id=frame["discharge_disposition_id"].where(~ended, "1"))

@@ -17,7 +17,15 @@ from fastapi.responses import Response
 
 from inference_api.batcher import ModelNotReadyError
 from inference_api.components import Components
-from inference_api.contract import BatchPrediction, BatchRequest, Prediction, model_ref, parse_body, request_body
+from inference_api.contract import (
+    BatchPrediction,
+    BatchRequest,
+    Prediction,
+    check_eligible,
+    model_ref,
+    parse_body,
+    request_body,
+)
 from inference_api.deps import ComponentsDep
 from inference_api.errors import ERROR_RESPONSES, FastJSONResponse, PayloadTooLargeError, request_id
 from inference_api.model_manager import LoadedModel
@@ -99,6 +107,7 @@ def _log(
 async def predict(request: Request, parts: ComponentsDep) -> Response:
     """Score one encounter: predicted class, class probabilities, 30-day risk and its band."""
     encounter = parse_body(await request.body(), schema.EncounterFeatures)
+    check_eligible([encounter])
     rows = [encounter.model_dump()]
     model, probabilities = await parts.batcher.predict(rows)
     scores = _scores(parts, model, probabilities)
@@ -128,6 +137,7 @@ async def predict_batch(request: Request, parts: ComponentsDep) -> Response:
         if current is None:
             raise ModelNotReadyError(parts.manager.not_ready_reason)
         return FastJSONResponse({"request_id": request_id(request), "model": model_ref(current), "predictions": []})
+    check_eligible(body.encounters, "encounters")
     rows = [e.model_dump() for e in body.encounters]
     model, probabilities = await parts.batcher.predict(rows, gather=False)
     scores = _scores(parts, model, probabilities)
