@@ -167,6 +167,25 @@ def test_listing_and_rollback_fail_with_the_registry_named(
         proxy.close()
 
 
+def test_a_gate_finishing_a_stopped_runs_alias_move_says_champion_already_moved(
+    registry_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: with `champion` already on the candidate (a run stopped after its alias move) and the decision
+    tag's write failing, the error said "`champion` was not moved", the opposite of the registry's state."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    proxy = FaultyProxy(int(registry_server.rsplit(":", 1)[1]))
+    try:
+        client = MlflowClient(tracking_uri=proxy.url, registry_uri=proxy.url)
+        (candidate,) = _versions(client, 1)
+        client.set_registered_model_alias(MODEL_NAME, CHAMPION, candidate)  # the stopped run's alias move
+        client.set_model_version_tag(MODEL_NAME, candidate, "promotion.reason", "no champion yet")
+        proxy.fail = ("model-versions/set-tag",)
+        with pytest.raises(RegistryUnavailableError, match=rf"`champion` already points at version {candidate}"):
+            promote_if_better(client, candidate, 0.9, lambda _v: 0.5)
+    finally:
+        proxy.close()
+
+
 class Stopped(BaseException):
     """A stop no handler catches (``except Exception`` does not see it), like a killed process."""
 

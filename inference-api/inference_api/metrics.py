@@ -90,7 +90,14 @@ class Metrics:
         )
         self.fast_path_mismatches = Counter(
             "inference_model_fast_path_mismatch",
-            "Loads whose compiled fast path disagreed with the pipeline (the pipeline path was served instead).",
+            "Loads whose compiled fast path disagreed with the pipeline or failed to build or check (the pipeline "
+            "path was served instead).",
+            registry=r,
+        )
+        self.pipeline_fallback = Gauge(
+            "inference_model_pipeline_fallback",
+            "1 while the served version answers through the pipeline because its fast path failed its check at "
+            "load (what the alert watches: a counter's first sample may already hold the failure).",
             registry=r,
         )
         self.prediction_timeouts = Counter(

@@ -184,11 +184,13 @@ def check_fast_path(predictor: Predictor, rows: list[dict[str, Any]]) -> FastPat
 
 
 class PipelinePredictor(Predictor):
-    """A predictor that always calls the model object itself (``path`` "pipeline")."""
+    """A predictor that always calls the model object itself (``path`` "pipeline"); ``fallback_reason`` says
+    why when it stands in for a fast path that failed its check at load."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, fallback_reason: str | None = None) -> None:
         super().__init__(model)
         self.path = "pipeline"
+        self.fallback_reason = fallback_reason
 
     def predict_proba(self, rows: Sequence[Row]) -> np.ndarray:
         result: np.ndarray = self.model.predict_proba(rows_to_frame(rows))
@@ -269,11 +271,16 @@ class ModelManager:
             self._metrics.model_checks.labels(outcome=ALIAS_MISSING).inc()
             return ALIAS_MISSING
         try:
-            exists = self._source.version_exists(current.version)
-        except Exception as lookup_error:
-            return self._registry_error(lookup_error)
-        status = ALIAS_MISSING if exists else VERSION_DELETED
-        what = "the alias was deleted" if exists else "the version was deleted from the registry"
+            exists: bool | None = self._source.version_exists(current.version)
+        except Exception as lookup_error:  # the alias is gone all the same: drop the label, check again later
+            self._registry_error(lookup_error)
+            exists = None
+        status = VERSION_DELETED if exists is False else ALIAS_MISSING
+        what = {
+            True: "the alias was deleted",
+            False: "the version was deleted from the registry",
+            None: "the alias was deleted; whether the version still exists could not be checked",
+        }[exists]
         message = (
             f"the registry no longer names version {current.version} of {name} `{alias}` ({what}); it is still "
             f"served (the last good model) until `{alias}` is set again"
@@ -299,8 +306,10 @@ class ModelManager:
         assert self._source is not None
         try:
             started = time.perf_counter()
+            if current is not None and current.registry_status != ALIAS_MOVED:
+                self._label_moved(current, ref.version, "is being loaded")
             model, run_metrics = self._source.load(ref)
-            predictor = self._proven(self._source.predictor(model), ref.version)
+            predictor = self._proven(model, ref.version)
             smoke_test(predictor)
         except Exception as exc:
             return self._load_failed(ref, current, exc)
@@ -337,35 +346,49 @@ class ModelManager:
         self.last_error = reason
         if current is None:
             self.not_ready_reason = reason
-        elif current.registry_status != ALIAS_MOVED:  # never label answers with an alias now on another version
-            assert self._source is not None
-            message = (
-                f"the registry names version {ref.version} `{self._source.alias}`, which failed to load; version "
-                f"{current.version}, no longer `{self._source.alias}`, is still served"
-            )
-            self._publish(replace(current, alias=None, registry_status=ALIAS_MOVED, registry_message=message))
+        else:  # never label answers with an alias now on another version
+            self._label_moved(current, ref.version, "failed to load")
         (log.warning if self._failed_version == ref.version else log.error)(
             "%s; %s", reason, f"still serving version {current.version}" if current else "not ready"
         )
         self._failed_version = ref.version
         return "load_failed"
 
-    def _proven(self, predictor: Predictor, version: str) -> Predictor:
-        """``predictor`` if its compiled path agrees with the pipeline on the check rows (once per load, never
-        per request); otherwise the pipeline path, counted and logged."""
-        if predictor.path == "pipeline":
-            return predictor
-        check = check_fast_path(predictor, fast_path_rows())
+    def _label_moved(self, current: LoadedModel, version: str, what: str) -> None:
+        """The alias names ``version`` now: answers of ``current`` lose the alias (registry_status alias_moved)."""
+        assert self._source is not None
+        alias = self._source.alias
+        message = (
+            f"the registry names version {version} `{alias}`, which {what}; version {current.version}, no longer "
+            f"`{alias}`, is still served"
+        )
+        self._publish(replace(current, alias=None, registry_status=ALIAS_MOVED, registry_message=message))
+
+    def _proven(self, model: Any, version: str) -> Predictor:
+        """The fast path of ``model`` if it builds and agrees with the pipeline on the check rows (once per
+        load, never per request); otherwise the pipeline path, counted and logged."""
+        assert self._source is not None
+        try:
+            predictor = self._source.predictor(model)
+            if predictor.path == "pipeline":
+                return predictor
+            check = check_fast_path(predictor, fast_path_rows())
+        except Exception as exc:
+            return self._pipeline_instead(model, version, f"the fast path failed to build or run: {_short(exc)}")
         if check.agrees:
             return predictor
+        return self._pipeline_instead(
+            model,
+            version,
+            f"the {predictor.path} fast path differs from the pipeline on {len(check.mismatched_rows)} of "
+            f"{check.rows} check rows (rows {check.mismatched_rows[:20]}; max difference "
+            f"{check.max_difference:.3g} > {FAST_PATH_TOLERANCE:.0e})",
+        )
+
+    def _pipeline_instead(self, model: Any, version: str, reason: str) -> Predictor:
         self._metrics.fast_path_mismatches.inc()
-        log.error(
-            "version %s: the %s fast path differs from the pipeline on %d of %d check rows (rows %s; max "
-            "difference %.3g > %.0e); serving the pipeline path instead",
-            version, predictor.path, len(check.mismatched_rows), check.rows, check.mismatched_rows[:20],
-            check.max_difference, FAST_PATH_TOLERANCE,
-        )  # fmt: skip
-        return PipelinePredictor(predictor.model)
+        log.error("version %s: %s; serving the pipeline path instead", version, reason)
+        return PipelinePredictor(model, fallback_reason=reason)
 
     def _publish(self, model: LoadedModel) -> None:
         """Make ``model`` the served one (one reference assignment) and update the model metrics."""
@@ -376,6 +399,7 @@ class ModelManager:
         m.model_loaded.set(1)
         m.model_version.set(float(model.version) if model.version.isdigit() else 0)
         m.model_alias_current.set(1 if model.registry_status == REGISTRY_OK else 0)
+        m.pipeline_fallback.set(1 if getattr(model.predictor, "fallback_reason", None) else 0)
         for status in REGISTRY_STATUSES:
             m.model_registry_status.labels(status).set(1 if status == model.registry_status else 0)
 

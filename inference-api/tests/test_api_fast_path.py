@@ -3,6 +3,8 @@ serves the pipeline path instead and counts the mismatch (real registry, real uv
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +41,22 @@ class TamperedSource(ModelSource):
         return predictor
 
 
-def test_a_fast_path_that_disagrees_with_the_pipeline_is_not_served(registry: Registry, tmp_path: Path) -> None:
+@contextlib.contextmanager
+def _serving_the_pipeline(source: type[ModelSource], registry: Registry, tmp_path: Path) -> Iterator[ApiServer]:
+    """A live API whose models come through ``source``, once ready; it must serve the pipeline path."""
     settings = settings_for(registry.uri, f"sqlite:///{tmp_path / 'log.db'}")
-    app = create_app(settings, lambda: TamperedSource(registry.uri, settings.model_name, settings.model_alias))
+    app = create_app(settings, lambda: source(registry.uri, settings.model_name, settings.model_alias))
     with ApiServer(settings, app=app) as api:
         wait_until(lambda: httpx.get(f"{api.url}/health/ready").status_code == 200, 120, "the model to load")
         assert httpx.get(f"{api.url}/model").json()["prediction_path"] == "pipeline"
+        yield api
+
+
+def test_a_fast_path_that_disagrees_with_the_pipeline_is_not_served(registry: Registry, tmp_path: Path) -> None:
+    with _serving_the_pipeline(TamperedSource, registry, tmp_path) as api:
         metrics = httpx.get(f"{api.url}/metrics").text
         assert "inference_model_fast_path_mismatch_total 1.0" in metrics
+        assert "inference_model_pipeline_fallback 1.0" in metrics
         example = next(iter(schema.EXAMPLE_ENCOUNTERS.values()))
         served = httpx.post(f"{api.url}/predict", json=example).json()["probabilities"]
         model = api.app.state.manager.current.predictor.model
@@ -62,4 +72,22 @@ def test_an_untouched_model_keeps_its_fast_path(registry: Registry, tmp_path: Pa
     with ApiServer(settings) as api:
         wait_until(lambda: httpx.get(f"{api.url}/health/ready").status_code == 200, 120, "the model to load")
         assert httpx.get(f"{api.url}/model").json()["prediction_path"] in {"compiled", "compiled-input"}
-        assert "inference_model_fast_path_mismatch_total 0.0" in httpx.get(f"{api.url}/metrics").text
+        metrics = httpx.get(f"{api.url}/metrics").text
+        assert "inference_model_fast_path_mismatch_total 0.0" in metrics
+        assert "inference_model_pipeline_fallback 0.0" in metrics
+
+
+class BrokenCompilerSource(ModelSource):
+    """Compiling the fast path raises, as a scikit-learn release that renames a private attribute would."""
+
+    def predictor(self, model: Any) -> Predictor:
+        raise AttributeError("'HistGradientBoostingClassifier' object has no attribute '_predictors'")
+
+
+def test_a_fast_path_that_cannot_be_built_falls_back_to_the_pipeline(registry: Registry, tmp_path: Path) -> None:
+    """Before: the exception failed the whole load, so a new pod never became ready although the model works."""
+    with _serving_the_pipeline(BrokenCompilerSource, registry, tmp_path) as api:
+        example = next(iter(schema.EXAMPLE_ENCOUNTERS.values()))
+        assert httpx.post(f"{api.url}/predict", json=example).status_code == 200
+        metrics = httpx.get(f"{api.url}/metrics").text
+        assert "inference_model_pipeline_fallback 1.0" in metrics

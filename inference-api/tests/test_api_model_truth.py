@@ -11,14 +11,19 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from apisupport import ApiServer, Registry, free_port, settings_for, wait_until
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
+from inference_api.app import create_app
+from inference_api.model_manager import AliasNotFoundError, ModelSource, VersionRef
 from readmission import schema
 from readmission.names import CHAMPION, MODEL_NAME
 
@@ -136,3 +141,63 @@ def test_a_registry_outage_keeps_the_last_known_status(registry: Registry, tmp_p
         labels = _labels(api)
         assert labels["info"] == ("1", "champion", "ok")
         assert labels["gauge"] == ["inference_model_alias_current 1.0"]
+
+
+class GatedLoadSource(ModelSource):
+    """Loads as usual, but holds version 2's load until the test lets it go."""
+
+    release = threading.Event()
+
+    def load(self, ref: VersionRef) -> tuple[Any, dict[str, float]]:
+        if ref.version == "2":
+            assert self.release.wait(600), "the test never released the load"
+        return super().load(ref)
+
+
+def test_answers_lose_the_alias_while_the_new_champion_loads(registry: Registry, tmp_path: Path) -> None:
+    """Before: the old version's answers said `champion` for the whole load of the version the alias names."""
+    shutil.copy(registry.folder / "mlflow.db", tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    settings = settings_for(uri, f"sqlite:///{tmp_path / 'log.db'}", model_poll_interval_seconds=3600)
+    app = create_app(settings, lambda: GatedLoadSource(uri, settings.model_name, settings.model_alias))
+    GatedLoadSource.release.clear()
+    with ApiServer(settings, app=app) as api:
+        wait_until(lambda: httpx.get(f"{api.url}/health/ready").status_code == 200, 120, "the model to load")
+        MlflowClient(tracking_uri=uri, registry_uri=uri).set_registered_model_alias(MODEL_NAME, CHAMPION, "2")
+        reload = threading.Thread(target=_reload, args=(api,))
+        reload.start()
+        try:
+            wait_until(lambda: _labels(api)["info"] == ("1", None, "alias_moved"), 60, "the label to drop")
+            labels = _labels(api)
+            assert labels["predict"] == (200, None, "alias_moved")
+            assert "is being loaded" in httpx.get(f"{api.url}/model").json()["registry_message"]
+        finally:
+            GatedLoadSource.release.set()
+            reload.join(120)
+        assert _labels(api)["info"] == ("2", "champion", "ok")
+
+
+class FlakyLookupSource(ModelSource):
+    """The alias is gone, and the registry then fails the version lookup (a 503 in between)."""
+
+    def resolve(self) -> VersionRef:
+        if getattr(self, "alias_gone", False):
+            raise AliasNotFoundError("Registered model alias champion not found.")
+        return super().resolve()
+
+    def version_exists(self, version: str) -> bool:
+        raise MlflowException("API request failed with error code 503", error_code="TEMPORARILY_UNAVAILABLE")
+
+
+def test_a_registry_error_after_the_alias_is_gone_still_drops_the_label(registry: Registry, tmp_path: Path) -> None:
+    """Before: the failed lookup kept `champion` on answers until a later poll, though the alias was gone."""
+    settings = settings_for(registry.uri, f"sqlite:///{tmp_path / 'log.db'}", model_poll_interval_seconds=3600)
+    app = create_app(settings, lambda: FlakyLookupSource(registry.uri, settings.model_name, settings.model_alias))
+    with ApiServer(settings, app=app) as api:
+        wait_until(lambda: httpx.get(f"{api.url}/health/ready").status_code == 200, 120, "the model to load")
+        api.app.state.manager._source.alias_gone = True
+        assert _reload(api) == "alias_missing"
+        labels = _labels(api)
+        assert labels["info"] == ("1", None, "alias_missing")
+        assert labels["predict"] == (200, None, "alias_missing")
+        assert "could not be checked" in httpx.get(f"{api.url}/model").json()["registry_message"]

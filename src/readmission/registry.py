@@ -43,10 +43,11 @@ def is_not_found(exc: MlflowException) -> bool:
     return bool(exc.error_code == "RESOURCE_DOES_NOT_EXIST")
 
 
-def _unavailable(
+def unavailable_error(
     what: str, client: MlflowClient, exc: MlflowException, moved_to: str | None = None
 ) -> RegistryUnavailableError:
-    """The error for a failed registry call; ``moved_to``: the version `champion` was already moved to."""
+    """The error for a failed registry call (``what``: the call, in words); ``moved_to``: the version `champion`
+    was already moved to. Names the registry, says whether `champion` moved, and what to do."""
     where = getattr(client, "_registry_uri", None) or "the configured registry"
     first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
     state = (
@@ -98,7 +99,7 @@ def alias_version(client: MlflowClient, alias: str, name: str = MODEL_NAME) -> s
     except MlflowException as exc:
         if is_not_found(exc):
             return None
-        raise _unavailable(f"read the `{alias}` alias of {name!r}", client, exc) from exc
+        raise unavailable_error(f"read the `{alias}` alias of {name!r}", client, exc) from exc
     version = (model.aliases or {}).get(alias)
     return None if version is None else str(version)
 
@@ -129,7 +130,7 @@ def gated(client: MlflowClient, version: str, name: str = MODEL_NAME) -> bool:
     try:
         return DECISION_TAG in (client.get_model_version(name, version).tags or {})
     except MlflowException as exc:
-        raise _unavailable(f"read version {version} of {name!r}", client, exc) from exc
+        raise unavailable_error(f"read version {version} of {name!r}", client, exc) from exc
 
 
 def _recorded(client: MlflowClient, version: str, name: str) -> GateDecision:
@@ -189,6 +190,7 @@ def promote_if_better(
             client.delete_model_version_tag(name, candidate_version, DECISION_TAG)
         client.set_registered_model_alias(name, CHALLENGER, candidate_version)
         previous = champion_version(client, name)
+        moved = previous == candidate_version  # a run stopped after its alias move: `champion` is already here
         if previous == candidate_version and again:  # an operator re-gates the champion itself
             decision = GateDecision(True, candidate_version, previous, candidate_score, None, "already champion")
             _write_reason(client, decision, name)
@@ -205,7 +207,7 @@ def promote_if_better(
         client.set_model_version_tag(name, candidate_version, DECISION_TAG, PROMOTED if decision.promoted else KEPT)
     except MlflowException as exc:
         where = candidate_version if moved else None
-        raise _unavailable(f"gate version {candidate_version} of {name!r}", client, exc, where) from exc
+        raise unavailable_error(f"gate version {candidate_version} of {name!r}", client, exc, where) from exc
     return decision
 
 
@@ -238,7 +240,7 @@ def rollback(
         client.get_model_version(name, version)
     except MlflowException as exc:
         if not is_not_found(exc):
-            raise _unavailable(f"read version {version} of {name!r}", client, exc) from exc
+            raise unavailable_error(f"read version {version} of {name!r}", client, exc) from exc
         known = ", ".join(sorted((v.version for v in list_versions(client, name)), key=int))
         raise RegistryError(
             f"model {name!r} has no version {version} (known versions: {known or 'none'}); "
@@ -248,11 +250,11 @@ def rollback(
     try:
         client.set_registered_model_alias(name, CHAMPION, version)
     except MlflowException as exc:
-        raise _unavailable(f"move `{CHAMPION}` of {name!r} to version {version}", client, exc) from exc
+        raise unavailable_error(f"move `{CHAMPION}` of {name!r} to version {version}", client, exc) from exc
     try:
         client.set_model_version_tag(name, version, "rollback.reason", f"{reason} (champion was v{previous})")
     except MlflowException as exc:
-        raise _unavailable(f"tag version {version} of {name!r} with the rollback", client, exc, version) from exc
+        raise unavailable_error(f"tag version {version} of {name!r} with the rollback", client, exc, version) from exc
     return previous
 
 
@@ -279,7 +281,7 @@ def list_versions(client: MlflowClient, name: str = MODEL_NAME) -> list[VersionS
     except MlflowException as exc:
         if is_not_found(exc):
             return []
-        raise _unavailable(f"list the versions of {name!r}", client, exc) from exc
+        raise unavailable_error(f"list the versions of {name!r}", client, exc) from exc
     aliases: dict[str, list[str]] = {}
     for alias, version in registered.aliases.items():
         aliases.setdefault(str(version), []).append(alias)

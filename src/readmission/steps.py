@@ -284,13 +284,13 @@ def _job_version(client: Any, training_key: str) -> str | None:
     from mlflow.exceptions import MlflowException
 
     from readmission.names import MODEL_NAME, TRAINING_KEY_TAG
-    from readmission.registry import RegistryUnavailableError, quote_filter_value
+    from readmission.registry import quote_filter_value, unavailable_error
 
     query = f"name = {quote_filter_value(MODEL_NAME)} and tags.{TRAINING_KEY_TAG} = {quote_filter_value(training_key)}"
     try:
         versions = client.search_model_versions(query)
     except MlflowException as exc:
-        raise RegistryUnavailableError(f"could not search the registry for job {training_key}: {exc}") from exc
+        raise unavailable_error(f"search the versions of job {training_key}", client, exc) from exc
     return str(min(int(v.version) for v in versions)) if versions else None
 
 
