@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
+import pydantic_core
 from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -105,7 +106,11 @@ class ErrorBody(BaseModel):
     error: str
     message: str
     request_id: str
-    errors: list[ErrorItem] | None = None
+    errors: list[ErrorItem] | None = Field(None, description="The first 50 problems at most.")
+    errors_total: int | None = Field(None, description="How many problems there were, when not all are listed.")
+
+
+MAX_LISTED_ERRORS = 50  # an answer lists at most this many errors (and says how many there were)
 
 
 class InvalidBodyError(Exception):
@@ -113,12 +118,18 @@ class InvalidBodyError(Exception):
 
     ``error`` is the answer's code: ``invalid_input`` (the contract refuses a value), ``not_eligible`` (a
     valid encounter outside the model's population) or ``duplicate_key`` (a JSON object repeats a key).
+    ``errors`` holds at most ``MAX_LISTED_ERRORS`` items; ``total`` counts them all.
     """
 
-    def __init__(self, errors: list[dict[str, Any]], error: str = "invalid_input") -> None:
+    def __init__(self, errors: list[dict[str, Any]], error: str = "invalid_input", total: int | None = None) -> None:
         super().__init__(f"{len(errors)} invalid field(s)")
-        self.errors = errors
+        self.errors = errors[:MAX_LISTED_ERRORS]
         self.error = error
+        self.total = len(errors) if total is None else total
+
+
+class BatchTooLargeError(Exception):
+    """More encounters than MAX_BATCH_SIZE (413), found before any of them is validated."""
 
 
 def check_eligible(encounters: Sequence[BaseModel], prefix: str = "") -> None:
@@ -147,16 +158,36 @@ def parse_body(body: bytes, model: type[ModelT]) -> ModelT:
     try:
         parsed = model.model_validate_json(body)
     except ValidationError as exc:
-        errors = exc.errors(include_url=False)
-        if any(e["type"] == "json_invalid" for e in errors):
-            try:
-                body.decode("utf-8")
-            except UnicodeDecodeError:
-                raise StarletteHTTPException(400, "the request body is not UTF-8 text") from None
-        raise InvalidBodyError([_field_error(dict(e)) for e in errors]) from None
+        raise _invalid_body(exc, body) from None
     if _key_count(body) != _keys_given(parsed) and (repeated := _repeated_keys(body)):
         raise InvalidBodyError(repeated, error="duplicate_key")
     return parsed
+
+
+def parse_batch(body: bytes, max_items: int) -> BatchRequest:
+    """``parse_body`` for ``BatchRequest``, after checking the item count: more than ``max_items``
+    encounters raise ``BatchTooLargeError`` (413) before any encounter is validated, so a pathological
+    body (thousands of empty objects) costs one JSON parse, not thousands of error lists."""
+    try:
+        data = pydantic_core.from_json(body)
+    except ValueError:
+        return parse_body(body, BatchRequest)  # not JSON: the same 400/422 as everywhere
+    items = data.get("encounters") if isinstance(data, dict) else None
+    if isinstance(items, list) and len(items) > max_items:
+        raise BatchTooLargeError(f"{len(items):,} encounters in one batch; the limit is {max_items:,} (MAX_BATCH_SIZE)")
+    return parse_body(body, BatchRequest)
+
+
+def _invalid_body(exc: ValidationError, body: bytes) -> Exception:
+    """The 400 (not UTF-8) or the 422 for a body pydantic refused, listing its first errors only."""
+    errors = exc.errors(include_url=False)
+    if any(e["type"] == "json_invalid" for e in errors):
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError:
+            return StarletteHTTPException(400, "the request body is not UTF-8 text")
+    listed = [_field_error(dict(e)) for e in errors[:MAX_LISTED_ERRORS]]
+    return InvalidBodyError(listed, total=exc.error_count())
 
 
 _KEY_END = re.compile(rb'"[ \t\n\r]*:')

@@ -16,13 +16,17 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from inference_api.batcher import BatcherFailedError, ModelNotReadyError, PredictionTimeoutError
-from inference_api.contract import ErrorBody, InvalidBodyError
+from inference_api.contract import BatchTooLargeError, ErrorBody, InvalidBodyError
 
 log = logging.getLogger("inference_api")
 
 
 class PayloadTooLargeError(Exception):
     """The body (or the batch) is larger than allowed (413)."""
+
+
+class UnsupportedMediaTypeError(Exception):
+    """The body is compressed or declared as something other than JSON (415)."""
 
 
 class FastJSONResponse(JSONResponse):
@@ -49,6 +53,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorBody, "description": "Invalid input: each bad field with its allowed values or range."},
     503: {"model": ErrorBody, "description": "No model loaded yet (train and promote one), or the batcher stopped."},
     413: {"model": ErrorBody, "description": "Body or batch too large."},
+    415: {"model": ErrorBody, "description": "A compressed body or a Content-Type that is not JSON."},
     500: {"model": ErrorBody, "description": "Unexpected error (the request id identifies it in the logs)."},
     504: {"model": ErrorBody, "description": "The model call took longer than PREDICT_TIMEOUT_SECONDS."},
 }
@@ -60,15 +65,19 @@ async def _invalid(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, InvalidBodyError)
     fields = ", ".join(dict.fromkeys(e["field"] for e in exc.errors))
     what = {"not_eligible": "not eligible", "duplicate_key": "repeated key(s)"}.get(exc.error, "invalid field(s)")
-    message = f"{len(exc.errors)} {what}: {fields}"
-    return error_response(422, exc.error, message, request_id(request), errors=exc.errors)
+    if exc.total > len(exc.errors):
+        message = f"{exc.total:,} {what}; the first {len(exc.errors)}: {fields}"
+        return error_response(422, exc.error, message, request_id(request), errors=exc.errors, errors_total=exc.total)
+    return error_response(422, exc.error, f"{exc.total} {what}: {fields}", request_id(request), errors=exc.errors)
 
 
 async def _not_ready(request: Request, exc: Exception) -> JSONResponse:
-    message = (
-        f"no model is loaded: {exc}. Train and promote one (`make run` or the Airflow DAG); the service "
-        "picks it up by itself."
+    advice = (
+        "Train and promote one (`make run` or the Airflow DAG); the service picks it up by itself."
+        if "has no `" in str(exc)
+        else "The service retries by itself; /health/ready says when it is ready."
     )
+    message = f"no model is loaded: {exc}. {advice}"
     return error_response(503, "model_not_ready", message, request_id(request))
 
 
@@ -82,6 +91,10 @@ async def _batcher_failed(request: Request, exc: Exception) -> JSONResponse:
 
 async def _too_large(request: Request, exc: Exception) -> JSONResponse:
     return error_response(413, "payload_too_large", str(exc), request_id(request))
+
+
+async def _media_type(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(415, "unsupported_media_type", str(exc), request_id(request))
 
 
 async def _http(request: Request, exc: Exception) -> JSONResponse:
@@ -106,5 +119,7 @@ def register_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(PredictionTimeoutError, _timeout)
     app.add_exception_handler(BatcherFailedError, _batcher_failed)
     app.add_exception_handler(PayloadTooLargeError, _too_large)
+    app.add_exception_handler(BatchTooLargeError, _too_large)
+    app.add_exception_handler(UnsupportedMediaTypeError, _media_type)
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(Exception, _unexpected)
