@@ -2,14 +2,19 @@
 
     python scripts/serve.py          (API_PORT, default 8000; UI_PORT, default 8501)
 
-Prints both URLs once each answers, stops both on Ctrl-C / SIGTERM, and stops the other (exit code 1)
-when one of them dies.
+Checks first that both ports are free (exit code 1 at once, naming the port and the setting, when another
+program holds one), prints each URL only once its own child answers there (the API's /health/live must
+report the instance id given to it; the page cannot bind a taken port and exits, which stops both), stops
+both on Ctrl-C / SIGTERM, and stops the other (exit code 1) when one of them dies.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,22 +25,46 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _answers(url: str) -> bool:
+def _answers(url: str, instance: str | None = None) -> bool:
+    """Whether ``url`` answers; with ``instance``, only a JSON body whose ``instance`` is that id counts."""
     try:
-        with urllib.request.urlopen(url, timeout=2):
-            return True
-    except urllib.error.HTTPError:
-        return True  # it answers (503 while no model is loaded yet is an answer)
+        with urllib.request.urlopen(url, timeout=2) as response:
+            body = response.read()
+    except urllib.error.HTTPError as exc:
+        body = exc.read()  # an error status is an answer (503 while the batcher is down)
     except OSError:
+        return False
+    if instance is None:
+        return True
+    try:
+        return bool(json.loads(body).get("instance") == instance)
+    except (ValueError, AttributeError):
         return False
 
 
-def main() -> int:
-    api_port, ui_port = os.environ.get("API_PORT", "8000"), os.environ.get("UI_PORT", "8501")
-    bindir = Path(sys.executable).parent
-    api = subprocess.Popen([sys.executable, "-m", "inference_api"], env={**os.environ, "PORT": api_port})
+def _port_in_use(host: str, port: int) -> bool:
+    """Whether another program listens on ``host:port`` (a bind there fails)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _ports_taken(ports: dict[str, tuple[str, int]]) -> list[str]:
+    """A message per setting whose port another program holds."""
+    return [
+        f"serve: port {port} is in use by another program (set {setting}=... to use another port)"
+        for setting, (host, port) in ports.items()
+        if _port_in_use(host, port)
+    ]
+
+
+def _start_ui(api_port: str, ui_port: str, bindir: Path) -> subprocess.Popen[bytes]:
+    """The Streamlit page on 127.0.0.1:``ui_port``, talking to the API (API_URL, default the local one)."""
     ui_env = {**os.environ, "API_URL": os.environ.get("API_URL", f"http://127.0.0.1:{api_port}")}
-    ui = subprocess.Popen(
+    return subprocess.Popen(
         [
             str(bindir / "streamlit"),
             "run",
@@ -48,6 +77,20 @@ def main() -> int:
         ],
         env=ui_env,
     )
+
+
+def main() -> int:
+    api_port, ui_port = os.environ.get("API_PORT", "8000"), os.environ.get("UI_PORT", "8501")
+    api_host = os.environ.get("HOST", "127.0.0.1")
+    taken = _ports_taken({"API_PORT": (api_host, int(api_port)), "UI_PORT": ("127.0.0.1", int(ui_port))})
+    if taken:
+        print("\n".join(taken), file=sys.stderr)
+        return 1
+    bindir = Path(sys.executable).parent
+    instance = secrets.token_hex(8)
+    api_env = {**os.environ, "PORT": api_port, "INSTANCE_ID": instance}
+    api = subprocess.Popen([sys.executable, "-m", "inference_api"], env=api_env)
+    ui = _start_ui(api_port, ui_port, bindir)
     processes = {"inference API": api, "UI": ui}
     stopping = False
 
@@ -66,7 +109,7 @@ def main() -> int:
             if process.poll() is not None:
                 print(f"serve: the {name} exited with code {process.returncode}; stopping", file=sys.stderr)
                 stopping, code = True, 1
-            elif name not in announced and _answers(checks[name]):
+            elif name not in announced and _answers(checks[name], instance if name == "inference API" else None):
                 announced.add(name)
                 extra = " (API docs: /docs)" if name == "inference API" else ""
                 print(f"serve: {name} on {urls[name]}{extra}", flush=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -42,6 +43,7 @@ class Components:
     prediction_log: PredictionLog
     in_flight: InFlight
     batcher: Batcher
+    instance_id: str  # INSTANCE_ID, or a random id for this process (/health/live reports it)
 
     @classmethod
     def build(cls, settings: ApiSettings, source_factory: Callable[[], ModelSource] | None = None) -> Components:
@@ -71,7 +73,8 @@ class Components:
             max_wait_ms=settings.microbatch_max_wait_ms,
             timeout_seconds=settings.predict_timeout_seconds,
         )
-        return cls(settings, metrics, manager, prediction_log, in_flight, batcher)
+        instance_id = settings.instance_id or os.urandom(8).hex()
+        return cls(settings, metrics, manager, prediction_log, in_flight, batcher, instance_id)
 
     async def start(self) -> None:
         """Start the log writer, the registry poller and the batcher (call from the event loop)."""

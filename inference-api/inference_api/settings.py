@@ -22,6 +22,11 @@ class ApiSettings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="Address uvicorn listens on (0.0.0.0 in a container).")
     port: int = Field(8000, ge=1, le=65535, description="Port uvicorn listens on.")
+    instance_id: str = Field(
+        "",
+        description="This process's identity in /health/live (empty: a random one per process; `make run` sets "
+        "it to know that the server answering on its port is its own child).",
+    )
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
     data_dir: Path = Field(Path("var"), description="Folder of the embedded defaults (local MLflow store, SQLite log).")
     mlflow_tracking_uri: str | None = Field(

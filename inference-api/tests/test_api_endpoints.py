@@ -87,7 +87,9 @@ def test_model_health_metrics_and_docs(client: TestClient) -> None:
     assert info["name"] == "diabetes-readmission" and info["version"] == "1" and info["alias"] == "champion"
     assert len(info["run_id"]) == 32 and info["prediction_path"] in {"compiled", "compiled-input", "pipeline"}
     assert "test_roc_auc_30" in info["metrics"] and "loaded_at" in info
-    assert client.get("/health/live").json() == {"status": "alive"}
+    live = client.get("/health/live").json()
+    assert live == {"status": "alive", "instance": client.app.state.components.instance_id}  # type: ignore[attr-defined]
+    assert len(live["instance"]) == 16
     ready = client.get("/health/ready")
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
     client.post("/predict", json=EXAMPLES[0])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
 from livesupport import free_port
 
 SERVE = Path(__file__).resolve().parents[2] / "scripts" / "serve.py"
@@ -61,3 +63,48 @@ def test_serve_starts_the_api_and_the_page_then_stops_both(registry_uri: str, tm
         except OSError:
             continue  # connection refused: stopped
         raise AssertionError(f"something still answers on {port}")
+
+
+@pytest.mark.parametrize("setting", ["API_PORT", "UI_PORT"])
+def test_a_port_held_by_another_program_stops_serve_at_once_naming_it(setting: str, tmp_path: Path) -> None:
+    """Before: with 8501 held by another program, `make run` printed that program's URL as its own page."""
+    ports = {"API_PORT": free_port(), "UI_PORT": free_port()}
+    with socket.socket() as other:  # another program listening on the port
+        other.bind(("127.0.0.1", ports[setting]))
+        other.listen()
+        env = {**os.environ, **{k: str(v) for k, v in ports.items()}, "DATA_DIR": str(tmp_path)}
+        done = subprocess.run(
+            [sys.executable, str(SERVE)],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=PATIENCE_SECONDS,
+        )
+    assert done.returncode == 1
+    assert f"serve: port {ports[setting]} is in use by another program (set {setting}=... " in done.stderr
+    assert "serve:" not in done.stdout  # no URL announced
+
+
+def test_the_api_health_names_its_instance_so_serve_knows_its_own_child() -> None:
+    """A stranger's server on the API port answers /health/live without our instance id: not announced."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("serve", SERVE)
+    assert spec is not None and spec.loader is not None
+    serve = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(serve)
+    port = free_port()
+    stranger = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"], cwd=SERVE.parent
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + PATIENCE_SECONDS
+        while not serve._answers(url):
+            assert time.monotonic() < deadline and stranger.poll() is None
+            time.sleep(0.2)
+        assert not serve._answers(url, "0123456789abcdef")
+    finally:
+        stranger.terminate()
+        stranger.wait(30)

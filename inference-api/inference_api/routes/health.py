@@ -15,10 +15,12 @@ router = APIRouter(tags=["health"])
 @router.get("/health/live", responses={503: {"description": "The micro-batcher died: restart the process."}})
 async def live(parts: ComponentsDep) -> JSONResponse:
     """The process is up and answering (it may not have a model yet); 503 once the micro-batcher has died,
-    which only a restart mends (the kubelet's liveness probe restarts the container)."""
+    which only a restart mends (the kubelet's liveness probe restarts the container). ``instance`` is the
+    process's INSTANCE_ID (random when not set)."""
+    instance = parts.instance_id
     if parts.batcher.failure is not None:
-        return JSONResponse({"status": "dead", "reason": parts.batcher.failure}, status_code=503)
-    return JSONResponse({"status": "alive"})
+        return JSONResponse({"status": "dead", "reason": parts.batcher.failure, "instance": instance}, status_code=503)
+    return JSONResponse({"status": "alive", "instance": instance})
 
 
 @router.get("/health/ready", responses={503: {"description": "Not ready, with the reason."}})
