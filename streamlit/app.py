@@ -8,13 +8,15 @@ the same declarations the API validates against.
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 import streamlit as st
 
 from readmission import schema
-from readmission_ui.batch import BatchFileError, check_file, score, summary
+from readmission_ui.batch import BatchFileError, CheckedFile, check_file, score, summary
 from readmission_ui.client import ApiClient, ApiFailed, ApiNotReady, ApiProblem, ApiRejected, ApiUnreachable
 from readmission_ui.settings import UiSettings
 
@@ -55,7 +57,9 @@ def _show_problem(problem: ApiProblem, settings: UiSettings) -> None:
             {
                 "field": e.field,
                 "problem": e.message,
-                "allowed": ", ".join(e.allowed) if e.allowed else (f"{e.minimum} to {e.maximum}" if e.maximum else ""),
+                "allowed": ", ".join(map(str, e.allowed))
+                if e.allowed
+                else (f"{e.minimum} to {e.maximum}" if e.maximum else ""),
             }
             for e in problem.errors
         ]
@@ -156,6 +160,17 @@ def predict_page(client: ApiClient, settings: UiSettings) -> None:
         _show_prediction(st.session_state["result"])
 
 
+@st.cache_resource(max_entries=4, show_spinner="Checking every row…")
+def _checked(digest: str, _content: bytes, max_rows: int) -> CheckedFile | str:
+    """The checked file, once per content (``digest``: its SHA-256, the cache key; Streamlit does not hash
+    ``_content`` again); the error text when it is unusable. A rerun (any click) reuses it: re-checking a
+    100,000-row file on every click took most of a minute."""
+    try:
+        return check_file(_content, max_rows)
+    except BatchFileError as exc:
+        return str(exc)
+
+
 def batch_page(client: ApiClient, settings: UiSettings) -> None:
     st.write(
         "Upload a CSV in the raw data format (the columns of `diabetic_data.csv`; identifiers and `readmitted` "
@@ -164,24 +179,50 @@ def batch_page(client: ApiClient, settings: UiSettings) -> None:
     upload = st.file_uploader("Encounters (CSV)", type=["csv"], key="upload")
     if upload is None:
         return
-    try:
-        checked = check_file(upload.getvalue(), settings.max_upload_rows)
-    except BatchFileError as exc:
-        st.error(f"**{upload.name} cannot be used:** {exc}", icon="📄")
+    content = upload.getvalue()
+    digest = hashlib.sha256(content).hexdigest()
+    checked = _checked(digest, content, settings.max_upload_rows)
+    if isinstance(checked, str):
+        st.error(f"**{upload.name} cannot be used:** {checked}", icon="📄")
         return
     if not checked.valid:
-        bad_lines = len({line for line, _ in checked.row_errors})
-        st.error(
-            f"**{upload.name}: {len(checked.row_errors)} problem(s) in {bad_lines} of {len(checked.frame):,} rows; "
-            "nothing was sent.** Fix these lines and upload again:",
-            icon="📄",
-        )
-        errors = pd.DataFrame(checked.row_errors[:500], columns=["line", "problem"])
-        st.dataframe(errors, hide_index=True, width="stretch")
+        _show_row_errors(upload.name, checked)
         return
     st.success(f"{upload.name}: {len(checked.encounters):,} valid encounters.")
-    if not st.button(f"Score {len(checked.encounters):,} encounters", type="primary", key="score"):
-        return
+    scored: ScoredFile | None = st.session_state.get("scored")
+    if scored is None or scored.digest != digest:
+        if not st.button(f"Score {len(checked.encounters):,} encounters", type="primary", key="score"):
+            return
+        scored = _score(client, settings, checked, digest, upload.name)
+        if scored is None:
+            return
+        st.session_state["scored"] = scored  # kept across reruns: a click never wipes it or scores again
+    _show_scored(scored)
+
+
+@dataclass(frozen=True)
+class ScoredFile:
+    """The results of one scored file, kept in the session: shown again on every rerun, never re-sent."""
+
+    digest: str
+    name: str
+    results: pd.DataFrame
+    versions: set[str]
+    csv: bytes
+
+
+def _show_row_errors(name: str, checked: CheckedFile) -> None:
+    bad_lines = len({line for line, _ in checked.row_errors})
+    st.error(
+        f"**{name}: {len(checked.row_errors)} problem(s) in {bad_lines} of {len(checked.frame):,} rows; "
+        "nothing was sent.** Fix these lines and upload again:",
+        icon="📄",
+    )
+    errors = pd.DataFrame(checked.row_errors[:500], columns=["line", "problem"])
+    st.dataframe(errors, hide_index=True, width="stretch")
+
+
+def _score(client: ApiClient, settings: UiSettings, checked: CheckedFile, digest: str, name: str) -> ScoredFile | None:
     bar = st.progress(0.0, text="scoring…")
     try:
         results, versions = score(
@@ -192,20 +233,26 @@ def batch_page(client: ApiClient, settings: UiSettings) -> None:
         )
     except ApiProblem as problem:
         _show_problem(problem, settings)
-        return
-    facts = summary(results)
+        return None
+    return ScoredFile(digest, name, results, versions, results.to_csv(index=False).encode())
+
+
+def _show_scored(scored: ScoredFile) -> None:
+    facts = summary(scored.results)
     st.subheader("Summary")
     cols = st.columns(4)
     cols[0].metric("Encounters scored", f"{facts['rows']:,}")
     cols[1].metric("Mean 30-day risk", f"{facts['mean_risk_30_days']:.1%}")
     cols[2].metric("High risk", f"{facts['bands']['high']:,}")
     cols[3].metric("Medium risk", f"{facts['bands']['medium']:,}")
-    st.caption(f"Answered by {', '.join(sorted(versions))}.")
-    st.dataframe(results.head(1_000), hide_index=True, width="stretch")
+    st.caption(
+        f"Answered by {', '.join(sorted(scored.versions))}. Scored once: uploading another file scores that one."
+    )
+    st.dataframe(scored.results.head(1_000), hide_index=True, width="stretch")
     st.download_button(
         "Download the results (CSV)",
-        results.to_csv(index=False).encode(),
-        file_name=f"{upload.name.removesuffix('.csv')}-scored.csv",
+        scored.csv,
+        file_name=f"{scored.name.removesuffix('.csv')}-scored.csv",
         mime="text/csv",
         key="download",
     )

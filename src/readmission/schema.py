@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, create_model
 from pydantic_core import PydanticCustomError
 
 MISSING = "?"
@@ -480,6 +480,9 @@ def _encounter_field(col: Column) -> tuple[Any, Any]:
         literal: Any = Literal[tuple(col.levels)]
         if col.kind is Kind.CODED:
             literal = Annotated[Literal[tuple(int(v) for v in col.levels)], BeforeValidator(_json_integer)]
+        if col.name == ELIGIBILITY_FIELD:  # the document lists the eligible codes; the others get not_eligible
+            eligible = [int(v) for v in col.levels if int(v) not in DEATH_OR_HOSPICE_DISCHARGE_IDS]
+            literal = Annotated[literal, WithJsonSchema({"type": "integer", "enum": eligible})]
         typ = Optional[literal] if col.may_be_missing else literal  # noqa: UP045 - runtime construction
         default = None if col.may_be_missing else ...
         return typ, Field(default, alias=col.name, description=col.description)

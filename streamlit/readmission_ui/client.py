@@ -26,7 +26,7 @@ class FieldError:
 
     field: str
     message: str
-    allowed: list[str] | None = None
+    allowed: list[str | int] | None = None  # numbers for coded columns
     minimum: int | None = None
     maximum: int | None = None
 

@@ -97,6 +97,35 @@ def test_a_good_file_is_scored_in_chunks_with_a_summary_and_a_download(
     assert at.get("download_button")  # the results as CSV
 
 
+def _predictions_served(api: str) -> float:
+    """inference_predictions_total of the API, summed over classes."""
+    with urllib.request.urlopen(f"{api}/metrics", timeout=PATIENCE_SECONDS) as response:
+        lines = response.read().decode().splitlines()
+    return sum(float(line.split()[-1]) for line in lines if line.startswith("inference_predictions_total{"))
+
+
+def test_scored_results_survive_any_click_and_are_never_scored_twice(
+    monkeypatch: pytest.MonkeyPatch, api_url: str
+) -> None:
+    """Before: any click after scoring (Download too) wiped the results, and Score again logged every
+    prediction a second time."""
+    frame = eligible(synthetic_encounters(30, seed=8))
+    at = _page(monkeypatch, api_url)
+    _upload(at, "ward.csv", frame.to_csv(index=False).encode())
+    at.button(key="score").click().run()
+    served = _predictions_served(api_url)
+    for _ in range(2):  # unrelated clicks: each is a rerun of the whole script
+        at.button(key=f"example {SECOND_EXAMPLE}").click().run()
+        assert not at.exception
+        assert {m.label: m.value for m in at.metric}["Encounters scored"] == "30"
+        assert at.get("download_button")
+        assert not [b for b in at.button if b.key == "score"]  # nothing offers to send the same file again
+    assert _predictions_served(api_url) == served
+    _upload(at, "other.csv", eligible(synthetic_encounters(5, seed=9)).to_csv(index=False).encode())
+    assert [b for b in at.button if b.key == "score"]  # another file: its own Score button
+    assert not [m for m in at.metric if m.label == "Encounters scored"]
+
+
 def test_a_malformed_file_shows_each_bad_row_and_sends_nothing(monkeypatch: pytest.MonkeyPatch, api_url: str) -> None:
     frame = eligible(synthetic_encounters(30, seed=4))
     frame.loc[4, "age"] = "[100-110)"
