@@ -11,7 +11,7 @@ A request waits about ``timeout_seconds`` (PREDICT_TIMEOUT_SECONDS) for its mode
 gets ``PredictionTimeoutError`` (504). Gathered requests are timed by one watchdog task that wakes every
 ``timeout_seconds / 10`` (at most 0.25 s, so an answer may come that much late) and fails the expired ones,
 oldest first: a request pays a deque append instead of an ``asyncio.wait_for`` (measured in
-``bench/timeout_cost.py``); while a call runs longer than that the service is not ready. The batching
+``bench/request_overhead.py``); while a call runs longer than that the service is not ready. The batching
 task is supervised: if it ends without ``stop()`` (an exception escaped it, or it was cancelled), what
 waits on it gets ``BatcherFailedError`` (503), as does every later request, and the service stays not ready
 with the reason; `/health/live` answers 503, so the kubelet restarts the container (the task itself is not
