@@ -1,9 +1,11 @@
 """The one reader of encounter files: the loader (``readmission load-raw``) and the page's batch scoring both
 turn a file's bytes into records here, so they accept and refuse the same files.
 
-Accepted: UTF-8 with or without a byte-order mark (UTF-16 with its mark is re-encoded), any line ending
-(LF, CRLF, CR), fields separated by ``,``, ``;`` or tab, fields quoted with ``"`` as RFC 4180 describes.
-The separator is found by the standard library's ``csv.Sniffer`` on the first complete lines, never by
+Accepted: UTF-8 with or without a byte-order mark (UTF-16 with its mark is re-encoded; a file that is not
+UTF-8, as Excel's Windows-1252 exports, is read as Windows-1252, else Latin-1, so its odd cells are
+refused by the contract, never a crash), any line ending (LF, CRLF, CR), fields separated by ``,``, ``;``
+or tab, fields quoted with ``"`` as RFC 4180 describes. The separator is found by the standard library's
+``csv.Sniffer`` on the header line (whose names the contract knows), then on the first lines, never by
 hand. Anything else is refused with one message that says what was found and what to do.
 
 Every accepted file comes out in one canonical form: comma-separated UTF-8 records, one ``bytes`` each
@@ -26,6 +28,7 @@ ACCEPTED_DELIMITERS = {",": "commas", ";": "semicolons", "\t": "tabs"}
 _CANDIDATES = ",;\t|:^~"  # what the sniffer may report; only ACCEPTED_DELIMITERS are read
 _NAMES = {**ACCEPTED_DELIMITERS, "|": "'|'", ":": "':'", "^": "'^'", "~": "'~'"}
 _SNIFF_LINES = 20
+_SNIFF_BYTES = 8_192  # the contract's header is about 1 KB
 _FIX = "Save it as CSV (comma-, semicolon- or tab-separated, UTF-8) with the header of diabetic_data.csv."
 
 
@@ -55,16 +58,34 @@ def read_records(data: bytes, source: str) -> CsvRecords:
     if not numbered:
         raise SourceFormatError(f"{source} is empty. {_FIX}")
     delimiter = _delimiter([line for _, line in numbered[:_SNIFF_LINES]], source)
-    if delimiter == "," and b'"' not in data:  # the common case: the bytes are already canonical
+    if delimiter == "," and b'"' not in data and _is_utf8(data):  # the common case: already canonical
         header = numbered[0][1].decode("utf-8", "replace").split(",")
         body = numbered[1:]
         records = CsvRecords(_clean(header), numbered[0][1], [b for _, b in body], [n for n, _ in body], ",")
     else:
-        records = _transcode(data, delimiter)
+        records = _transcode(numbered, delimiter)
     repeated = sorted({name for name in records.header if records.header.count(name) > 1})
     if repeated:
         raise SourceFormatError(f"{source} names the column(s) {', '.join(repeated)} more than once. {_FIX}")
     return records
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _text(data: bytes) -> str:
+    """``data`` as text: UTF-8, else Windows-1252 (Excel's usual export), else Latin-1 (never fails)."""
+    for encoding in ("utf-8", "cp1252"):
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    return data.decode("latin-1")
 
 
 def _as_utf8(data: bytes, source: str) -> bytes:
@@ -82,11 +103,17 @@ def _as_utf8(data: bytes, source: str) -> bytes:
 
 
 def _delimiter(first_lines: list[bytes], source: str) -> str:
-    """The separator of the file, from its first complete lines (the header first)."""
-    sample = "\n".join(line.decode("utf-8", "replace") for line in first_lines)
-    try:
-        found = csv.Sniffer().sniff(sample, delimiters=_CANDIDATES).delimiter
-    except csv.Error:
+    """The separator of the file, from its header line, else from its first complete lines (a malformed
+    record among them must not decide the file's dialect)."""
+    found = ""
+    for sample in (first_lines[:1], first_lines):
+        try:  # each line cut to _SNIFF_BYTES: the sniffer's time grows with the square of a line's length
+            text = _text(b"\n".join(line[:_SNIFF_BYTES] for line in sample))
+            found = csv.Sniffer().sniff(text, delimiters=_CANDIDATES).delimiter
+            break
+        except csv.Error:
+            continue
+    if not found:
         if len(first_lines[0].split(b",")) > 1 or not any(c.encode() in first_lines[0] for c in _CANDIDATES):
             return ","  # a header-only or single-column file: let the header check name what is missing
         raise SourceFormatError(f"{source}: cannot tell how its fields are separated. {_FIX}") from None
@@ -95,31 +122,28 @@ def _delimiter(first_lines: list[bytes], source: str) -> str:
     return found
 
 
-def _transcode(data: bytes, delimiter: str) -> CsvRecords:
-    """Re-encode a file with quotes or another separator as canonical records, keeping line numbers."""
-    text = data.decode("utf-8", "replace")
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=False)
-    records: list[bytes] = []
-    numbers: list[int] = []
-    header: list[str] | None = None
-    start = 1
-    for fields in reader:
-        if any(f.strip() for f in fields):
-            if header is None:
-                header = fields
-            else:
-                records.append(_canonical(fields))
-                numbers.append(start)
-        start = reader.line_num + 1
-    assert header is not None  # read_records refused a file without a non-blank line
-    return CsvRecords(_clean(header), _canonical(header), records, numbers, delimiter)
+def _transcode(numbered: list[tuple[int, bytes]], delimiter: str) -> CsvRecords:
+    """Re-encode the lines of a file with quotes, another separator or another encoding as canonical
+    records. Each physical line is one record: a quote left open cannot swallow the lines after it (a field
+    holding a line break is not a value of the contract), and such a line is kept as it is, so that
+    ``parse_records`` names it."""
+    lines: list[bytes] = []
+    for _, raw in numbered:
+        text = _text(raw)
+        if text.count('"') % 2:
+            lines.append(text.encode("utf-8"))  # unbalanced quotes: named by parse_records
+        else:
+            lines.append(_canonical(next(csv.reader([text], delimiter=delimiter))))
+    header = next(csv.reader([_text(numbered[0][1])], delimiter=delimiter))
+    return CsvRecords(_clean(header), lines[0], lines[1:], [n for n, _ in numbered[1:]], delimiter)
 
 
 def _canonical(fields: list[str]) -> bytes:
-    """One record as comma-separated UTF-8, quoted only where a field needs it (RFC 4180)."""
+    """One record as comma-separated UTF-8, quoted only where a field needs it (RFC 4180): a field holding a
+    separator, a quote or a line break (the writer quotes line breaks found in its line terminator)."""
     out = io.StringIO()
-    csv.writer(out, lineterminator="").writerow(fields)
-    return out.getvalue().encode("utf-8")
+    csv.writer(out, lineterminator="\r\n").writerow(fields)
+    return out.getvalue()[:-2].encode("utf-8")
 
 
 def _clean(header: list[str]) -> list[str]:
@@ -141,8 +165,8 @@ def parse_records(header: list[str], lines: list[bytes]) -> tuple[pd.DataFrame, 
     for i, line in enumerate(lines):
         count = line.count(b",") + 1
         if b'"' in line:
-            if b"\n" in line or b"\r" in line:
-                bad[i] = "a quoted field spans several lines"
+            if line.count(b'"') % 2:
+                bad[i] = 'a quote (") opens a field that does not close on its line'
                 continue
             count = len(next(csv.reader([line.decode("utf-8", "replace")])))
         if count == expected:

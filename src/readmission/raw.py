@@ -37,7 +37,7 @@ from readmission import schema
 from readmission.csvfile import parse_records, read_records
 from readmission.db import copy_csv_into, insert_rows, is_postgres
 from readmission.errors import LedgerConflictError
-from readmission.validation import check_header, contract_violations
+from readmission.validation import check_header, contract_violations, repeated_ids
 
 DEFAULT_BATCH_SIZE = 15_000
 RAW_TABLE = "raw_encounters"
@@ -81,7 +81,7 @@ raw_quarantine = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("batch_number", Integer, nullable=False, index=True),
-    Column("source_line", Integer, nullable=False),
+    Column("source_line", Integer, nullable=False),  # the line of the file where the record starts (header: 1)
     Column("encounter_id", Text),
     Column("reason", Text, nullable=False),
     Column("raw_record", Text, nullable=False),
@@ -96,6 +96,7 @@ class SourceFile:
     path: Path
     header: list[str]
     lines: list[bytes]  # canonical records (readmission.csvfile), blank lines left out
+    line_numbers: list[int]  # the file's line where each record starts (the page reports the same numbers)
     batch_size: int
     sha256: str
 
@@ -107,7 +108,8 @@ class SourceFile:
         data = Path(path).read_bytes()
         records = read_records(data, str(path))
         check_header(records.header, str(path))
-        return cls(Path(path), records.header, records.lines, batch_size, hashlib.sha256(data).hexdigest())
+        digest = hashlib.sha256(data).hexdigest()
+        return cls(Path(path), records.header, records.lines, records.line_numbers, batch_size, digest)
 
     @property
     def batch_count(self) -> int:
@@ -239,10 +241,9 @@ def _validate_batch(header: list[str], lines: list[bytes]) -> tuple[pd.DataFrame
     violations = contract_violations(frame)
     reasons.update({int(i): str(r) for i, r in violations[violations != ""].items()})
     frame = frame.drop(index=[i for i in reasons if i in frame.index])
-    duplicated = frame["encounter_id"].astype("int64").duplicated()
-    for i in frame.index[duplicated.to_numpy()]:
-        reasons[int(i)] = f"encounter_id {frame.at[i, 'encounter_id']} appears earlier in the same batch"
-    return frame.loc[~duplicated.to_numpy()], reasons
+    repeated = repeated_ids(frame, "batch")
+    reasons.update({i: found[0] for i, found in repeated.items()})
+    return frame.drop(index=list(repeated)), reasons
 
 
 def _load_batch(
@@ -290,7 +291,7 @@ def _write_batch(
                 [
                     {
                         "batch_number": number,
-                        "source_line": first_line + i,
+                        "source_line": source.line_numbers[number * source.batch_size + i],
                         "reason": reason,
                         "encounter_id": _field(lines[i], source.header.index("encounter_id")),
                         "raw_record": lines[i].decode("utf-8", "replace"),

@@ -103,3 +103,14 @@ def eligibility_problems(frame: pd.DataFrame) -> dict[int, list[str]]:
     values = frame[ELIGIBILITY_FIELD]
     out = values.isin([str(code) for code in DEATH_OR_HOSPICE_DISCHARGE_IDS])
     return {int(i): [str(eligibility_problem(values.at[i]))] for i in out[out].index}
+
+
+def repeated_ids(frame: pd.DataFrame, scope: str) -> dict[int, list[str]]:
+    """The rows whose ``encounter_id`` an earlier row of ``frame`` already holds (``scope`` names what the
+    frame is in the message: "batch" for the loader, "file" for the page). ``frame`` holds rows that passed
+    the contract, so ids are canonical digits and equal text means equal number."""
+    if "encounter_id" not in frame:
+        return {}
+    ids = frame["encounter_id"]
+    repeated = ids.duplicated()
+    return {int(i): [f"encounter_id {ids.at[i]} appears earlier in the same {scope}"] for i in ids.index[repeated]}

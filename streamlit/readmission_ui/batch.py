@@ -11,7 +11,7 @@ import pandas as pd
 from readmission import schema
 from readmission.csvfile import parse_records, read_records
 from readmission.errors import SourceFormatError
-from readmission.validation import eligibility_problems, row_problems
+from readmission.validation import eligibility_problems, repeated_ids, row_problems
 from readmission_ui.client import ApiClient
 
 CLASSES = ("NO", ">30", "<30")
@@ -61,6 +61,9 @@ def check_file(content: bytes, max_rows: int) -> CheckedFile:
     frame, unreadable = parse_records(records.header, records.lines)
     problems = {i: [reason] for i, reason in unreadable.items()}
     for i, found in [*row_problems(frame).items(), *eligibility_problems(frame).items()]:
+        problems.setdefault(i, []).extend(found)
+    valid = frame.drop(index=[i for i in problems if i in frame.index])
+    for i, found in repeated_ids(valid, "file").items():  # among valid rows, as the loader checks them
         problems.setdefault(i, []).extend(found)
     row_errors = [(records.line_numbers[i], p) for i in sorted(problems) for p in problems[i]]
     if row_errors:

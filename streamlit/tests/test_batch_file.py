@@ -24,7 +24,7 @@ VALUES = st.one_of(
 
 
 def _loader_reasons(content: bytes) -> dict[int, str]:
-    """source line (1-based, header excluded) -> quarantine reason, from a real load into SQLite."""
+    """line of the file (the header is line 1) -> quarantine reason, from a real load into SQLite."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "f.csv"
         path.write_bytes(content)
@@ -53,7 +53,7 @@ def test_the_page_and_the_loader_give_each_row_the_same_verdict(
     page: dict[int, list[str]] = {}
     for line, problem in checked.row_errors:
         if "is not eligible" not in problem:  # the page's own rule on top: RAW keeps such rows
-            page.setdefault(line - 1, []).append(problem)  # the page counts the header as line 1
+            page.setdefault(line, []).append(problem)  # both count the file's lines, the header as line 1
     assert {line: "; ".join(problems) for line, problems in page.items()} == _loader_reasons(content)
     assert len(checked.encounters) == (10 if not checked.row_errors else 0)
 
