@@ -7,7 +7,9 @@
    ``inference_api.batcher`` does now (a deque append per request, scanned by one watchdog task).
 2. Reaching the app's parts in an endpoint: a FastAPI dependency (``Depends``) against reading
    ``request.app.state`` (what the prediction routes do), through a bare FastAPI app called as ASGI.
-3. The shutdown wrapper ``inference_api.shutdown.AnswerBeforeExit`` around that app, against none.
+3. The same endpoint reached through an included ``APIRouter`` against a route added to the app itself
+   (what ``inference_api.app`` does with the routers' routes).
+4. The shutdown wrapper ``inference_api.shutdown.AnswerBeforeExit`` around that app, against none.
 
 Prints microseconds per call (median of the rounds) and each extra cost as a share of one request's time
 on the event loop at 64 clients (1 / ``--rps``, the latest ``bench/api.py`` figure).
@@ -23,7 +25,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
 
 from inference_api.shutdown import AnswerBeforeExit
@@ -66,6 +68,14 @@ def _app() -> FastAPI:
         assert parts is not None
         return Response(await request.body())
 
+    router = APIRouter()
+
+    @router.post("/included")
+    async def included(request: Request) -> Response:
+        assert request.app.state.parts is not None
+        return Response(await request.body())
+
+    app.include_router(router)
     return app
 
 
@@ -91,7 +101,7 @@ async def _asgi(how: str) -> float:
     app = _app()
     if how == "wrapped":
         return await _calls(AnswerBeforeExit(app, 20.0), "/direct")
-    return await _calls(app, "/dependency" if how == "dependency" else "/direct")
+    return await _calls(app, {"dependency": "/dependency", "router": "/included"}.get(how, "/direct"))
 
 
 def _report(title: str, times: dict[str, list[float]], per_request: float) -> None:
@@ -108,7 +118,7 @@ def main() -> None:
     parser.add_argument("--rps", type=float, default=5042.8, help="requests/s of the API at 64 clients")
     args = parser.parse_args()
     timeouts: dict[str, list[float]] = {"bare": [], "wait_for": [], "watchdog": []}
-    routes: dict[str, list[float]] = {"direct": [], "dependency": [], "wrapped": []}
+    routes: dict[str, list[float]] = {"direct": [], "dependency": [], "router": [], "wrapped": []}
     for _ in range(args.rounds):
         for how, found in timeouts.items():
             found.append(asyncio.run(_awaits(how)))

@@ -8,7 +8,6 @@ document still describes them (``request_body`` and ``with_request_models``).
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -100,17 +99,17 @@ class ErrorItem(BaseModel):
     maximum: int | None = None
 
 
+MAX_LISTED_ERRORS = 50  # an answer lists at most this many errors (and says how many there were)
+
+
 class ErrorBody(BaseModel):
     """Every error answer has this shape."""
 
     error: str
     message: str
     request_id: str
-    errors: list[ErrorItem] | None = Field(None, description="The first 50 problems at most.")
+    errors: list[ErrorItem] | None = Field(None, description=f"The first {MAX_LISTED_ERRORS} problems at most.")
     errors_total: int | None = Field(None, description="How many problems there were, when not all are listed.")
-
-
-MAX_LISTED_ERRORS = 50  # an answer lists at most this many errors (and says how many there were)
 
 
 class InvalidBodyError(Exception):
@@ -135,7 +134,7 @@ class BatchTooLargeError(Exception):
 def check_eligible(encounters: Sequence[BaseModel], prefix: str = "") -> None:
     """Raise ``InvalidBodyError`` (``not_eligible``) naming each encounter outside the model's population;
     ``prefix`` is the list's field in the body (``encounters``), none for a single encounter."""
-    field = schema.ELIGIBILITY_FIELD.replace("-", "_")
+    field = schema.column(schema.ELIGIBILITY_FIELD).field_name
     errors = []
     for i, encounter in enumerate(encounters):
         if (problem := schema.eligibility_problem(getattr(encounter, field))) is not None:
@@ -168,6 +167,8 @@ def parse_batch(body: bytes, max_items: int) -> BatchRequest:
     """``parse_body`` for ``BatchRequest``, after checking the item count: more than ``max_items``
     encounters raise ``BatchTooLargeError`` (413) before any encounter is validated, so a pathological
     body (thousands of empty objects) costs one JSON parse, not thousands of error lists."""
+    if body.count(b"{") <= max_items + 1:  # at most max_items objects inside: no need to count them
+        return parse_body(body, BatchRequest)
     try:
         data = pydantic_core.from_json(body)
     except ValueError:
@@ -190,15 +191,12 @@ def _invalid_body(exc: ValidationError, body: bytes) -> Exception:
     return InvalidBodyError(listed, total=exc.error_count())
 
 
-_KEY_END = re.compile(rb'"[ \t\n\r]*:')
-
-
 def _key_count(body: bytes) -> int:
-    """Keys in a body that validated: each ends with a quote and a colon, which no valid value contains
-    (an upper bound the slow check of ``_repeated_keys`` confirms)."""
-    if b'" ' in body or b'"\t' in body or b'"\n' in body or b'"\r' in body:
-        return len(_KEY_END.findall(body))
-    return body.count(b'":')
+    """An upper bound of the keys in a body that validated: its colons. Every key is followed by one, and
+    no value the contract accepts holds one (levels, codes and numbers have none), so for a valid
+    encounter the count is exact; a body it over-counts only takes the slow, exact check of
+    ``_repeated_keys``. One ``bytes.count`` of one byte: 0.2 us on an encounter."""
+    return body.count(b":")
 
 
 def _keys_given(value: Any) -> int:
@@ -259,7 +257,8 @@ def _field_error(err: dict[str, Any]) -> dict[str, Any]:
     item: dict[str, Any] = {"field": where or "body", "message": err.get("msg", "invalid")}
     col = schema.COLUMNS_BY_NAME.get(name)
     if col is not None and col.kind is schema.Kind.CODED:
-        item["allowed"] = [int(v) for v in col.levels]
+        eligible = [v for v in col.levels if col.name != schema.ELIGIBILITY_FIELD or not schema.eligibility_problem(v)]
+        item["allowed"] = [int(v) for v in eligible]
     elif col is not None and col.levels:
         item["allowed"] = [*col.levels, *(["null"] if col.may_be_missing else [])]
     elif col is not None and col.minimum is not None:
