@@ -41,6 +41,18 @@ class TamperedSource(ModelSource):
         return predictor
 
 
+class TamperedThresholdSource(ModelSource):
+    """Compiles the fast path, then moves one split threshold of the pipeline's first tree (as the issue
+    asks): every row now goes right at that split, so the pipeline's answers change and the copy does not."""
+
+    def predictor(self, model: Any) -> Predictor:
+        predictor = super().predictor(model)
+        nodes = _first_tree_leaves(model)
+        numeric = (nodes["is_leaf"] == 0) & (nodes["is_categorical"] == 0)
+        nodes["num_threshold"][int(numeric.nonzero()[0][0])] = -1e300
+        return predictor
+
+
 @contextlib.contextmanager
 def _serving_the_pipeline(source: type[ModelSource], registry: Registry, tmp_path: Path) -> Iterator[ApiServer]:
     """A live API whose models come through ``source``, once ready; it must serve the pipeline path."""
@@ -52,8 +64,11 @@ def _serving_the_pipeline(source: type[ModelSource], registry: Registry, tmp_pat
         yield api
 
 
-def test_a_fast_path_that_disagrees_with_the_pipeline_is_not_served(registry: Registry, tmp_path: Path) -> None:
-    with _serving_the_pipeline(TamperedSource, registry, tmp_path) as api:
+@pytest.mark.parametrize("source", [TamperedSource, TamperedThresholdSource], ids=["leaf-values", "threshold"])
+def test_a_fast_path_that_disagrees_with_the_pipeline_is_not_served(
+    source: type[ModelSource], registry: Registry, tmp_path: Path
+) -> None:
+    with _serving_the_pipeline(source, registry, tmp_path) as api:
         metrics = httpx.get(f"{api.url}/metrics").text
         assert "inference_model_fast_path_mismatch_total 1.0" in metrics
         assert "inference_model_pipeline_fallback 1.0" in metrics

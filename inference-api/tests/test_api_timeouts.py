@@ -5,6 +5,7 @@ service out of readiness with the reason (real registry, real uvicorn)."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -78,6 +79,19 @@ def test_a_hanging_model_call_is_answered_504(hanging_api: ApiServer, path: str,
     # The 0.5 s deadline was the subject above; a real prediction on a busy machine may need longer.
     hanging_api.app.state.batcher._timeout = 300.0
     assert httpx.post(f"{hanging_api.url}{path}", json=body, timeout=300).status_code == 200
+
+
+def test_requests_queued_behind_a_stuck_call_are_answered_504_too(hanging_api: ApiServer) -> None:
+    """The watchdog times requests from their arrival: one in the stuck model call and those queued behind
+    it all get 504 (none waits for the call to return)."""
+    HangingPredictor.hang.set()
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = list(
+            pool.map(lambda i: httpx.post(f"{hanging_api.url}/predict", json=EXAMPLE, timeout=120), range(4))
+        )
+    assert [a.status_code for a in answers] == [504] * 4
+    assert all("the wait for the model thread included" in a.json()["message"] for a in answers)
+    HangingPredictor.release.set()
 
 
 def test_a_dead_batcher_fails_its_requests_and_makes_the_service_not_ready(registry: Registry, tmp_path: Path) -> None:
