@@ -44,12 +44,27 @@ def _answers(url: str, instance: str | None = None) -> bool:
 
 def _port_in_use(host: str, port: int) -> bool:
     """Whether another program listens on ``host:port`` (a bind there fails)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As uvicorn and Streamlit bind: a port left in TIME_WAIT by our own last run is free to them.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError:
             return True
     return False
+
+
+def _bad_ports(ports: dict[str, str]) -> list[str]:
+    """A message per port setting that is not a port number, or that repeats another's."""
+    bad = [
+        f"serve: {setting}={value!r} is not a port number (1-65535)"
+        for setting, value in ports.items()
+        if not (value.isdigit() and 1 <= int(value) <= 65535)
+    ]
+    if not bad and len(set(map(int, ports.values()))) < len(ports):
+        bad.append(f"serve: {' and '.join(ports)} are both {next(iter(ports.values()))}; give each its own port")
+    return bad
 
 
 def _ports_taken(ports: dict[str, tuple[str, int]]) -> list[str]:
@@ -82,9 +97,11 @@ def _start_ui(api_port: str, ui_port: str, bindir: Path) -> subprocess.Popen[byt
 def main() -> int:
     api_port, ui_port = os.environ.get("API_PORT", "8000"), os.environ.get("UI_PORT", "8501")
     api_host = os.environ.get("HOST", "127.0.0.1")
-    taken = _ports_taken({"API_PORT": (api_host, int(api_port)), "UI_PORT": ("127.0.0.1", int(ui_port))})
-    if taken:
-        print("\n".join(taken), file=sys.stderr)
+    problems = _bad_ports({"API_PORT": api_port, "UI_PORT": ui_port})
+    if not problems:
+        problems = _ports_taken({"API_PORT": (api_host, int(api_port)), "UI_PORT": ("127.0.0.1", int(ui_port))})
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
         return 1
     bindir = Path(sys.executable).parent
     instance = secrets.token_hex(8)

@@ -76,6 +76,8 @@ def _widget(col: schema.Column | schema.HistoryFeature, key: str) -> None:
         return
     if col.kind in (schema.Kind.CATEGORY, schema.Kind.CODED):
         options: list[Any] = [int(v) for v in col.levels] if col.kind is schema.Kind.CODED else list(col.levels)
+        if col.name == schema.ELIGIBILITY_FIELD:  # death or hospice: outside the model's population
+            options = [v for v in options if schema.eligibility_problem(v) is None]
         if col.may_be_missing:
             options = [UNKNOWN, *options]
 
@@ -160,7 +162,7 @@ def predict_page(client: ApiClient, settings: UiSettings) -> None:
         _show_prediction(st.session_state["result"])
 
 
-@st.cache_resource(max_entries=4, show_spinner="Checking every row…")
+@st.cache_resource(max_entries=4, ttl=3600, show_spinner="Checking every row…")
 def _checked(digest: str, _content: bytes, max_rows: int) -> CheckedFile | str:
     """The checked file, once per content (``digest``: its SHA-256, the cache key; Streamlit does not hash
     ``_content`` again); the error text when it is unusable. A rerun (any click) reuses it: re-checking a

@@ -108,3 +108,19 @@ def test_the_api_health_names_its_instance_so_serve_knows_its_own_child() -> Non
     finally:
         stranger.terminate()
         stranger.wait(30)
+
+
+@pytest.mark.parametrize(
+    ("ports", "message"),
+    [
+        ({"API_PORT": "abc", "UI_PORT": "8501"}, "serve: API_PORT='abc' is not a port number (1-65535)"),
+        ({"API_PORT": "8000", "UI_PORT": "70000"}, "serve: UI_PORT='70000' is not a port number (1-65535)"),
+        ({"API_PORT": "18777", "UI_PORT": "18777"}, "serve: API_PORT and UI_PORT are both 18777"),
+    ],
+)
+def test_bad_port_settings_are_named_not_a_traceback(ports: dict[str, str], message: str, tmp_path: Path) -> None:
+    env = {**os.environ, **ports, "DATA_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, str(SERVE)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=PATIENCE_SECONDS
+    )
+    assert done.returncode == 1 and message in done.stderr and "Traceback" not in done.stderr
