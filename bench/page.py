@@ -27,8 +27,10 @@ def _file(data: Path, rows: int) -> bytes:
     frame = pd.read_csv(data, dtype=str, keep_default_na=False)
     ended = frame["discharge_disposition_id"].isin([str(c) for c in schema.DEATH_OR_HOSPICE_DISCHARGE_IDS])
     frame = frame[~ended]
-    frame = pd.concat([frame] * (rows // len(frame) + 1)).head(rows)
-    return frame.to_csv(index=False).encode()
+    copies = [
+        frame.assign(encounter_id=frame["encounter_id"].astype(int) + k * 10**9) for k in range(rows // len(frame) + 1)
+    ]
+    return pd.concat(copies).head(rows).astype(str).to_csv(index=False).encode()  # distinct ids in every copy
 
 
 def main() -> None:

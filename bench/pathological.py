@@ -13,6 +13,7 @@ p50 / p99 / max in both phases with their ratio.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -78,7 +79,8 @@ def main() -> None:
     env = {**os.environ, "PORT": str(port), "MLFLOW_TRACKING_URI": args.tracking_uri, "LOG_LEVEL": "warning",
            "PREDICTION_LOG_URL": f"sqlite:///{work / 'log.db'}", "MODEL_POLL_INTERVAL_SECONDS": "3600"}  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    with serve([sys.executable, "-m", "inference_api"], env, f"{url}/health/ready", work / "api.log", cwd=ROOT):
+    running = contextlib.contextmanager(serve)  # serve() is a generator: one yield while the server runs
+    with running([sys.executable, "-m", "inference_api"], env, f"{url}/health/ready", work / "api.log", cwd=ROOT):
         idle = _probe(url, args.seconds / 2)
         stop = threading.Event()
         seen: dict[str, tuple[int, int, float]] = {}

@@ -233,7 +233,15 @@ class ModelManager:
     def check(self) -> str:
         """Compare the alias with the served version; load and swap if it moved. Returns what happened."""
         with self._lock:
-            return self._check()
+            outcome = self._check()
+            if outcome == "swapped":
+                # The new model lives until the next swap: keep it out of the collector's full passes.
+                # Unfreeze first, so the replaced model's objects (frozen at its own swap) become
+                # collectable; here, after _check returned, no frame of ours refers to the old model.
+                gc.unfreeze()
+                gc.collect()
+                gc.freeze()
+            return outcome
 
     def _check(self) -> str:
         try:
@@ -323,11 +331,6 @@ class ModelManager:
             metrics=run_metrics,
         )
         self._publish(loaded)  # the swap: one reference assignment
-        # The model lives until the next swap: keep it out of the collector's full passes. Unfreeze first, so
-        # the replaced model's objects (frozen at its own swap) become collectable again.
-        gc.unfreeze()
-        gc.collect()
-        gc.freeze()
         self.last_error = None
         self._failed_version = None
         self._metrics.model_loads.inc()
