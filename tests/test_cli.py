@@ -110,11 +110,14 @@ def test_model_commands_train_list_rollback_promote(tmp_path: Path) -> None:
     assert "models: 2 version(s); champion v1" in listing.stdout
     assert "challenger" in listing.stdout
 
-    assert "rollback: champion is now v2 (was v1)" in _cli("rollback", "2", cwd=tmp_path, env=env).stdout
+    assert "rollback: champion is now v2 (was v1)" in _cli("rollback", "02", cwd=tmp_path, env=env).stdout
     assert "models: 2 version(s); champion v2" in _cli("models", cwd=tmp_path, env=env).stdout
     missing = _cli("rollback", "9", cwd=tmp_path, env=env)
     assert missing.returncode == 1
     assert "has no version 9 (known versions: 1, 2)" in missing.stderr
+    for wrong, says in (("99", "has no version 99 (known versions: 1, 2)"), ("latest", "are numbers")):
+        refused = _cli("promote", "--version", wrong, cwd=tmp_path, env=env)  # was: blamed the registry
+        assert refused.returncode == 1 and says in refused.stderr and "registry failed" not in refused.stderr
     # v1 and v2 are the same model (same data and seed): the gate keeps the champion.
     promote = _cli("promote", "--version", "1", cwd=tmp_path, env=env)
     assert "promote: v1 not promoted" in promote.stdout
@@ -144,5 +147,8 @@ def test_an_unreachable_registry_is_one_line_and_a_bad_version_is_named(tmp_path
         result = _cli(*command, cwd=tmp_path, env=down)
         assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
         assert "error: the MLflow registry failed" in result.stderr and "MLFLOW_TRACKING_URI" in result.stderr
+        # The cause, whole, on one line (was: cut at 300 characters inside urllib3's parenthesis).
+        assert "failed: Failed to establish a new connection: [Errno 111] Connection refused;" in result.stderr
+        assert "`readmission models` shows what the registry holds" in result.stderr
     bad = _cli("rollback", "abc", cwd=tmp_path)
     assert bad.returncode == 1 and "are numbers" in bad.stderr and "Traceback" not in bad.stderr

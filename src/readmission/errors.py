@@ -1,5 +1,9 @@
 """Errors a user can act on. Each message says what is wrong and what to do."""
 
+from __future__ import annotations
+
+import re
+
 
 class ReadmissionError(Exception):
     """Base class of the platform's expected failures (the CLI prints them without a traceback)."""
@@ -23,3 +27,29 @@ class LedgerConflictError(ReadmissionError):
 
 class EmptyStoreError(ReadmissionError):
     """A step needs data that an earlier step has not produced yet."""
+
+
+_CAUSE = re.compile(r"\(Caused by (\w+)\((.*)\)\)\s*$")
+_REQUEST = re.compile(r"^(API request to \S+) failed with exception .*$")
+
+
+def short_reason(error: BaseException, limit: int = 300) -> str:
+    """One line of at most ``limit`` characters that says why ``error`` happened.
+
+    For an HTTP client error wrapped by MLflow and urllib3 (``API request to URL failed with exception
+    HTTPConnectionPool(...): Max retries exceeded ... (Caused by NewConnectionError("...: [Errno 111]
+    Connection refused"))``) it keeps the URL and the innermost cause; otherwise the first line, cut at a
+    word boundary with an ellipsis rather than inside a parenthesis.
+    """
+    text = str(error).strip()
+    if not text:
+        return type(error).__name__
+    first = text.splitlines()[0]
+    cause = _CAUSE.search(first)
+    if cause:
+        detail = re.sub(r"^.*?\):\s*|^<[^>]*>:\s*", "", cause.group(2).strip("'\""), count=1)
+        request = _REQUEST.match(first)
+        first = f"{request.group(1)} failed: {detail}" if request else f"{cause.group(1)}: {detail}"
+    if len(first) <= limit:
+        return first
+    return first[: limit - 1].rsplit(" ", 1)[0] + "…"

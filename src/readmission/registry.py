@@ -20,7 +20,7 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from readmission.errors import ReadmissionError
+from readmission.errors import ReadmissionError, short_reason
 from readmission.names import CHALLENGER, CHAMPION, DECISION_TAG, EXPERIMENT_NAME, MODEL_NAME, SELECTION_METRIC
 
 __all__ = ["CHALLENGER", "CHAMPION", "EXPERIMENT_NAME", "MODEL_NAME", "SELECTION_METRIC"]
@@ -49,7 +49,7 @@ def unavailable_error(
     """The error for a failed registry call (``what``: the call, in words); ``moved_to``: the version `champion`
     was already moved to. Names the registry, says whether `champion` moved, and what to do."""
     where = getattr(client, "_registry_uri", None) or "the configured registry"
-    first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    first = short_reason(exc)
     state = (
         "`champion` was not moved"
         if moved_to is None
@@ -226,6 +226,30 @@ def _write_reason(client: MlflowClient, decision: GateDecision, name: str) -> No
         client.set_model_version_tag(name, decision.candidate_version, key, value)
 
 
+def existing_version(client: MlflowClient, version: str, name: str = MODEL_NAME) -> str:
+    """``version`` as the registry spells it (``"07"`` -> ``"7"``), once the registry confirms it exists.
+
+    Raises ``RegistryError`` naming the known versions when ``version`` is not a number or not registered,
+    and ``RegistryUnavailableError`` when the registry cannot be read (an outage is never read as "no such
+    version").
+    """
+    text = version.strip()
+    if not text.isascii() or not text.isdigit():
+        raise RegistryError(f"versions of {name!r} are numbers (`readmission models` lists them), not {version!r}")
+    text = str(int(text))
+    try:
+        client.get_model_version(name, text)
+    except MlflowException as exc:
+        if not is_not_found(exc):
+            raise unavailable_error(f"read version {text} of {name!r}", client, exc) from exc
+        known = ", ".join(sorted((v.version for v in list_versions(client, name)), key=int))
+        raise RegistryError(
+            f"model {name!r} has no version {text} (known versions: {known or 'none'}); "
+            "`readmission models` lists them."
+        ) from None
+    return text
+
+
 def rollback(
     client: MlflowClient, version: str, *, name: str = MODEL_NAME, reason: str = "manual rollback"
 ) -> str | None:
@@ -234,18 +258,7 @@ def rollback(
     Raises ``RegistryError`` naming the known versions when ``version`` does not exist, and
     ``RegistryUnavailableError`` when the registry cannot be read or written (nothing changed).
     """
-    if not version.isdigit():
-        raise RegistryError(f"versions of {name!r} are numbers (`readmission models` lists them), not {version!r}")
-    try:
-        client.get_model_version(name, version)
-    except MlflowException as exc:
-        if not is_not_found(exc):
-            raise unavailable_error(f"read version {version} of {name!r}", client, exc) from exc
-        known = ", ".join(sorted((v.version for v in list_versions(client, name)), key=int))
-        raise RegistryError(
-            f"model {name!r} has no version {version} (known versions: {known or 'none'}); "
-            "`readmission models` lists them."
-        ) from None
+    version = existing_version(client, version, name)
     previous = champion_version(client, name)
     try:
         client.set_registered_model_alias(name, CHAMPION, version)

@@ -23,7 +23,7 @@ from rich.table import Table
 
 from readmission.clean import SplitSpec, build_clean, clean_status
 from readmission.db import create_db_engine, display_url
-from readmission.errors import ReadmissionError
+from readmission.errors import ReadmissionError, short_reason
 from readmission.names import MODEL_NAME
 from readmission.raw import BatchResult, SourceFile, load_raw_batches, raw_status
 from readmission.source import Dataset, resolve_dataset
@@ -215,9 +215,10 @@ def main() -> None:
     except Exception as exc:  # MLflow's errors (an unreachable registry) without importing MLflow here
         if type(exc).__module__.split(".")[0] != "mlflow":
             raise
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         console.print(
-            f"[red]error:[/] the MLflow registry failed: {first}; check MLFLOW_TRACKING_URI and that MLflow is up"
+            f"[red]error:[/] the MLflow registry failed: {short_reason(exc)}; check MLFLOW_TRACKING_URI and that "
+            "MLflow is up, then `readmission models` shows what the registry holds",
+            highlight=False,
         )
         sys.exit(1)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import TYPE_CHECKING, Annotated
 
@@ -22,7 +23,13 @@ if TYPE_CHECKING:  # MLflow and scikit-learn take seconds to import: only the mo
 SHOWN_METRICS = ("roc_auc_30", "roc_auc_ovr_macro", "average_precision_30", "brier_skill_30", "calibration_slope_30")
 
 
+def _mlflow_environment(settings: Settings) -> None:
+    """Put the MLflow client's retry count where MLflow reads it, unless the operator exported one."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(settings.mlflow_http_request_max_retries))
+
+
 def _client(settings: Settings):  # type: ignore[no-untyped-def]
+    _mlflow_environment(settings)
     from mlflow import MlflowClient
 
     from readmission.training import prepare_tracking
@@ -33,6 +40,7 @@ def _client(settings: Settings):  # type: ignore[no-untyped-def]
 
 def train_models(settings: Settings, out: Console, console: Console) -> JobSummary:
     """Run the training job (the DAG's steps, one after the other); print the candidates and a one-line summary."""
+    _mlflow_environment(settings)
     from readmission.steps import train_job
     from readmission.training import TrainConfig
 
@@ -91,12 +99,12 @@ def register_model_commands(app: typer.Typer, settings_factory, out: Console, co
     ) -> None:
         """Re-run the promotion gate for a registered version against the champion on today's test split."""
         from readmission.clean import read_clean
-        from readmission.registry import CHALLENGER, RegistryError, alias_version, promote_if_better
+        from readmission.registry import CHALLENGER, RegistryError, alias_version, existing_version, promote_if_better
         from readmission.training import _score_on
 
         settings = settings_factory()
         client = _client(settings)
-        version = version or alias_version(client, CHALLENGER)
+        version = existing_version(client, version) if version else alias_version(client, CHALLENGER)
         if version is None:
             raise RegistryError(f"model {MODEL_NAME!r} has no `challenger` yet: run `readmission train` first")
         score = _score_on(read_clean(create_db_engine(settings.clean_url), "test"))
@@ -115,7 +123,7 @@ def register_model_commands(app: typer.Typer, settings_factory, out: Console, co
         started = time.perf_counter()
         previous = rollback(_client(settings_factory()), version)
         was = f"was v{previous}" if previous else "there was none"
-        out.print(f"rollback: champion is now v{version} ({was}) ({time.perf_counter() - started:.1f} s)")
+        out.print(f"rollback: champion is now v{int(version)} ({was}) ({time.perf_counter() - started:.1f} s)")
 
     @app.command()
     def models() -> None:

@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = Field(
         None, description="MLflow tracking/registry URI; default: local store sqlite:///DATA_DIR/mlflow/mlflow.db."
     )
+    mlflow_http_request_max_retries: int = Field(
+        3,
+        ge=0,
+        description="MLflow client retries of a failed registry call (MLflow's own variable: its default of 7 "
+        "keeps a command waiting minutes on a dead server). A value set in the environment wins.",
+    )
     train_time_budget_seconds: float = Field(
         240.0, gt=0, description="Seconds of hyper-parameter trials across all families (each tries at least one)."
     )

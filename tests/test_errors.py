@@ -1,0 +1,36 @@
+"""``short_reason``: one readable line from any error, whole causes rather than cut parentheses."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from readmission.errors import short_reason
+
+REFUSED = (
+    "API request to http://127.0.0.1:5999/api/2.0/mlflow/registered-models/get failed with exception "
+    "HTTPConnectionPool(host='127.0.0.1', port=5999): Max retries exceeded with url: "
+    "/api/2.0/mlflow/registered-models/get?name=x (Caused by NewConnectionError(\"HTTPConnection(host='127.0.0.1', "
+    'port=5999): Failed to establish a new connection: [Errno 111] Connection refused"))'
+)
+
+
+def test_the_innermost_cause_and_the_url_are_kept() -> None:
+    assert short_reason(RuntimeError(REFUSED)) == (
+        "API request to http://127.0.0.1:5999/api/2.0/mlflow/registered-models/get failed: "
+        "Failed to establish a new connection: [Errno 111] Connection refused"
+    )
+    too_many = "API request to http://h/x failed with exception Pool(): Max retries (Caused by ResponseError('too many 503 error responses'))"
+    assert short_reason(RuntimeError(too_many)) == "API request to http://h/x failed: too many 503 error responses"
+    resolve = "Pool(host='h'): Max retries (Caused by NewConnectionError('<urllib3.HTTPSConnection object at 0x7f>: Failed to resolve h'))"
+    assert short_reason(RuntimeError(resolve)) == "NewConnectionError: Failed to resolve h"
+
+
+def test_an_empty_message_gives_the_error_type() -> None:
+    assert short_reason(TimeoutError()) == "TimeoutError"
+
+
+@given(st.text(), st.integers(min_value=20, max_value=400))
+def test_always_one_nonempty_line_within_the_limit(text: str, limit: int) -> None:
+    line = short_reason(RuntimeError(text), limit)
+    assert line and "\n" not in line and "\r" not in line and len(line) <= limit
