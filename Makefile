@@ -47,6 +47,7 @@ $(CHECKOV_VENV)/.installed: $(BIN)/python requirements/checkov.txt
 ## test: lint, type-check and run the test suite (the DAG tests use Airflow in .venv-airflow, the policy
 ##       scan checkov in .venv-checkov)
 test: $(VENV)/.dev-installed $(AIRFLOW_VENV)/.installed $(CHECKOV_VENV)/.installed
+	scripts/test-tools.sh
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy

@@ -2,7 +2,8 @@
 
 Servers and the data file come from the environment (``.ci/run`` sets all of them):
 - ``TEST_POSTGRES_URL``: a PostgreSQL URL whose user may create and drop databases;
-- ``TEST_DATA_PATH``: the UCI diabetic_data.csv (default: ../shared/data/diabetic_data.csv if present).
+- ``TEST_DATA_PATH``: the UCI diabetic_data.csv (default: ../shared/data/diabetic_data.csv, else the copy
+  `readmission fetch` or `make run` downloaded to var/uci/, if present).
 Without them the dependent tests skip with the reason, unless ``REQUIRE_TEST_SERVICES=1``, where a
 missing service fails the test instead (CI must never pass by skipping).
 """
@@ -26,15 +27,20 @@ from readmission.synthetic import write_synthetic_csv
 from testsupport import _unavailable
 
 REPO = Path(__file__).resolve().parents[1]
-_SHARED_DATA = REPO.parent / "shared" / "data" / "diabetic_data.csv"
+_DATA_CANDIDATES = (REPO.parent / "shared" / "data" / "diabetic_data.csv", REPO / "var" / "uci" / "diabetic_data.csv")
+POSTGRES_EXAMPLE = "TEST_POSTGRES_URL=postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 @pytest.fixture(scope="session")
 def real_data_path() -> Path:
     """The full UCI file."""
-    path = Path(os.environ.get("TEST_DATA_PATH") or _SHARED_DATA)
+    given = os.environ.get("TEST_DATA_PATH")
+    path = Path(given) if given else next((p for p in _DATA_CANDIDATES if p.is_file()), _DATA_CANDIDATES[0])
     if not path.is_file():
-        _unavailable(f"the UCI file is not at {path}: set TEST_DATA_PATH")
+        _unavailable(
+            f"the UCI file is not at {path}: set TEST_DATA_PATH=/path/to/diabetic_data.csv, or run "
+            "`.venv/bin/readmission fetch` once (it downloads the file to var/uci/)"
+        )
     return path
 
 
@@ -51,7 +57,7 @@ def postgres_admin_url() -> str:
     """URL of a PostgreSQL database from which scratch databases are created."""
     url = os.environ.get("TEST_POSTGRES_URL")
     if not url:
-        _unavailable("no PostgreSQL configured: set TEST_POSTGRES_URL")
+        _unavailable(f"no PostgreSQL configured: set a URL whose user may create databases, e.g. {POSTGRES_EXAMPLE}")
     assert url is not None
     try:
         engine = create_engine(normalize_url(url))

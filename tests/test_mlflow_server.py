@@ -85,7 +85,9 @@ def mysql_database() -> Iterator[str]:
     """A scratch MariaDB/MySQL database for MLflow's metadata."""
     url = os.environ.get("TEST_MYSQL_URL")
     if not url:
-        _unavailable("no MySQL/MariaDB configured: set TEST_MYSQL_URL")
+        _unavailable(
+            "no MySQL/MariaDB configured: set a URL whose user may create databases, e.g. TEST_MYSQL_URL=mysql://root@127.0.0.1:3306/"
+        )
     assert url is not None
     name = f"readmission_mlflow_{uuid.uuid4().hex[:8]}"
     admin = create_engine(normalize_url(url), isolation_level="AUTOCOMMIT")

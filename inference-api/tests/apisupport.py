@@ -154,7 +154,9 @@ def mysql_log_url() -> Iterator[str]:
     """A scratch database on the shared MariaDB, dropped afterwards."""
     admin = os.environ.get("TEST_MYSQL_URL")
     if not admin:
-        _unavailable("no MariaDB/MySQL configured: set TEST_MYSQL_URL")
+        _unavailable(
+            "no MariaDB/MySQL configured: set a URL whose user may create databases, e.g. TEST_MYSQL_URL=mysql://root@127.0.0.1:3306/"
+        )
     name = f"inference_test_{uuid.uuid4().hex[:10]}"
     engine = create_engine(normalize_url(admin or ""))
     try:
