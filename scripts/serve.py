@@ -3,9 +3,11 @@
     python scripts/serve.py          (API_PORT, default 8000; UI_PORT, default 8501)
 
 Checks first that both ports are free (exit code 1 at once, naming the port and the setting, when another
-program holds one), prints each URL only once its own child answers there (the API's /health/live must
-report the instance id given to it; the page cannot bind a taken port and exits, which stops both), stops
-both on Ctrl-C / SIGTERM, and stops the other (exit code 1) when one of them dies.
+program holds one), prints each URL only once its own child answers there and is usable: the API's once its
+/health/live reports the instance id given to it and /health/ready says the model is loaded (while a known
+champion loads it says "loading"; with no champion yet it gives the URL and the reason), the page's after
+that. The page cannot bind a taken port and exits, which stops both. Stops both on Ctrl-C / SIGTERM, and the
+other (exit code 1) when one of them dies.
 """
 
 from __future__ import annotations
@@ -25,21 +27,50 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _answers(url: str, instance: str | None = None) -> bool:
-    """Whether ``url`` answers; with ``instance``, only a JSON body whose ``instance`` is that id counts."""
+def _get_json(url: str) -> dict[str, object] | None:
+    """The JSON body ``url`` answers with, whatever its status (503 bodies carry the reason); None when
+    nothing answers or the body is not a JSON object."""
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
             body = response.read()
     except urllib.error.HTTPError as exc:
-        body = exc.read()  # an error status is an answer (503 while the batcher is down)
+        body = exc.read()  # an error status is an answer (503 while not ready)
     except OSError:
-        return False
-    if instance is None:
-        return True
+        return None
     try:
-        return bool(json.loads(body).get("instance") == instance)
-    except (ValueError, AttributeError):
-        return False
+        parsed = json.loads(body)
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+def _answers(url: str, instance: str | None = None) -> bool:
+    """Whether ``url`` answers; with ``instance``, only a JSON body whose ``instance`` is that id counts."""
+    if instance is None:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return True
+        except urllib.error.HTTPError:
+            return True
+        except OSError:
+            return False
+    body = _get_json(url)
+    return body is not None and body.get("instance") == instance
+
+
+def api_state(base: str, instance: str) -> tuple[str, str]:
+    """Where our own API child is: ("down", ""), ("loading", reason), ("ready", "model vN"), or
+    ("not_ready", reason) for anything else (no champion yet, a registry error)."""
+    if not _answers(base + "/health/live", instance):
+        return "down", ""
+    ready = _get_json(base + "/health/ready") or {}
+    if ready.get("status") == "ready":
+        model = ready.get("model")
+        if not isinstance(model, dict):
+            model = {}
+        return "ready", f"{model.get('name', 'the model')} v{model.get('version', '?')}"
+    reason = str(ready.get("reason") or "no answer from /health/ready")
+    return ("loading" if reason.startswith("loading") else "not_ready"), reason
 
 
 def _port_in_use(host: str, port: int) -> bool:
@@ -94,6 +125,37 @@ def _start_ui(api_port: str, ui_port: str, bindir: Path) -> subprocess.Popen[byt
     )
 
 
+class Announcer:
+    """Prints what serve is waiting for, and each URL once it is usable: the API's when its model is loaded
+    (or when it says why it cannot have one, e.g. no champion yet), the page's after that."""
+
+    def __init__(self, urls: dict[str, str], instance: str) -> None:
+        self.urls, self.instance = urls, instance
+        self.said: set[str] = set()
+        self.started = time.monotonic()
+
+    def _say(self, key: str, line: str) -> None:
+        if key not in self.said:
+            self.said.add(key)
+            print(line, flush=True)
+
+    def step(self) -> None:
+        """One look at both children; prints only what is new."""
+        api, ui = self.urls["inference API"], self.urls["UI"]
+        if "api" not in self.said:
+            state, detail = api_state(api, self.instance)
+            if state == "loading":
+                self._say("loading", f"serve: the inference API is up and {detail}; the URLs follow once it is loaded")
+            elif state == "ready":
+                waited = time.monotonic() - self.started
+                self._say("api", f"serve: inference API on {api} (API docs: /docs), serving {detail} ({waited:.0f} s)")
+            elif state == "not_ready":
+                self._say("api", f"serve: inference API on {api} (API docs: /docs), not ready: {detail}")
+        if "api" in self.said and "ui" not in self.said and _answers(ui + "/_stcore/health"):
+            self._say("ui", f"serve: UI on {ui}")
+            print(f"serve: open {ui} in a browser; Ctrl-C stops both", flush=True)
+
+
 def main() -> int:
     api_port, ui_port = os.environ.get("API_PORT", "8000"), os.environ.get("UI_PORT", "8501")
     api_host = os.environ.get("HOST", "127.0.0.1")
@@ -118,20 +180,15 @@ def main() -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     urls = {"inference API": f"http://127.0.0.1:{api_port}", "UI": f"http://127.0.0.1:{ui_port}"}
-    checks = {"inference API": urls["inference API"] + "/health/live", "UI": urls["UI"] + "/_stcore/health"}
-    announced: set[str] = set()
+    announcer = Announcer(urls, instance)
     code = 0
     while not stopping:
         for name, process in processes.items():
             if process.poll() is not None:
                 print(f"serve: the {name} exited with code {process.returncode}; stopping", file=sys.stderr)
                 stopping, code = True, 1
-            elif name not in announced and _answers(checks[name], instance if name == "inference API" else None):
-                announced.add(name)
-                extra = " (API docs: /docs)" if name == "inference API" else ""
-                print(f"serve: {name} on {urls[name]}{extra}", flush=True)
-                if len(announced) == 2:
-                    print(f"serve: open {urls['UI']} in a browser; Ctrl-C stops both", flush=True)
+        if not stopping:
+            announcer.step()
         time.sleep(0.3)
     for process in processes.values():
         if process.poll() is None:

@@ -15,13 +15,13 @@ from readmission.clean import (
     assign_split,
     build_clean,
     clean_frame,
-    clean_status,
     diagnosis_group,
     read_clean,
 )
 from readmission.db import create_db_engine
 from readmission.errors import EmptyStoreError
 from readmission.raw import SourceFile, load_raw_batches
+from readmission.store_status import clean_status
 from readmission.synthetic import synthetic_encounters
 
 UrlFactory = tuple[str, Callable[[], str]]

@@ -152,3 +152,27 @@ def test_an_unreachable_registry_is_one_line_and_a_bad_version_is_named(tmp_path
         assert "`readmission models` shows what the registry holds" in result.stderr
     bad = _cli("rollback", "abc", cwd=tmp_path)
     assert bad.returncode == 1 and "are numbers" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_the_models_table_fits_80_columns_and_never_cuts_a_version() -> None:
+    """Was: `versi…`, `roc_a…` and a wrapped champion marker at 80 columns (the table needed ~165)."""
+    from rich.console import Console
+
+    from readmission.cli.model_commands import versions_table
+    from readmission.registry import VersionSummary
+
+    metrics = {"roc_auc_30": 0.6917, "brier_skill_30": 0.0412, "roc_auc_ovr_macro": 0.6, "average_precision_30": 0.2}
+    versions = [
+        VersionSummary("12345", ("champion", "challenger"), "0" * 32, "hist_gradient_boosting", metrics, "promoted"),
+        VersionSummary("7", (), "1" * 32, "logistic_regression", {}, "kept previous champion"),
+    ]
+    narrow = Console(width=80, record=True)
+    narrow.print(versions_table(versions))
+    text = narrow.export_text()
+    assert max(map(len, text.splitlines())) <= 80, text
+    assert "12345" in text and "champion, challenger" in text and "0.6917" in text and "ROC-AUC <30" in text
+    assert "hist gradient" in text and "kept" in text
+    wide = Console(width=250, record=True)
+    wide.print(versions_table(versions, wide=True))
+    text = wide.export_text()
+    assert "avg precision <30" in text and "0" * 32 in text and "kept previous champion" in text

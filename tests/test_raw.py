@@ -18,7 +18,8 @@ from sqlalchemy import text
 from readmission import raw
 from readmission.db import create_db_engine
 from readmission.errors import LedgerConflictError, SourceFormatError
-from readmission.raw import SourceFile, load_raw_batches, raw_status
+from readmission.raw import SourceFile, load_raw_batches
+from readmission.store_status import raw_status
 from readmission.synthetic import synthetic_encounters
 
 UrlFactory = tuple[str, Callable[[], str]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,56 @@ def test_max_trials_caps_the_trials_whatever_the_time_budget(clean_db: Any) -> N
         "logistic_regression trial 1",
         "logistic_regression trial 2",
     ]
+
+
+class _SlowFamily:
+    """A family whose every trial takes 0.6 s (a sleeping step before a dummy model): the budget's arithmetic,
+    not the machine's speed, decides how many trials start."""
+
+    @staticmethod
+    def candidates(seed: int) -> Iterator[tuple[dict[str, Any], Pipeline]]:
+        import time as clock
+
+        def slow(x: Any) -> Any:
+            clock.sleep(0.6)
+            return x
+
+        for trial in range(5):
+            steps = [("wait", FunctionTransformer(slow)), ("model", DummyClassifier(strategy="prior"))]
+            yield {"trial": trial}, Pipeline(steps)
+
+
+def test_a_trial_that_would_overrun_the_budget_is_not_started(clean_db: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Was: a trial started whenever the budget was not yet spent, so the last one ran past it (599 s seen)."""
+    from readmission import training
+
+    monkeypatch.setitem(training.FAMILIES, "slow", _SlowFamily)
+    train, validation = (read_clean(clean_db, split) for split in ("train", "validation"))
+    xy = [(model_input(f).head(200), f[schema.TARGET].astype(str).head(200)) for f in (train, validation)]
+    lines: list[str] = []
+    config = TrainConfig(families=("logistic_regression",))
+    # Each trial takes >= 1.2 s (fit and validation predictions each sleep 0.6 s): after one, 0.8 s of 2 remain.
+    winner = fit_family("slow", xy[0], xy[1], config, budget_seconds=2.0, log=lines.append)
+    assert winner.trials == 1, lines
+    assert re.match(r"  slow: no trial 2: the slowest so far took \d+ s, \d+ s remain$", lines[-1]), lines
+
+
+def test_the_job_budget_keeps_a_reserve_for_what_follows_the_trials() -> None:
+    from readmission.steps import trial_share
+
+    assert trial_share(240, 3) == pytest.approx(64.0)  # 48 s (a fifth) reserved
+    assert trial_share(1_000, 2) == pytest.approx(470.0)  # the reserve is 60 s at most
+
+
+def test_the_importance_sample_is_cut_to_its_time(clean_db: Any) -> None:
+    from readmission.training import importance_sample
+
+    validation = model_input(read_clean(clean_db, "validation"))
+    model = _dummy(clean_db)
+    small = TrainConfig(importance_rows=3_000, importance_seconds=1e-6)
+    large = TrainConfig(importance_rows=3_000, importance_seconds=1e6)
+    assert len(importance_sample(model, validation, small)) == min(300, len(validation))
+    assert len(importance_sample(model, validation, large)) == min(3_000, len(validation))
 
 
 def test_model_inputs_exclude_identifiers_and_target() -> None:

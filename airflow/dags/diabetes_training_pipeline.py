@@ -80,7 +80,8 @@ NETWORK = {"retries": 3, "retry_delay": timedelta(seconds=20), "retry_exponentia
             type="number",
             exclusiveMinimum=0,
             title="Training time budget (s)",
-            description="Seconds of trials shared by the families (each gets an equal part; one trial always runs).",
+            description="Seconds for the whole training: trials, shared by the families (one trial each always "
+            "runs), then selection, importance, plots and registration (a fifth, 60 s at most).",
         ),
         "max_trials": Param(
             None,
@@ -135,7 +136,7 @@ def diabetes_training_pipeline() -> None:
     ) -> dict:
         from readmission import steps
 
-        share = float(budget) / len(families)
+        share = steps.trial_share(float(budget), len(families))
         return steps.train_family(clean_url, tracking_uri, family, training_key, share, max_trials=max_trials)
 
     @task.external_python(**PROJECT, **NETWORK)

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from inference_api.batcher import BatcherFailedError, ModelNotReadyError, PredictionTimeoutError
 from inference_api.contract import BatchTooLargeError, ErrorBody, InvalidBodyError
+from inference_api.model_manager import LOADING
 
 log = logging.getLogger("inference_api")
 
@@ -72,12 +73,16 @@ async def _invalid(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _not_ready(request: Request, exc: Exception) -> JSONResponse:
+    reason = str(exc)
+    if reason.startswith(LOADING):
+        message = f"no model is loaded yet: {reason}. Try again in a few seconds; /health/ready says when it is ready."
+        return error_response(503, "model_not_ready", message, request_id(request))
     advice = (
         "Train and promote one (`make run` or the Airflow DAG); the service picks it up by itself."
-        if "has no `" in str(exc)
+        if "has no `" in reason
         else "The service retries by itself; /health/ready says when it is ready."
     )
-    message = f"no model is loaded: {exc}. {advice}"
+    message = f"no model is loaded: {reason}. {advice}"
     return error_response(503, "model_not_ready", message, request_id(request))
 
 

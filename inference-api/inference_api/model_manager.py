@@ -61,6 +61,7 @@ class VersionRef:
 
 REGISTRY_OK, ALIAS_MISSING, VERSION_DELETED = "ok", "alias_missing", "version_deleted"
 ALIAS_MOVED = "alias_moved"  # the alias names another version, which failed to load
+LOADING = "loading"  # first words of not_ready_reason while the first model loads (scripts/serve.py reads them)
 REGISTRY_STATUSES = (REGISTRY_OK, ALIAS_MISSING, VERSION_DELETED, ALIAS_MOVED)
 
 
@@ -314,7 +315,11 @@ class ModelManager:
         assert self._source is not None
         try:
             started = time.perf_counter()
-            if current is not None and current.registry_status != ALIAS_MOVED:
+            if current is None:
+                self.not_ready_reason = (
+                    f"{LOADING} version {ref.version} of {self._source.name} (`{self._source.alias}`)"
+                )
+            elif current.registry_status != ALIAS_MOVED:
                 self._label_moved(current, ref.version, "is being loaded")
             model, run_metrics = self._source.load(ref)
             predictor = self._proven(model, ref.version)

@@ -201,3 +201,33 @@ def test_a_registry_error_after_the_alias_is_gone_still_drops_the_label(registry
         assert labels["info"] == ("1", None, "alias_missing")
         assert labels["predict"] == (200, None, "alias_missing")
         assert "could not be checked" in httpx.get(f"{api.url}/model").json()["registry_message"]
+
+
+class GatedFirstLoadSource(ModelSource):
+    """Holds the first load until the test lets it go."""
+
+    release = threading.Event()
+
+    def load(self, ref: VersionRef) -> tuple[Any, dict[str, float]]:
+        assert self.release.wait(600), "the test never released the load"
+        return super().load(ref)
+
+
+def test_while_the_first_champion_loads_the_service_says_loading(registry: Registry, tmp_path: Path) -> None:
+    """Before: /model answered "no model is loaded: the model has not been loaded yet" (and, on a registry
+    hiccup, "Train and promote one") while the champion `make run` had just trained was loading."""
+    settings = settings_for(registry.uri, f"sqlite:///{tmp_path / 'log.db'}", model_poll_interval_seconds=3600)
+    app = create_app(settings, lambda: GatedFirstLoadSource(registry.uri, settings.model_name, settings.model_alias))
+    GatedFirstLoadSource.release.clear()
+    with ApiServer(settings, app=app) as api:
+        try:
+            wait_until(lambda: "loading" in httpx.get(f"{api.url}/health/ready").text, 120, "the load to start")
+            ready = httpx.get(f"{api.url}/health/ready").json()
+            assert ready["reason"] == f"loading version 1 of {MODEL_NAME} (`champion`)"
+            answer = httpx.get(f"{api.url}/model")
+            assert answer.status_code == 503
+            assert answer.json()["message"].startswith(f"no model is loaded yet: loading version 1 of {MODEL_NAME}")
+            assert "Train and promote" not in answer.json()["message"]
+        finally:
+            GatedFirstLoadSource.release.set()
+        wait_until(lambda: httpx.get(f"{api.url}/health/ready").status_code == 200, 120, "the model to load")

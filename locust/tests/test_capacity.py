@@ -128,3 +128,23 @@ def test_the_init_containers_wait_until_the_api_is_ready(api: str) -> None:
     assert down.returncode == 1
     assert f"{closed} not ready yet: unreachable" in down.stdout
     assert f"{closed} was not ready within 1 s" in down.stderr
+
+
+def test_every_load_test_setting_is_documented_in_the_readme_with_its_default() -> None:
+    """Was: the README's example could not be reproduced (CAPACITY_MAX_USERS, default 400, not mentioned)."""
+    root = Path(__file__).resolve().parents[2]
+    code = "".join(p.read_text() for p in (root / "locust").glob("*.py"))
+    read = dict(re.findall(r'_(?:number|setting)\("((?:CAPACITY|LOADTEST)_[A-Z_0-9]+)", "?([^",)]+)', code))
+    assert len(read) >= 12, read
+    table = {
+        m.group(1): m.group(2)
+        for m in re.finditer(
+            r"^\| `([A-Z_0-9]+)`(?:, `[A-Z_0-9]+`)? \| ([^|]+) \|", (root / "README.md").read_text(), re.M
+        )
+    }
+    for name, default in read.items():
+        documented = table.get(name) or next((v for k, v in table.items() if k.startswith(name[:-4])), None)
+        assert documented is not None, f"{name} is not in the README's load-test table"
+        if name.endswith(("_MIN", "_MAX")) or name == "CAPACITY_SPAWN_RATE":
+            continue  # paired cells and derived defaults are checked by eye
+        assert default.strip() in documented, (name, default, documented)

@@ -11,16 +11,12 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Column, DateTime, Engine, Integer, MetaData, String, Table, Text, inspect, text
+from sqlalchemy import Column, DateTime, Engine, Integer, MetaData, String, Table, Text, inspect
 
 from readmission import schema
 from readmission.db import quote, read_query, write_frame
 from readmission.errors import EmptyStoreError
-from readmission.raw import RAW_TABLE
-
-CLEAN_TABLE = "clean_encounters"
-BUILDS_TABLE = "clean_builds"
-SPLITS = ("train", "validation", "test")
+from readmission.store_status import BUILDS_TABLE, CLEAN_TABLE, RAW_TABLE, SPLITS
 
 # ICD-9 chapters used by Strack et al. (2014), the paper that published this data set.
 DIAGNOSIS_GROUPS = (
@@ -227,35 +223,6 @@ def build_clean(raw_engine: Engine, clean_engine: Engine, spec: SplitSpec) -> Cl
     return CleanReport(
         len(raw), len(raw) - len(frame), len(frame), split_rows, patients, batches, time.perf_counter() - started
     )
-
-
-@dataclass(frozen=True)
-class CleanStatus:
-    """The last CLEAN build, or None fields if there is none."""
-
-    clean_rows: int
-    split_rows: dict[str, int]
-    built_at: datetime | None
-    raw_batches: str
-    split_seed: int | None = None
-
-
-def clean_status(engine: Engine) -> CleanStatus:
-    """Summary of the newest build recorded in the CLEAN database."""
-    with engine.connect() as conn:
-        if not inspect(conn).has_table(BUILDS_TABLE):
-            return CleanStatus(0, dict.fromkeys(SPLITS, 0), None, "")
-        row = conn.execute(
-            text(
-                f"SELECT built_at, clean_rows, train_rows, validation_rows, test_rows, raw_batches, split_seed FROM {BUILDS_TABLE} "
-                "ORDER BY id DESC LIMIT 1"
-            )
-        ).first()
-    if row is None:
-        return CleanStatus(0, dict.fromkeys(SPLITS, 0), None, "")
-    built_at = datetime.fromisoformat(row[0]) if isinstance(row[0], str) else row[0]
-    splits = dict(zip(SPLITS, map(int, row[2:5]), strict=True))
-    return CleanStatus(int(row[1]), splits, built_at, row[5], int(row[6]))
 
 
 def read_clean(engine: Engine, split: str | None = None) -> pd.DataFrame:

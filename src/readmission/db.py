@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-import psycopg
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import IntegrityError
+
+if TYPE_CHECKING:  # pandas and psycopg take a second to import: `readmission status` needs neither
+    import pandas as pd
 
 _DRIVERS = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg", "mysql": "mysql+pymysql"}
 
@@ -66,6 +67,8 @@ def copy_csv_into(conn: Connection, table: str, columns: list[str], payload: byt
     """COPY CSV ``payload`` (no header) into ``table`` inside the connection's open transaction."""
     cols = ", ".join(quote(conn, c) for c in columns)
     sql = f"COPY {quote(conn, table)} ({cols}) FROM STDIN (FORMAT csv)"
+    import psycopg
+
     driver_connection: Any = conn.connection.driver_connection
     try:
         with driver_connection.cursor() as cursor, cursor.copy(sql) as copy:
@@ -97,6 +100,8 @@ def write_frame(conn: Connection, table: str, frame: pd.DataFrame) -> None:
 
 def read_query(conn: Connection, sql: str, dtypes: dict[str, Any]) -> pd.DataFrame:
     """Rows of ``sql`` as a frame with ``dtypes``; PostgreSQL streams them with COPY TO (much faster)."""
+    import pandas as pd
+
     if is_postgres(conn):
         driver_connection: Any = conn.connection.driver_connection
         buffer = io.BytesIO()

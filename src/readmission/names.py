@@ -1,5 +1,5 @@
 """Names shared by the library, the inference API and the Airflow DAG: the registered model, its experiment,
-its aliases and the tags the lifecycle writes.
+its aliases, the tags the lifecycle writes, and the RAW batch size.
 
 This module imports nothing, so reading the API's settings or parsing the DAG never loads MLflow.
 """
@@ -14,3 +14,5 @@ SELECTION_METRIC = "roc_auc_30"
 
 TRAINING_KEY_TAG = "training_key"  # one training job (a CLI call or an Airflow DAG run) on its runs and version
 DECISION_TAG = "promotion.decision"  # written last by the gate: a version without it has not been gated
+
+DEFAULT_BATCH_SIZE = 15_000  # rows per RAW batch, one transaction each (the design brief's 15,000-row batches)

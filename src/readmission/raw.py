@@ -37,12 +37,10 @@ from readmission import schema
 from readmission.csvfile import parse_records, read_records
 from readmission.db import copy_csv_into, insert_rows, is_postgres
 from readmission.errors import LedgerConflictError
+from readmission.names import DEFAULT_BATCH_SIZE
+from readmission.store_status import LEDGER_TABLE, QUARANTINE_TABLE, RAW_TABLE
 from readmission.validation import check_header, contract_violations, repeated_ids
 
-DEFAULT_BATCH_SIZE = 15_000
-RAW_TABLE = "raw_encounters"
-LEDGER_TABLE = "raw_batches"
-QUARANTINE_TABLE = "raw_quarantine"
 _ID_LOOKUP_CHUNK = 5_000
 _ADVISORY_LOCK_KEY = 7_301_996  # serialises concurrent loaders of one PostgreSQL RAW database
 
@@ -334,29 +332,3 @@ def _write_rows(conn: Connection, lines: list[bytes], frame: pd.DataFrame, numbe
     typed = frame.astype({c.name: "int64" for c in schema.COLUMNS if c.is_integer}).astype(object)
     typed["batch_number"] = number
     insert_rows(conn, RAW_TABLE, columns, list(typed.itertuples(index=False, name=None)))
-
-
-@dataclass(frozen=True)
-class RawStatus:
-    """What the RAW database holds."""
-
-    batches_loaded: int
-    batches_total: int | None  # from the ledger: the source's size when it was last loaded
-    rows: int
-    rows_quarantined: int
-    last_loaded_at: datetime | None
-
-
-def raw_status(engine: Engine) -> RawStatus:
-    """Counts from the ledger and the tables (zeros for a database never loaded)."""
-    create_raw_tables(engine)
-    with engine.connect() as conn:
-        batches, last, source_rows, size = conn.execute(
-            text(f"SELECT COUNT(*), MAX(loaded_at), MAX(source_rows), MAX(batch_size) FROM {LEDGER_TABLE}")
-        ).one()
-        rows = conn.execute(text(f"SELECT COUNT(*) FROM {RAW_TABLE}")).scalar_one()
-        quarantined = conn.execute(text(f"SELECT COUNT(*) FROM {QUARANTINE_TABLE}")).scalar_one()
-    total = -(-int(source_rows) // int(size)) if source_rows else None
-    if isinstance(last, str):  # SQLite returns the aggregate as text
-        last = datetime.fromisoformat(last)
-    return RawStatus(int(batches), total, int(rows), int(quarantined), last)

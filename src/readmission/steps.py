@@ -27,8 +27,10 @@ from typing import TYPE_CHECKING, Any, TypedDict
 from readmission.clean import SplitSpec
 from readmission.clean import build_clean as _build_clean
 from readmission.db import create_db_engine, display_url
-from readmission.raw import DEFAULT_BATCH_SIZE, SourceFile, load_raw_batches, raw_status
+from readmission.names import DEFAULT_BATCH_SIZE
+from readmission.raw import SourceFile, load_raw_batches
 from readmission.source import UCI_ZIP_URL, resolve_dataset
+from readmission.store_status import raw_status
 
 if TYPE_CHECKING:
     from readmission.training import TrainConfig
@@ -294,7 +296,7 @@ def _job_version(client: Any, training_key: str) -> str | None:
     return str(min(int(v.version) for v in versions)) if versions else None
 
 
-def _register(best: CandidateSummary, clean_url: str, training_key: str, config: TrainConfig) -> str:
+def _register(best: CandidateSummary, clean_url: str, training_key: str, config: TrainConfig, log: Log = print) -> str:
     """Log the winner's evidence to its run and register its logged model with every tag in one call."""
     import mlflow
 
@@ -314,7 +316,7 @@ def _register(best: CandidateSummary, clean_url: str, training_key: str, config:
     )
     tags = {**lineage, **{f"test_{k}": f"{v:.6f}" for k, v in best["test"].items()}, TRAINING_KEY_TAG: training_key}
     splits = _splits(frame)
-    return log_evidence_and_register(winner, splits["test"], splits["validation"], config, tags)
+    return log_evidence_and_register(winner, splits["test"], splits["validation"], config, tags, log)
 
 
 def _gate(client: Any, version: str, best: CandidateSummary, clean_url: str, min_improvement: float) -> Any:
@@ -343,6 +345,7 @@ def select_and_promote(
     min_improvement: float = 0.0,
     seed: int = 0,
     artifact_location: str | None = None,
+    log: Log = print,
 ) -> PromotionSummary:
     """Register the best of the job's candidates (by validation) once, and move `champion` only if it is better.
 
@@ -365,8 +368,13 @@ def select_and_promote(
             raise ValueError(f"no finished {family} candidate for training job {training_key}: train it first")
         candidates.append(_candidate_summary(runs[0], reused=True))
     best = best_on_validation(candidates)
+    log(
+        f"select: {best['family']} is best on validation ({SELECTION_METRIC} {best['validation'][SELECTION_METRIC]:.4f})"
+    )
     config = TrainConfig(families=(best["family"],), seed=seed, min_improvement=min_improvement)
-    version = _job_version(client, training_key) or _register(best, clean_url, training_key, config)
+    started = time.perf_counter()
+    version = _job_version(client, training_key) or _register(best, clean_url, training_key, config, log)
+    log(f"register: {MODEL_NAME} v{version} ({time.perf_counter() - started:.1f} s); gate: comparing with the champion")
     decision = _gate(client, version, best, clean_url, min_improvement)
     return {
         "model": MODEL_NAME,
@@ -380,6 +388,14 @@ def select_and_promote(
         "champion_test_roc_auc_30": decision.champion_score,
         "candidates": {c["family"]: c["validation"][SELECTION_METRIC] for c in candidates},
     }
+
+
+def trial_share(budget_seconds: float, families: int) -> float:
+    """Seconds of trials each family gets from the job's ``budget_seconds``: the budget less a reserve for
+    selection, permutation importance, plots, registration and the gate (a fifth of it, 60 s at most), split
+    equally. ``TrainConfig.importance_seconds`` (30 s) keeps the importance inside that reserve."""
+    reserve = min(budget_seconds / 5, 60.0)
+    return (budget_seconds - reserve) / families
 
 
 def train_job(
@@ -396,7 +412,7 @@ def train_job(
     steps as tasks. ``training_key`` defaults to a new unique key (``new_training_key``)."""
     started = time.perf_counter()
     key = training_key or new_training_key()
-    share = config.time_budget_seconds / len(config.families)
+    share = trial_share(config.time_budget_seconds, len(config.families))
     candidates = [
         train_family(
             clean_url, tracking_uri, family, key, share, config.seed, artifact_location, config.max_trials, log
@@ -404,7 +420,7 @@ def train_job(
         for family in config.families
     ]
     promotion = select_and_promote(
-        clean_url, tracking_uri, key, list(config.families), config.min_improvement, config.seed, artifact_location
+        clean_url, tracking_uri, key, list(config.families), config.min_improvement, config.seed, artifact_location, log
     )
     best = next(c for c in candidates if c["family"] == promotion["family"])
     return {

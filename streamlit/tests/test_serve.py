@@ -44,8 +44,14 @@ def test_serve_starts_the_api_and_the_page_then_stops_both(registry_uri: str, tm
             assert line and time.monotonic() < deadline, "".join(lines)[-3000:]
             lines.append(line)
         printed = "".join(lines)
-        assert f"serve: inference API on http://127.0.0.1:{api_port} (API docs: /docs)" in printed
-        assert f"serve: UI on http://127.0.0.1:{ui_port}" in printed
+        # Announced once the champion is loaded (was: 23 s before, while /model still said "Train and promote one").
+        assert (
+            f"serve: inference API on http://127.0.0.1:{api_port} (API docs: /docs), serving diabetes-readmission v"
+            in printed
+        )
+        assert printed.index("serve: inference API on") < printed.index(f"serve: UI on http://127.0.0.1:{ui_port}")
+        with urllib.request.urlopen(f"http://127.0.0.1:{api_port}/model", timeout=60) as response:
+            assert response.status == 200
         with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/_stcore/health", timeout=60) as response:
             assert response.status == 200
         with urllib.request.urlopen(f"http://127.0.0.1:{api_port}/health/live", timeout=60) as response:
@@ -124,3 +130,61 @@ def test_bad_port_settings_are_named_not_a_traceback(ports: dict[str, str], mess
         [sys.executable, str(SERVE)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=PATIENCE_SECONDS
     )
     assert done.returncode == 1 and message in done.stderr and "Traceback" not in done.stderr
+
+
+class _Stage:
+    """A stand-in API child for the announcer: /health/live with an instance, /health/ready as set."""
+
+    def __init__(self) -> None:
+        import http.server
+        import json
+        import threading
+
+        self.ready: tuple[int, dict[str, object]] = (503, {"status": "not_ready", "reason": "loading version 3 of m"})
+        stage = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                status, body = (200, {"instance": "me"}) if self.path == "/health/live" else stage.ready
+                payload = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def _serve_module():  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("serve", SERVE)
+    assert spec is not None and spec.loader is not None
+    serve = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(serve)
+    return serve
+
+
+def test_serve_says_loading_then_announces_the_api_once_the_model_is_loaded(capsys: pytest.CaptureFixture[str]) -> None:
+    stage, serve = _Stage(), _serve_module()
+    try:
+        announcer = serve.Announcer({"inference API": stage.url, "UI": "http://127.0.0.1:1"}, "me")
+        announcer.step()
+        announcer.step()
+        said = capsys.readouterr().out
+        assert said == "serve: the inference API is up and loading version 3 of m; the URLs follow once it is loaded\n"
+        stage.ready = (200, {"status": "ready", "model": {"name": "m", "version": "3"}})
+        announcer.step()
+        assert f"serve: inference API on {stage.url} (API docs: /docs), serving m v3" in capsys.readouterr().out
+        stage.ready = (503, {"status": "not_ready", "reason": "the registry has no `champion` version of m"})
+        other = serve.Announcer({"inference API": stage.url, "UI": "http://127.0.0.1:1"}, "me")
+        other.step()
+        assert "not ready: the registry has no `champion` version of m" in capsys.readouterr().out
+        assert serve.api_state(stage.url, "someone else") == ("down", "")
+    finally:
+        stage.server.shutdown()

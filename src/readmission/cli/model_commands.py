@@ -2,34 +2,28 @@
 
 from __future__ import annotations
 
-import os
 import time
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from readmission.db import create_db_engine
 from readmission.errors import ReadmissionError
 from readmission.names import MODEL_NAME
 
 from .settings import Settings
 
 if TYPE_CHECKING:  # MLflow and scikit-learn take seconds to import: only the model commands load them
+    from readmission.registry import VersionSummary
     from readmission.steps import JobSummary
 
 
 SHOWN_METRICS = ("roc_auc_30", "roc_auc_ovr_macro", "average_precision_30", "brier_skill_30", "calibration_slope_30")
 
 
-def _mlflow_environment(settings: Settings) -> None:
-    """Put the MLflow client's retry count where MLflow reads it, unless the operator exported one."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(settings.mlflow_http_request_max_retries))
-
-
 def _client(settings: Settings):  # type: ignore[no-untyped-def]
-    _mlflow_environment(settings)
     from mlflow import MlflowClient
 
     from readmission.training import prepare_tracking
@@ -40,7 +34,6 @@ def _client(settings: Settings):  # type: ignore[no-untyped-def]
 
 def train_models(settings: Settings, out: Console, console: Console) -> JobSummary:
     """Run the training job (the DAG's steps, one after the other); print the candidates and a one-line summary."""
-    _mlflow_environment(settings)
     from readmission.steps import train_job
     from readmission.training import TrainConfig
 
@@ -72,37 +65,80 @@ def train_models(settings: Settings, out: Console, console: Console) -> JobSumma
 
 
 def _candidate_table(job: JobSummary) -> Table:
-    table = Table(title="candidates (test split; selection by validation ROC-AUC <30)")
-    for header in ("family", "calibrated", "validation auc<30", *(f"test {m}" for m in SHOWN_METRICS)):
-        table.add_column(header)
+    """One row per family: validation ROC-AUC (which selects; * marks the best) and test metrics (which report)."""
+    table = Table(title="candidates (* best on validation ROC-AUC <30)", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("family", overflow="fold")
+    table.add_column("calibrated")
+    table.add_column("validation\nROC-AUC <30", justify="right")
+    for metric in CANDIDATE_METRICS:
+        table.add_column(f"test\n{METRIC_HEADERS[metric]}", justify="right")
     for c in job["candidates"]:
         table.add_row(
-            c["family"] + (" *" if c["family"] == job["best"]["family"] else ""),
+            c["family"].replace("_", " ") + (" *" if c["family"] == job["best"]["family"] else ""),
             "yes" if c["calibrated"] else "no",
             f"{c['validation']['roc_auc_30']:.4f}",
-            *(f"{c['test'][m]:.4f}" for m in SHOWN_METRICS),
+            *(f"{c['test'][m]:.4f}" for m in CANDIDATE_METRICS),
         )
+    return table
+
+
+PANEL = "Models: MLflow registry and the champion gate"
+
+
+METRIC_HEADERS = {
+    "roc_auc_30": "ROC-AUC <30",
+    "brier_skill_30": "Brier skill",
+    "roc_auc_ovr_macro": "ROC-AUC 3-class",
+    "average_precision_30": "avg precision <30",
+    "calibration_slope_30": "calibration slope",
+}
+NARROW_METRICS = ("roc_auc_30",)
+CANDIDATE_METRICS = ("roc_auc_30", "brier_skill_30", "calibration_slope_30")
+GATE_WORDS = {"promoted": "promoted", "kept previous champion": "kept"}
+
+
+def versions_table(versions: list[VersionSummary], wide: bool = False) -> Table:
+    """The `models` table: fits 80 columns with the selection metric, or every metric with ``wide``.
+
+    Version numbers and aliases never wrap or shorten; the gate decision wraps when space is short.
+    """
+    metrics = SHOWN_METRICS if wide else NARROW_METRICS
+    table = Table(title=f"{MODEL_NAME} versions (test split)", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("version", no_wrap=True, justify="right")
+    table.add_column("aliases", no_wrap=True)
+    table.add_column("family", overflow="fold")
+    for metric in metrics:
+        table.add_column(METRIC_HEADERS[metric], justify="right", no_wrap=True)
+    table.add_column("last gate", overflow="fold")
+    if wide:
+        table.add_column("run", no_wrap=True)
+    for v in versions:
+        row = [v.version, ", ".join(v.aliases), v.family.replace("_", " ")]
+        row += [f"{v.metrics[m]:.4f}" if m in v.metrics else "" for m in metrics]
+        gate = v.decision if wide else GATE_WORDS.get(v.decision, v.decision)
+        table.add_row(*row, gate, *([v.run_id] if wide else []))
     return table
 
 
 def register_model_commands(app: typer.Typer, settings_factory, out: Console, console: Console) -> None:  # type: ignore[no-untyped-def]
     """Add the model commands to ``app``."""
 
-    @app.command()
+    @app.command(rich_help_panel=PANEL)
     def train() -> None:
         """Train every candidate family, register the best, and move `champion` only if it is better."""
         train_models(settings_factory(), out, console)
 
-    @app.command()
+    @app.command(rich_help_panel=PANEL)
     def promote(
         version: Annotated[str | None, typer.Option(help="Version to consider (default: the `challenger`).")] = None,
     ) -> None:
         """Re-run the promotion gate for a registered version against the champion on today's test split."""
+        settings = settings_factory()  # first: it sets MLflow's environment, which MLflow reads at import
         from readmission.clean import read_clean
+        from readmission.db import create_db_engine
         from readmission.registry import CHALLENGER, RegistryError, alias_version, existing_version, promote_if_better
         from readmission.training import _score_on
 
-        settings = settings_factory()
         client = _client(settings)
         version = existing_version(client, version) if version else alias_version(client, CHALLENGER)
         if version is None:
@@ -115,34 +151,27 @@ def register_model_commands(app: typer.Typer, settings_factory, out: Console, co
             f"promote: v{version} {'is now champion' if decision.promoted else 'not promoted'}: {decision.reason}"
         )
 
-    @app.command("rollback")
+    @app.command("rollback", rich_help_panel=PANEL)
     def rollback_command(version: Annotated[str, typer.Argument(help="Registered version to make champion.")]) -> None:
         """Point `champion` back at an earlier version (no gate: an operator's decision)."""
+        settings = settings_factory()  # first: it sets MLflow's environment, which MLflow reads at import
         from readmission.registry import rollback
 
         started = time.perf_counter()
-        previous = rollback(_client(settings_factory()), version)
+        previous = rollback(_client(settings), version)
         was = f"was v{previous}" if previous else "there was none"
         out.print(f"rollback: champion is now v{int(version)} ({was}) ({time.perf_counter() - started:.1f} s)")
 
-    @app.command()
-    def models() -> None:
-        """List registered versions with their aliases and test metrics."""
+    @app.command(rich_help_panel=PANEL)
+    def models(
+        wide: Annotated[bool, typer.Option("--wide", help="Every metric and the training run id.")] = False,
+    ) -> None:
+        """List registered versions with their aliases and test metrics (newest first)."""
+        settings = settings_factory()  # first: it sets MLflow's environment, which MLflow reads at import
         from readmission.registry import CHAMPION, list_versions
 
-        versions = list_versions(_client(settings_factory()))
-        table = Table(title=f"{MODEL_NAME} versions")
-        for header in ("version", "aliases", "family", *SHOWN_METRICS, "gate"):
-            table.add_column(header)
-        for v in versions:
-            table.add_row(
-                v.version,
-                ", ".join(v.aliases),
-                v.family,
-                *(f"{v.metrics[m]:.4f}" if m in v.metrics else "" for m in SHOWN_METRICS),
-                v.decision,
-            )
-        out.print(table)
+        versions = list_versions(_client(settings))
+        out.print(versions_table(versions, wide))
         champion = next((v for v in versions if CHAMPION in v.aliases), None)
         summary = f"champion v{champion.version}" if champion else "no champion yet: run `readmission train`"
         out.print(f"models: {len(versions)} version(s); {summary}")

@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from readmission.raw import DEFAULT_BATCH_SIZE
+from readmission.names import DEFAULT_BATCH_SIZE
 from readmission.source import UCI_ZIP_URL
 
 
@@ -45,7 +45,11 @@ class Settings(BaseSettings):
         "keeps a command waiting minutes on a dead server). A value set in the environment wins.",
     )
     train_time_budget_seconds: float = Field(
-        240.0, gt=0, description="Seconds of hyper-parameter trials across all families (each tries at least one)."
+        240.0,
+        gt=0,
+        description="Seconds for the whole training: hyper-parameter trials shared by the families (a further trial "
+        "starts only if the slowest so far fits; each family's first trial always runs, so a slow first trial can "
+        "overrun it), then selection, importance, plots and registration (a fifth, 60 s at most).",
     )
     train_max_trials: int | None = Field(
         None,
