@@ -32,8 +32,9 @@ def _cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess
 def test_help_explains_every_command(tmp_path: Path) -> None:
     result = _cli("--help", cwd=tmp_path)
     assert result.returncode == 0
-    for command in ("fetch", "load-raw", "build-clean", "status", "run", "synthesize"):
+    for command in ("fetch", "load-raw", "build-clean", "status", "run", "synthesize", "train", "promote", "models"):
         assert command in result.stdout
+    assert "rollback" in result.stdout and "Models:" in result.stdout  # was: described fetch/load/clean only
     load_help = _cli("load-raw", "--help", cwd=tmp_path).stdout
     assert "--batches" in load_help and "pending batches" in load_help
 
@@ -108,6 +109,7 @@ def test_model_commands_train_list_rollback_promote(tmp_path: Path) -> None:
 
     listing = _cli("models", cwd=tmp_path, env=env)
     assert "models: 2 version(s); champion v1" in listing.stdout
+    assert " INFO " not in listing.stderr + second.stderr, listing.stderr  # was: MLflow's own INFO lines
     assert "challenger" in listing.stdout
 
     assert "rollback: champion is now v2 (was v1)" in _cli("rollback", "02", cwd=tmp_path, env=env).stdout
@@ -176,3 +178,12 @@ def test_the_models_table_fits_80_columns_and_never_cuts_a_version() -> None:
     wide.print(versions_table(versions, wide=True))
     text = wide.export_text()
     assert "avg precision <30" in text and "0" * 32 in text and "kept previous champion" in text
+
+
+def test_a_local_file_is_checked_not_downloaded(tmp_path: Path) -> None:
+    """Was: "downloading UCI data set" shown while a local DATA_PATH was read (seen in a terminal)."""
+    write_synthetic_csv(tmp_path / "demo.csv", rows=200, seed=1)
+    terminal = {"TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1"}  # rich draws its progress as on a terminal
+    loaded = _cli("load-raw", "--data-path", "demo.csv", cwd=tmp_path, env=terminal)
+    assert loaded.returncode == 0, loaded.stderr
+    assert "checking demo.csv" in loaded.stderr and "downloading" not in loaded.stderr
