@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from inference_api import __version__
 from inference_api.components import Components
@@ -29,6 +30,8 @@ DESCRIPTION = (
     "Every prediction is logged; `/metrics` is for Prometheus."
 )
 
+DOCS_ASSETS_URL = "/docs-assets"  # the documentation pages' scripts, style sheets and icon
+
 
 def create_app(settings: ApiSettings | None = None, source_factory: Callable[[], ModelSource] | None = None) -> FastAPI:
     """A complete service; ``source_factory`` replaces the registry access (default: MLflow)."""
@@ -41,8 +44,16 @@ def create_app(settings: ApiSettings | None = None, source_factory: Callable[[],
         yield
         await parts.stop()
 
-    app = FastAPI(
-        title="Diabetes readmission inference API", version=__version__, description=DESCRIPTION, lifespan=lifespan
+    # /docs and /redoc with the Swagger UI and ReDoc files of the fastapi-offline package, served by the app
+    # itself (FastAPI's own pages load them from a CDN: blank offline); no validator badge (it would send the
+    # document's address to an online validator).
+    app: FastAPI = FastAPIOffline(
+        title="Diabetes readmission inference API",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        static_url=DOCS_ASSETS_URL,
+        swagger_ui_parameters={"validatorUrl": None},
     )
     app.state.components = parts
     app.state.settings = settings

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -245,33 +246,77 @@ def _repeated_keys(body: bytes) -> list[dict[str, Any]]:
     return errors
 
 
+@dataclass(frozen=True)
+class _Accepts:
+    """What one field of the contract accepts, said once: ``expected`` ends its 422 message, ``keys`` are the
+    same values as its error item's ``allowed`` or ``minimum``/``maximum``, ``numeric`` for JSON numbers."""
+
+    expected: str
+    keys: dict[str, Any]
+    numeric: bool
+
+
+def _spoken(values: Sequence[str | int]) -> str:
+    """'A', 'B' or null: levels quoted, codes as numbers, the "null" of an ``allowed`` list as JSON null."""
+    words = ["null" if v == "null" else str(v) if isinstance(v, int) else repr(v) for v in values]
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
+
+
+def _accepts(col: schema.Column) -> _Accepts:
+    """``_Accepts`` of a feature or history column, from its declaration in the schema."""
+    if col.kind is schema.Kind.CODED:  # the death or hospice codes are valid JSON but answered not_eligible
+        codes = [
+            int(v) for v in col.levels if col.name != schema.ELIGIBILITY_FIELD or not schema.eligibility_problem(v)
+        ]
+        return _Accepts(f"one of {_spoken(codes)}", {"allowed": codes}, numeric=True)
+    if col.levels:
+        allowed = [*col.levels, *(["null"] if col.may_be_missing else [])]
+        return _Accepts(f"one of {_spoken(allowed)}", {"allowed": allowed}, numeric=False)
+    if col.kind is schema.Kind.DIAGNOSIS:
+        code = f"an ICD-9 code like '428', '250.13', 'V45' or 'E888' (pattern {schema.DIAGNOSIS_PATTERN})"
+        return _Accepts(code + (", or null when unknown" if col.may_be_missing else ""), {}, numeric=False)
+    bounds = {"minimum": col.minimum, "maximum": col.maximum}
+    return _Accepts(f"a whole number from {col.minimum} to {col.maximum}", bounds, numeric=True)
+
+
+_ACCEPTS: dict[str, _Accepts] = {c.name: _accepts(c) for c in (*schema.FEATURE_COLUMNS, *schema.HISTORY_COLUMNS)}
+
+
+def _shown(value: Any) -> str:
+    """A refused value as the body spelled it (JSON words for null and booleans), cut to 40 characters."""
+    if value is None or isinstance(value, bool):
+        return "null" if value is None else str(value).lower()
+    if isinstance(value, list | dict):
+        return "a list" if isinstance(value, list) else "an object"
+    return f"{value!r:.40}"
+
+
+def _field_message(accepts: _Accepts, err: dict[str, Any]) -> str:
+    """The message of a contract field's error: what was wrong, then what the field accepts (once)."""
+    value = err.get("input")
+    if err.get("type") == "missing":
+        return f"required: send {accepts.expected}"
+    if accepts.numeric and isinstance(value, str):
+        return f"send a JSON number, not the string {value!r:.40}: {accepts.expected}"
+    if not accepts.numeric and isinstance(value, int | float) and not isinstance(value, bool):
+        return f"send a JSON string, not the number {value!r:.40}: {accepts.expected}"
+    problem = "is out of range" if err.get("type") in ("greater_than_equal", "less_than_equal") else "is not allowed"
+    return f"{_shown(value)} {problem}: send {accepts.expected}"
+
+
 def _field_error(err: dict[str, Any]) -> dict[str, Any]:
+    """One item of a 422 answer: where the error is and, for a field of the contract, what it accepts."""
     if err.get("type") == "json_invalid":
         detail = (err.get("ctx") or {}).get("error") or err.get("msg", "")
         return {"field": "body", "message": f"the body is not valid JSON ({detail})"}
     loc = [p for p in err.get("loc", ()) if p != "body"]
     # A Literal failure on a nullable field is reported under its type branch ("race", "literal[...]").
     parts = [str(p) for p in loc if not (isinstance(p, str) and ("[" in p or p in {"none", "int", "str"}))]
-    name = parts[-1] if parts else ""
     where = "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in parts).lstrip(".")
-    item: dict[str, Any] = {"field": where or "body", "message": err.get("msg", "invalid")}
-    col = schema.COLUMNS_BY_NAME.get(name)
-    if col is not None and col.kind is schema.Kind.CODED:
-        eligible = [v for v in col.levels if col.name != schema.ELIGIBILITY_FIELD or not schema.eligibility_problem(v)]
-        item["allowed"] = [int(v) for v in eligible]
-    elif col is not None and col.levels:
-        item["allowed"] = [*col.levels, *(["null"] if col.may_be_missing else [])]
-    elif col is not None and col.minimum is not None:
-        item["minimum"], item["maximum"] = col.minimum, col.maximum
-    elif name in schema.HISTORY_FEATURE_NAMES:
-        history = next(h for h in schema.HISTORY_FEATURES if h.name == name)
-        item["minimum"], item["maximum"] = 0, history.maximum
-    elif col is not None and col.kind is schema.Kind.DIAGNOSIS:
-        item["message"] += f" (an ICD-9 code like 428, 250.13, V45 or E888; pattern {schema.DIAGNOSIS_PATTERN})"
-    numeric = (col is not None and col.is_integer) or name in schema.HISTORY_FEATURE_NAMES
-    if numeric and isinstance(err.get("input"), str):
-        item["message"] = f"send a JSON number, not the string {err['input']!r:.40}: {item['message']}"
-    return item
+    accepts = _ACCEPTS.get(parts[-1]) if parts and err.get("type") != "extra_forbidden" else None
+    if accepts is None:
+        return {"field": where or "body", "message": err.get("msg", "invalid")}
+    return {"field": where, "message": _field_message(accepts, err), **accepts.keys}
 
 
 REQUEST_MODELS: dict[str, type[BaseModel]] = {

@@ -127,7 +127,7 @@ def test_invalid_input_is_422_naming_each_field_with_allowed_values(client: Test
     by_field = {e["field"]: e for e in body["errors"]}
     assert set(by_field) == {"race", "gender", "num_medications", "unexpected"}
     assert by_field["race"]["allowed"] == ["AfricanAmerican", "Asian", "Caucasian", "Hispanic", "Other", "null"]
-    assert by_field["gender"]["message"] == "Field required"
+    assert by_field["gender"]["message"] == "required: send one of 'Female', 'Male' or 'Unknown/Invalid'"
     assert (by_field["num_medications"]["minimum"], by_field["num_medications"]["maximum"]) == (0, 100)
     assert by_field["unexpected"]["message"] == "Extra inputs are not permitted"
     in_batch = client.post("/predict/batch", json={"encounters": [EXAMPLES[0], {**EXAMPLES[1], "age": "old"}]})

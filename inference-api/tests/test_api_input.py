@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 from apisupport import Registry, settings_for, wait_until
 from fastapi.testclient import TestClient
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from inference_api.app import create_app
@@ -102,3 +103,106 @@ def test_any_repeated_key_in_any_layout_is_named_and_none_is_invented(
         parse_body(body, schema.EncounterFeatures)
     assert caught.value.error == "duplicate_key"
     assert [e["field"] for e in caught.value.errors] == repeated
+
+
+# --- every field's 422 message agrees with its error item, said once (issue #23) ---------------------------
+
+ABSENT = object()  # a wrong "value": the field left out of the body
+FIELDS: dict[str, schema.Column] = {c.name: c for c in (*schema.FEATURE_COLUMNS, *schema.HISTORY_COLUMNS)}
+DEATH = schema.DEATH_OR_HOSPICE_DISCHARGE_IDS
+NULLABLE = {c.name for c in schema.FEATURE_COLUMNS if c.may_be_missing}
+JSON_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-1_000, 1_000),
+    st.floats(-1e3, 1e3, allow_nan=False),
+    st.text(max_size=12),
+    st.sampled_from(["1", "3", "428", "V45", "250.83", "null", "None", "?", ""]),
+    st.lists(st.integers(), max_size=2),
+)
+
+
+def _wrong_values(col: schema.Column) -> st.SearchStrategy[Any]:
+    """Values of any JSON type, the field's own levels spelled differently, or the field left out."""
+    near = [v.lower() for v in col.levels] + [f" {v}" for v in col.levels] + [f"{v}0" for v in col.levels]
+    absent = [ABSENT] if col.name not in NULLABLE and col.name not in schema.HISTORY_FEATURE_NAMES else []
+    return st.one_of(JSON_SCALARS, st.sampled_from(near or [""]), st.sampled_from(absent or [None]))
+
+
+def _spoken(value: str | int) -> str:
+    """How a message writes an allowed value: a JSON null, a number, a quoted level."""
+    return "null" if value == "null" else str(value) if isinstance(value, int) else f"'{value}'"
+
+
+def _listed(message: str) -> list[str]:
+    """The values a message offers after its last "one of": quoted levels, numbers and null, in order."""
+    _, found, clause = message.rpartition("one of ")
+    return re.findall(r"'[^']*'|\bnull\b|-?\b\d+\b", clause) if found else []
+
+
+def _error_for(col: schema.Column, value: Any) -> dict[str, Any] | None:
+    """The error item naming ``col`` when an example encounter holds ``value`` there (None: it is valid)."""
+    encounter = {k: v for k, v in EXAMPLES[0].items() if k != col.name}
+    if value is not ABSENT:
+        encounter[col.name] = value
+    try:
+        parse_body(json.dumps(encounter).encode(), schema.EncounterFeatures)
+    except InvalidBodyError as exc:
+        (item,) = [e for e in exc.errors if e["field"] == col.name]
+        return item
+    return None
+
+
+def test_the_message_check_covers_every_field_of_the_contract() -> None:
+    fields = {f.alias or name for name, f in schema.EncounterFeatures.model_fields.items()}
+    assert set(FIELDS) == fields
+
+
+@pytest.mark.parametrize("name", sorted(FIELDS))
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_a_wrong_value_is_told_what_its_field_allows_once(data: st.DataObject, name: str) -> None:
+    """Before: the diag_* messages printed the ICD-9 pattern twice; race's message left out null, though its
+    `allowed` listed it; discharge_disposition_id's message offered 11 (death), which `allowed` leaves out."""
+    col = FIELDS[name]
+    value = data.draw(_wrong_values(col), label="value")
+    item = _error_for(col, value)
+    assume(item is not None)
+    assert item is not None
+    message = item["message"]
+    assert message.count(schema.DIAGNOSIS_PATTERN) == (1 if col.kind is schema.Kind.DIAGNOSIS else 0), message
+    if "allowed" in item:
+        assert _listed(message) == [_spoken(v) for v in item["allowed"]], message
+    elif col.kind is schema.Kind.DIAGNOSIS:
+        assert re.search(r"\bnull\b", message.rpartition(schema.DIAGNOSIS_PATTERN)[2]), message
+    else:
+        assert (item["minimum"], item["maximum"]) == (col.minimum, col.maximum)
+        assert message.count(f"from {col.minimum} to {col.maximum}") == 1, message
+    if col.kind is schema.Kind.CODED:  # numbers; the death or hospice codes are answered not_eligible instead
+        codes = [int(v) for v in col.levels]
+        assert item["allowed"] == [c for c in codes if col.name != schema.ELIGIBILITY_FIELD or c not in DEATH]
+    elif col.levels:
+        assert item["allowed"] == [*col.levels, *(["null"] if col.may_be_missing else [])]
+
+
+@pytest.fixture
+def client_without_model(tmp_path: Path) -> Iterator[TestClient]:
+    """An app whose registry is empty: a body is checked before any model is needed."""
+    app = create_app(settings_for(f"sqlite:///{tmp_path / 'empty-mlflow.db'}", f"sqlite:///{tmp_path / 'log.db'}"))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+def test_the_issue_examples_name_the_pattern_once_and_null_for_race(client_without_model: TestClient) -> None:
+    """The 422 of POST /predict for the issue's two values."""
+    response = client_without_model.post("/predict", json={**EXAMPLES[0], "diag_1": "abc", "race": "Martian"})
+    assert response.status_code == 422
+    by_field = {e["field"]: e for e in response.json()["errors"]}
+    assert by_field["diag_1"]["message"] == (
+        "'abc' is not allowed: send an ICD-9 code like '428', '250.13', 'V45' or 'E888' (pattern "
+        f"{schema.DIAGNOSIS_PATTERN}), or null when unknown"
+    )
+    assert by_field["race"]["message"] == (
+        "'Martian' is not allowed: send one of 'AfricanAmerican', 'Asian', 'Caucasian', 'Hispanic', 'Other' or null"
+    )
+    assert by_field["race"]["allowed"] == ["AfricanAmerican", "Asian", "Caucasian", "Hispanic", "Other", "null"]
