@@ -186,7 +186,10 @@ def test_bad_rows_are_quarantined_with_reasons_and_good_rows_loaded(db_url_facto
     with engine.connect() as conn:
         reasons = dict(conn.execute(text("SELECT source_line, reason FROM raw_quarantine")).all())
         ledger = conn.execute(text("SELECT rows_loaded, rows_quarantined FROM raw_batches")).one()
-    assert reasons[5] == "race: unknown level 'Martian' (allowed: AfricanAmerican, Asian, Caucasian, Hispanic, Other)"
+    assert (
+        reasons[5]
+        == "race: unknown level 'Martian' (allowed: AfricanAmerican, Asian, Caucasian, Hispanic, Other, or ? when unknown)"
+    )
     assert reasons[7].startswith("time_in_hospital: 'three' is not a whole number")
     assert reasons[9] == "num_procedures: 99 is above the maximum 10"
     assert reasons[11].startswith("admission_type_id: unknown code '42'")

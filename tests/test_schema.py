@@ -48,7 +48,7 @@ def test_every_declared_level_of_a_categorical_feature_is_used_in_the_real_file_
         (
             "race",
             "Martian",
-            "race: unknown level 'Martian' (allowed: AfricanAmerican, Asian, Caucasian, Hispanic, Other)",
+            "race: unknown level 'Martian' (allowed: AfricanAmerican, Asian, Caucasian, Hispanic, Other, or ? when unknown)",
         ),
         ("gender", "?", "gender: missing value '?' is not allowed"),
         ("age", "[100-110)", "age: unknown level '[100-110)'"),
@@ -163,3 +163,14 @@ def test_whole_numbers_written_as_floats_are_integers_as_in_json_schema() -> Non
     encounter = schema.EncounterFeatures.model_validate_json(json.dumps(payload)).model_dump()
     assert (encounter["time_in_hospital"], encounter["admission_type_id"]) == (3, 2)
     assert type(encounter["time_in_hospital"]) is int and type(encounter["admission_type_id"]) is int
+
+
+@pytest.mark.parametrize(
+    "col",
+    [c for c in schema.COLUMNS if c.may_be_missing and not c.is_integer],
+    ids=lambda c: c.name,
+)
+def test_a_wrong_value_is_told_that_question_mark_means_unknown(col: schema.Column) -> None:
+    """Was: `race: unknown level 'Martian' (allowed: ...)` left out `?`, which the column accepts."""
+    message = schema.check_value(col, "\u00a7wrong")
+    assert message is not None and message.endswith(", or ? when unknown)"), message

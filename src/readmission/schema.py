@@ -372,12 +372,13 @@ def check_value(col: Column, value: str) -> str | None:
         return None if col.may_be_missing else f"{col.name}: missing value '?' is not allowed"
     if col.is_integer:
         return _integer_problem(col, value)
+    unknown = f", or {MISSING} when unknown" if col.may_be_missing else ""
     if col.kind is Kind.DIAGNOSIS:
         if re.fullmatch(DIAGNOSIS_PATTERN, value) is None:
-            return f"{col.name}: {value!r} is not an ICD-9 code (e.g. 250.83, V57, E878)"
+            return f"{col.name}: {value!r} is not an ICD-9 code (e.g. 250.83, V57, E878{unknown})"
         return None
     if value not in col.levels:
-        return f"{col.name}: unknown level {value!r} (allowed: {', '.join(col.levels)})"
+        return f"{col.name}: unknown level {value!r} (allowed: {', '.join(col.levels)}{unknown})"
     return None
 
 
