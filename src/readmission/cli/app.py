@@ -1,7 +1,7 @@
 """`readmission`: the platform's command line. Each command ends with a one-line summary.
 
-Start-up is kept short: this module imports typer, rich, pydantic and SQLAlchemy only; pandas, scikit-learn
-and MLflow are imported inside the commands that use them (`bench/cli_startup.py` measures it).
+Start-up is kept short: `--help` imports typer and rich only; pydantic (the settings), SQLAlchemy, pandas,
+scikit-learn and MLflow are imported inside the commands that use them (`bench/cli_startup.py` measures it).
 """
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -27,7 +27,9 @@ from .data_commands import (
     register_data_commands,
 )
 from .model_commands import register_model_commands, train_models
-from .settings import Settings
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 app = typer.Typer(
     help="Diabetes-readmission platform. Data: fetch the UCI data, load it into the RAW database in batches, "
@@ -43,6 +45,10 @@ out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 1_000)
 
 
 def _settings(**overrides: object) -> Settings:
+    from pydantic import ValidationError
+
+    from .settings import Settings
+
     try:
         settings = Settings()
     except ValidationError as exc:

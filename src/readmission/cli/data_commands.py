@@ -23,10 +23,10 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from .settings import Settings
-
 if TYPE_CHECKING:
     from readmission.source import Dataset
+
+    from .settings import Settings
 
 DataPathOption = Annotated[
     Path | None, typer.Option("--data-path", help="Local diabetic_data.csv or UCI zip (env DATA_PATH).")

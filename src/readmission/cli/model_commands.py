@@ -13,11 +13,11 @@ from rich.table import Table
 from readmission.errors import ReadmissionError
 from readmission.names import MODEL_NAME
 
-from .settings import Settings
-
-if TYPE_CHECKING:  # MLflow and scikit-learn take seconds to import: only the model commands load them
+if TYPE_CHECKING:
     from readmission.registry import VersionSummary
     from readmission.steps import JobSummary
+
+    from .settings import Settings  # MLflow and scikit-learn take seconds to import: only the model commands load them
 
 
 SHOWN_METRICS = ("roc_auc_30", "roc_auc_ovr_macro", "average_precision_30", "brier_skill_30", "calibration_slope_30")
