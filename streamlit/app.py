@@ -17,6 +17,7 @@ import streamlit as st
 
 from readmission import schema
 from readmission_ui.batch import BatchFileError, CheckedFile, check_file, score, summary
+from readmission_ui.charts import BAND_TEXT_COLOURS, OUTCOME_LABELS, probability_chart
 from readmission_ui.client import ApiClient, ApiFailed, ApiNotReady, ApiProblem, ApiRejected, ApiUnreachable
 from readmission_ui.settings import UiSettings
 
@@ -116,19 +117,17 @@ def _encounter_from_form() -> dict[str, Any]:
 
 
 def _show_prediction(result: dict[str, Any]) -> None:
+    """The API's answer: the 30-day risk, its band in the band's colour, the most likely outcome, the chart."""
     risk, band, model = result["risk_30_days"], result["risk_band"], result["model"]
     left, middle, right = st.columns(3)
     left.metric("30-day readmission risk", f"{risk:.1%}", help="P(readmitted within 30 days)")
-    middle.metric("Risk band", band.upper())
-    right.metric(
-        "Most likely outcome",
-        {"NO": "No readmission", ">30": "After 30 days", "<30": "Within 30 days"}[result["predicted_class"]],
+    middle.metric(
+        "Risk band",
+        f":{BAND_TEXT_COLOURS[band]}[{band.upper()}]",
+        help="From the 30-day risk, with the cut points the API is configured with (RISK_BAND_THRESHOLDS)",
     )
-    probabilities = pd.DataFrame(
-        {"probability": [result["probabilities"][c] for c in ("NO", ">30", "<30")]},
-        index=["no readmission", "after 30 days", "within 30 days"],
-    )
-    st.bar_chart(probabilities, horizontal=True, y_label="", x_label="probability")
+    right.metric("Most likely outcome", OUTCOME_LABELS[result["predicted_class"]])
+    st.altair_chart(probability_chart(result["probabilities"], band), width="stretch")
     st.caption(
         f"Answered by model **{model['name']} v{model['version']}** (alias `{model['alias']}`), "
         f"request id `{result['request_id']}`."

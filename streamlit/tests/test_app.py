@@ -6,13 +6,17 @@ from __future__ import annotations
 import json
 import urllib.request
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
+import pyarrow as pa
 import pytest
 from streamlit.testing.v1 import AppTest
 from uisupport import eligible
 
 from readmission import schema
 from readmission.synthetic import synthetic_encounters
+from readmission_ui.charts import BAND_COLOURS, BAND_TEXT_COLOURS
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 SECOND_EXAMPLE = list(schema.EXAMPLE_ENCOUNTERS)[1]
@@ -56,8 +60,44 @@ def test_an_example_patient_gets_the_apis_risk_band_and_model(monkeypatch: pytes
     expected = _api_predict(api_url, schema.EXAMPLE_ENCOUNTERS[SECOND_EXAMPLE])
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["30-day readmission risk"] == f"{expected['risk_30_days']:.1%}"
-    assert metrics["Risk band"] == str(expected["risk_band"]).upper()
+    band = str(expected["risk_band"])
+    assert metrics["Risk band"] == f":{BAND_TEXT_COLOURS[band]}[{band.upper()}]"  # Markdown: in the band's colour
     assert "model **diabetes-readmission v1** (alias `champion`)" in _texts(at.caption)
+
+
+def _probability_chart(at: AppTest) -> tuple[dict[str, Any], pd.DataFrame]:
+    """The bar layer of the Predict tab's chart as the browser gets it (Vega-Lite), and the rows it draws."""
+    (chart,) = at.get("vega_lite_chart")
+    spec = json.loads(chart.proto.spec)
+    bars = next(layer for layer in spec.get("layer", [spec]) if "bar" in str(layer.get("mark")))
+    rows = pa.ipc.open_stream(chart.proto.datasets[0].data.data).read_pandas()
+    return bars, rows
+
+
+def test_the_chart_orders_outcomes_clinically_on_a_0_to_1_axis_with_the_band_coloured(
+    monkeypatch: pytest.MonkeyPatch, api_url: str
+) -> None:
+    """Before: bars in alphabetical order, "probability" as the title of the outcome axis, the value axis
+    cut at the largest bar (0-0.48) and every bar one colour whatever the band."""
+    at = _page(monkeypatch, api_url)
+    at.button(key=f"example {SECOND_EXAMPLE}").click().run()
+    at.get("form_submit_button")[0].click().run()
+    expected = _api_predict(api_url, schema.EXAMPLE_ENCOUNTERS[SECOND_EXAMPLE])
+    bars, rows = _probability_chart(at)
+    x, y, colour = bars["encoding"]["x"], bars["encoding"]["y"], bars["encoding"].get("color", {})
+    outcomes = ["No readmission", "After 30 days", "Within 30 days"]
+    assert (y["field"], y.get("sort"), y["title"]) == ("outcome", outcomes, "Readmission")
+    assert (x["field"], x["title"], x["scale"].get("domain")) == ("probability", "Probability", [0, 1])
+    probabilities = expected["probabilities"]
+    assert isinstance(probabilities, dict)
+    assert list(rows["outcome"]) == outcomes
+    assert list(rows["probability"]) == pytest.approx([probabilities[c] for c in ("NO", ">30", "<30")])
+    shade = dict(zip(colour["scale"]["domain"], colour["scale"]["range"], strict=True))
+    drawn = [shade[key] for key in rows[colour["field"]]]
+    band = str(expected["risk_band"])
+    assert drawn[2] == BAND_COLOURS[band] and f"{band} risk" in rows[colour["field"]].iloc[2]
+    assert drawn[0] == drawn[1] and drawn[0] not in BAND_COLOURS.values()  # the other outcomes: neutral
+    assert {m.label: m.value for m in at.metric}["Risk band"] == f":{BAND_TEXT_COLOURS[band]}[{band.upper()}]"
 
 
 def test_a_field_the_api_refuses_is_named_with_the_reason(monkeypatch: pytest.MonkeyPatch, api_url: str) -> None:
