@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import pandas as pd
@@ -19,6 +20,7 @@ from readmission import schema
 from readmission_ui.batch import BatchFileError, CheckedFile, check_file, score, summary
 from readmission_ui.charts import BAND_TEXT_COLOURS, OUTCOME_LABELS, probability_chart
 from readmission_ui.client import ApiClient, ApiFailed, ApiNotReady, ApiProblem, ApiRejected, ApiUnreachable
+from readmission_ui.labels import UNKNOWN, YES_NO, flag_label, is_flag, level_label
 from readmission_ui.settings import UiSettings
 
 SECTIONS = {
@@ -28,7 +30,6 @@ SECTIONS = {
     schema.Section.DIAGNOSES: "Diagnoses",
     schema.Section.MEDICATIONS: "Medications",
 }
-UNKNOWN = "Unknown"
 FIRST_EXAMPLE = next(iter(schema.EXAMPLE_ENCOUNTERS))
 
 
@@ -71,22 +72,19 @@ def _show_problem(problem: ApiProblem, settings: UiSettings) -> None:
 
 
 def _widget(col: schema.Column | schema.HistoryFeature, key: str) -> None:
-    """The input of one field, with the contract's allowed values or range."""
-    if isinstance(col, schema.HistoryFeature):
+    """The input of one field, with the contract's allowed values or range: No/Yes for a 0/1 field, readable
+    labels for a categorical one (the value kept, and sent, is the contract's 0/1, level or code)."""
+    if is_flag(col):
+        st.radio(flag_label(col), (0, 1), format_func=YES_NO.__getitem__, horizontal=True, key=key)
+    elif isinstance(col, schema.HistoryFeature):
         st.number_input(col.description, min_value=0, max_value=col.maximum, step=1, key=key)
-        return
-    if col.kind in (schema.Kind.CATEGORY, schema.Kind.CODED):
+    elif col.kind in (schema.Kind.CATEGORY, schema.Kind.CODED):
         options: list[Any] = [int(v) for v in col.levels] if col.kind is schema.Kind.CODED else list(col.levels)
         if col.name == schema.ELIGIBILITY_FIELD:  # death or hospice: outside the model's population
             options = [v for v in options if schema.eligibility_problem(v) is None]
         if col.may_be_missing:
             options = [UNKNOWN, *options]
-
-        def label(value: Any, labels: Any = col.labels) -> str:
-            text = labels.get(str(value))
-            return f"{value}: {text}" if text and text != str(value) else str(value)
-
-        st.selectbox(col.description, options, format_func=label, key=key)
+        st.selectbox(col.description, options, format_func=partial(level_label, col), key=key)
     elif col.kind is schema.Kind.INTEGER:
         st.number_input(
             col.description,
@@ -109,6 +107,7 @@ def _load_example(name: str) -> None:
 
 
 def _encounter_from_form() -> dict[str, Any]:
+    """The request body: the form's values as the contract spells them (levels, codes and integers)."""
     values: dict[str, Any] = {}
     for name in schema.MODEL_INPUT_NAMES:
         value = st.session_state[f"f_{name}"]

@@ -12,7 +12,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 from streamlit.testing.v1 import AppTest
-from uisupport import eligible
+from uisupport import RecordingApi, eligible
 
 from readmission import schema
 from readmission.synthetic import synthetic_encounters
@@ -51,7 +51,7 @@ def test_an_example_patient_gets_the_apis_risk_band_and_model(monkeypatch: pytes
     assert "Ready: diabetes-readmission v1 (@champion)" in _texts(at.sidebar.success)
     # The form is generated from the contract: one input per model input, the contract's allowed values.
     race = at.selectbox(key="f_race")
-    assert race.options == ["Unknown", *schema.column("race").levels]
+    assert race.options == ["Unknown", "African American", "Asian", "Caucasian", "Hispanic", "Other"]
     assert at.number_input(key="f_time_in_hospital").max == schema.column("time_in_hospital").maximum
     at.button(key=f"example {SECOND_EXAMPLE}").click().run()
     assert at.selectbox(key="f_race").value == schema.EXAMPLE_ENCOUNTERS[SECOND_EXAMPLE]["race"]
@@ -63,6 +63,49 @@ def test_an_example_patient_gets_the_apis_risk_band_and_model(monkeypatch: pytes
     band = str(expected["risk_band"])
     assert metrics["Risk band"] == f":{BAND_TEXT_COLOURS[band]}[{band.upper()}]"  # Markdown: in the band's colour
     assert "model **diabetes-readmission v1** (alias `champion`)" in _texts(at.caption)
+
+
+def _typed(body: dict[str, Any]) -> list[tuple[str, str, Any]]:
+    """Each value with its JSON type: 1 and true compare equal in Python, not in the API's strict check."""
+    return sorted((name, type(value).__name__, value) for name, value in body.items())
+
+
+def _shown(at: AppTest, key: str) -> str:
+    """The text a selectbox shows for its current value."""
+    box = at.selectbox(key=key)
+    assert box.index is not None
+    return str(box.options[box.index])
+
+
+def test_the_form_shows_readable_labels_and_yes_no_but_sends_the_contracts_codes(
+    monkeypatch: pytest.MonkeyPatch, recording_api: RecordingApi
+) -> None:
+    """Before: the form showed the codes themselves (AfricanAmerican, InternalMedicine, MC) and number steppers
+    for the 0/1 facts of the patient's previous encounter."""
+    at = _page(monkeypatch, recording_api.url)
+    at.button(key=f"example {SECOND_EXAMPLE}").click().run()
+    assert _shown(at, "f_race") == "African American" and "AfricanAmerican" not in at.selectbox(key="f_race").options
+    assert _shown(at, "f_payer_code") == "Medicaid (MD)"
+    assert _shown(at, "f_A1Cresult") == "Over 8%" and _shown(at, "f_insulin") == "Increased"
+    flag = at.radio(key="f_previous_readmission")
+    assert flag.label == "The patient's previous encounter was followed by any readmission"
+    assert (flag.options, flag.value) == (["No", "Yes"], 1)
+    assert not {"f_previous_readmission", "f_previous_early_readmission"} & {n.key for n in at.number_input}
+    at.selectbox(key="f_payer_code").set_value("MC")  # inside the form: applied with the submit
+    at.selectbox(key="f_medical_specialty").set_value("InternalMedicine")
+    at.radio(key="f_previous_early_readmission").set_value(0)  # "No"
+    at.get("form_submit_button")[0].click().run()
+    assert not at.exception and not at.error
+    assert _shown(at, "f_payer_code") == "Medicare (MC)"
+    assert _shown(at, "f_medical_specialty") == "Internal Medicine"
+    sent = [body for path, body in recording_api.posted if path == "/predict"]
+    expected = {
+        **schema.EXAMPLE_ENCOUNTERS[SECOND_EXAMPLE],
+        "payer_code": "MC",
+        "medical_specialty": "InternalMedicine",
+        "previous_early_readmission": 0,
+    }
+    assert len(sent) == 1 and _typed(sent[0]) == _typed(expected)  # the codes, and No/Yes as the numbers 0/1
 
 
 def _probability_chart(at: AppTest) -> tuple[dict[str, Any], pd.DataFrame]:
