@@ -17,10 +17,18 @@ import pandas as pd
 import streamlit as st
 
 from readmission import schema
-from readmission_ui.batch import BatchFileError, CheckedFile, check_file, score, summary
-from readmission_ui.charts import BAND_TEXT_COLOURS, OUTCOME_LABELS, probability_chart
+from readmission_ui.batch import (
+    BatchFileError,
+    CheckedFile,
+    OutcomeComparison,
+    check_file,
+    compare_with_outcomes,
+    score,
+    summary,
+)
+from readmission_ui.charts import BAND_TEXT_COLOURS, probability_chart
 from readmission_ui.client import ApiClient, ApiFailed, ApiNotReady, ApiProblem, ApiRejected, ApiUnreachable
-from readmission_ui.labels import UNKNOWN, YES_NO, flag_label, is_flag, level_label
+from readmission_ui.labels import OUTCOME_LABELS, UNKNOWN, YES_NO, flag_label, is_flag, level_label
 from readmission_ui.settings import UiSettings
 
 SECTIONS = {
@@ -174,7 +182,8 @@ def _checked(digest: str, _content: bytes, max_rows: int) -> CheckedFile | str:
 def batch_page(client: ApiClient, settings: UiSettings) -> None:
     st.write(
         "Upload a CSV in the raw data format (the columns of `diabetic_data.csv`; identifiers and `readmitted` "
-        "are optional and kept beside the results). Every row is checked first; nothing is sent if any is invalid."
+        "are optional and kept beside the results; with `readmitted`, the predicted risks are compared with it). "
+        "Every row is checked first; nothing is sent if any is invalid."
     )
     upload = st.file_uploader("Encounters (CSV)", type=["csv"], key="upload")
     if upload is None:
@@ -248,6 +257,9 @@ def _show_scored(scored: ScoredFile) -> None:
     st.caption(
         f"Answered by {', '.join(sorted(scored.versions))}. Scored once: uploading another file scores that one."
     )
+    comparison = compare_with_outcomes(scored.results)
+    if comparison is not None:
+        _show_outcomes(comparison)
     st.dataframe(scored.results.head(1_000), hide_index=True, width="stretch")
     st.download_button(
         "Download the results (CSV)",
@@ -256,6 +268,29 @@ def _show_scored(scored: ScoredFile) -> None:
         mime="text/csv",
         key="download",
     )
+
+
+def _show_outcomes(comparison: OutcomeComparison) -> None:
+    """The predicted 30-day risks beside the outcomes the file records: the mean risk per outcome, and how well
+    the risk separates the encounters readmitted within 30 days from the others (ROC-AUC)."""
+    st.subheader("Predicted risk against the recorded outcome")
+    left, right = st.columns([3, 2])
+    left.dataframe(
+        comparison.by_outcome,
+        hide_index=True,
+        column_config={"mean predicted 30-day risk": st.column_config.NumberColumn(format="percent")},
+    )
+    counts = f"{comparison.early:,} readmitted within 30 days, {comparison.other:,} not"
+    if comparison.roc_auc is None:
+        right.info(f"No ROC-AUC: it needs encounters of both kinds, and this file has {counts}.")
+        return
+    right.metric(
+        "ROC-AUC of the 30-day risk",
+        f"{comparison.roc_auc:.3f}",
+        help="The chance that an encounter readmitted within 30 days got a higher risk than one that was not "
+        "(0.5: no better than chance; 1: perfect).",
+    )
+    right.caption(f"Over {comparison.early + comparison.other:,} encounters: {counts}.")
 
 
 def model_page(client: ApiClient, settings: UiSettings) -> None:

@@ -23,6 +23,7 @@ MISSING = "?"
 TARGET = "readmitted"
 TARGET_LABELS: tuple[str, ...] = ("NO", ">30", "<30")
 POSITIVE_LABEL = "<30"  # the 30-day readmission risk is P(readmitted == "<30")
+OUTCOME_LABELS = {"NO": "No readmission", ">30": "After 30 days", "<30": "Within 30 days"}  # in that order
 
 # Discharge dispositions after which no readmission is possible (death or hospice): the model is trained
 # without them (Strack et al. 2014 removed them from the cohort), so they are outside its population.
@@ -468,7 +469,12 @@ COLUMNS: tuple[Column, ...] = (
     ),
     _category("diabetesMed", Section.MEDICATIONS, "Any diabetic medication prescribed", ("No", "Yes")),
     Column(
-        TARGET, Kind.TARGET, Section.OUTCOME, "Readmitted within 30 days, after 30 days, or not", levels=TARGET_LABELS
+        TARGET,
+        Kind.TARGET,
+        Section.OUTCOME,
+        "Readmitted within 30 days, after 30 days, or not",
+        levels=TARGET_LABELS,
+        labels=OUTCOME_LABELS,
     ),
 )
 

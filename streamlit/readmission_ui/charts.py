@@ -11,11 +11,8 @@ from collections.abc import Mapping
 import altair as alt
 import pandas as pd
 
-from readmission import schema
+from readmission_ui.labels import OUTCOME_LABELS
 
-_OUTCOME_NAMES = {"NO": "No readmission", ">30": "After 30 days", "<30": "Within 30 days"}
-# The outcomes in clinical order, which is the contract's order of the levels of `readmitted`.
-OUTCOME_LABELS: dict[str, str] = {code: _OUTCOME_NAMES[code] for code in schema.TARGET_LABELS}
 RISK_BANDS = ("low", "medium", "high")
 BAND_COLOURS: dict[str, str] = {"low": "#2e7d32", "medium": "#ef8c00", "high": "#c62828"}  # green, amber, red
 BAND_TEXT_COLOURS: dict[str, str] = {"low": "green", "medium": "orange", "high": "red"}  # Streamlit's Markdown names

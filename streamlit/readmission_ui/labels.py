@@ -36,3 +36,12 @@ def flag_label(field: schema.Column | schema.HistoryFeature) -> str:
     patient's previous encounter was followed by any readmission")."""
     text = field.description.removeprefix(FLAG_PREFIX).strip()
     return text[:1].upper() + text[1:]
+
+
+def outcome_label(code: str) -> str:
+    """How people read a level of `readmitted` ("<30": "Within 30 days")."""
+    return level_label(schema.column(schema.TARGET), code)
+
+
+# The outcomes in clinical order, which is the contract's order of the levels of `readmitted`.
+OUTCOME_LABELS: dict[str, str] = {code: outcome_label(code) for code in schema.TARGET_LABELS}

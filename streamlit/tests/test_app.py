@@ -3,6 +3,7 @@ malformed files) and each error state (API unreachable, no champion, input refus
 
 from __future__ import annotations
 
+import io
 import json
 import urllib.request
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pytest
+from sklearn.metrics import roc_auc_score
 from streamlit.testing.v1 import AppTest
 from uisupport import RecordingApi, eligible
 
@@ -35,6 +37,12 @@ def _page(monkeypatch: pytest.MonkeyPatch, api: str) -> AppTest:
 
 def _texts(elements: object) -> str:
     return "\n".join(str(e.value) for e in elements)  # type: ignore[attr-defined]
+
+
+def _table_with(at: AppTest, column: str) -> pd.DataFrame:
+    """The one table on the page that has ``column``."""
+    (table,) = [d.value for d in at.dataframe if column in d.value.columns]
+    return table
 
 
 def _api_predict(api: str, encounter: dict[str, object]) -> dict[str, object]:
@@ -171,13 +179,51 @@ def test_a_good_file_is_scored_in_chunks_with_a_summary_and_a_download(
     assert not at.exception and not at.error
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Encounters scored"] == "100"
-    results = at.dataframe[0].value
+    results = _table_with(at, "risk_30_days")
     assert list(results["encounter_id"]) == list(frame["encounter_id"])  # in file order, beside its ids
     assert results["risk_30_days"].between(0, 1).all() and set(results["model_version"]) == {"1"}
     first = _api_predict(api_url, schema.raw_to_encounter(frame.iloc[0].to_dict()))
     assert results["risk_30_days"].iloc[0] == pytest.approx(first["risk_30_days"])
     assert "Answered by diabetes-readmission v1 (@champion)." in _texts(at.caption)
     assert at.get("download_button")  # the results as CSV
+
+
+def test_a_file_with_outcomes_keeps_them_and_compares_them_with_the_predicted_risk(
+    monkeypatch: pytest.MonkeyPatch, api_url: str
+) -> None:
+    """Before: the tab said `readmitted` was kept beside the results, but only the two identifiers were, and
+    nothing compared the predictions with the outcomes."""
+    frame = eligible(synthetic_encounters(120, seed=11))
+    assert set(frame["readmitted"]) == {"NO", ">30", "<30"}
+    at = _page(monkeypatch, api_url)
+    _upload(at, "outcomes.csv", frame.to_csv(index=False).encode())
+    at.button(key="score").click().run()
+    assert not at.exception and not at.error
+    results = _table_with(at, "risk_30_days")
+    assert list(results.columns[:3]) == ["encounter_id", "patient_nbr", "readmitted"]
+    assert list(results["readmitted"]) == list(frame["readmitted"])
+    download = pd.read_csv(io.BytesIO(at.session_state["scored"].csv), dtype=str, keep_default_na=False)
+    assert list(download["readmitted"]) == list(frame["readmitted"])  # in the CSV offered for download too
+    by_outcome = _table_with(at, "recorded outcome")
+    assert list(by_outcome["recorded outcome"]) == ["No readmission", "After 30 days", "Within 30 days"]
+    risk = results.groupby("readmitted")["risk_30_days"]
+    assert list(by_outcome["encounters"]) == [risk.size()[c] for c in ("NO", ">30", "<30")]
+    assert list(by_outcome["mean predicted 30-day risk"]) == pytest.approx(
+        [risk.mean()[c] for c in ("NO", ">30", "<30")]
+    )
+    early = results["readmitted"].eq("<30")
+    auc = roc_auc_score(early, results["risk_30_days"])
+    assert {m.label: m.value for m in at.metric}["ROC-AUC of the 30-day risk"] == f"{auc:.3f}"
+    assert f"Over 120 encounters: {early.sum()} readmitted within 30 days, {(~early).sum()} not." in _texts(at.caption)
+
+    one_kind = frame[frame["readmitted"] != "<30"]
+    _upload(at, "no-early.csv", one_kind.to_csv(index=False).encode())
+    at.button(key="score").click().run()
+    assert "ROC-AUC of the 30-day risk" not in {m.label for m in at.metric}
+    assert (
+        f"No ROC-AUC: it needs encounters of both kinds, and this file has 0 readmitted within 30 days, {len(one_kind)} not."
+        in _texts(at.info)
+    )
 
 
 def _predictions_served(api: str) -> float:

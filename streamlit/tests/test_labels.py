@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from readmission import schema
 from readmission_ui.labels import UNKNOWN, YES_NO, flag_label, is_flag, level_label
 
-CATEGORICAL = [c for c in schema.COLUMNS if c.levels and c.kind in (schema.Kind.CATEGORY, schema.Kind.CODED)]
+CATEGORICAL = [c for c in schema.COLUMNS if c.levels]  # categories, codes and the outcome
 GLUED = re.compile(r"[a-z][A-Z][a-z]")  # 'AfricanAmerican', 'InternalMedicine': a code, not words
 
 
