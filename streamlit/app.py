@@ -10,14 +10,25 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import pandas as pd
 import streamlit as st
 
 from readmission import schema
-from readmission_ui.batch import BatchFileError, CheckedFile, check_file, score, summary
+from readmission_ui.batch import (
+    BatchFileError,
+    CheckedFile,
+    OutcomeComparison,
+    check_file,
+    compare_with_outcomes,
+    score,
+    summary,
+)
+from readmission_ui.charts import BAND_TEXT_COLOURS, probability_chart
 from readmission_ui.client import ApiClient, ApiFailed, ApiNotReady, ApiProblem, ApiRejected, ApiUnreachable
+from readmission_ui.labels import OUTCOME_LABELS, UNKNOWN, YES_NO, flag_label, is_flag, level_label
 from readmission_ui.settings import UiSettings
 
 SECTIONS = {
@@ -27,7 +38,6 @@ SECTIONS = {
     schema.Section.DIAGNOSES: "Diagnoses",
     schema.Section.MEDICATIONS: "Medications",
 }
-UNKNOWN = "Unknown"
 FIRST_EXAMPLE = next(iter(schema.EXAMPLE_ENCOUNTERS))
 
 
@@ -70,22 +80,19 @@ def _show_problem(problem: ApiProblem, settings: UiSettings) -> None:
 
 
 def _widget(col: schema.Column | schema.HistoryFeature, key: str) -> None:
-    """The input of one field, with the contract's allowed values or range."""
-    if isinstance(col, schema.HistoryFeature):
+    """The input of one field, with the contract's allowed values or range: No/Yes for a 0/1 field, readable
+    labels for a categorical one (the value kept, and sent, is the contract's 0/1, level or code)."""
+    if is_flag(col):
+        st.radio(flag_label(col), (0, 1), format_func=YES_NO.__getitem__, horizontal=True, key=key)
+    elif isinstance(col, schema.HistoryFeature):
         st.number_input(col.description, min_value=0, max_value=col.maximum, step=1, key=key)
-        return
-    if col.kind in (schema.Kind.CATEGORY, schema.Kind.CODED):
+    elif col.kind in (schema.Kind.CATEGORY, schema.Kind.CODED):
         options: list[Any] = [int(v) for v in col.levels] if col.kind is schema.Kind.CODED else list(col.levels)
         if col.name == schema.ELIGIBILITY_FIELD:  # death or hospice: outside the model's population
             options = [v for v in options if schema.eligibility_problem(v) is None]
         if col.may_be_missing:
             options = [UNKNOWN, *options]
-
-        def label(value: Any, labels: Any = col.labels) -> str:
-            text = labels.get(str(value))
-            return f"{value}: {text}" if text and text != str(value) else str(value)
-
-        st.selectbox(col.description, options, format_func=label, key=key)
+        st.selectbox(col.description, options, format_func=partial(level_label, col), key=key)
     elif col.kind is schema.Kind.INTEGER:
         st.number_input(
             col.description,
@@ -108,6 +115,7 @@ def _load_example(name: str) -> None:
 
 
 def _encounter_from_form() -> dict[str, Any]:
+    """The request body: the form's values as the contract spells them (levels, codes and integers)."""
     values: dict[str, Any] = {}
     for name in schema.MODEL_INPUT_NAMES:
         value = st.session_state[f"f_{name}"]
@@ -116,19 +124,17 @@ def _encounter_from_form() -> dict[str, Any]:
 
 
 def _show_prediction(result: dict[str, Any]) -> None:
+    """The API's answer: the 30-day risk, its band in the band's colour, the most likely outcome, the chart."""
     risk, band, model = result["risk_30_days"], result["risk_band"], result["model"]
     left, middle, right = st.columns(3)
     left.metric("30-day readmission risk", f"{risk:.1%}", help="P(readmitted within 30 days)")
-    middle.metric("Risk band", band.upper())
-    right.metric(
-        "Most likely outcome",
-        {"NO": "No readmission", ">30": "After 30 days", "<30": "Within 30 days"}[result["predicted_class"]],
+    middle.metric(
+        "Risk band",
+        f":{BAND_TEXT_COLOURS[band]}[{band.upper()}]",
+        help="From the 30-day risk, with the cut points the API is configured with (RISK_BAND_THRESHOLDS)",
     )
-    probabilities = pd.DataFrame(
-        {"probability": [result["probabilities"][c] for c in ("NO", ">30", "<30")]},
-        index=["no readmission", "after 30 days", "within 30 days"],
-    )
-    st.bar_chart(probabilities, horizontal=True, y_label="", x_label="probability")
+    right.metric("Most likely outcome", OUTCOME_LABELS[result["predicted_class"]])
+    st.altair_chart(probability_chart(result["probabilities"], band), width="stretch")
     st.caption(
         f"Answered by model **{model['name']} v{model['version']}** (alias `{model['alias']}`), "
         f"request id `{result['request_id']}`."
@@ -176,7 +182,8 @@ def _checked(digest: str, _content: bytes, max_rows: int) -> CheckedFile | str:
 def batch_page(client: ApiClient, settings: UiSettings) -> None:
     st.write(
         "Upload a CSV in the raw data format (the columns of `diabetic_data.csv`; identifiers and `readmitted` "
-        "are optional and kept beside the results). Every row is checked first; nothing is sent if any is invalid."
+        "are optional and kept beside the results; with `readmitted`, the predicted risks are compared with it). "
+        "Every row is checked first; nothing is sent if any is invalid."
     )
     upload = st.file_uploader("Encounters (CSV)", type=["csv"], key="upload")
     if upload is None:
@@ -250,6 +257,9 @@ def _show_scored(scored: ScoredFile) -> None:
     st.caption(
         f"Answered by {', '.join(sorted(scored.versions))}. Scored once: uploading another file scores that one."
     )
+    comparison = compare_with_outcomes(scored.results)
+    if comparison is not None:
+        _show_outcomes(comparison)
     st.dataframe(scored.results.head(1_000), hide_index=True, width="stretch")
     st.download_button(
         "Download the results (CSV)",
@@ -258,6 +268,29 @@ def _show_scored(scored: ScoredFile) -> None:
         mime="text/csv",
         key="download",
     )
+
+
+def _show_outcomes(comparison: OutcomeComparison) -> None:
+    """The predicted 30-day risks beside the outcomes the file records: the mean risk per outcome, and how well
+    the risk separates the encounters readmitted within 30 days from the others (ROC-AUC)."""
+    st.subheader("Predicted risk against the recorded outcome")
+    left, right = st.columns([3, 2])
+    left.dataframe(
+        comparison.by_outcome,
+        hide_index=True,
+        column_config={"mean predicted 30-day risk": st.column_config.NumberColumn(format="percent")},
+    )
+    counts = f"{comparison.early:,} readmitted within 30 days, {comparison.other:,} not"
+    if comparison.roc_auc is None:
+        right.info(f"No ROC-AUC: it needs encounters of both kinds, and this file has {counts}.")
+        return
+    right.metric(
+        "ROC-AUC of the 30-day risk",
+        f"{comparison.roc_auc:.3f}",
+        help="The chance that an encounter readmitted within 30 days got a higher risk than one that was not "
+        "(0.5: no better than chance; 1: perfect).",
+    )
+    right.caption(f"Over {comparison.early + comparison.other:,} encounters: {counts}.")
 
 
 def model_page(client: ApiClient, settings: UiSettings) -> None:

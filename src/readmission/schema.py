@@ -23,6 +23,7 @@ MISSING = "?"
 TARGET = "readmitted"
 TARGET_LABELS: tuple[str, ...] = ("NO", ">30", "<30")
 POSITIVE_LABEL = "<30"  # the 30-day readmission risk is P(readmitted == "<30")
+OUTCOME_LABELS = {"NO": "No readmission", ">30": "After 30 days", "<30": "Within 30 days"}  # in that order
 
 # Discharge dispositions after which no readmission is possible (death or hospice): the model is trained
 # without them (Strack et al. 2014 removed them from the cohort), so they are outside its population.
@@ -89,6 +90,22 @@ DIAGNOSIS_PATTERN = r"^(?:[0-9]{1,3}(?:\.[0-9]{1,2})?|V[0-9]{1,2}(?:\.[0-9]{1,2}
 AGE_BRACKETS = tuple(f"[{lo}-{lo + 10})" for lo in range(0, 100, 10))
 WEIGHT_BRACKETS = (*(f"[{lo}-{lo + 25})" for lo in range(0, 200, 25)), ">200")
 MEDICATION_LEVELS = ("No", "Steady", "Up", "Down")
+
+# Human labels of the levels (the form shows them; every file, request and store keeps the level itself).
+# Meanings as the data set's description (Strack et al. 2014) gives them.
+AGE_LABELS = {f"[{lo}-{lo + 10})": f"{lo}-{lo + 9} years" for lo in range(0, 100, 10)}
+WEIGHT_LABELS = {**{f"[{lo}-{lo + 25})": f"{lo}-{lo + 24} lb" for lo in range(0, 200, 25)}, ">200": "Over 200 lb"}
+MEDICATION_LABELS = {"No": "Not prescribed", "Steady": "Steady", "Up": "Increased", "Down": "Decreased"}
+GLUCOSE_LABELS = {"None": "Not measured", "Norm": "Normal", ">200": "Over 200 mg/dL", ">300": "Over 300 mg/dL"}
+A1C_LABELS = {"None": "Not measured", "Norm": "Normal (below 7%)", ">7": "7% to 8%", ">8": "Over 8%"}
+CHANGE_LABELS = {"No": "No change", "Ch": "Changed"}
+RACE_LABELS = {
+    "AfricanAmerican": "African American",
+    "Asian": "Asian",
+    "Caucasian": "Caucasian",
+    "Hispanic": "Hispanic",
+    "Other": "Other",
+}
 
 ADMISSION_TYPES = {
     "1": "Emergency",
@@ -161,6 +178,22 @@ ADMISSION_SOURCES = {
 }
 
 PAYER_CODES = ("BC", "CH", "CM", "CP", "DM", "FR", "HM", "MC", "MD", "MP", "OG", "OT", "PO", "SI", "SP", "UN", "WC")
+# The source explains none of its payer codes beyond naming Blue Cross/Blue Shield, Medicare and self-pay among
+# them; the usual abbreviations below are labelled, the others keep their code (no meaning is guessed).
+_PAYER_MEANINGS = {
+    "BC": "Blue Cross/Blue Shield",
+    "HM": "HMO",
+    "MC": "Medicare",
+    "MD": "Medicaid",
+    "OG": "Other government",
+    "OT": "Other",
+    "SP": "Self-pay",
+    "WC": "Workers' compensation",
+}
+PAYER_LABELS = {
+    code: f"{_PAYER_MEANINGS[code]} ({code})" if code in _PAYER_MEANINGS else f"{code} (not explained by the source)"
+    for code in PAYER_CODES
+}
 MEDICAL_SPECIALTIES = (
     "AllergyandImmunology",
     "Anesthesiology",
@@ -235,6 +268,81 @@ MEDICAL_SPECIALTIES = (
     "SurgicalSpecialty",
     "Urology",
 )
+# Readable names of the specialties (the source glues words: 'InternalMedicine', 'AllergyandImmunology').
+MEDICAL_SPECIALTY_LABELS = {
+    "AllergyandImmunology": "Allergy and Immunology",
+    "Anesthesiology": "Anesthesiology",
+    "Anesthesiology-Pediatric": "Anesthesiology, Pediatric",
+    "Cardiology": "Cardiology",
+    "Cardiology-Pediatric": "Cardiology, Pediatric",
+    "DCPTEAM": "DCPTEAM (not explained by the source)",
+    "Dentistry": "Dentistry",
+    "Dermatology": "Dermatology",
+    "Emergency/Trauma": "Emergency/Trauma",
+    "Endocrinology": "Endocrinology",
+    "Endocrinology-Metabolism": "Endocrinology and Metabolism",
+    "Family/GeneralPractice": "Family/General Practice",
+    "Gastroenterology": "Gastroenterology",
+    "Gynecology": "Gynecology",
+    "Hematology": "Hematology",
+    "Hematology/Oncology": "Hematology/Oncology",
+    "Hospitalist": "Hospitalist",
+    "InfectiousDiseases": "Infectious Diseases",
+    "InternalMedicine": "Internal Medicine",
+    "Nephrology": "Nephrology",
+    "Neurology": "Neurology",
+    "Neurophysiology": "Neurophysiology",
+    "Obsterics&Gynecology-GynecologicOnco": "Obstetrics and Gynecology, Gynecologic Oncology",
+    "Obstetrics": "Obstetrics",
+    "ObstetricsandGynecology": "Obstetrics and Gynecology",
+    "Oncology": "Oncology",
+    "Ophthalmology": "Ophthalmology",
+    "Orthopedics": "Orthopedics",
+    "Orthopedics-Reconstructive": "Orthopedics, Reconstructive",
+    "Osteopath": "Osteopath",
+    "Otolaryngology": "Otolaryngology",
+    "OutreachServices": "Outreach Services",
+    "Pathology": "Pathology",
+    "Pediatrics": "Pediatrics",
+    "Pediatrics-AllergyandImmunology": "Pediatrics, Allergy and Immunology",
+    "Pediatrics-CriticalCare": "Pediatrics, Critical Care",
+    "Pediatrics-EmergencyMedicine": "Pediatrics, Emergency Medicine",
+    "Pediatrics-Endocrinology": "Pediatrics, Endocrinology",
+    "Pediatrics-Hematology-Oncology": "Pediatrics, Hematology/Oncology",
+    "Pediatrics-InfectiousDiseases": "Pediatrics, Infectious Diseases",
+    "Pediatrics-Neurology": "Pediatrics, Neurology",
+    "Pediatrics-Pulmonology": "Pediatrics, Pulmonology",
+    "Perinatology": "Perinatology",
+    "PhysicalMedicineandRehabilitation": "Physical Medicine and Rehabilitation",
+    "PhysicianNotFound": "Physician not found",
+    "Podiatry": "Podiatry",
+    "Proctology": "Proctology",
+    "Psychiatry": "Psychiatry",
+    "Psychiatry-Addictive": "Psychiatry, Addiction",
+    "Psychiatry-Child/Adolescent": "Psychiatry, Child/Adolescent",
+    "Psychology": "Psychology",
+    "Pulmonology": "Pulmonology",
+    "Radiologist": "Radiologist",
+    "Radiology": "Radiology",
+    "Resident": "Resident",
+    "Rheumatology": "Rheumatology",
+    "Speech": "Speech",
+    "SportsMedicine": "Sports Medicine",
+    "Surgeon": "Surgeon",
+    "Surgery-Cardiovascular": "Surgery, Cardiovascular",
+    "Surgery-Cardiovascular/Thoracic": "Surgery, Cardiovascular/Thoracic",
+    "Surgery-Colon&Rectal": "Surgery, Colon and Rectal",
+    "Surgery-General": "Surgery, General",
+    "Surgery-Maxillofacial": "Surgery, Maxillofacial",
+    "Surgery-Neuro": "Surgery, Neuro",
+    "Surgery-Pediatric": "Surgery, Pediatric",
+    "Surgery-Plastic": "Surgery, Plastic",
+    "Surgery-PlasticwithinHeadandNeck": "Surgery, Plastic within Head and Neck",
+    "Surgery-Thoracic": "Surgery, Thoracic",
+    "Surgery-Vascular": "Surgery, Vascular",
+    "SurgicalSpecialty": "Surgical Specialty",
+    "Urology": "Urology",
+}
 
 MEDICATIONS = (
     "metformin",
@@ -295,23 +403,34 @@ COLUMNS: tuple[Column, ...] = (
         "race",
         Section.DEMOGRAPHICS,
         "Race",
-        ("AfricanAmerican", "Asian", "Caucasian", "Hispanic", "Other"),
+        tuple(RACE_LABELS),
         may_be_missing=True,
+        labels=RACE_LABELS,
     ),
     _category("gender", Section.DEMOGRAPHICS, "Gender", ("Female", "Male", "Unknown/Invalid")),
-    _category("age", Section.DEMOGRAPHICS, "Age in 10-year brackets", AGE_BRACKETS),
-    _category("weight", Section.DEMOGRAPHICS, "Weight in pounds (brackets)", WEIGHT_BRACKETS, may_be_missing=True),
+    _category("age", Section.DEMOGRAPHICS, "Age in 10-year brackets", AGE_BRACKETS, labels=AGE_LABELS),
+    _category(
+        "weight",
+        Section.DEMOGRAPHICS,
+        "Weight in pounds (brackets)",
+        WEIGHT_BRACKETS,
+        may_be_missing=True,
+        labels=WEIGHT_LABELS,
+    ),
     _coded("admission_type_id", "Type of admission", ADMISSION_TYPES),
     _coded("discharge_disposition_id", "Where the patient went after discharge", DISCHARGE_DISPOSITIONS),
     _coded("admission_source_id", "Source of the admission", ADMISSION_SOURCES),
     _count("time_in_hospital", Section.ADMISSION, "Days between admission and discharge", 1, 14),
-    _category("payer_code", Section.ADMISSION, "Payer (insurance) code", PAYER_CODES, may_be_missing=True),
+    _category(
+        "payer_code", Section.ADMISSION, "Payer (insurance) code", PAYER_CODES, may_be_missing=True, labels=PAYER_LABELS
+    ),
     _category(
         "medical_specialty",
         Section.ADMISSION,
         "Specialty of the admitting physician",
         MEDICAL_SPECIALTIES,
         may_be_missing=True,
+        labels=MEDICAL_SPECIALTY_LABELS,
     ),
     _count("num_lab_procedures", Section.ADMISSION, "Lab tests performed during the encounter", 0, 150),
     _count("num_procedures", Section.ADMISSION, "Procedures (other than lab tests) performed", 0, 10),
@@ -327,16 +446,35 @@ COLUMNS: tuple[Column, ...] = (
         "max_glu_serum",
         Section.DIAGNOSES,
         "Glucose serum test result ('None' = not measured)",
-        ("None", "Norm", ">200", ">300"),
+        tuple(GLUCOSE_LABELS),
+        labels=GLUCOSE_LABELS,
     ),
     _category(
-        "A1Cresult", Section.DIAGNOSES, "HbA1c test result ('None' = not measured)", ("None", "Norm", ">7", ">8")
+        "A1Cresult",
+        Section.DIAGNOSES,
+        "HbA1c test result ('None' = not measured)",
+        tuple(A1C_LABELS),
+        labels=A1C_LABELS,
     ),
-    *(_category(m, Section.MEDICATIONS, f"Dosage change of {m}", MEDICATION_LEVELS) for m in MEDICATIONS),
-    _category("change", Section.MEDICATIONS, "Any change of diabetic medication ('Ch' = changed)", ("No", "Ch")),
+    *(
+        _category(m, Section.MEDICATIONS, f"Dosage change of {m}", MEDICATION_LEVELS, labels=MEDICATION_LABELS)
+        for m in MEDICATIONS
+    ),
+    _category(
+        "change",
+        Section.MEDICATIONS,
+        "Any change of diabetic medication ('Ch' = changed)",
+        tuple(CHANGE_LABELS),
+        labels=CHANGE_LABELS,
+    ),
     _category("diabetesMed", Section.MEDICATIONS, "Any diabetic medication prescribed", ("No", "Yes")),
     Column(
-        TARGET, Kind.TARGET, Section.OUTCOME, "Readmitted within 30 days, after 30 days, or not", levels=TARGET_LABELS
+        TARGET,
+        Kind.TARGET,
+        Section.OUTCOME,
+        "Readmitted within 30 days, after 30 days, or not",
+        levels=TARGET_LABELS,
+        labels=OUTCOME_LABELS,
     ),
 )
 

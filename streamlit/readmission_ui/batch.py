@@ -13,8 +13,10 @@ from readmission.csvfile import parse_records, read_records
 from readmission.errors import SourceFormatError
 from readmission.validation import eligibility_problems, repeated_ids, row_problems
 from readmission_ui.client import ApiClient
+from readmission_ui.labels import OUTCOME_LABELS
 
-CLASSES = ("NO", ">30", "<30")
+CLASSES = schema.TARGET_LABELS  # NO, >30, <30: the clinical order
+KEPT_COLUMNS = ("encounter_id", "patient_nbr", schema.TARGET)  # from the file, beside the results, when it has them
 
 
 class BatchFileError(ValueError):
@@ -75,8 +77,9 @@ def check_file(content: bytes, max_rows: int) -> CheckedFile:
 def score(
     client: ApiClient, checked: CheckedFile, chunk_rows: int, progress: Callable[[int, int], None] = lambda d, t: None
 ) -> tuple[pd.DataFrame, set[str]]:
-    """Score every encounter through POST /predict/batch in chunks; the results beside the file's identifiers,
-    and the model versions that answered (a champion may move during a long run)."""
+    """Score every encounter through POST /predict/batch in chunks; the results beside the file's identifiers
+    and recorded outcome (``KEPT_COLUMNS``), and the model versions that answered (a champion may move during a
+    long run)."""
     if not checked.valid:
         raise ValueError("the file has invalid rows; nothing is sent")
     rows: list[dict[str, Any]] = []
@@ -98,8 +101,8 @@ def score(
             )
         progress(min(start + chunk_rows, total), total)
     results = pd.DataFrame(rows)
-    ids = [c for c in ("encounter_id", "patient_nbr") if c in checked.frame.columns]
-    return pd.concat([checked.frame[ids].reset_index(drop=True), results], axis=1), versions
+    kept = [c for c in KEPT_COLUMNS if c in checked.frame.columns]
+    return pd.concat([checked.frame[kept].reset_index(drop=True), results], axis=1), versions
 
 
 def summary(results: pd.DataFrame) -> dict[str, Any]:
@@ -110,3 +113,45 @@ def summary(results: pd.DataFrame) -> dict[str, Any]:
         "bands": results["risk_band"].value_counts().reindex(["low", "medium", "high"], fill_value=0).to_dict(),
         "classes": results["predicted_class"].value_counts().reindex(list(CLASSES), fill_value=0).to_dict(),
     }
+
+
+@dataclass(frozen=True)
+class OutcomeComparison:
+    """How the predicted 30-day risks compare with the outcomes a scored file records (its `readmitted`)."""
+
+    by_outcome: pd.DataFrame  # per recorded outcome, in clinical order: outcome, encounters, mean 30-day risk
+    early: int  # encounters readmitted within 30 days (<30)
+    other: int  # encounters not readmitted within 30 days (NO or >30)
+    roc_auc: float | None  # of the 30-day risk against readmitted == '<30'; None unless both kinds are present
+
+
+def compare_with_outcomes(results: pd.DataFrame) -> OutcomeComparison | None:
+    """The predicted 30-day risk per recorded outcome, and its ROC-AUC against readmission within 30 days;
+    None when the file records no outcome."""
+    if schema.TARGET not in results.columns:
+        return None
+    risk = results.groupby(schema.TARGET, sort=False)["risk_30_days"]
+    present = [c for c in CLASSES if c in risk.groups]
+    by_outcome = pd.DataFrame(
+        {
+            "recorded outcome": [OUTCOME_LABELS[c] for c in present],
+            "encounters": risk.size().reindex(present).to_numpy(),
+            "mean predicted 30-day risk": risk.mean().reindex(present).to_numpy(),
+        }
+    )
+    early = results[schema.TARGET].eq(schema.POSITIVE_LABEL)
+    both = bool(early.any()) and not bool(early.all())
+    auc = roc_auc(results["risk_30_days"], early) if both else None
+    return OutcomeComparison(by_outcome, int(early.sum()), int((~early).sum()), auc)
+
+
+def roc_auc(scores: pd.Series, positive: pd.Series) -> float:
+    """Area under the ROC curve of ``scores`` for the ``positive`` (boolean) rows: the chance that a positive
+    row scores above a negative one, ties counting half (the Mann-Whitney statistic from average ranks; the
+    page's image has no scikit-learn)."""
+    n_positive = int(positive.sum())
+    n_negative = len(positive) - n_positive
+    if not n_positive or not n_negative:
+        raise ValueError("ROC-AUC needs both positive and negative rows")
+    ranks = scores.rank(method="average")
+    return float((ranks[positive].sum() - n_positive * (n_positive + 1) / 2) / (n_positive * n_negative))

@@ -1,3 +1,3 @@
 """Registers the page tests' fixtures, defined in uisupport.py."""
 
-from uisupport import api_url, closed_url, not_ready_api_url, registry_uri  # noqa: F401
+from uisupport import api_url, closed_url, not_ready_api_url, recording_api, registry_uri  # noqa: F401

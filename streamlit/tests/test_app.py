@@ -3,16 +3,22 @@ malformed files) and each error state (API unreachable, no champion, input refus
 
 from __future__ import annotations
 
+import io
 import json
 import urllib.request
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
+import pyarrow as pa
 import pytest
+from sklearn.metrics import roc_auc_score
 from streamlit.testing.v1 import AppTest
-from uisupport import eligible
+from uisupport import RecordingApi, eligible
 
 from readmission import schema
 from readmission.synthetic import synthetic_encounters
+from readmission_ui.charts import BAND_COLOURS, BAND_TEXT_COLOURS
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 SECOND_EXAMPLE = list(schema.EXAMPLE_ENCOUNTERS)[1]
@@ -33,6 +39,12 @@ def _texts(elements: object) -> str:
     return "\n".join(str(e.value) for e in elements)  # type: ignore[attr-defined]
 
 
+def _table_with(at: AppTest, column: str) -> pd.DataFrame:
+    """The one table on the page that has ``column``."""
+    (table,) = [d.value for d in at.dataframe if column in d.value.columns]
+    return table
+
+
 def _api_predict(api: str, encounter: dict[str, object]) -> dict[str, object]:
     request = urllib.request.Request(
         f"{api}/predict", data=json.dumps(encounter).encode(), headers={"Content-Type": "application/json"}
@@ -47,7 +59,7 @@ def test_an_example_patient_gets_the_apis_risk_band_and_model(monkeypatch: pytes
     assert "Ready: diabetes-readmission v1 (@champion)" in _texts(at.sidebar.success)
     # The form is generated from the contract: one input per model input, the contract's allowed values.
     race = at.selectbox(key="f_race")
-    assert race.options == ["Unknown", *schema.column("race").levels]
+    assert race.options == ["Unknown", "African American", "Asian", "Caucasian", "Hispanic", "Other"]
     assert at.number_input(key="f_time_in_hospital").max == schema.column("time_in_hospital").maximum
     at.button(key=f"example {SECOND_EXAMPLE}").click().run()
     assert at.selectbox(key="f_race").value == schema.EXAMPLE_ENCOUNTERS[SECOND_EXAMPLE]["race"]
@@ -56,8 +68,87 @@ def test_an_example_patient_gets_the_apis_risk_band_and_model(monkeypatch: pytes
     expected = _api_predict(api_url, schema.EXAMPLE_ENCOUNTERS[SECOND_EXAMPLE])
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["30-day readmission risk"] == f"{expected['risk_30_days']:.1%}"
-    assert metrics["Risk band"] == str(expected["risk_band"]).upper()
+    band = str(expected["risk_band"])
+    assert metrics["Risk band"] == f":{BAND_TEXT_COLOURS[band]}[{band.upper()}]"  # Markdown: in the band's colour
     assert "model **diabetes-readmission v1** (alias `champion`)" in _texts(at.caption)
+
+
+def _typed(body: dict[str, Any]) -> list[tuple[str, str, Any]]:
+    """Each value with its JSON type: 1 and true compare equal in Python, not in the API's strict check."""
+    return sorted((name, type(value).__name__, value) for name, value in body.items())
+
+
+def _shown(at: AppTest, key: str) -> str:
+    """The text a selectbox shows for its current value."""
+    box = at.selectbox(key=key)
+    assert box.index is not None
+    return str(box.options[box.index])
+
+
+def test_the_form_shows_readable_labels_and_yes_no_but_sends_the_contracts_codes(
+    monkeypatch: pytest.MonkeyPatch, recording_api: RecordingApi
+) -> None:
+    """Before: the form showed the codes themselves (AfricanAmerican, InternalMedicine, MC) and number steppers
+    for the 0/1 facts of the patient's previous encounter."""
+    at = _page(monkeypatch, recording_api.url)
+    at.button(key=f"example {SECOND_EXAMPLE}").click().run()
+    assert _shown(at, "f_race") == "African American" and "AfricanAmerican" not in at.selectbox(key="f_race").options
+    assert _shown(at, "f_payer_code") == "Medicaid (MD)"
+    assert _shown(at, "f_A1Cresult") == "Over 8%" and _shown(at, "f_insulin") == "Increased"
+    flag = at.radio(key="f_previous_readmission")
+    assert flag.label == "The patient's previous encounter was followed by any readmission"
+    assert (flag.options, flag.value) == (["No", "Yes"], 1)
+    assert not {"f_previous_readmission", "f_previous_early_readmission"} & {n.key for n in at.number_input}
+    at.selectbox(key="f_payer_code").set_value("MC")  # inside the form: applied with the submit
+    at.selectbox(key="f_medical_specialty").set_value("InternalMedicine")
+    at.radio(key="f_previous_early_readmission").set_value(0)  # "No"
+    at.get("form_submit_button")[0].click().run()
+    assert not at.exception and not at.error
+    assert _shown(at, "f_payer_code") == "Medicare (MC)"
+    assert _shown(at, "f_medical_specialty") == "Internal Medicine"
+    sent = [body for path, body in recording_api.posted if path == "/predict"]
+    expected = {
+        **schema.EXAMPLE_ENCOUNTERS[SECOND_EXAMPLE],
+        "payer_code": "MC",
+        "medical_specialty": "InternalMedicine",
+        "previous_early_readmission": 0,
+    }
+    assert len(sent) == 1 and _typed(sent[0]) == _typed(expected)  # the codes, and No/Yes as the numbers 0/1
+
+
+def _probability_chart(at: AppTest) -> tuple[dict[str, Any], pd.DataFrame]:
+    """The bar layer of the Predict tab's chart as the browser gets it (Vega-Lite), and the rows it draws."""
+    (chart,) = at.get("vega_lite_chart")
+    spec = json.loads(chart.proto.spec)
+    bars = next(layer for layer in spec.get("layer", [spec]) if "bar" in str(layer.get("mark")))
+    rows = pa.ipc.open_stream(chart.proto.datasets[0].data.data).read_pandas()
+    return bars, rows
+
+
+def test_the_chart_orders_outcomes_clinically_on_a_0_to_1_axis_with_the_band_coloured(
+    monkeypatch: pytest.MonkeyPatch, api_url: str
+) -> None:
+    """Before: bars in alphabetical order, "probability" as the title of the outcome axis, the value axis
+    cut at the largest bar (0-0.48) and every bar one colour whatever the band."""
+    at = _page(monkeypatch, api_url)
+    at.button(key=f"example {SECOND_EXAMPLE}").click().run()
+    at.get("form_submit_button")[0].click().run()
+    expected = _api_predict(api_url, schema.EXAMPLE_ENCOUNTERS[SECOND_EXAMPLE])
+    bars, rows = _probability_chart(at)
+    x, y, colour = bars["encoding"]["x"], bars["encoding"]["y"], bars["encoding"].get("color", {})
+    outcomes = ["No readmission", "After 30 days", "Within 30 days"]
+    assert (y["field"], y.get("sort"), y["title"]) == ("outcome", outcomes, "Readmission")
+    assert (x["field"], x["title"], x["scale"].get("domain")) == ("probability", "Probability", [0, 1])
+    probabilities = expected["probabilities"]
+    assert isinstance(probabilities, dict)
+    assert list(rows["outcome"]) == outcomes
+    assert list(rows["probability"]) == pytest.approx([probabilities[c] for c in ("NO", ">30", "<30")])
+    shade = dict(zip(colour["scale"]["domain"], colour["scale"]["range"], strict=True))
+    drawn = [shade[key] for key in rows[colour["field"]]]
+    band = str(expected["risk_band"])
+    assert drawn[2] == BAND_COLOURS[band] and f"{band} risk" in rows[colour["field"]].iloc[2]
+    assert drawn[0] == drawn[1] and drawn[0] not in BAND_COLOURS.values()  # the other outcomes: neutral
+    assert {m.label: m.value for m in at.metric}["Risk band"] == f":{BAND_TEXT_COLOURS[band]}[{band.upper()}]"
 
 
 def test_a_field_the_api_refuses_is_named_with_the_reason(monkeypatch: pytest.MonkeyPatch, api_url: str) -> None:
@@ -88,13 +179,51 @@ def test_a_good_file_is_scored_in_chunks_with_a_summary_and_a_download(
     assert not at.exception and not at.error
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Encounters scored"] == "100"
-    results = at.dataframe[0].value
+    results = _table_with(at, "risk_30_days")
     assert list(results["encounter_id"]) == list(frame["encounter_id"])  # in file order, beside its ids
     assert results["risk_30_days"].between(0, 1).all() and set(results["model_version"]) == {"1"}
     first = _api_predict(api_url, schema.raw_to_encounter(frame.iloc[0].to_dict()))
     assert results["risk_30_days"].iloc[0] == pytest.approx(first["risk_30_days"])
     assert "Answered by diabetes-readmission v1 (@champion)." in _texts(at.caption)
     assert at.get("download_button")  # the results as CSV
+
+
+def test_a_file_with_outcomes_keeps_them_and_compares_them_with_the_predicted_risk(
+    monkeypatch: pytest.MonkeyPatch, api_url: str
+) -> None:
+    """Before: the tab said `readmitted` was kept beside the results, but only the two identifiers were, and
+    nothing compared the predictions with the outcomes."""
+    frame = eligible(synthetic_encounters(120, seed=11))
+    assert set(frame["readmitted"]) == {"NO", ">30", "<30"}
+    at = _page(monkeypatch, api_url)
+    _upload(at, "outcomes.csv", frame.to_csv(index=False).encode())
+    at.button(key="score").click().run()
+    assert not at.exception and not at.error
+    results = _table_with(at, "risk_30_days")
+    assert list(results.columns[:3]) == ["encounter_id", "patient_nbr", "readmitted"]
+    assert list(results["readmitted"]) == list(frame["readmitted"])
+    download = pd.read_csv(io.BytesIO(at.session_state["scored"].csv), dtype=str, keep_default_na=False)
+    assert list(download["readmitted"]) == list(frame["readmitted"])  # in the CSV offered for download too
+    by_outcome = _table_with(at, "recorded outcome")
+    assert list(by_outcome["recorded outcome"]) == ["No readmission", "After 30 days", "Within 30 days"]
+    risk = results.groupby("readmitted")["risk_30_days"]
+    assert list(by_outcome["encounters"]) == [risk.size()[c] for c in ("NO", ">30", "<30")]
+    assert list(by_outcome["mean predicted 30-day risk"]) == pytest.approx(
+        [risk.mean()[c] for c in ("NO", ">30", "<30")]
+    )
+    early = results["readmitted"].eq("<30")
+    auc = roc_auc_score(early, results["risk_30_days"])
+    assert {m.label: m.value for m in at.metric}["ROC-AUC of the 30-day risk"] == f"{auc:.3f}"
+    assert f"Over 120 encounters: {early.sum()} readmitted within 30 days, {(~early).sum()} not." in _texts(at.caption)
+
+    one_kind = frame[frame["readmitted"] != "<30"]
+    _upload(at, "no-early.csv", one_kind.to_csv(index=False).encode())
+    at.button(key="score").click().run()
+    assert "ROC-AUC of the 30-day risk" not in {m.label for m in at.metric}
+    assert (
+        f"No ROC-AUC: it needs encounters of both kinds, and this file has 0 readmitted within 30 days, {len(one_kind)} not."
+        in _texts(at.info)
+    )
 
 
 def _predictions_served(api: str) -> float:

@@ -1,10 +1,18 @@
 """Fixtures of the page's tests (conftest.py registers them): the real inference API serving a champion
-the project's training job registered, an API that runs without any champion, and a port nobody serves."""
+the project's training job registered (also behind a proxy that records what the page sends), an API that runs
+without any champion, and a port nobody serves."""
 
 from __future__ import annotations
 
+import json
+import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -35,6 +43,62 @@ def not_ready_api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     prepare_tracking(uri, (folder / "artifacts").as_uri())
     yield from start_api(folder, uri, want=503)
+
+
+@dataclass
+class RecordingApi:
+    """The real API behind a proxy: ``url`` to point the page at, and the JSON body of every POST it sent."""
+
+    url: str
+    posted: list[tuple[str, Any]] = field(default_factory=list)  # (path, body) in the order sent
+
+
+def _forwarding_handler(upstream: str, posted: list[tuple[str, Any]]) -> type[BaseHTTPRequestHandler]:
+    """A handler passing each request to ``upstream`` unchanged and its answer back, keeping POST bodies."""
+
+    class Forward(BaseHTTPRequestHandler):
+        def _forward(self, body: bytes | None) -> None:
+            headers = {"Content-Type": self.headers.get("Content-Type", "application/json")}
+            request = urllib.request.Request(upstream + self.path, body, headers, method=self.command)
+            try:
+                with urllib.request.urlopen(request, timeout=300) as answer:
+                    status, content, kind = answer.status, answer.read(), answer.headers.get("Content-Type")
+            except urllib.error.HTTPError as exc:
+                status, content, kind = exc.code, exc.read(), exc.headers.get("Content-Type")
+            self.send_response(status)
+            self.send_header("Content-Type", kind or "application/json")
+            self.send_header("Content-Length", str(len(content)))
+            self.end_headers()
+            self.wfile.write(content)
+
+        def do_GET(self) -> None:
+            self._forward(None)
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            posted.append((self.path, json.loads(body)))
+            self._forward(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Quiet: pytest shows failures, not every request."""
+
+    return Forward
+
+
+@pytest.fixture
+def recording_api(api_url: str) -> Iterator[RecordingApi]:
+    """The real API serving champion v1, reached through a proxy that records every body the page POSTs."""
+    recording = RecordingApi("")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _forwarding_handler(api_url, recording.posted))
+    recording.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield recording
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=30)
 
 
 @pytest.fixture
