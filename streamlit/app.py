@@ -54,6 +54,8 @@ def _show_problem(problem: ApiProblem, settings: UiSettings) -> None:
             f"at it.\n\n{problem}",
             icon="🔌",
         )
+    elif isinstance(problem, ApiNotReady) and "loading version" in str(problem):
+        st.info(f"**The model is loading.** Try again in a few seconds.\n\nThe API says: {problem}", icon="⏳")
     elif isinstance(problem, ApiNotReady):
         st.warning(
             "**No model is served yet.** The API runs but has no `champion` to answer with. Run the training "
@@ -63,16 +65,7 @@ def _show_problem(problem: ApiProblem, settings: UiSettings) -> None:
         )
     elif isinstance(problem, ApiRejected):
         st.error(f"**The API refused the input:** {problem}", icon="✋")
-        rows = [
-            {
-                "field": e.field,
-                "problem": e.message,
-                "allowed": ", ".join(map(str, e.allowed))
-                if e.allowed
-                else (f"{e.minimum} to {e.maximum}" if e.maximum else ""),
-            }
-            for e in problem.errors
-        ]
+        rows = [{"field": e.field, "problem": e.message} for e in problem.errors]  # the message says what is allowed
         if rows:
             st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
     elif isinstance(problem, ApiFailed):

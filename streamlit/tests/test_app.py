@@ -158,6 +158,8 @@ def test_a_field_the_api_refuses_is_named_with_the_reason(monkeypatch: pytest.Mo
     assert "The API refused the input" in _texts(at.error)
     refused = at.dataframe[0].value
     assert list(refused["field"]) == ["diag_1"]
+    # What is allowed is said once, in the message (was: the message and an `allowed` column both).
+    assert list(refused.columns) == ["field", "problem"] and "ICD-9 code like" in refused["problem"].iloc[0]
     assert not [m for m in at.metric if m.label == "30-day readmission risk"]  # no stale result beside it
 
 
@@ -312,3 +314,32 @@ def test_an_unreachable_api_is_named_with_its_url(monkeypatch: pytest.MonkeyPatc
 def test_a_bad_api_url_setting_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     at = _page(monkeypatch, "inference-api:8000")
     assert "API_URL must start with http:// or https://" in _texts(at.error)
+
+
+def test_a_champion_that_is_loading_is_not_called_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Was: while the API loaded the champion `make run` had just trained, the page said "No model is
+    served yet ... Run the training pipeline"."""
+    import http.server
+    import json
+    import threading
+
+    class Loading(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"status": "not_ready", "reason": "loading version 1 of diabetes-readmission"}).encode()
+            self.send_response(503)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Loading)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        at = _page(monkeypatch, f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+    assert "The model is loading" in _texts(at.sidebar.info)
+    assert "No model is served yet" not in _texts(at.sidebar.warning)
