@@ -70,7 +70,7 @@ def api_state(base: str, instance: str) -> tuple[str, str]:
             model = {}
         return "ready", f"{model.get('name', 'the model')} v{model.get('version', '?')}"
     reason = str(ready.get("reason") or "no answer from /health/ready")
-    return ("loading" if reason.startswith("loading") else "not_ready"), reason
+    return ("loading" if reason.startswith(("loading", "starting")) else "not_ready"), reason
 
 
 def _port_in_use(host: str, port: int) -> bool:
@@ -122,6 +122,7 @@ def _start_ui(api_port: str, ui_port: str, bindir: Path) -> subprocess.Popen[byt
             "--client.toolbarMode=viewer",
         ],
         env=ui_env,
+        stdout=subprocess.DEVNULL,  # Streamlit's own "You can now view..." banner: serve says it when both are ready
     )
 
 
@@ -144,7 +145,7 @@ class Announcer:
         api, ui = self.urls["inference API"], self.urls["UI"]
         if "api" not in self.said:
             state, detail = api_state(api, self.instance)
-            if state == "loading":
+            if state == "loading" and detail.startswith("loading"):
                 self._say("loading", f"serve: the inference API is up and {detail}; the URLs follow once it is loaded")
             elif state == "ready":
                 waited = time.monotonic() - self.started

@@ -54,7 +54,7 @@ def _show_problem(problem: ApiProblem, settings: UiSettings) -> None:
             f"at it.\n\n{problem}",
             icon="🔌",
         )
-    elif isinstance(problem, ApiNotReady) and "loading version" in str(problem):
+    elif isinstance(problem, ApiNotReady) and any(w in str(problem) for w in ("loading version", "starting:")):
         st.info(f"**The model is loading.** Try again in a few seconds.\n\nThe API says: {problem}", icon="⏳")
     elif isinstance(problem, ApiNotReady):
         st.warning(

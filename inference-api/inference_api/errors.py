@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from inference_api.batcher import BatcherFailedError, ModelNotReadyError, PredictionTimeoutError
 from inference_api.contract import BatchTooLargeError, ErrorBody, InvalidBodyError
-from inference_api.model_manager import LOADING
+from inference_api.model_manager import LOADING, STARTING
 
 log = logging.getLogger("inference_api")
 
@@ -74,7 +74,7 @@ async def _invalid(request: Request, exc: Exception) -> JSONResponse:
 
 async def _not_ready(request: Request, exc: Exception) -> JSONResponse:
     reason = str(exc)
-    if reason.startswith(LOADING):
+    if reason.startswith((LOADING, STARTING)):
         message = f"no model is loaded yet: {reason}. Try again in a few seconds; /health/ready says when it is ready."
         return error_response(503, "model_not_ready", message, request_id(request))
     advice = (

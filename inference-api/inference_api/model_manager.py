@@ -61,7 +61,9 @@ class VersionRef:
 
 REGISTRY_OK, ALIAS_MISSING, VERSION_DELETED = "ok", "alias_missing", "version_deleted"
 ALIAS_MOVED = "alias_moved"  # the alias names another version, which failed to load
-LOADING = "loading"  # first words of not_ready_reason while the first model loads (scripts/serve.py reads them)
+# First word of not_ready_reason before the first registry read, and while the first model loads (scripts/serve.py
+# and the page read them: the service will be ready by itself, nothing for the user to do).
+STARTING, LOADING = "starting", "loading"
 REGISTRY_STATUSES = (REGISTRY_OK, ALIAS_MISSING, VERSION_DELETED, ALIAS_MOVED)
 
 
@@ -217,7 +219,7 @@ class ModelManager:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="model-poller", daemon=True)
         self.current: LoadedModel | None = None
-        self.not_ready_reason = "the model has not been loaded yet"
+        self.not_ready_reason = f"{STARTING}: the registry has not been read yet"
         self.last_error: str | None = None
         self._failed_version: str | None = None
 

@@ -393,7 +393,7 @@ def select_and_promote(
 def trial_share(budget_seconds: float, families: int) -> float:
     """Seconds of trials each family gets from the job's ``budget_seconds``: the budget less a reserve for
     selection, permutation importance, plots, registration and the gate (a fifth of it, 60 s at most), split
-    equally. ``TrainConfig.importance_seconds`` (30 s) keeps the importance inside that reserve."""
+    equally. ``TrainConfig.importance_seconds`` (20 s) keeps the importance inside that reserve."""
     reserve = min(budget_seconds / 5, 60.0)
     return (budget_seconds - reserve) / families
 

@@ -174,6 +174,10 @@ def test_serve_says_loading_then_announces_the_api_once_the_model_is_loaded(caps
     stage, serve = _Stage(), _serve_module()
     try:
         announcer = serve.Announcer({"inference API": stage.url, "UI": "http://127.0.0.1:1"}, "me")
+        stage.ready = (503, {"status": "not_ready", "reason": "starting: the registry has not been read yet"})
+        announcer.step()  # was: announced at once as "not ready: the model has not been loaded yet"
+        assert capsys.readouterr().out == ""
+        stage.ready = (503, {"status": "not_ready", "reason": "loading version 3 of m"})
         announcer.step()
         announcer.step()
         said = capsys.readouterr().out
