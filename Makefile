@@ -12,7 +12,7 @@ DATA_PATH ?=
 PYTEST_ARGS ?=
 LINT_PATHS := src tests bench inference-api streamlit locust airflow scripts
 
-.PHONY: run test lint typecheck bench requirements clean-state k8s-secrets loadtest loadtest-ui observability
+.PHONY: run test test-tools lint typecheck bench requirements clean-state k8s-secrets loadtest loadtest-ui observability
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,12 +46,15 @@ $(CHECKOV_VENV)/.installed: $(BIN)/python requirements/checkov.txt
 
 ## test: lint, type-check and run the test suite (the DAG tests use Airflow in .venv-airflow, the policy
 ##       scan checkov in .venv-checkov)
-test: $(VENV)/.dev-installed $(AIRFLOW_VENV)/.installed $(CHECKOV_VENV)/.installed
-	scripts/test-tools.sh
+test: test-tools $(VENV)/.dev-installed $(AIRFLOW_VENV)/.installed $(CHECKOV_VENV)/.installed
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+## test-tools: the system tools the tests drive (apt on Debian, else the exact command to run)
+test-tools:
+	scripts/test-tools.sh
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check $(LINT_PATHS)

@@ -63,13 +63,15 @@ def api_state(base: str, instance: str) -> tuple[str, str]:
     ("not_ready", reason) for anything else (no champion yet, a registry error)."""
     if not _answers(base + "/health/live", instance):
         return "down", ""
-    ready = _get_json(base + "/health/ready") or {}
+    ready = _get_json(base + "/health/ready")
+    if ready is None:  # no answer in 2 s (a model being unpickled keeps the process busy): keep waiting
+        return "loading", "busy"
     if ready.get("status") == "ready":
         model = ready.get("model")
         if not isinstance(model, dict):
             model = {}
         return "ready", f"{model.get('name', 'the model')} v{model.get('version', '?')}"
-    reason = str(ready.get("reason") or "no answer from /health/ready")
+    reason = str(ready.get("reason") or "no reason given")
     return ("loading" if reason.startswith(("loading", "starting")) else "not_ready"), reason
 
 

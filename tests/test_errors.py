@@ -26,6 +26,22 @@ def test_the_innermost_cause_and_the_url_are_kept() -> None:
     assert short_reason(RuntimeError(resolve)) == "NewConnectionError: Failed to resolve h"
 
 
+def test_a_timeout_names_no_object_address() -> None:
+    """Was: `failed: <urllib3.connection.HTTPConnection object at 0x7f0>, 'Connection to ... timed out.` ."""
+    timeout = (
+        "API request to http://10.0.0.1:5000/api/2.0/x failed with exception HTTPConnectionPool(host='10.0.0.1', "
+        "port=5000): Max retries exceeded with url: /x (Caused by ConnectTimeoutError(<urllib3.connection."
+        "HTTPConnection object at 0x7f0>, 'Connection to 10.0.0.1 timed out. (connect timeout=120)'))"
+    )
+    assert short_reason(RuntimeError(timeout)) == (
+        "API request to http://10.0.0.1:5000/api/2.0/x failed: Connection to 10.0.0.1 timed out. (connect timeout=120)"
+    )
+
+
+def test_a_long_word_is_cut_not_dropped() -> None:
+    assert short_reason(RuntimeError("a " + "b" * 400), 100) == "a " + "b" * 97 + "…"
+
+
 def test_an_empty_message_gives_the_error_type() -> None:
     assert short_reason(TimeoutError()) == "TimeoutError"
 

@@ -14,6 +14,8 @@ def _shims(folder: Path, scripts: dict[str, str]) -> Path:
     """A PATH folder holding only python3 and the given shell-script commands."""
     folder.mkdir()
     (folder / "python3").symlink_to(sys.executable)
+    for tool in ("env", "chmod"):
+        (folder / tool).symlink_to(f"/usr/bin/{tool}")
     for name, body in scripts.items():
         (folder / name).write_text(f"#!/bin/sh\n{body}\n")
         (folder / name).chmod(0o755)
@@ -38,16 +40,25 @@ def test_without_root_or_sudo_it_stops_with_the_exact_command(tmp_path: Path) ->
 
 
 def test_as_root_it_installs_what_is_missing_with_apt(tmp_path: Path) -> None:
-    calls = tmp_path / "apt-calls"
-    path = _shims(
-        tmp_path / "bin",
-        {"id": "echo 0", "apt-get": f'echo "$@" >> {calls}', "promtool": "", "prometheus": "", "kubectl": "exit 1"},
+    calls, chromium, shims = tmp_path / "apt-calls", tmp_path / "chromium", tmp_path / "bin"
+    installs = (  # a stand-in apt-get that records its call and puts the two programs in place
+        f'echo "$DEBIAN_FRONTEND $*" >> {calls}; printf "#!/bin/sh\\n" > {chromium}; '
+        f'printf "#!/bin/sh\\n" > {shims}/docker-compose; chmod +x {chromium} {shims}/docker-compose'
     )
-    done = _run(path, tmp_path / "no-chromium")
+    tools = {"id": "echo 0", "apt-get": installs, "promtool": "", "prometheus": "", "kubectl": "exit 1"}
+    done = _run(_shims(shims, tools), chromium)
     assert done.returncode == 0, done.stderr
-    assert calls.read_text().split("\n")[0] == "install -y -q chromium docker-compose"
+    assert calls.read_text() == "noninteractive install -y -q --no-install-recommends chromium docker-compose\n"
     assert "installing chromium docker-compose with apt-get" in done.stdout
     assert "kubectl >= 1.21 is missing" in done.stderr
+
+
+def test_a_package_that_installs_but_does_not_give_the_tool_is_named(tmp_path: Path) -> None:
+    """Ubuntu's chromium package is a snap: apt-get succeeds, /usr/bin/chromium stays missing."""
+    tools = {"id": "echo 0", "apt-get": "exit 0", "promtool": "", "prometheus": "", "docker-compose": ""}
+    done = _run(_shims(tmp_path / "bin", tools), tmp_path / "no-chromium")
+    assert done.returncode == 1
+    assert "installed chromium but chromium is still not usable" in done.stderr
 
 
 def test_nothing_to_install_and_an_old_kubectl_is_named(tmp_path: Path) -> None:

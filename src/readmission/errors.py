@@ -38,8 +38,8 @@ def short_reason(error: BaseException, limit: int = 300) -> str:
 
     For an HTTP client error wrapped by MLflow and urllib3 (``API request to URL failed with exception
     HTTPConnectionPool(...): Max retries exceeded ... (Caused by NewConnectionError("...: [Errno 111]
-    Connection refused"))``) it keeps the URL and the innermost cause; otherwise the first line, cut at a
-    word boundary with an ellipsis rather than inside a parenthesis.
+    Connection refused"))``) it keeps the URL and the innermost cause, without object addresses; otherwise
+    the first line, cut with an ellipsis (at a word boundary when one is in its second half).
     """
     text = str(error).strip()
     if not text:
@@ -48,8 +48,11 @@ def short_reason(error: BaseException, limit: int = 300) -> str:
     cause = _CAUSE.search(first)
     if cause:
         detail = re.sub(r"^.*?\):\s*|^<[^>]*>:\s*", "", cause.group(2).strip("'\""), count=1)
+        detail = re.sub(r"<[^<>]* object at 0x[0-9a-f]+>,?\s*", "", detail).strip(" '\",")
         request = _REQUEST.match(first)
         first = f"{request.group(1)} failed: {detail}" if request else f"{cause.group(1)}: {detail}"
     if len(first) <= limit:
         return first
-    return first[: limit - 1].rsplit(" ", 1)[0] + "…"
+    cut = first[: limit - 1]
+    at_space = cut.rsplit(" ", 1)[0]
+    return (at_space if len(at_space) > limit // 2 else cut) + "…"

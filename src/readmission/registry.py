@@ -234,7 +234,7 @@ def existing_version(client: MlflowClient, version: str, name: str = MODEL_NAME)
     version").
     """
     text = version.strip()
-    if not text.isascii() or not text.isdigit():
+    if not text.isascii() or not text.isdigit() or len(text) > 18:
         raise RegistryError(f"versions of {name!r} are numbers (`readmission models` lists them), not {version!r}")
     text = str(int(text))
     try:

@@ -337,6 +337,17 @@ def _gate(client: Any, version: str, best: CandidateSummary, clean_url: str, min
     )
 
 
+def _finished_candidates(client: Any, training_key: str, families: list[str]) -> list[CandidateSummary]:
+    """The finished candidate of each family for ``training_key``; ``ValueError`` names a family without one."""
+    candidates = []
+    for family in families:
+        runs = _candidate_runs(client, training_key, family)
+        if not runs:
+            raise ValueError(f"no finished {family} candidate for training job {training_key}: train it first")
+        candidates.append(_candidate_summary(runs[0], reused=True))
+    return candidates
+
+
 def select_and_promote(
     clean_url: str,
     tracking_uri: str,
@@ -361,12 +372,7 @@ def select_and_promote(
 
     prepare_tracking(tracking_uri, artifact_location)
     client = MlflowClient()
-    candidates = []
-    for family in families:
-        runs = _candidate_runs(client, training_key, family)
-        if not runs:
-            raise ValueError(f"no finished {family} candidate for training job {training_key}: train it first")
-        candidates.append(_candidate_summary(runs[0], reused=True))
+    candidates = _finished_candidates(client, training_key, families)
     best = best_on_validation(candidates)
     log(
         f"select: {best['family']} is best on validation ({SELECTION_METRIC} {best['validation'][SELECTION_METRIC]:.4f})"
@@ -374,8 +380,11 @@ def select_and_promote(
     config = TrainConfig(families=(best["family"],), seed=seed, min_improvement=min_improvement)
     started = time.perf_counter()
     version = _job_version(client, training_key) or _register(best, clean_url, training_key, config, log)
-    log(f"register: {MODEL_NAME} v{version} ({time.perf_counter() - started:.1f} s); gate: comparing with the champion")
+    log(f"register: {MODEL_NAME} v{version} ({time.perf_counter() - started:.1f} s)")
+    started = time.perf_counter()
     decision = _gate(client, version, best, clean_url, min_improvement)
+    verdict = "promoted to champion" if decision.promoted else "champion unchanged"
+    log(f"gate: v{version} {verdict}: {decision.reason} ({time.perf_counter() - started:.1f} s)")
     return {
         "model": MODEL_NAME,
         "version": version,

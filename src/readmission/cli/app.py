@@ -59,10 +59,11 @@ def _settings(**overrides: object) -> Settings:
 
 
 def _mlflow_environment(settings: Settings) -> None:
-    """Put the MLflow client's retry count where MLflow reads it, and keep MLflow's INFO lines out of the
+    """Put the MLflow client's retry count and timeout where MLflow reads them, and keep MLflow's INFO lines out of the
     command's output (MLFLOW_LOGGING_LEVEL=WARNING), unless the operator exported either. Runs before any
     command imports MLflow, which reads them at import."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(settings.mlflow_http_request_max_retries))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(settings.mlflow_http_request_timeout))
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 
 

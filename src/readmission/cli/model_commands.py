@@ -104,8 +104,9 @@ def versions_table(versions: list[VersionSummary], wide: bool = False) -> Table:
     """
     metrics = SHOWN_METRICS if wide else NARROW_METRICS
     table = Table(title=f"{MODEL_NAME} versions (test split)", box=box.SIMPLE_HEAD, pad_edge=False)
-    table.add_column("version", no_wrap=True, justify="right")
-    table.add_column("aliases", no_wrap=True)
+    widest = max((len(v.version) for v in versions), default=7)
+    table.add_column("version", no_wrap=True, justify="right", min_width=widest)
+    table.add_column("aliases", no_wrap=True, min_width=max((len(", ".join(v.aliases)) for v in versions), default=7))
     table.add_column("family", overflow="fold")
     for metric in metrics:
         table.add_column(METRIC_HEADERS[metric], justify="right", no_wrap=True)
@@ -140,7 +141,7 @@ def register_model_commands(app: typer.Typer, settings_factory, out: Console, co
         from readmission.training import _score_on
 
         client = _client(settings)
-        version = existing_version(client, version) if version else alias_version(client, CHALLENGER)
+        version = existing_version(client, version) if version is not None else alias_version(client, CHALLENGER)
         if version is None:
             raise RegistryError(f"model {MODEL_NAME!r} has no `challenger` yet: run `readmission train` first")
         score = _score_on(read_clean(create_db_engine(settings.clean_url), "test"))
@@ -171,7 +172,12 @@ def register_model_commands(app: typer.Typer, settings_factory, out: Console, co
         from readmission.registry import CHAMPION, list_versions
 
         versions = list_versions(_client(settings))
-        out.print(versions_table(versions, wide))
+        table = versions_table(versions, wide)
+        if wide:  # every column whole, wider than the terminal if need be (the terminal wraps the lines)
+            natural = out.measure(table, options=out.options.update_width(10_000)).maximum
+            Console(width=max(out.width, natural), file=out.file, soft_wrap=True).print(table)
+        else:
+            out.print(table)
         champion = next((v for v in versions if CHAMPION in v.aliases), None)
         summary = f"champion v{champion.version}" if champion else "no champion yet: run `readmission train`"
         out.print(f"models: {len(versions)} version(s); {summary}")
