@@ -19,12 +19,12 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv
 
 $(VENV)/.lib-installed: $(BIN)/python requirements/run.txt pyproject.toml inference-api/pyproject.toml streamlit/pyproject.toml
-	$(BIN)/uv pip install --python $(BIN)/python --quiet -r requirements/run.txt
+	$(BIN)/uv pip install --python $(BIN)/python --quiet --compile-bytecode -r requirements/run.txt
 	$(BIN)/uv pip install --python $(BIN)/python --quiet --no-deps -e . -e inference-api -e streamlit
 	touch $@
 
 $(VENV)/.dev-installed: $(VENV)/.lib-installed requirements/dev.txt
-	$(BIN)/uv pip install --python $(BIN)/python --quiet -r requirements/dev.txt
+	$(BIN)/uv pip install --python $(BIN)/python --quiet --compile-bytecode -r requirements/dev.txt
 	touch $@
 
 ## run: fetch the data (or use DATA_PATH=...), load RAW, build CLEAN, train and gate the champion, then

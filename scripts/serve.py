@@ -122,6 +122,7 @@ def _start_ui(api_port: str, ui_port: str, bindir: Path) -> subprocess.Popen[byt
             "--server.address=127.0.0.1",
             "--browser.gatherUsageStats=false",
             "--client.toolbarMode=viewer",
+            "--logger.level=warning",  # its "Uvicorn server started on ..." line: serve announces the page itself
         ],
         env=ui_env,
         stdout=subprocess.DEVNULL,  # Streamlit's own "You can now view..." banner: serve says it when both are ready
@@ -170,7 +171,9 @@ def main() -> int:
         return 1
     bindir = Path(sys.executable).parent
     instance = secrets.token_hex(8)
-    api_env = {**os.environ, "PORT": api_port, "INSTANCE_ID": instance}
+    # uvicorn's and the service's INFO lines (among them "Uvicorn running on <URL>" before the model is
+    # loaded) stay out of the way: serve says what matters. LOG_LEVEL=info brings them back.
+    api_env = {"LOG_LEVEL": "warning", **os.environ, "PORT": api_port, "INSTANCE_ID": instance}
     api = subprocess.Popen([sys.executable, "-m", "inference_api"], env=api_env)
     ui = _start_ui(api_port, ui_port, bindir)
     processes = {"inference API": api, "UI": ui}

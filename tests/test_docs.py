@@ -44,12 +44,12 @@ class _NotReady(http.server.BaseHTTPRequestHandler):
 
 def test_the_readiness_check_prints_the_reason_of_a_503() -> None:
     """Was: `urlopen(...).read()` raised HTTPError on 503 and printed a traceback instead of the reason."""
-    command = re.search(r'exec deploy/streamlit -- python -c "([^"]+)"', _section("Deployment"))
-    assert command is not None
+    command = re.search(r'exec deploy/inference-api -- python -c "([^"]+)"', _section("Deployment"))
+    assert command is not None  # in the API pod: the Service has no endpoints while no pod is ready
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotReady)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        code = command.group(1).replace("http://inference-api:8000", f"http://127.0.0.1:{server.server_address[1]}")
+        code = command.group(1).replace("http://127.0.0.1:8000", f"http://127.0.0.1:{server.server_address[1]}")
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     finally:
         server.shutdown()

@@ -422,6 +422,11 @@ def train_job(
     started = time.perf_counter()
     key = training_key or new_training_key()
     share = trial_share(config.time_budget_seconds, len(config.families))
+    cap = f", at most {config.max_trials} trial(s) each" if config.max_trials else ""
+    log(
+        f"train: {len(config.families)} famil{'y' if len(config.families) == 1 else 'ies'} "
+        f"({', '.join(config.families)}), {share:.0f} s of trials each{cap}; budget {config.time_budget_seconds:.0f} s"
+    )
     candidates = [
         train_family(
             clean_url, tracking_uri, family, key, share, config.seed, artifact_location, config.max_trials, log

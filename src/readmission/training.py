@@ -6,7 +6,10 @@ CLI and the Airflow DAG.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -215,11 +218,17 @@ def log_evidence_and_register(
             mlflow.log_artifact(str(path), artifact_path="plots")
         mlflow.log_dict(importance.sort_values(ascending=False).to_dict(), "feature_importance.json")
         model_uri = best.model_uri or _log_model(best.model, "model", input_example=x_test.head(3)).model_uri
-    version = mlflow.register_model(model_uri, MODEL_NAME, tags={"model_family": best.family, **tags})
+    with contextlib.redirect_stderr(io.StringIO()) as said:  # MLflow prints its own "Successfully registered..."
+        version = mlflow.register_model(model_uri, MODEL_NAME, tags={"model_family": best.family, **tags})
+    for line in said.getvalue().splitlines():  # anything but those routine lines still reaches the user
+        if not line.startswith(_ROUTINE_REGISTRY_LINES):
+            print(line, file=sys.stderr)
     return str(version.version)
 
 
 IMPORTANCE_REPEATS = 2
+# What mlflow.register_model prints to stderr on every registration (the `register:` line says it instead).
+_ROUTINE_REGISTRY_LINES = ("Successfully registered model", "Created version", "Registered model")
 
 
 def importance_sample(model: Any, x_val: pd.DataFrame, config: TrainConfig) -> pd.DataFrame:
