@@ -28,7 +28,7 @@ from readmission_ui.batch import (
 )
 from readmission_ui.charts import BAND_TEXT_COLOURS, probability_chart
 from readmission_ui.client import ApiClient, ApiFailed, ApiNotReady, ApiProblem, ApiRejected, ApiUnreachable
-from readmission_ui.labels import OUTCOME_LABELS, UNKNOWN, YES_NO, flag_label, is_flag, level_label
+from readmission_ui.labels import OUTCOME_LABELS, UNKNOWN, YES_NO, field_label, flag_label, is_flag, level_label
 from readmission_ui.settings import UiSettings
 
 SECTIONS = {
@@ -65,11 +65,20 @@ def _show_problem(problem: ApiProblem, settings: UiSettings) -> None:
         )
     elif isinstance(problem, ApiRejected):
         st.error(f"**The API refused the input:** {problem}", icon="✋")
-        rows = [{"field": e.field, "problem": e.message} for e in problem.errors]  # the message says what is allowed
+        rows = [  # the form's label beside the API's name; the message says what is allowed
+            {"field": _form_name(e.field), "problem": e.message} for e in problem.errors
+        ]
         if rows:
             st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
     elif isinstance(problem, ApiFailed):
         st.error(f"**The API failed.** {problem}", icon="🛑")
+
+
+def _form_name(field: str) -> str:
+    """The label the form shows for an API field name, with the name (``Primary diagnosis (ICD-9) (diag_1)``)."""
+    known = {c.name: c for c in schema.COLUMNS} | {h.name: h for h in schema.HISTORY_FEATURES}
+    column = known.get(field.split(".")[-1])
+    return f"{field_label(column)} ({field})" if column is not None else field
 
 
 def _widget(col: schema.Column | schema.HistoryFeature, key: str) -> None:
@@ -78,17 +87,17 @@ def _widget(col: schema.Column | schema.HistoryFeature, key: str) -> None:
     if is_flag(col):
         st.radio(flag_label(col), (0, 1), format_func=YES_NO.__getitem__, horizontal=True, key=key)
     elif isinstance(col, schema.HistoryFeature):
-        st.number_input(col.description, min_value=0, max_value=col.maximum, step=1, key=key)
+        st.number_input(field_label(col), min_value=0, max_value=col.maximum, step=1, key=key)
     elif col.kind in (schema.Kind.CATEGORY, schema.Kind.CODED):
         options: list[Any] = [int(v) for v in col.levels] if col.kind is schema.Kind.CODED else list(col.levels)
         if col.name == schema.ELIGIBILITY_FIELD:  # death or hospice: outside the model's population
             options = [v for v in options if schema.eligibility_problem(v) is None]
         if col.may_be_missing:
             options = [UNKNOWN, *options]
-        st.selectbox(col.description, options, format_func=partial(level_label, col), key=key)
+        st.selectbox(field_label(col), options, format_func=partial(level_label, col), key=key)
     elif col.kind is schema.Kind.INTEGER:
         st.number_input(
-            col.description,
+            field_label(col),
             min_value=col.minimum,
             max_value=col.maximum,
             step=1,
@@ -96,7 +105,7 @@ def _widget(col: schema.Column | schema.HistoryFeature, key: str) -> None:
             help=f"{col.minimum} to {col.maximum}",
         )
     else:  # diagnosis
-        st.text_input(col.description, key=key, help="ICD-9 code such as 428, 250.83, V57 or E878; empty if unknown")
+        st.text_input(field_label(col), key=key, help="ICD-9 code such as 428, 250.83, V57 or E878; empty if unknown")
 
 
 def _load_example(name: str) -> None:

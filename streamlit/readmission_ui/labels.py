@@ -6,6 +6,8 @@ Only what people read changes: every value the form sends stays the contract's l
 
 from __future__ import annotations
 
+import re
+
 from readmission import schema
 
 UNKNOWN = "Unknown"  # the form's choice for a field that may be missing: sent as null
@@ -22,6 +24,17 @@ def level_label(col: schema.Column, value: object) -> str:
     if col.kind is schema.Kind.CODED:
         return f"{value}: {text}" if text and text != str(value) else str(value)
     return text or str(value)
+
+
+_CODE_LEGEND = re.compile(r"\s*\('[^']*' = [^)]*\)$")  # "('None' = not measured)": for readers of raw codes
+
+
+def field_label(field: schema.Column | schema.HistoryFeature) -> str:
+    """A field's label on the form: the contract's description, without a legend of raw codes when the
+    choices already read as words ("HbA1c test result ('None' = not measured)" -> "HbA1c test result")."""
+    if isinstance(field, schema.Column) and field.labels:
+        return _CODE_LEGEND.sub("", field.description)
+    return field.description
 
 
 def is_flag(field: schema.Column | schema.HistoryFeature) -> bool:

@@ -157,7 +157,7 @@ def test_a_field_the_api_refuses_is_named_with_the_reason(monkeypatch: pytest.Mo
     at.get("form_submit_button")[0].click().run()
     assert "The API refused the input" in _texts(at.error)
     refused = at.dataframe[0].value
-    assert list(refused["field"]) == ["diag_1"]
+    assert list(refused["field"]) == ["Primary diagnosis (ICD-9) (diag_1)"]  # was: the API name alone
     # What is allowed is said once, in the message (was: the message and an `allowed` column both).
     assert list(refused.columns) == ["field", "problem"] and "ICD-9 code like" in refused["problem"].iloc[0]
     assert not [m for m in at.metric if m.label == "30-day readmission risk"]  # no stale result beside it

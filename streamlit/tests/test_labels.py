@@ -56,3 +56,13 @@ def test_the_0_1_fields_are_statements_answered_no_or_yes() -> None:
     ]
     assert not [c.name for c in schema.FEATURE_COLUMNS if is_flag(c)]  # counts stay number inputs
     assert YES_NO[0] == "No" and YES_NO[1] == "Yes"  # by value: 0 is No
+
+
+def test_field_labels_drop_a_legend_of_raw_codes_the_choices_no_longer_show() -> None:
+    """Was: "HbA1c test result ('None' = not measured)" above choices reading "Not measured", "Over 8%"."""
+    from readmission_ui.labels import field_label
+
+    for name in ("A1Cresult", "max_glu_serum", "change"):
+        assert "' = " not in field_label(schema.column(name)), field_label(schema.column(name))
+    assert field_label(schema.column("A1Cresult")) == "HbA1c test result"
+    assert field_label(schema.column("num_lab_procedures")) == schema.column("num_lab_procedures").description
