@@ -55,7 +55,8 @@ def _show_problem(problem: ApiProblem, settings: UiSettings) -> None:
             icon="🔌",
         )
     elif isinstance(problem, ApiNotReady) and any(w in str(problem) for w in ("loading version", "starting:")):
-        st.info(f"**The model is loading.** Try again in a few seconds.\n\nThe API says: {problem}", icon="⏳")
+        what = "The model is loading" if "loading version" in str(problem) else "The service is starting"
+        st.info(f"**{what}.** Try again in a few seconds.\n\nThe API says: {problem}", icon="⏳")
     elif isinstance(problem, ApiNotReady):
         st.warning(
             "**No model is served yet.** The API runs but has no `champion` to answer with. Run the training "

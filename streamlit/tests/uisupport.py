@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -42,7 +43,23 @@ def not_ready_api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
     folder = tmp_path_factory.mktemp("empty-registry")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     prepare_tracking(uri, (folder / "artifacts").as_uri())
-    yield from start_api(folder, uri, want=503)
+    for url in start_api(folder, uri, want=503):
+        _wait_for_the_first_registry_read(url)
+        yield url
+
+
+def _wait_for_the_first_registry_read(url: str) -> None:
+    """Until its first registry read the API says "starting" (the page then says so, not "no champion")."""
+    deadline = time.monotonic() + 300  # a hang guard, not a speed limit
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/health/ready", timeout=30)
+            return
+        except urllib.error.HTTPError as answer:
+            if not json.loads(answer.read()).get("reason", "").startswith("starting"):
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"the API at {url} never read the registry")
 
 
 @dataclass
