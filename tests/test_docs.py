@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import http.server
 import re
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import yaml
+from livesupport import json_stand_in
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text(encoding="utf-8")
@@ -30,29 +29,14 @@ def test_the_airflow_vm_range_is_set_before_the_first_apply() -> None:
     assert cidrs and all(f"`{cidr}`" in deployment for cidr in cidrs)
 
 
-class _NotReady(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = b'{"status":"not_ready","reason":"the registry has no `champion` version"}'
-        self.send_response(503)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *_: object) -> None:
-        pass
-
-
 def test_the_readiness_check_prints_the_reason_of_a_503() -> None:
     """Was: `urlopen(...).read()` raised HTTPError on 503 and printed a traceback instead of the reason."""
     command = re.search(r'exec deploy/inference-api -- python -c "([^"]+)"', _section("Deployment"))
     assert command is not None  # in the API pod: the Service has no endpoints while no pod is ready
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotReady)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        code = command.group(1).replace("http://127.0.0.1:8000", f"http://127.0.0.1:{server.server_address[1]}")
+    not_ready = {"status": "not_ready", "reason": "the registry has no `champion` version"}
+    with json_stand_in(lambda _: (503, not_ready)) as url:
+        code = command.group(1).replace("http://127.0.0.1:8000", url)
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    finally:
-        server.shutdown()
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("503 ") and "no `champion` version" in done.stdout
 

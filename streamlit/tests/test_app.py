@@ -319,27 +319,10 @@ def test_a_bad_api_url_setting_is_named(monkeypatch: pytest.MonkeyPatch) -> None
 def test_a_champion_that_is_loading_is_not_called_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     """Was: while the API loaded the champion `make run` had just trained, the page said "No model is
     served yet ... Run the training pipeline"."""
-    import http.server
-    import json
-    import threading
+    from livesupport import json_stand_in
 
-    class Loading(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = json.dumps({"status": "not_ready", "reason": "loading version 1 of diabetes-readmission"}).encode()
-            self.send_response(503)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *_: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Loading)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        at = _page(monkeypatch, f"http://127.0.0.1:{server.server_address[1]}")
-    finally:
-        server.shutdown()
+    loading = {"status": "not_ready", "reason": "loading version 1 of diabetes-readmission"}
+    with json_stand_in(lambda _: (503, loading)) as url:
+        at = _page(monkeypatch, url)
     assert "The model is loading" in _texts(at.sidebar.info)
     assert "No model is served yet" not in _texts(at.sidebar.warning)

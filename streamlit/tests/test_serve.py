@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from livesupport import free_port
+from livesupport import free_port, json_stand_in
 
 SERVE = Path(__file__).resolve().parents[2] / "scripts" / "serve.py"
 # Hang guards, not speed limits: a busy machine can take minutes to start both servers.
@@ -132,34 +132,6 @@ def test_bad_port_settings_are_named_not_a_traceback(ports: dict[str, str], mess
     assert done.returncode == 1 and message in done.stderr and "Traceback" not in done.stderr
 
 
-class _Stage:
-    """A stand-in API child for the announcer: /health/live with an instance, /health/ready as set."""
-
-    def __init__(self) -> None:
-        import http.server
-        import json
-        import threading
-
-        self.ready: tuple[int, dict[str, object]] = (503, {"status": "not_ready", "reason": "loading version 3 of m"})
-        stage = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                status, body = (200, {"instance": "me"}) if self.path == "/health/live" else stage.ready
-                payload = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *_: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
 def _serve_module():  # type: ignore[no-untyped-def]
     import importlib.util
 
@@ -171,24 +143,27 @@ def _serve_module():  # type: ignore[no-untyped-def]
 
 
 def test_serve_says_loading_then_announces_the_api_once_the_model_is_loaded(capsys: pytest.CaptureFixture[str]) -> None:
-    stage, serve = _Stage(), _serve_module()
-    try:
-        announcer = serve.Announcer({"inference API": stage.url, "UI": "http://127.0.0.1:1"}, "me")
-        stage.ready = (503, {"status": "not_ready", "reason": "starting: the registry has not been read yet"})
+    serve = _serve_module()
+    ready: list[tuple[int, dict[str, object]]] = []
+
+    def answer(path: str) -> tuple[int, dict[str, object]]:
+        return (200, {"instance": "me"}) if path == "/health/live" else ready[-1]
+
+    with json_stand_in(answer) as url:
+        announcer = serve.Announcer({"inference API": url, "UI": "http://127.0.0.1:1"}, "me")
+        ready.append((503, {"status": "not_ready", "reason": "starting: the registry has not been read yet"}))
         announcer.step()  # was: announced at once as "not ready: the model has not been loaded yet"
         assert capsys.readouterr().out == ""
-        stage.ready = (503, {"status": "not_ready", "reason": "loading version 3 of m"})
+        ready.append((503, {"status": "not_ready", "reason": "loading version 3 of m"}))
         announcer.step()
         announcer.step()
         said = capsys.readouterr().out
         assert said == "serve: the inference API is up and loading version 3 of m; the URLs follow once it is loaded\n"
-        stage.ready = (200, {"status": "ready", "model": {"name": "m", "version": "3"}})
+        ready.append((200, {"status": "ready", "model": {"name": "m", "version": "3"}}))
         announcer.step()
-        assert f"serve: inference API on {stage.url} (API docs: /docs), serving m v3" in capsys.readouterr().out
-        stage.ready = (503, {"status": "not_ready", "reason": "the registry has no `champion` version of m"})
-        other = serve.Announcer({"inference API": stage.url, "UI": "http://127.0.0.1:1"}, "me")
+        assert f"serve: inference API on {url} (API docs: /docs), serving m v3" in capsys.readouterr().out
+        ready.append((503, {"status": "not_ready", "reason": "the registry has no `champion` version of m"}))
+        other = serve.Announcer({"inference API": url, "UI": "http://127.0.0.1:1"}, "me")
         other.step()
         assert "not ready: the registry has no `champion` version of m" in capsys.readouterr().out
-        assert serve.api_state(stage.url, "someone else") == ("down", "")
-    finally:
-        stage.server.shutdown()
+        assert serve.api_state(url, "someone else") == ("down", "")

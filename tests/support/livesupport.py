@@ -4,17 +4,22 @@ training job on synthetic encounters, and the real API process (`python -m infer
 
 from __future__ import annotations
 
+import contextlib
+import http.server
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from readmission.steps import train_job
 from readmission.synthetic import build_synthetic_clean
@@ -130,3 +135,29 @@ def start_api(folder: Path, tracking_uri: str, want: int = 200, **settings: str)
     url = f"http://127.0.0.1:{port}"
     for _ in serve([sys.executable, "-m", "inference_api"], env, f"{url}/health/ready", folder / "api.log", want):
         yield url
+
+
+@contextlib.contextmanager
+def json_stand_in(answer: Callable[[str], tuple[int, dict[str, Any]]]) -> Iterator[str]:
+    """A local HTTP server answering every GET with ``answer(path)`` as JSON (a stand-in for the API where a
+    test needs one exact answer, such as a 503 with a given reason); yields its URL, stops on exit."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status, body = answer(self.path)
+            payload = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
