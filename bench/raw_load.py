@@ -22,7 +22,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from readmission.db import create_db_engine, quote
-from readmission.raw import RAW_TABLE, SourceFile, load_raw_batches, metadata, raw_encounters
+from readmission.raw import SourceFile, load_raw_batches, metadata, raw_encounters
+from readmission.store_status import RAW_TABLE
 
 DEFAULT_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 BENCH_DB = "readmission_bench_raw"

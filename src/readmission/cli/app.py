@@ -23,7 +23,7 @@ from .data_commands import (
     DataPathOption,
     build_clean_store,
     fetch_dataset,
-    load_raw_batches,
+    load_pending_batches,
     register_data_commands,
 )
 from .model_commands import register_model_commands, train_models
@@ -100,7 +100,7 @@ def run(data_path: DataPathOption = None, batches: BatchesOption = None) -> None
     """The whole job: fetch, load pending batches, build CLEAN, train and gate the champion, print status."""
     started = time.perf_counter()
     settings = _settings(data_path=data_path)
-    load_raw_batches(settings, fetch_dataset(settings, console), batches, out, console)
+    load_pending_batches(settings, fetch_dataset(settings, console), batches, out, console)
     build_clean_store(settings, out, console)
     status()
     job = train_models(settings, out, console)

@@ -70,7 +70,9 @@ def fetch_dataset(settings: Settings, console: Console) -> Dataset:
     return dataset
 
 
-def load_raw_batches(settings: Settings, dataset: Dataset, batches: int | None, out: Console, console: Console) -> None:
+def load_pending_batches(
+    settings: Settings, dataset: Dataset, batches: int | None, out: Console, console: Console
+) -> None:
     """Load pending batches with a progress bar and one line per batch; print the summary line."""
     from readmission.db import create_db_engine, display_url
     from readmission.raw import BatchResult, SourceFile, load_raw_batches
@@ -149,7 +151,7 @@ def register_data_commands(
     ) -> None:
         """Load pending batches into the RAW database; resumable, never loads a row twice."""
         settings = settings_factory(data_path=data_path, batch_size=batch_size)
-        load_raw_batches(settings, fetch_dataset(settings, console), batches, out, console)
+        load_pending_batches(settings, fetch_dataset(settings, console), batches, out, console)
 
     @app.command("build-clean", rich_help_panel=PANEL)
     def build_clean_command() -> None:
