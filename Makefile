@@ -10,7 +10,7 @@ AIRFLOW_VENV ?= .venv-airflow
 CHECKOV_VENV ?= .venv-checkov
 DATA_PATH ?=
 PYTEST_ARGS ?=
-LINT_PATHS := src tests bench inference-api streamlit locust airflow scripts
+LINT_PATHS := src tests bench inference-api streamlit locust airflow scripts mlflow
 
 .PHONY: run test test-tools lint typecheck bench requirements clean-state k8s-secrets loadtest loadtest-ui observability
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from mlflowstack import Stack, start_stack
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -24,7 +25,7 @@ from readmission import schema
 from readmission.clean import SplitSpec, clean_frame
 from readmission.db import create_db_engine, normalize_url
 from readmission.synthetic import write_synthetic_csv
-from testsupport import _unavailable
+from testsupport import _unavailable, read_env_file
 
 REPO = Path(__file__).resolve().parents[1]
 _DATA_CANDIDATES = (REPO.parent / "shared" / "data" / "diabetic_data.csv", REPO / "var" / "uci" / "diabetic_data.csv")
@@ -127,3 +128,42 @@ def db_url_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[t
 def synthetic_csv(tmp_path: Path) -> Path:
     """A valid 2,500-row source file in the UCI layout."""
     return write_synthetic_csv(tmp_path / "synthetic.csv", rows=2_500, seed=7)
+
+
+@pytest.fixture(scope="session")
+def mysql_admin_url() -> str:
+    """URL of a MariaDB/MySQL server whose user may create databases (TEST_MYSQL_URL)."""
+    url = os.environ.get("TEST_MYSQL_URL")
+    if not url:
+        _unavailable(
+            "no MySQL/MariaDB configured: set a URL whose user may create databases, e.g. "
+            "TEST_MYSQL_URL=mysql://root@127.0.0.1:3306/"
+        )
+    assert url is not None
+    return normalize_url(url).rstrip("/")
+
+
+@pytest.fixture(scope="session")
+def mlflow_stack(
+    mysql_admin_url: str, postgres_admin_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """The MLflow server of the manifests (basic-auth app, users Job run): MariaDB tracking store, a
+    PostgreSQL user store, moto for MinIO (tests/support/mlflowstack.py)."""
+    name = f"readmission_mlflow_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(mysql_admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f"CREATE DATABASE {name}"))
+    except Exception as exc:
+        _unavailable(f"MySQL at {mysql_admin_url} is not usable: {exc}")
+    users = PostgresDatabases(postgres_admin_url)
+    config = read_env_file(REPO / "mlflow" / "config.env")
+    stack = start_stack(
+        f"{mysql_admin_url}/{name}", users.create("mlflow_auth"), tmp_path_factory.mktemp("mlflow"), config, os.environ
+    )
+    yield stack
+    stack.stop()
+    users.drop_all()
+    with admin.connect() as conn:
+        conn.execute(text(f"DROP DATABASE IF EXISTS {name}"))
+    admin.dispose()

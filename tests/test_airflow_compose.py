@@ -34,6 +34,7 @@ FILLED = {  # the values an operator must fill in, set for the check
     "CLUSTER_ADDRESS": "192.0.2.10",
     "RAW_DB_PASSWORD": "raw-pass",
     "CLEAN_DB_PASSWORD": "clean-pass",
+    "MLFLOW_TRACKING_PASSWORD": "trainer-pass",
 }
 
 
@@ -77,6 +78,7 @@ def test_compose_config_is_valid_and_the_services_are_as_designed(tmp_path: Path
     assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
     assert env["AIRFLOW_CONN_READMISSION_RAW"] == "postgres://raw_writer:raw-pass@192.0.2.10:30432/raw"
     assert env["AIRFLOW_VAR_READMISSION_MLFLOW_TRACKING_URI"] == "http://192.0.2.10:30500"
+    assert (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"]) == ("trainer", "trainer-pass")
     assert env["AIRFLOW_VAR_READMISSION_PYTHON"] == "/opt/readmission/bin/python"
     init = services["airflow-init"]["environment"]
     assert init["_AIRFLOW_WWW_USER_USERNAME"] == "admin" and init["_AIRFLOW_WWW_USER_PASSWORD"] == "admin-pass"

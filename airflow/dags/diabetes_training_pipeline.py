@@ -17,7 +17,8 @@ Every task runs the project's library (`readmission.steps`, the same functions a
 CLI) in its own interpreter, Variable `readmission_python` (default `/opt/readmission/bin/python`), so
 Airflow's pinned packages and the training stack never conflict. Settings: connections
 `readmission_raw` and `readmission_clean` (PostgreSQL), Variables `readmission_mlflow_tracking_uri` and
-`readmission_data_dir`; see `airflow/.env.example`.
+`readmission_data_dir`, and MLflow's user `trainer` in the standard variables `MLFLOW_TRACKING_USERNAME` and
+`MLFLOW_TRACKING_PASSWORD` of the workers' environment; see `airflow/.env.example`.
 """
 
 from __future__ import annotations

@@ -56,3 +56,26 @@ def short_reason(error: BaseException, limit: int = 300) -> str:
     cut = first[: limit - 1]
     at_space = cut.rsplit(" ", 1)[0]
     return (at_space if len(at_space) > limit // 2 else cut) + "…"
+
+
+_REFUSED = re.compile(r"error code 401\b|\bUNAUTHENTICATED\b")
+_FORBIDDEN = re.compile(r"error code 403\b|\bPERMISSION_DENIED\b")
+
+
+def access_advice(error: BaseException, username: str | None) -> str | None:
+    """What to do when MLflow refused a call for want of credentials (HTTP 401) or of a permission (403);
+    None for any other failure. ``username``: MLFLOW_TRACKING_USERNAME as the caller set it."""
+    text = f"{getattr(error, 'error_code', '')} {error}"
+    if _REFUSED.search(text):
+        return (
+            "MLflow refused the credentials (401): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to "
+            "your MLflow user (the trainer's password is MLFLOW_TRAINER_PASSWORD in mlflow/secrets.env; README, "
+            "Security)"
+        )
+    if _FORBIDDEN.search(text):
+        return (
+            f"MLflow user {username or '(none: MLFLOW_TRACKING_USERNAME is unset)'} may not do this (403): training, "
+            "registering and moving aliases need the trainer's user in MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD (README, Security)"
+        )
+    return None

@@ -13,6 +13,7 @@ gates again (``gated``).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,13 +21,16 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from readmission.errors import ReadmissionError, short_reason
+from readmission.errors import ReadmissionError, access_advice, short_reason
 from readmission.names import CHALLENGER, CHAMPION, DECISION_TAG, EXPERIMENT_NAME, MODEL_NAME, SELECTION_METRIC
 
 __all__ = ["CHALLENGER", "CHAMPION", "EXPERIMENT_NAME", "MODEL_NAME", "SELECTION_METRIC"]
 
 PROMOTED = "promoted"
 KEPT = "kept previous champion"
+# An operator's re-gate marks the old decision void before anything else (overwriting, not deleting the tag:
+# the trainer's MLflow user may edit versions but not delete anything, README "Security").
+REGATING = "re-gating"
 
 
 class RegistryError(ReadmissionError):
@@ -55,9 +59,11 @@ def unavailable_error(
         if moved_to is None
         else f"`champion` already points at version {moved_to}, but the step did not finish recording it"
     )
+    advice = access_advice(exc, os.environ.get("MLFLOW_TRACKING_USERNAME")) or (
+        "Check that the MLflow server is up and run the step again (an Airflow task retries by itself)"
+    )
     return RegistryUnavailableError(
-        f"could not {what} at the MLflow registry {where} ({exc.error_code}: {first}); {state}. "
-        "Check that the MLflow server is up and run the step again (an Airflow task retries by itself)."
+        f"could not {what} at the MLflow registry {where} ({exc.error_code}: {first}); {state}. {advice}."
     )
 
 
@@ -128,7 +134,7 @@ def _compare(
 def gated(client: MlflowClient, version: str, name: str = MODEL_NAME) -> bool:
     """Whether the gate has decided on ``version`` (its decision tag is written last)."""
     try:
-        return DECISION_TAG in (client.get_model_version(name, version).tags or {})
+        return (client.get_model_version(name, version).tags or {}).get(DECISION_TAG) in (PROMOTED, KEPT)
     except MlflowException as exc:
         raise unavailable_error(f"read version {version} of {name!r}", client, exc) from exc
 
@@ -137,7 +143,7 @@ def _recorded(client: MlflowClient, version: str, name: str) -> GateDecision:
     """The decision a gate wrote on ``version`` (tags): its decision tag, or, for a gate stopped after moving
     `champion`, the decision its reason tags record."""
     tags = client.get_model_version(name, version).tags or {}
-    if DECISION_TAG in tags:
+    if tags.get(DECISION_TAG) in (PROMOTED, KEPT):
         promoted = tags[DECISION_TAG] == PROMOTED
     else:
         promoted = tags.get("promotion.would_promote", "True") == "True"
@@ -180,14 +186,15 @@ def promote_if_better(
     `challenger`, the reason tags, `champion` (when promoted), the decision tag; a gate stopped between
     any two leaves no decision tag, and running it again finishes the job. Raises
     ``RegistryUnavailableError`` when the registry cannot be read or written. With ``again`` the old decision
-    tag is deleted first, so a re-gate stopped midway is finished by the next run like any other.
+    tag is first overwritten with ``REGATING`` (void), so a re-gate stopped midway is finished by the next run
+    like any other.
     """
     moved = False
     try:
         if gated(client, candidate_version, name):
             if not again:
                 return _recorded(client, candidate_version, name)
-            client.delete_model_version_tag(name, candidate_version, DECISION_TAG)
+            client.set_model_version_tag(name, candidate_version, DECISION_TAG, REGATING)
         client.set_registered_model_alias(name, CHALLENGER, candidate_version)
         previous = champion_version(client, name)
         moved = previous == candidate_version  # a run stopped after its alias move: `champion` is already here

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from readmission.errors import ReadmissionError, short_reason
+from readmission.errors import ReadmissionError, access_advice, short_reason
 from readmission.names import MODEL_NAME
 
 from .data_commands import (
@@ -122,11 +122,10 @@ def main() -> None:
     except Exception as exc:  # MLflow's errors (an unreachable registry) without importing MLflow here
         if type(exc).__module__.split(".")[0] != "mlflow":
             raise
-        console.print(
-            f"[red]error:[/] the MLflow registry failed: {short_reason(exc)}; check MLFLOW_TRACKING_URI and that "
-            "MLflow is up, then `readmission models` shows what the registry holds",
-            highlight=False,
+        advice = access_advice(exc, os.environ.get("MLFLOW_TRACKING_USERNAME")) or (
+            "check MLFLOW_TRACKING_URI and that MLflow is up, then `readmission models` shows what the registry holds"
         )
+        console.print(f"[red]error:[/] the MLflow registry failed: {short_reason(exc)}; {advice}", highlight=False)
         sys.exit(1)
 
 
