@@ -21,6 +21,7 @@ from inference_api.settings import ApiSettings
 from readmission.db import display_url
 
 log = logging.getLogger("inference_api")
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def mlflow_source_factory(settings: ApiSettings) -> Callable[[], ModelSource]:
@@ -87,6 +88,9 @@ class Components:
             display_url(s.log_url),
             f"on (<= {s.microbatch_max_rows} rows, {s.microbatch_max_wait_ms} ms)" if s.microbatch_enabled else "off",
         )
+        if s.reload_token is None:  # only DEVELOPMENT_MODE allows it (settings.py)
+            level = logging.INFO if s.host in LOOPBACK_HOSTS else logging.WARNING
+            log.log(level, "DEVELOPMENT_MODE without RELOAD_TOKEN: POST /model/reload is open on %s:%s", s.host, s.port)
         self.prediction_log.start()
         self.manager.start()
         self.batcher.start()

@@ -81,8 +81,10 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
 
 
 def settings_for(registry_uri: str, log_url: str, **overrides: Any) -> ApiSettings:
-    """Settings of a test app: fast polling, nothing from the environment or a .env file."""
+    """Settings of a test app: fast polling, nothing from a .env file, development mode (no reload token)
+    unless the test gives one."""
     values: dict[str, Any] = {
+        "development_mode": True,
         "mlflow_tracking_uri": registry_uri,
         "prediction_log_url": log_url,
         "model_poll_interval_seconds": 0.3,
