@@ -10,14 +10,12 @@ import sys
 import threading
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
 
 import uvicorn
-from pydantic import ValidationError
 
 from inference_api.app import create_app
 from inference_api.prediction_log import CLOSE_MARGIN_SECONDS
-from inference_api.settings import ApiSettings
+from inference_api.settings import ApiSettings, settings_or_exit
 from inference_api.shutdown import AnswerBeforeExit
 
 # After SIGTERM, how long a request in flight may take to be answered before it is answered 503 (with
@@ -84,29 +82,11 @@ def _exit_through_python(signum: int, _frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
-def _problem(error: Any) -> str:
-    """One validation error as a line: the variable (when the error has one) and pydantic's message."""
-    message = str(error["msg"]).removeprefix("Value error, ")
-    field = ".".join(map(str, error["loc"])).upper()
-    return f"{field}: {message}" if field else message
-
-
-def settings_or_exit() -> ApiSettings:
-    """The settings from the environment; an invalid one ends the process with status 2 and one line per
-    problem naming the variable and the fix (no traceback)."""
-    try:
-        return ApiSettings()
-    except ValidationError as exc:
-        problems = [_problem(error) for error in exc.errors()]
-        print("inference API: invalid settings, not starting:\n  " + "\n  ".join(problems), file=sys.stderr)
-        sys.exit(2)
-
-
 def main() -> None:
     """Start uvicorn with the settings from the environment."""
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _exit_through_python)
-    settings = settings_or_exit()
+    settings = settings_or_exit(ApiSettings, "inference API")
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     budget = shutdown_budget(settings)
     app = AnswerBeforeExit(create_app(settings), budget.answer)

@@ -8,9 +8,11 @@ MLFLOW_TRACKING_TOKEN, ...) pass through untouched. ``PredictionLogSettings`` is
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+from typing import Any, TypeVar
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from readmission.names import CHAMPION, DEFAULT_RETENTION_DAYS, MODEL_NAME
@@ -178,3 +180,24 @@ class ApiSettings(PredictionLogSettings):
         if not 0 < low < high < 1:
             raise ValueError(f"RISK_BAND_THRESHOLDS must be ascending and inside (0, 1), got {low}, {high}")
         return low, high
+
+
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+
+def settings_or_exit(cls: type[SettingsT], program: str) -> SettingsT:
+    """``cls()`` from the environment; invalid settings end the process with status 2 and one line per
+    problem naming the variable and the fix (no traceback)."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        problems = [_problem(error) for error in exc.errors()]
+        print(f"{program}: invalid settings, not starting:\n  " + "\n  ".join(problems), file=sys.stderr)
+        sys.exit(2)
+
+
+def _problem(error: Any) -> str:
+    """One validation error as a line: the variable (when the error has one) and pydantic's message."""
+    message = str(error["msg"]).removeprefix("Value error, ")
+    field = ".".join(map(str, error["loc"])).upper()
+    return f"{field}: {message}" if field else message
