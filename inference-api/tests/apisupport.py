@@ -172,6 +172,14 @@ def mysql_log_url() -> Iterator[str]:
     engine.dispose()
 
 
+@pytest.fixture(params=["sqlite", "mysql"])
+def either_log_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A prediction-log URL: an SQLite file (embedded) and, in a second run, a scratch MariaDB database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'predictions.db'}"
+    return str(request.getfixturevalue("mysql_log_url"))
+
+
 class PrivateMariaDB:
     """A MariaDB server of this test's own, which the test may stop and start."""
 

@@ -34,16 +34,9 @@ REPO = Path(__file__).resolve().parents[2]
 NOW = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
 
 
-@pytest.fixture(params=["sqlite", "mysql"])
-def log_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'predictions.db'}"
-    return str(request.getfixturevalue("mysql_log_url"))
-
-
 @pytest.fixture
-def engine(log_url: str) -> Iterator[Engine]:
-    engine = create_db_engine(log_url)
+def engine(either_log_url: str) -> Iterator[Engine]:
+    engine = create_db_engine(either_log_url)
     yield engine
     engine.dispose()
 
@@ -67,7 +60,8 @@ class Stream(threading.Thread):
             time.sleep(0.005)
 
 
-def test_the_purge_deletes_old_rows_while_the_api_logs_new_ones(log_url: str, engine: Engine) -> None:
+def test_the_purge_deletes_old_rows_while_the_api_logs_new_ones(either_log_url: str, engine: Engine) -> None:
+    log_url = either_log_url
     now = dt.datetime.now(dt.UTC)
     old = seed_log(engine, [now - dt.timedelta(days=120, seconds=i) for i in range(6_000)])
     kept = seed_log(engine, [now - dt.timedelta(days=89, seconds=i) for i in range(300)])
