@@ -1,6 +1,6 @@
 """The parts of one service instance, built from its settings: metrics, model manager, prediction log (and
-the probe of its oldest row), micro-batcher. ``create_app`` builds them, stores them on ``app.state`` and starts/stops them in its
-lifespan; endpoints reach them through ``deps``.
+the probe of its oldest row), micro-batcher. ``create_app`` builds them, stores them on ``app.state`` and
+starts/stops them in its lifespan; endpoints reach them through ``deps``.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ class Components:
         return cls(settings, metrics, manager, prediction_log, log_age, in_flight, batcher, instance_id)
 
     async def start(self) -> None:
-        """Start the log writer, the registry poller and the batcher (call from the event loop)."""
+        """Start the log writer, the log-age probe, the registry poller and the batcher (call from the event loop)."""
         s = self.settings
         log.info(
             "starting: model %s@%s from %s; prediction log %s; micro-batching %s",
