@@ -246,7 +246,12 @@ def main() -> None:
     # mlflow models serve starts `uvicorn` by name: the environment's bin folder must be on PATH.
     path = f"{Path(python).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     common = {"MLFLOW_TRACKING_URI": args.tracking_uri, "LOG_LEVEL": "warning", "PATH": path}
-    ours_env = {**common, "PREDICTION_LOG_URL": log_url, "MODEL_POLL_INTERVAL_SECONDS": "3600"}
+    ours_env = {
+        **common,
+        "PREDICTION_LOG_URL": log_url,
+        "MODEL_POLL_INTERVAL_SECONDS": "3600",
+        "DEVELOPMENT_MODE": "true",
+    }
     servers = [
         (Server("ours", [python, "-m", "inference_api"], ours_env, "/health/ready", ROOT), OURS_PATHS, ("single", "batch")),
         (Server("ours-nobatch", [python, "-m", "inference_api"], {**ours_env, "MICROBATCH_ENABLED": "false"},

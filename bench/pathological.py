@@ -76,7 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-pathological-"))
     port = free_port()
-    env = {**os.environ, "PORT": str(port), "MLFLOW_TRACKING_URI": args.tracking_uri, "LOG_LEVEL": "warning",
+    env = {**os.environ, "PORT": str(port), "MLFLOW_TRACKING_URI": args.tracking_uri, "LOG_LEVEL": "warning", "DEVELOPMENT_MODE": "true",
            "PREDICTION_LOG_URL": f"sqlite:///{work / 'log.db'}", "MODEL_POLL_INTERVAL_SECONDS": "3600"}  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     running = contextlib.contextmanager(serve)  # serve() is a generator: one yield while the server runs

@@ -173,7 +173,16 @@ def main() -> int:
     instance = secrets.token_hex(8)
     # uvicorn's and the service's INFO lines (among them "Uvicorn running on <URL>" before the model is
     # loaded) stay out of the way: serve says what matters. LOG_LEVEL=info brings them back.
-    api_env = {"LOG_LEVEL": "warning", **os.environ, "PORT": api_port, "INSTANCE_ID": instance}
+    # DEVELOPMENT_MODE: `make run` is the laptop path (the API listens on 127.0.0.1 unless HOST says otherwise);
+    # POST /model/reload is then open without a token, and a RELOAD_TOKEN set in the environment or .env
+    # still closes it. Nothing here calls it: the API follows the alias by itself.
+    api_env = {
+        "LOG_LEVEL": "warning",
+        "DEVELOPMENT_MODE": "true",
+        **os.environ,
+        "PORT": api_port,
+        "INSTANCE_ID": instance,
+    }
     api = subprocess.Popen([sys.executable, "-m", "inference_api"], env=api_env)
     ui = _start_ui(api_port, ui_port, bindir)
     processes = {"inference API": api, "UI": ui}

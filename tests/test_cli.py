@@ -17,7 +17,9 @@ FAST_TRAINING = {"TRAIN_TIME_BUDGET_SECONDS": "60", "TRAIN_MAX_TRIALS": "1", "TR
 
 def _cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     clean_env = {
-        k: v for k, v in os.environ.items() if k not in {"DATA_PATH", "RAW_DATABASE_URL", "CLEAN_DATABASE_URL"}
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"DATA_PATH", "RAW_DATABASE_URL", "CLEAN_DATABASE_URL", "PREDICTION_LOG_URL"}
     }
     return subprocess.run(
         [sys.executable, "-m", "readmission.cli.app", *args],
@@ -35,6 +37,7 @@ def test_help_explains_every_command(tmp_path: Path) -> None:
     for command in ("fetch", "load-raw", "build-clean", "status", "run", "synthesize", "train", "promote", "models"):
         assert command in result.stdout
     assert "rollback" in result.stdout and "Models:" in result.stdout  # was: described fetch/load/clean only
+    assert "purge-predictions" in result.stdout and "Prediction log" in result.stdout
     load_help = _cli("load-raw", "--help", cwd=tmp_path).stdout
     assert "--batches" in load_help and "pending batches" in load_help
 
@@ -196,3 +199,30 @@ def test_a_local_file_is_checked_not_downloaded(tmp_path: Path) -> None:
     loaded = _cli("load-raw", "--data-path", "demo.csv", cwd=tmp_path, env=terminal)
     assert loaded.returncode == 0, loaded.stderr
     assert "checking demo.csv" in loaded.stderr and "downloading" not in loaded.stderr
+
+
+def test_purge_predictions_keeps_the_retention_of_the_embedded_log(tmp_path: Path) -> None:
+    import datetime as dt
+
+    from logsupport import seed_log
+
+    from readmission.db import create_db_engine
+
+    missing = _cli("purge-predictions", cwd=tmp_path)
+    assert missing.returncode == 1 and "error: no prediction log at var/predictions.db" in missing.stderr
+    assert not (tmp_path / "var" / "predictions.db").exists()  # looking never creates it
+    url = f"sqlite:///{tmp_path / 'var' / 'predictions.db'}"
+    engine = create_db_engine(url)
+    now = dt.datetime.now(dt.UTC)
+    seed_log(engine, [now - dt.timedelta(days=100)] * 20 + [now - dt.timedelta(days=40)] * 30 + [now] * 5)
+    engine.dispose()
+    default = _cli("purge-predictions", cwd=tmp_path)  # PREDICTION_LOG_RETENTION_DAYS' default: 90
+    assert default.returncode == 0, default.stderr
+    assert "purge-predictions: 20 row(s) older than 90 day(s)" in default.stdout
+    from_env = _cli("purge-predictions", cwd=tmp_path, env={"PREDICTION_LOG_RETENTION_DAYS": "30"})
+    assert "purge-predictions: 30 row(s) older than 30 day(s)" in from_env.stdout
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    option = _cli("purge-predictions", "--days", "1", "--log-url", url, "--chunk-rows", "2", cwd=elsewhere)
+    assert option.returncode == 0, option.stderr
+    assert "purge-predictions: 0 row(s) older than 1 day(s)" in option.stdout and "in 0 chunk(s)" in option.stdout

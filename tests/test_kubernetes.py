@@ -106,6 +106,7 @@ def test_the_root_holds_the_namespace_and_every_folder(rendered: list[dict[str, 
     ):
         assert ("Deployment", name) in kinds and ("Service", name) in kinds
     assert ("Deployment", "locust-worker") in kinds and ("CronJob", "locust-capacity") in kinds
+    assert ("CronJob", "prediction-log-purge") in kinds
 
 
 def test_services_select_existing_pods_and_named_container_ports(rendered: list[dict[str, Any]]) -> None:
@@ -253,7 +254,8 @@ def test_service_addresses_in_settings_name_existing_services(rendered: list[dic
         o["metadata"]["name"]: {p["port"] for p in o["spec"]["ports"]} for o in rendered if o["kind"] == "Service"
     }
     seen = set()
-    for workload in ("mlflow", "inference-api", "streamlit", "locust-master", "locust-worker", "locust-capacity"):
+    workloads = ("mlflow", "inference-api", "prediction-log-purge", "streamlit", "locust-master", "locust-worker")
+    for workload in (*workloads, "locust-capacity"):
         for name, value in _environment(rendered, workload).items():
             if "://" in value and not value.startswith("s3://") and not name.endswith("_ORIGINS"):  # origins: browsers
                 url = urlsplit(value)
@@ -272,6 +274,7 @@ def test_a_password_two_folders_share_has_one_value(rendered: list[dict[str, Any
     for key, (owner, client) in {
         "MLFLOW_DB_PASSWORD": ("mysql-credentials", "mlflow-credentials"),
         "INFERENCE_DB_PASSWORD": ("mysql-credentials", "inference-api-credentials"),
+        "INFERENCE_PURGE_DB_PASSWORD": ("mysql-credentials", "inference-api-credentials"),
         "MLFLOW_S3_PASSWORD": ("minio-credentials", "mlflow-credentials"),
         "MLFLOW_S3_USER": ("minio-credentials", "mlflow-credentials"),
         "CLEAN_READER_PASSWORD": ("postgres-credentials", "locust-credentials"),
@@ -280,6 +283,8 @@ def test_a_password_two_folders_share_has_one_value(rendered: list[dict[str, Any
         assert len(base64.b64decode(secrets[owner][key])) >= 8, key
     url = _environment(rendered, "inference-api")["PREDICTION_LOG_URL"]
     assert url.startswith("mysql://inference:") and url.endswith("@mysql:3306/inference")
+    purge = _environment(rendered, "prediction-log-purge")["PREDICTION_LOG_URL"]
+    assert purge.startswith("mysql://inference_purge:") and purge.endswith("@mysql:3306/inference")
 
 
 def test_the_api_stays_available_through_rollouts_drains_and_load(rendered: list[dict[str, Any]]) -> None:
@@ -297,6 +302,35 @@ def test_the_api_stays_available_through_rollouts_drains_and_load(rendered: list
     assert 0 < pdb["minAvailable"] < api["replicas"]  # a drain can proceed, never to zero
     flush = int(_environment(rendered, "inference-api")["PREDICTION_LOG_FLUSH_SECONDS"])
     assert api["template"]["spec"]["terminationGracePeriodSeconds"] > flush + 5  # preStop pause + flush
+
+
+def test_the_api_requires_its_reload_token_from_the_generated_secret(rendered: list[dict[str, Any]]) -> None:
+    env = _environment(rendered, "inference-api")
+    assert env["DEVELOPMENT_MODE"] == "false"  # said explicitly in the ConfigMap
+    assert len(env["RELOAD_TOKEN"]) >= 16  # from inference-api-credentials, made by `make k8s-secrets`
+    (api,) = [spec for name, spec, _ in _pod_specs(rendered) if name == "inference-api"]
+    (ref,) = [e["valueFrom"]["secretKeyRef"] for e in api["containers"][0]["env"] if e["name"] == "RELOAD_TOKEN"]
+    assert ref["name"].startswith("inference-api-credentials-")  # the generated Secret, never a literal
+
+
+def test_the_prediction_log_purge_runs_daily_alone_with_the_api_image_and_least_privilege(
+    rendered: list[dict[str, Any]],
+) -> None:
+    objects = {(o["kind"], o["metadata"]["name"]): o for o in rendered}
+    cronjob = objects[("CronJob", "prediction-log-purge")]["spec"]
+    assert cronjob["concurrencyPolicy"] == "Forbid" and "suspend" not in cronjob
+    minute, hour, *every_day = cronjob["schedule"].split()
+    assert minute.isdigit() and hour.isdigit() and every_day == ["*", "*", "*"]
+    specs = {name: spec for name, spec, _ in _pod_specs(rendered)}
+    (purge,), (api,) = specs["prediction-log-purge"]["containers"], specs["inference-api"]["containers"]
+    assert purge["image"] == api["image"] and purge["command"] == ["python", "-m", "inference_api.retention"]
+    assert purge["envFrom"] == api["envFrom"]  # the API's ConfigMap: the same PREDICTION_LOG_RETENTION_DAYS
+    env = _environment(rendered, "prediction-log-purge")
+    assert int(env["PREDICTION_LOG_RETENTION_DAYS"]) >= 1 and "RELOAD_TOKEN" not in env
+    assert "INFERENCE_DB_PASSWORD" not in env  # not the writer's user
+    init = (REPO / "mysql" / "init-databases.sh").read_text()
+    assert re.findall(r"^GRANT (.*) TO 'inference_purge'@'%';$", init, re.M) == ["SELECT, DELETE ON inference.*"]
+    assert "CREATE USER IF NOT EXISTS 'inference_purge'@'%' IDENTIFIED BY '${INFERENCE_PURGE_DB_PASSWORD}';" in init
 
 
 def test_load_test_pods_wait_for_the_api_and_read_clean_read_only(rendered: list[dict[str, Any]]) -> None:
@@ -340,7 +374,7 @@ def test_databases_accept_only_their_clients(rendered: list[dict[str, Any]]) -> 
         p["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
         for p in policies["mysql"]["spec"]["ingress"][0]["from"]
     }
-    assert mysql_clients == {"mlflow", "inference-api"}
+    assert mysql_clients == {"mlflow", "inference-api", "prediction-log-purge"}
     nodeports = {o["metadata"]["name"] for o in rendered if o["kind"] == "Service" and o["spec"]["type"] == "NodePort"}
     assert "mysql" not in " ".join(nodeports) and "minio" not in " ".join(nodeports)
 

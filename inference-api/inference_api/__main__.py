@@ -15,7 +15,7 @@ import uvicorn
 
 from inference_api.app import create_app
 from inference_api.prediction_log import CLOSE_MARGIN_SECONDS
-from inference_api.settings import ApiSettings
+from inference_api.settings import ApiSettings, settings_or_exit
 from inference_api.shutdown import AnswerBeforeExit
 
 # After SIGTERM, how long a request in flight may take to be answered before it is answered 503 (with
@@ -86,7 +86,7 @@ def main() -> None:
     """Start uvicorn with the settings from the environment."""
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _exit_through_python)
-    settings = ApiSettings()
+    settings = settings_or_exit(ApiSettings, "inference API")
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     budget = shutdown_budget(settings)
     app = AnswerBeforeExit(create_app(settings), budget.answer)

@@ -1,6 +1,6 @@
-"""The parts of one service instance, built from its settings: metrics, model manager, prediction log,
-micro-batcher. ``create_app`` builds them, stores them on ``app.state`` and starts/stops them in its
-lifespan; endpoints reach them through ``deps``.
+"""The parts of one service instance, built from its settings: metrics, model manager, prediction log (and
+the probe of its oldest row), micro-batcher. ``create_app`` builds them, stores them on ``app.state`` and
+starts/stops them in its lifespan; endpoints reach them through ``deps``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from fastapi.concurrency import run_in_threadpool
 
 from inference_api.batcher import Batcher, InFlight
+from inference_api.log_age import PredictionLogAge
 from inference_api.metrics import Metrics
 from inference_api.model_manager import ModelManager, ModelSource
 from inference_api.prediction_log import PredictionLog
@@ -21,6 +22,7 @@ from inference_api.settings import ApiSettings
 from readmission.db import display_url
 
 log = logging.getLogger("inference_api")
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def mlflow_source_factory(settings: ApiSettings) -> Callable[[], ModelSource]:
@@ -41,6 +43,7 @@ class Components:
     metrics: Metrics
     manager: ModelManager
     prediction_log: PredictionLog
+    log_age: PredictionLogAge
     in_flight: InFlight
     batcher: Batcher
     instance_id: str  # INSTANCE_ID, or a random id for this process (/health/live reports it)
@@ -62,6 +65,7 @@ class Components:
             batch_size=settings.prediction_log_batch_size,
             buffer_bytes=settings.prediction_log_buffer_bytes,
         )
+        log_age = PredictionLogAge(settings.log_url, metrics.registry, settings.prediction_log_retention_days)
         in_flight = InFlight()
         metrics.in_flight.set_function(lambda: in_flight.count)
         batcher = Batcher(
@@ -74,10 +78,10 @@ class Components:
             timeout_seconds=settings.predict_timeout_seconds,
         )
         instance_id = settings.instance_id or os.urandom(8).hex()
-        return cls(settings, metrics, manager, prediction_log, in_flight, batcher, instance_id)
+        return cls(settings, metrics, manager, prediction_log, log_age, in_flight, batcher, instance_id)
 
     async def start(self) -> None:
-        """Start the log writer, the registry poller and the batcher (call from the event loop)."""
+        """Start the log writer, the log-age probe, the registry poller and the batcher (call from the event loop)."""
         s = self.settings
         log.info(
             "starting: model %s@%s from %s; prediction log %s; micro-batching %s",
@@ -87,7 +91,11 @@ class Components:
             display_url(s.log_url),
             f"on (<= {s.microbatch_max_rows} rows, {s.microbatch_max_wait_ms} ms)" if s.microbatch_enabled else "off",
         )
+        if s.reload_token is None:  # only DEVELOPMENT_MODE allows it (settings.py)
+            level = logging.INFO if s.host in LOOPBACK_HOSTS else logging.WARNING
+            log.log(level, "DEVELOPMENT_MODE without RELOAD_TOKEN: POST /model/reload is open on %s:%s", s.host, s.port)
         self.prediction_log.start()
+        self.log_age.start()
         self.manager.start()
         self.batcher.start()
         # Everything imported so far (MLflow, sklearn, pandas) lives as long as the process: keep it out of
@@ -102,4 +110,5 @@ class Components:
         """Stop the batcher and the poller, then let the log writer flush (PREDICTION_LOG_FLUSH_SECONDS)."""
         await self.batcher.stop()
         self.manager.stop(wait=False)  # a registry call in progress may take MLFLOW_HTTP_REQUEST_TIMEOUT
+        self.log_age.stop()
         await run_in_threadpool(self.prediction_log.close, self.settings.prediction_log_flush_seconds)

@@ -37,54 +37,14 @@ from typing import Any
 
 import orjson
 from prometheus_client import Gauge
-from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Column,
-    DateTime,
-    Float,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    event,
-    func,
-    select,
-)
-from sqlalchemy.dialects import mysql
+from sqlalchemy import event, func, select
 from sqlalchemy.engine import Engine
 
 from inference_api.metrics import Metrics
 from readmission.db import create_db_engine
+from readmission.prediction_table import metadata, prediction_log  # shared with the retention purge
 
 log = logging.getLogger(__name__)
-
-TABLE_NAME = "prediction_log"
-_metadata = MetaData()
-prediction_log = Table(
-    TABLE_NAME,
-    _metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
-    # Made by the service for each row: a retried INSERT whose first attempt did commit (connection lost
-    # after COMMIT), or a message resent to a restarted writer, skips the rows already there.
-    Column("log_id", String(32), nullable=False, unique=True),
-    Column("request_id", String(64), nullable=False, index=True),
-    Column("item", Integer, nullable=False),  # position in a batch request (0 for a single prediction)
-    # UTC; microseconds kept on MySQL too (its DATETIME drops fractions unless told otherwise).
-    Column(
-        "created_at", DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql"), nullable=False, index=True
-    ),
-    Column("endpoint", String(32), nullable=False),
-    Column("model_name", String(128), nullable=False),
-    Column("model_version", String(32), nullable=False, index=True),
-    Column("inputs", JSON, nullable=False),
-    Column("predicted_class", String(8), nullable=False),
-    Column("probability_no", Float, nullable=False),
-    Column("probability_after_30", Float, nullable=False),
-    Column("probability_within_30", Float, nullable=False),
-    Column("risk_band", String(16), nullable=False),
-    Column("latency_ms", Float, nullable=False),
-)
 
 _SPAWN = multiprocessing.get_context("spawn")  # a clean interpreter: never a fork of a threaded server
 _HEADER = struct.Struct("<q")  # each message: its sequence number, then the rows as one JSON array
@@ -512,7 +472,7 @@ class _Writer:
         if self._engine is None:
             self._engine = self._engine_factory(self.url)
         if not self._table_ready:
-            _metadata.create_all(self._engine, checkfirst=True)
+            metadata.create_all(self._engine, checkfirst=True)
             self._table_ready = True
         for row in rows:
             if isinstance(row["created_at"], str):  # as the message carried it (RFC 3339)

@@ -1,24 +1,55 @@
 """Settings of the inference API: one typed object, read from the environment (and `.env`).
 
 Every knob is listed in `inference-api/.env.example`. MLflow's own variables (MLFLOW_TRACKING_URI,
-MLFLOW_TRACKING_TOKEN, ...) pass through untouched.
+MLFLOW_TRACKING_TOKEN, ...) pass through untouched. ``PredictionLogSettings`` is the part the retention job
+(``python -m inference_api.retention``) needs: it runs without the API's reload token.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+from typing import Any, TypeVar
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from readmission.names import CHAMPION, MODEL_NAME
+from readmission.names import CHAMPION, DEFAULT_RETENTION_DAYS, MODEL_NAME
+
+MIN_RELOAD_TOKEN_CHARS = 16
 
 
-class ApiSettings(BaseSettings):
-    """What the service serves, where it logs, and how it batches."""
+class PredictionLogSettings(BaseSettings):
+    """Where the prediction log is and how long it keeps rows (shared by the API and the retention job)."""
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", validate_default=True)
+
+    log_level: str = Field("info", description="Log level: debug, info, warning, error.")
+    data_dir: Path = Field(Path("var"), description="Folder of the embedded defaults (local MLflow store, SQLite log).")
+    prediction_log_url: str | None = Field(
+        None, description="SQLAlchemy URL of the prediction log; default: SQLite file DATA_DIR/predictions.db."
+    )
+    prediction_log_retention_days: int = Field(
+        DEFAULT_RETENTION_DAYS,
+        ge=1,
+        description="Days a prediction-log row is kept; older rows are deleted by the scheduled purge (the "
+        "CronJob in the cluster, `readmission purge-predictions` embedded).",
+    )
+
+    @field_validator("prediction_log_url", mode="before")
+    @classmethod
+    def _empty_log_url_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @property
+    def log_url(self) -> str:
+        """Prediction-log database URL, defaulting to an SQLite file."""
+        return self.prediction_log_url or f"sqlite:///{self.data_dir / 'predictions.db'}"
+
+
+class ApiSettings(PredictionLogSettings):
+    """What the service serves, where it logs, and how it batches."""
 
     host: str = Field("127.0.0.1", description="Address uvicorn listens on (0.0.0.0 in a container).")
     port: int = Field(8000, ge=1, le=65535, description="Port uvicorn listens on.")
@@ -27,8 +58,6 @@ class ApiSettings(BaseSettings):
         description="This process's identity in /health/live (empty: a random one per process; `make run` sets "
         "it to know that the server answering on its port is its own child).",
     )
-    log_level: str = Field("info", description="Log level: debug, info, warning, error.")
-    data_dir: Path = Field(Path("var"), description="Folder of the embedded defaults (local MLflow store, SQLite log).")
     mlflow_tracking_uri: str | None = Field(
         None, description="MLflow registry; default: the local store sqlite:///DATA_DIR/mlflow/mlflow.db."
     )
@@ -48,12 +77,16 @@ class ApiSettings(BaseSettings):
         10, ge=1, description="Seconds an MLflow registry call may take (MLflow's own variable; the environment wins)."
     )
     reload_token: SecretStr | None = Field(
-        None, description="Bearer token that POST /model/reload requires; empty: the endpoint is open."
+        None,
+        description=f"Bearer token that POST /model/reload requires (at least {MIN_RELOAD_TOKEN_CHARS} characters); "
+        "empty only with DEVELOPMENT_MODE.",
+    )
+    development_mode: bool = Field(
+        False,
+        description="Development only: allows an empty RELOAD_TOKEN, so POST /model/reload is open to anyone who "
+        "reaches the port.",
     )
 
-    prediction_log_url: str | None = Field(
-        None, description="SQLAlchemy URL of the prediction log; default: SQLite file DATA_DIR/predictions.db."
-    )
     prediction_log_queue_size: int = Field(
         100_000,
         ge=1,
@@ -96,7 +129,7 @@ class ApiSettings(BaseSettings):
         2.0, ge=0, description="How long a batch may wait for more requests once the model is free (milliseconds)."
     )
 
-    @field_validator("mlflow_tracking_uri", "prediction_log_url", "reload_token", mode="before")
+    @field_validator("mlflow_tracking_uri", "reload_token", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -106,15 +139,28 @@ class ApiSettings(BaseSettings):
         _ = self.bands
         return self
 
+    @model_validator(mode="after")
+    def _check_reload_token(self) -> ApiSettings:
+        """Refuse an open or guessable POST /model/reload outside development."""
+        token = self.reload_token.get_secret_value() if self.reload_token is not None else ""
+        if not token and not self.development_mode:
+            raise ValueError(
+                "RELOAD_TOKEN is empty and DEVELOPMENT_MODE is not set, so POST /model/reload would be open to "
+                "anyone who reaches the port. In the cluster: `make k8s-secrets` writes a generated RELOAD_TOKEN "
+                "into inference-api/secrets.env, then `kubectl apply -k inference-api`; on a laptop: set "
+                f"DEVELOPMENT_MODE=true (or a RELOAD_TOKEN of at least {MIN_RELOAD_TOKEN_CHARS} characters)"
+            )
+        if token and len(token) < MIN_RELOAD_TOKEN_CHARS:
+            raise ValueError(
+                f"RELOAD_TOKEN has {len(token)} characters; use at least {MIN_RELOAD_TOKEN_CHARS} (`make k8s-secrets` "
+                "generates one in the cluster; elsewhere: python -c 'import secrets; print(secrets.token_urlsafe(24))')"
+            )
+        return self
+
     @property
     def tracking_uri(self) -> str:
         """MLflow URI, defaulting to the embedded local store the `readmission` command writes."""
         return self.mlflow_tracking_uri or f"sqlite:///{self.data_dir / 'mlflow' / 'mlflow.db'}"
-
-    @property
-    def log_url(self) -> str:
-        """Prediction-log database URL, defaulting to an SQLite file."""
-        return self.prediction_log_url or f"sqlite:///{self.data_dir / 'predictions.db'}"
 
     def apply_mlflow_client_environment(self) -> None:
         """Put the MLflow client's retry and timeout settings into the environment, where MLflow reads them,
@@ -134,3 +180,24 @@ class ApiSettings(BaseSettings):
         if not 0 < low < high < 1:
             raise ValueError(f"RISK_BAND_THRESHOLDS must be ascending and inside (0, 1), got {low}, {high}")
         return low, high
+
+
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+
+def settings_or_exit(cls: type[SettingsT], program: str) -> SettingsT:
+    """``cls()`` from the environment; invalid settings end the process with status 2 and one line per
+    problem naming the variable and the fix (no traceback)."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        problems = [_problem(error) for error in exc.errors()]
+        print(f"{program}: invalid settings, not starting:\n  " + "\n  ".join(problems), file=sys.stderr)
+        sys.exit(2)
+
+
+def _problem(error: Any) -> str:
+    """One validation error as a line: the variable (when the error has one) and pydantic's message."""
+    message = str(error["msg"]).removeprefix("Value error, ")
+    field = ".".join(map(str, error["loc"])).upper()
+    return f"{field}: {message}" if field else message

@@ -81,8 +81,10 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
 
 
 def settings_for(registry_uri: str, log_url: str, **overrides: Any) -> ApiSettings:
-    """Settings of a test app: fast polling, nothing from the environment or a .env file."""
+    """Settings of a test app: fast polling, nothing from a .env file, development mode (no reload token)
+    unless the test gives one."""
     values: dict[str, Any] = {
+        "development_mode": True,
         "mlflow_tracking_uri": registry_uri,
         "prediction_log_url": log_url,
         "model_poll_interval_seconds": 0.3,
@@ -168,6 +170,14 @@ def mysql_log_url() -> Iterator[str]:
     with engine.begin() as conn:
         conn.execute(text(f"DROP DATABASE IF EXISTS {name}"))
     engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "mysql"])
+def either_log_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A prediction-log URL: an SQLite file (embedded) and, in a second run, a scratch MariaDB database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'predictions.db'}"
+    return str(request.getfixturevalue("mysql_log_url"))
 
 
 class PrivateMariaDB:

@@ -20,7 +20,7 @@ from inference_api.app import create_app
 
 # The schema comes from the app itself (what /openapi.json serves, the batch limit included); the requests
 # go to a real server with the same settings.
-LIMITS = {"max_batch_size": 20, "reload_token": "fuzz-token"}
+LIMITS = {"max_batch_size": 20, "reload_token": "fuzz-token-of-24-chars!!"}
 # A schema-violating request may also be refused with 413: a batch over MAX_BATCH_SIZE is counted, and
 # refused, before any of its encounters is validated (the endpoints document 413).
 CONFIG = schemathesis.config.SchemathesisConfig.from_str(

@@ -177,6 +177,7 @@ def test_sigterm_writes_what_is_still_queued(
         "MLFLOW_TRACKING_URI": registry.uri,
         "PREDICTION_LOG_URL": private_mariadb.url,
         "PREDICTION_LOG_FLUSH_SECONDS": "60",
+        "DEVELOPMENT_MODE": "true",
         "PORT": str(port),
         "LOG_LEVEL": "warning",
     }

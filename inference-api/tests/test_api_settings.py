@@ -1,26 +1,83 @@
-"""The documented settings are the real ones: every field of ApiSettings is in .env.example and back."""
+"""The documented settings are the real ones (every field of ApiSettings is in .env.example and back), and the
+service refuses to start with an open or guessable POST /model/reload outside development."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from inference_api.settings import ApiSettings
+from inference_api.settings import ApiSettings, PredictionLogSettings
 
-EXAMPLE = Path(__file__).resolve().parents[1] / ".env.example"
+HERE = Path(__file__).resolve().parents[1]
+EXAMPLE = HERE / ".env.example"
+TOKEN = "a-reload-token-long-enough"
 
 
 def test_env_example_lists_exactly_the_settings_with_their_defaults() -> None:
     documented = dict(re.findall(r"^([A-Z][A-Z0-9_]*)=(.*)$", EXAMPLE.read_text(), re.M))
     fields = {name.upper(): field for name, field in ApiSettings.model_fields.items()}
     assert set(documented) == set(fields)
-    parsed = ApiSettings(_env_file=EXAMPLE)  # type: ignore[call-arg]
-    defaults = ApiSettings(_env_file=None)  # type: ignore[call-arg]
+    # The documented defaults (DEVELOPMENT_MODE=false, RELOAD_TOKEN empty) do not start by design: both
+    # sides get the same token, so the comparison is about every other value.
+    parsed = ApiSettings(_env_file=EXAMPLE, reload_token=TOKEN)  # type: ignore[call-arg]
+    defaults = ApiSettings(_env_file=None, reload_token=TOKEN)  # type: ignore[call-arg]
     assert parsed == defaults, "a value in .env.example differs from the default it documents"
+    assert documented["DEVELOPMENT_MODE"] == "false" and documented["RELOAD_TOKEN"] == ""
 
 
 def test_bad_band_thresholds_name_the_setting() -> None:
     with pytest.raises(ValueError, match="RISK_BAND_THRESHOLDS"):
-        ApiSettings(_env_file=None, risk_band_thresholds="high")  # type: ignore[call-arg]
+        ApiSettings(_env_file=None, risk_band_thresholds="high", development_mode=True)  # type: ignore[call-arg]
+
+
+def test_an_empty_reload_token_is_refused_outside_development() -> None:
+    with pytest.raises(ValidationError) as refused:
+        ApiSettings(_env_file=None)  # type: ignore[call-arg]
+    message = str(refused.value)
+    assert "RELOAD_TOKEN is empty" in message and "DEVELOPMENT_MODE" in message
+    assert "make k8s-secrets" in message and "DEVELOPMENT_MODE=true" in message
+
+
+def test_development_mode_allows_an_empty_token_and_a_token_is_still_enforced_there() -> None:
+    assert ApiSettings(_env_file=None, development_mode=True).reload_token is None  # type: ignore[call-arg]
+    with_token = ApiSettings(_env_file=None, development_mode=True, reload_token=TOKEN)  # type: ignore[call-arg]
+    assert with_token.reload_token is not None and with_token.reload_token.get_secret_value() == TOKEN
+
+
+@pytest.mark.parametrize("development_mode", [False, True])
+def test_a_short_reload_token_is_refused(development_mode: bool) -> None:
+    with pytest.raises(ValidationError, match="RELOAD_TOKEN has 15 characters; use at least 16"):
+        ApiSettings(_env_file=None, reload_token="x" * 15, development_mode=development_mode)  # type: ignore[call-arg]
+    assert ApiSettings(_env_file=None, reload_token="x" * 16).reload_token is not None  # type: ignore[call-arg]
+
+
+def test_the_cluster_config_map_turns_development_mode_off_explicitly() -> None:
+    config = dict(re.findall(r"^([A-Z][A-Z0-9_]*)=(.*)$", (HERE / "config.env").read_text(), re.M))
+    assert config["DEVELOPMENT_MODE"] == "false" and "RELOAD_TOKEN" not in config  # the token: the Secret
+    assert "RELOAD_TOKEN=" in (HERE / "secrets.env.example").read_text()
+
+
+def test_the_retention_job_needs_no_reload_token() -> None:
+    settings = PredictionLogSettings(_env_file=None, prediction_log_retention_days=30)  # type: ignore[call-arg]
+    assert settings.prediction_log_retention_days == 30 and settings.log_url.endswith("predictions.db")
+    with pytest.raises(ValidationError, match="prediction_log_retention_days"):
+        PredictionLogSettings(_env_file=None, prediction_log_retention_days=0)  # type: ignore[call-arg]
+
+
+def test_the_service_does_not_start_without_a_token_outside_development(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in {"RELOAD_TOKEN", "DEVELOPMENT_MODE"}}
+    env.update({"PORT": "1", "DATA_DIR": str(tmp_path)})  # never reached: the settings are refused first
+    done = subprocess.run(
+        [sys.executable, "-m", "inference_api"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    print(done.stderr)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("inference API: invalid settings, not starting:")
+    assert "RELOAD_TOKEN is empty and DEVELOPMENT_MODE is not set" in done.stderr
+    assert "make k8s-secrets" in done.stderr and "Traceback" not in done.stderr

@@ -124,6 +124,7 @@ def test_sigterm_answers_and_logs_every_accepted_batch(registry: Registry, mysql
         **os.environ,
         "MLFLOW_TRACKING_URI": registry.uri,
         "PREDICTION_LOG_URL": mysql_log_url,
+        "DEVELOPMENT_MODE": "true",
         "PORT": str(port),
         "LOG_LEVEL": "warning",
     }
@@ -165,7 +166,8 @@ def test_the_grace_period_covers_the_pre_stop_pause_and_the_shutdown_budget() ->
     command = container["lifecycle"]["preStop"]["exec"]["command"]
     assert command[0] == "sleep"
     pre_stop = float(command[1])
-    settings = ApiSettings(_env_file=HERE / "config.env")  # type: ignore[call-arg]  # what the ConfigMap sets
+    # What the ConfigMap sets; the Secret adds RELOAD_TOKEN.
+    settings = ApiSettings(_env_file=HERE / "config.env", reload_token="t" * 32)  # type: ignore[call-arg]
     budget = shutdown_budget(settings)
     assert budget.graceful_timeout > budget.answer  # the 503 answers go out before uvicorn gives up
     assert pre_stop + budget.total <= pod["terminationGracePeriodSeconds"], (pre_stop, budget)

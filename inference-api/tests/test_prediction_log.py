@@ -7,13 +7,13 @@ import datetime as dt
 import logging
 import os
 import signal
-import uuid
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from apisupport import wait_until
+from logsupport import log_row
 from sqlalchemy import select
 
 from inference_api.metrics import Metrics
@@ -22,22 +22,7 @@ from readmission import schema
 
 
 def _row(inputs: dict[str, Any], item: int = 0) -> dict[str, Any]:
-    return {
-        "log_id": uuid.uuid4().hex,
-        "request_id": "req-1",
-        "item": item,
-        "created_at": dt.datetime(2026, 11, 28, 12, 0, 0, 123000, tzinfo=dt.UTC),
-        "endpoint": "/predict/batch",
-        "model_name": "diabetes-readmission",
-        "model_version": "7",
-        "inputs": inputs,
-        "predicted_class": "<30",
-        "probability_no": 0.5,
-        "probability_after_30": 0.25,
-        "probability_within_30": 0.25,
-        "risk_band": "medium",
-        "latency_ms": 3.25,
-    }
+    return log_row(dt.datetime(2026, 11, 28, 12, 0, 0, 123000, tzinfo=dt.UTC), item, inputs)
 
 
 def test_rows_read_back_exactly_including_quotes_and_backslashes(mysql_log_url: str) -> None:

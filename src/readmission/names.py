@@ -1,5 +1,5 @@
 """Names shared by the library, the inference API and the Airflow DAG: the registered model, its experiment,
-its aliases, the tags the lifecycle writes, and the RAW batch size.
+its aliases, the tags the lifecycle writes, the RAW batch size and the prediction log's table and retention.
 
 This module imports nothing, so reading the API's settings or parsing the DAG never loads MLflow.
 """
@@ -16,3 +16,6 @@ TRAINING_KEY_TAG = "training_key"  # one training job (a CLI call or an Airflow 
 DECISION_TAG = "promotion.decision"  # written last by the gate: a version without it has not been gated
 
 DEFAULT_BATCH_SIZE = 15_000  # rows per RAW batch, one transaction each (the design brief's 15,000-row batches)
+
+PREDICTION_LOG_TABLE = "prediction_log"  # written by the inference API, purged by its retention job and the CLI
+DEFAULT_RETENTION_DAYS = 90  # days a prediction-log row is kept (PREDICTION_LOG_RETENTION_DAYS)

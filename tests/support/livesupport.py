@@ -130,6 +130,7 @@ def start_api(folder: Path, tracking_uri: str, want: int = 200, **settings: str)
         # tests (and the alerts on their traffic) are not about the API's timeout.
         "PREDICT_TIMEOUT_SECONDS": "300",
         "LOG_LEVEL": "warning",
+        "DEVELOPMENT_MODE": "true",  # no reload token: these tests never call POST /model/reload
         **settings,
     }
     url = f"http://127.0.0.1:{port}"

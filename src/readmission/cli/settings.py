@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from readmission.names import DEFAULT_BATCH_SIZE
+from readmission.names import DEFAULT_BATCH_SIZE, DEFAULT_RETENTION_DAYS
 from readmission.source import UCI_ZIP_URL
 
 
@@ -71,9 +71,23 @@ class Settings(BaseSettings):
     promotion_min_improvement: float = Field(
         0.0, ge=0, description="ROC-AUC (<30) a candidate must gain over the champion to replace it."
     )
+    prediction_log_url: str | None = Field(
+        None,
+        description="The inference API's prediction log (same variable as the API's); default: SQLite file "
+        "DATA_DIR/predictions.db, where the embedded API writes it.",
+    )
+    prediction_log_retention_days: int = Field(
+        DEFAULT_RETENTION_DAYS, ge=1, description="Days `purge-predictions` keeps (same variable as the API's)."
+    )
 
     @field_validator(
-        "raw_database_url", "clean_database_url", "data_path", "mlflow_tracking_uri", "train_max_trials", mode="before"
+        "raw_database_url",
+        "clean_database_url",
+        "data_path",
+        "mlflow_tracking_uri",
+        "train_max_trials",
+        "prediction_log_url",
+        mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
@@ -88,6 +102,11 @@ class Settings(BaseSettings):
     def clean_url(self) -> str:
         """CLEAN database URL, defaulting to the embedded SQLite file."""
         return self.clean_database_url or f"sqlite:///{self.data_dir / 'clean.db'}"
+
+    @property
+    def log_url(self) -> str:
+        """The inference API's prediction log, defaulting to the embedded SQLite file."""
+        return self.prediction_log_url or f"sqlite:///{self.data_dir / 'predictions.db'}"
 
     @property
     def tracking_uri(self) -> str:

@@ -1,0 +1,54 @@
+"""`readmission purge-predictions`: the prediction log's retention on the embedded log (the cluster runs the
+same purge as a CronJob, ``python -m inference_api.retention``).
+
+SQLAlchemy and the purge are imported inside the command: `readmission --help` needs neither.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+
+if TYPE_CHECKING:
+    from .settings import Settings
+
+PANEL = "Prediction log"
+
+
+def register_log_commands(
+    app: typer.Typer, settings_factory: Callable[..., Settings], out: Console, console: Console
+) -> None:
+    """Add the prediction-log commands to ``app``."""
+
+    @app.command("purge-predictions", rich_help_panel=PANEL)
+    def purge_predictions(
+        days: Annotated[
+            int | None, typer.Option("--days", min=1, help="Keep this many days (env PREDICTION_LOG_RETENTION_DAYS).")
+        ] = None,
+        log_url: Annotated[
+            str | None,
+            typer.Option(
+                "--log-url", help="The log's SQLAlchemy URL (env PREDICTION_LOG_URL; default: the embedded one)."
+            ),
+        ] = None,
+        chunk_rows: Annotated[int, typer.Option("--chunk-rows", min=1, help="Rows per delete transaction.")] = 5_000,
+    ) -> None:
+        """Delete prediction-log rows older than the retention, in chunks (the API keeps logging meanwhile)."""
+        from readmission.db import display_url
+        from readmission.retention import open_prediction_log, purge_prediction_log
+
+        settings = settings_factory(prediction_log_url=log_url, prediction_log_retention_days=days)
+        engine = open_prediction_log(settings.log_url)  # PredictionLogMissingError: one line, exit 1
+        kept = settings.prediction_log_retention_days
+        with console.status(f"deleting rows older than {kept} day(s) from {display_url(settings.log_url)}"):
+            try:
+                result = purge_prediction_log(engine, kept, chunk_rows)
+            finally:
+                engine.dispose()
+        out.print(
+            f"purge-predictions: {result.deleted:,} row(s) older than {kept} day(s) (before "
+            f"{result.cutoff:%Y-%m-%d %H:%M} UTC) deleted in {result.chunks} chunk(s) ({result.seconds:.1f} s)"
+        )
