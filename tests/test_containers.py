@@ -147,10 +147,12 @@ def test_ui_requirements_are_enough_for_the_page(tmp_path: Path) -> None:
 
 def test_mlflow_server_requirements_hold_what_the_manifest_uses(tmp_path: Path) -> None:
     """A clean environment with only requirements/mlflow.txt (what mlflow/Dockerfile installs) imports the MySQL
-    driver, boto3 and the Prometheus exporter the server's flags need, with the clients' MLflow version."""
+    driver, boto3, the Prometheus exporter the server's flags need, the basic-auth app (flask-wtf) and its
+    PostgreSQL driver, with the clients' MLflow version."""
     python, env = _clean_venv(tmp_path, "mlflow.txt")
     probe = (
-        "import importlib.metadata as m, pymysql, boto3, cryptography, prometheus_flask_exporter;"
+        "import importlib.metadata as m, pymysql, boto3, cryptography, prometheus_flask_exporter, psycopg, flask_wtf;"
+        "import mlflow.server.auth.client, prometheus_client.multiprocess;"
         "print(m.version('mlflow'))"
     )
     result = subprocess.run([python, "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path)

@@ -441,7 +441,7 @@ def test_the_secret_scan_sees_a_literal() -> None:
     assert secret_literals("password: ${AIRFLOW_DB_PASSWORD}") == []
 
 
-def test_make_k8s_secrets_shares_names_and_keeps_existing_values(tmp_path: Path) -> None:
+def test_make_k8s_secrets_shares_names_keeps_existing_values_and_rotates_on_request(tmp_path: Path) -> None:
     (tmp_path / "db").mkdir()
     (tmp_path / "client").mkdir()
     (tmp_path / "db" / "secrets.env.example").write_text("# the database\nROOT_PASSWORD=\nAPP_PASSWORD=\n")
@@ -459,6 +459,15 @@ def test_make_k8s_secrets_shares_names_and_keeps_existing_values(tmp_path: Path)
     assert (tmp_path / "db" / "secrets.env").stat().st_mode & 0o777 == 0o600
     subprocess.run(script, check=True, capture_output=True)
     assert {"db": values("db"), "client": values("client")} == first  # never rotated by a re-run
+
+    rotated = subprocess.run([*script, "--rotate", "APP_PASSWORD"], check=True, capture_output=True, text=True)
+    assert "db/secrets.env: 2 value(s) (rotated APP_PASSWORD)" in rotated.stdout
+    after = {"db": values("db"), "client": values("client")}
+    assert after["db"]["APP_PASSWORD"] == after["client"]["APP_PASSWORD"] != first["db"]["APP_PASSWORD"]
+    assert after["db"]["ROOT_PASSWORD"] == first["db"]["ROOT_PASSWORD"]  # only the named value changes
+    unknown = subprocess.run([*script, "--rotate", "NO_SUCH_NAME"], capture_output=True, text=True)
+    assert unknown.returncode == 1 and "cannot rotate NO_SUCH_NAME" in unknown.stderr
+    assert {"db": values("db"), "client": values("client")} == after  # a refused rotation writes nothing
 
 
 def _checkov(*args: str) -> subprocess.CompletedProcess[str]:

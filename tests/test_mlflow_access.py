@@ -22,7 +22,7 @@ import mlflow
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mlflowstack import Stack, container_env, free_port, server_args
+from mlflowstack import Stack, container_env, free_port, http_status, server_args
 from sqlalchemy import create_engine, inspect, text
 
 from readmission.registry import CHAMPION, MODEL_NAME
@@ -44,11 +44,7 @@ def _call(stack: Stack, method: str, path: str, user: str | None = None, body: d
         headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(stack.tracking + path, data=data, headers=headers, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
+    return http_status(request)
 
 
 def _cli(stack: Stack, cwd: Path, *args: str, password: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -226,7 +222,7 @@ def test_mlflow_itself_refuses_the_default_admin_password_on_a_new_user_store(
     )
     spec = mlflow_stack.containers["mlflow"]
     env = {**os.environ, **container_env(spec, read_env_file(REPO / "mlflow" / "config.env"), mlflow_stack.secret, {})}
-    env.update(MLFLOW_AUTH_CONFIG_PATH=str(config), MLFLOW_AUTH_ADMIN_PASSWORD="password1234")
+    env.update({"MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_AUTH_ADMIN_PASSWORD": access.PUBLISHED_DEFAULT_ADMIN})
     env["MLFLOW_BACKEND_STORE_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = [a for a in server_args(spec, env, free_port()) if not a.startswith(("--expose-prometheus", "--artifacts"))]
     done = subprocess.run(
@@ -242,7 +238,7 @@ _PRINTABLE = st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp"))
 @settings(max_examples=200, deadline=None)
 @given(
     uri=st.text(_PRINTABLE, min_size=1).map(str.strip).filter(bool),
-    password=st.text(_PRINTABLE, min_size=16).filter(lambda p: p != access.LEGACY_ADMIN_PASSWORD),
+    password=st.text(_PRINTABLE, min_size=16).filter(lambda p: p != access.PUBLISHED_DEFAULT_ADMIN),
 )
 def test_the_config_file_reads_back_the_user_store_url_exactly(uri: str, password: str) -> None:
     """Any URL (``%`` included, which configparser would read as interpolation) survives the INI file."""
@@ -260,3 +256,32 @@ def test_the_config_file_reads_back_the_user_store_url_exactly(uri: str, passwor
     assert parser["mlflow"]["database_uri"] == uri
     assert parser["mlflow"]["default_permission"] == "NO_PERMISSIONS"
     assert "admin_password" not in written  # MLflow reads it from the environment, never from the file
+
+
+def _patch_password(stack: Stack, current: str, new: str) -> int:
+    """The README's admin rotation: the admin changes its own password (MLflow wants the current one too)."""
+    body = json.dumps({"username": "admin", "password": new, "current_password": current}).encode()
+    basic = base64.b64encode(f"admin:{current}".encode()).decode()
+    request = urllib.request.Request(
+        stack.tracking + "/api/2.0/mlflow/users/update-password",
+        data=body,
+        method="PATCH",
+        headers={"Authorization": f"Basic {basic}", "Content-Type": "application/json"},
+    )
+    return http_status(request)
+
+
+def test_the_admin_password_rotates_as_the_readme_says(mlflow_stack: Stack) -> None:
+    """Change it through the API, then the new value in mlflow/secrets.env serves the probe and the Job."""
+    old = mlflow_stack.secret["MLFLOW_AUTH_ADMIN_PASSWORD"]
+    new = "rotated-admin-" + old
+    probe = [*mlflow_stack.command("users")[:-1], "probe"]
+    env = {**mlflow_stack.job_env, "MLFLOW_PORT": str(mlflow_stack.port)}
+    assert _patch_password(mlflow_stack, old, new) == 200
+    try:
+        assert subprocess.run(probe, env={**env, "MLFLOW_AUTH_ADMIN_PASSWORD": new}, timeout=30).returncode == 0
+        assert subprocess.run(probe, env=env, timeout=30).returncode == 1  # the old one no longer works
+        again = mlflow_stack.run_users_job(MLFLOW_AUTH_ADMIN_PASSWORD=new)
+        assert again.returncode == 0 and "unchanged" in again.stdout, again.stderr
+    finally:
+        assert _patch_password(mlflow_stack, new, old) == 200

@@ -18,7 +18,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from mlflowstack import S3_ENV, Stack
+from mlflowstack import S3_ENV, Stack, http_status
 
 from readmission.clean import read_clean
 from readmission.evaluation import risk_of
@@ -80,11 +80,7 @@ def _get(url: str, host: str, origin: str | None = None, body: bytes | None = No
     if auth:
         headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
     request = urllib.request.Request(url, headers=headers, data=body)
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
+    return http_status(request)
 
 
 def test_the_manifest_server_answers_its_probes_and_allowed_hosts_only(mlflow_stack: Stack) -> None:

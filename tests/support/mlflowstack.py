@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -248,3 +249,12 @@ def _start_processes(stack: Stack, config: dict[str, str], base: Mapping[str, st
     stack.job_env = env_of("users")
     done = stack.run_users_job()
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+def http_status(request: urllib.request.Request, timeout: float = 60) -> int:
+    """The HTTP status ``request`` gets (an error status is returned, not raised)."""
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
