@@ -1,6 +1,6 @@
 """Access control of the MLflow server: the basic-auth app's configuration, its users and their grants.
 
-Runs inside the MLflow image (mlflow/Dockerfile copies it to /opt/mlflow-access/access.py), three ways:
+Runs inside the MLflow image (mlflow/Dockerfile copies it to /opt/mlflow-access/access.py), four ways:
 
     python access.py config PATH   init container: write the basic-auth configuration file to PATH from the
                                    environment; exit 2, naming the variable, on a missing or weak secret
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import os
+import signal
 import sys
 import time
 import urllib.error
@@ -34,16 +35,31 @@ MIN_SECRET_LENGTH = 16
 READY_PATH = "/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default"
 
 
+USAGE = """usage: access.py config PATH | users | probe | metrics
+  config PATH  needs MLFLOW_AUTH_DATABASE_URI, MLFLOW_AUTH_ADMIN_PASSWORD, MLFLOW_FLASK_SERVER_SECRET_KEY
+  users        needs MLFLOW_TRACKING_URI, MLFLOW_AUTH_ADMIN_PASSWORD, MLFLOW_TRAINER_PASSWORD,
+               MLFLOW_INFERENCE_PASSWORD
+  probe        needs MLFLOW_AUTH_ADMIN_PASSWORD (and MLFLOW_PORT, default 5000)
+  metrics      needs PROMETHEUS_MULTIPROC_DIR (and MLFLOW_METRICS_PORT, default 9101)"""
+
+
 class AccessError(Exception):
     """A setting is missing or unsafe; the message names the variable and the fix."""
 
 
+# Where each variable comes from in the cluster, for the message when it is missing.
+SOURCES = {
+    "MLFLOW_AUTH_DATABASE_URI": "mlflow/deployment.yaml builds it from MLFLOW_AUTH_DB_PASSWORD",
+    "MLFLOW_TRACKING_URI": "mlflow/job-users.yaml sets it to http://mlflow:5000",
+    "PROMETHEUS_MULTIPROC_DIR": "mlflow/deployment.yaml sets it to the server's --expose-prometheus folder",
+}
+
+
 def _required(name: str, *, secret: bool = False) -> str:
     value = os.environ.get(name, "")
-    if not value:
-        raise AccessError(
-            f"{name} is empty: set it (in the cluster it comes from mlflow/secrets.env: `make k8s-secrets`)"
-        )
+    if not value.strip():
+        source = SOURCES.get(name, "it comes from mlflow/secrets.env, which `make k8s-secrets` writes")
+        raise AccessError(f"{name} is empty: set it (in the cluster, {source})")
     if secret and len(value) < MIN_SECRET_LENGTH:
         raise AccessError(f"{name} has {len(value)} characters; use at least {MIN_SECRET_LENGTH} (`make k8s-secrets`)")
     return value
@@ -69,7 +85,7 @@ def auth_config_text() -> str:
         "[mlflow]",
         "default_permission = NO_PERMISSIONS",
         f"database_uri = {database_uri.replace('%', '%%')}",
-        f"admin_username = {os.environ.get('MLFLOW_AUTH_ADMIN_USERNAME') or 'admin'}",
+        f"admin_username = {(os.environ.get('MLFLOW_AUTH_ADMIN_USERNAME') or 'admin').replace('%', '%%')}",
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
     ]
     return "\n".join(lines) + "\n"
@@ -94,7 +110,7 @@ def write_config(path: Path) -> None:
 def answers(url: str, username: str, password: str, timeout: float = 5.0) -> int:
     """HTTP status of an authenticated GET of ``url`` (0 when the server cannot be reached)."""
     if not url.startswith(("http://", "https://")):
-        raise AccessError(f"MLFLOW_TRACKING_URI must be an http(s) address, got {url!r}")
+        raise AccessError(f"MLFLOW_TRACKING_URI must be an http(s) address like http://mlflow:5000, got {url!r}")
     basic = base64.b64encode(f"{username}:{password}".encode()).decode()
     request = urllib.request.Request(url, headers={"Authorization": f"Basic {basic}"})  # noqa: S310 (checked above)
     try:
@@ -119,10 +135,13 @@ ROLES = (("MLFLOW_TRAINER", "trainer", "EDIT"), ("MLFLOW_INFERENCE", "inference"
 
 
 def wait_for_server(uri: str, username: str, password: str, seconds: float) -> None:
-    """Wait until the admin can read the registry; AccessError naming the cause after ``seconds``."""
+    """Wait until the admin can read the registry; AccessError at once on a refused password (401 does not
+    change by waiting), and naming the last status after ``seconds`` otherwise."""
+    if not uri.startswith(("http://", "https://")):
+        raise AccessError(f"MLFLOW_TRACKING_URI must be an http(s) address like http://mlflow:5000, got {uri!r}")
     deadline = time.monotonic() + seconds
     status = answers(uri.rstrip("/") + READY_PATH, username, password)
-    while status != 200 and time.monotonic() < deadline:
+    while status not in (200, 401) and time.monotonic() < deadline:
         time.sleep(2)
         status = answers(uri.rstrip("/") + READY_PATH, username, password)
     if status == 401:
@@ -189,6 +208,14 @@ def ensure_resources(experiment_name: str, model_name: str) -> str:
     return str(experiment_id)
 
 
+def _number(name: str, default: float) -> float:
+    raw = os.environ.get(name) or str(default)
+    try:
+        return float(raw)
+    except ValueError:
+        raise AccessError(f"{name} must be a number, got {raw!r}") from None
+
+
 def users(report: Callable[[str], None] = print) -> None:
     """Reconcile the users and grants of ROLES with the environment (the `mlflow-users` Job).
 
@@ -200,7 +227,7 @@ def users(report: Callable[[str], None] = print) -> None:
     uri = _required("MLFLOW_TRACKING_URI")
     admin = os.environ.get("MLFLOW_AUTH_ADMIN_USERNAME") or "admin"
     admin_password = _required("MLFLOW_AUTH_ADMIN_PASSWORD")
-    wait_for_server(uri, admin, admin_password, float(os.environ.get("ACCESS_WAIT_SECONDS", "300")))
+    wait_for_server(uri, admin, admin_password, _number("ACCESS_WAIT_SECONDS", 300))
     os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = admin, admin_password
     from mlflow.server.auth.client import AuthServiceClient
 
@@ -226,8 +253,9 @@ def serve_metrics() -> None:
     Path(folder).mkdir(parents=True, exist_ok=True)
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=folder)
-    port = int(os.environ.get("MLFLOW_METRICS_PORT", "9101"))
+    port = int(_number("MLFLOW_METRICS_PORT", 9101))
     start_http_server(port, registry=registry)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # PID 1 in its container: no default handler
     print(f"serving the metrics of {folder} on port {port}", flush=True)
     while True:
         time.sleep(3600)
@@ -246,7 +274,7 @@ def main(argv: list[str]) -> int:
         elif argv == ["metrics"]:
             serve_metrics()
         else:
-            print("usage: access.py config PATH | users | probe | metrics", file=sys.stderr)
+            print(USAGE, file=sys.stderr)
             return 2
     except AccessError as exc:
         print(f"error: {exc}", file=sys.stderr)

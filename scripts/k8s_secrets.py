@@ -34,9 +34,16 @@ def main(root: Path, rotate: frozenset[str] = frozenset()) -> int:
     if not examples:
         print(f"no */secrets.env.example under {root}", file=sys.stderr)
         return 1
-    unknown = rotate - {key for example in examples for key in _read(example)}
-    if unknown:
-        print(f"cannot rotate {', '.join(sorted(unknown))}: no secrets.env.example holds it", file=sys.stderr)
+    generated = {key for example in examples for key, default in _read(example).items() if not default}
+    fixed = {key for example in examples for key, default in _read(example).items() if default}
+    if rotate - generated:
+        bad = sorted(rotate - generated)
+        why = (
+            "its value is fixed in the example (not a secret)"
+            if set(bad) <= fixed
+            else "no secrets.env.example holds it"
+        )
+        print(f"cannot rotate {', '.join(bad)}: {why}", file=sys.stderr)
         return 1
     existing = {p: _read(p.with_name("secrets.env")) for p in examples if p.with_name("secrets.env").exists()}
     shared = {key: secrets.token_urlsafe(24) for key in rotate}
@@ -57,6 +64,7 @@ def _write(example: Path, root: Path, kept: dict[str, str], shared: dict[str, st
         shared.setdefault(key, value)
         lines.append(f"{key}={value}\n")
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT: make it 600 too
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.writelines(lines)
     rotated = sorted(rotate & set(_read(example)))

@@ -158,12 +158,16 @@ def mlflow_stack(
         _unavailable(f"MySQL at {mysql_admin_url} is not usable: {exc}")
     users = PostgresDatabases(postgres_admin_url)
     config = read_env_file(REPO / "mlflow" / "config.env")
-    stack = start_stack(
-        f"{mysql_admin_url}/{name}", users.create("mlflow_auth"), tmp_path_factory.mktemp("mlflow"), config, os.environ
-    )
-    yield stack
-    stack.stop()
-    users.drop_all()
-    with admin.connect() as conn:
-        conn.execute(text(f"DROP DATABASE IF EXISTS {name}"))
-    admin.dispose()
+    # Only what any process needs: every MLflow setting must come from the manifests, as in the pod.
+    base = {key: os.environ[key] for key in ("PATH", "HOME", "LANG", "TMPDIR") if key in os.environ}
+    try:
+        stack = start_stack(
+            f"{mysql_admin_url}/{name}", users.create("mlflow_auth"), tmp_path_factory.mktemp("mlflow"), config, base
+        )
+        yield stack
+        stack.stop()
+    finally:
+        users.drop_all()
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {name}"))
+        admin.dispose()

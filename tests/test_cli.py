@@ -226,3 +226,15 @@ def test_purge_predictions_keeps_the_retention_of_the_embedded_log(tmp_path: Pat
     option = _cli("purge-predictions", "--days", "1", "--log-url", url, "--chunk-rows", "2", cwd=elsewhere)
     assert option.returncode == 0, option.stderr
     assert "purge-predictions: 0 row(s) older than 1 day(s)" in option.stdout and "in 0 chunk(s)" in option.stdout
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [("mysql://nobody:not-a-password@127.0.0.1:9/inference", "Can't connect"), ("foo://bar", "Can't load plugin")],
+)
+def test_purge_predictions_reports_an_unusable_log_in_one_line(tmp_path: Path, url: str, reason: str) -> None:
+    """Was a 169-line traceback ending in the driver's error."""
+    done = _cli("purge-predictions", "--log-url", url, cwd=tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert reason in done.stderr and "check --log-url or PREDICTION_LOG_URL" in done.stderr
+    assert "not-a-password" not in done.stderr  # the URL is shown without its password

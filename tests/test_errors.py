@@ -50,3 +50,32 @@ def test_an_empty_message_gives_the_error_type() -> None:
 def test_always_one_nonempty_line_within_the_limit(text: str, limit: int) -> None:
     line = short_reason(RuntimeError(text), limit)
     assert line and "\n" not in line and "\r" not in line and len(line) <= limit
+
+
+class _RefusalError(Exception):
+    """An MLflow-like error: a code and a message."""
+
+    def __init__(self, error_code: str, message: str) -> None:
+        super().__init__(message)
+        self.error_code = error_code
+
+
+def test_access_advice_tells_missing_refused_and_forbidden_apart() -> None:
+    from readmission.errors import access_advice
+
+    refused = _RefusalError("UNAUTHENTICATED", "API request to /api/2.0/mlflow/... failed with error code 401 != 200")
+    forbidden = _RefusalError("PERMISSION_DENIED", "API request to ... failed with error code 403 != 200")
+    none_given = access_advice(refused, None)
+    assert (
+        none_given is not None and "none was given" in none_given and "MLFLOW_TRACKING_USERNAME=trainer" in none_given
+    )
+    wrong = access_advice(refused, "trainer")
+    assert wrong is not None and "refused the credentials of user trainer (401)" in wrong
+    denied = access_advice(forbidden, "inference", ("inference", "MLFLOW_INFERENCE_PASSWORD in x"))
+    assert (
+        denied is not None
+        and "MLflow user inference may not do this (403)" in denied
+        and "the inference user" in denied
+    )
+    assert access_advice(_RefusalError("INTERNAL_ERROR", "error code 500"), "trainer") is None
+    assert access_advice(ConnectionError("Connection refused"), "trainer") is None

@@ -213,21 +213,26 @@ def test_every_workload_has_the_security_baseline(rendered: list[dict[str, Any]]
             assert {"cpu", "memory"} <= set(resources.get("limits", {})), where
             assert all(p.get("name") for p in container.get("ports", [])), f"{where}: unnamed port"
             is_server = workload in {o["metadata"]["name"] for o in rendered if o["kind"] == "Deployment"}
-            if is_server and container in spec["containers"]:  # init containers run to completion: no probes
+            if is_server and container is spec["containers"][0]:  # init containers run to completion: no probes
                 readiness, liveness = container.get("readinessProbe"), container.get("livenessProbe")
                 assert readiness and liveness, f"{where}: readiness and liveness probes"
                 assert readiness != liveness, f"{where}: the two probes test the same thing"
+            elif is_server and container in spec["containers"]:  # a sidecar: restarted when dead, but it must
+                assert container.get("livenessProbe"), f"{where}: liveness probe"  # not take the pod out of service
+                assert "readinessProbe" not in container, f"{where}: a sidecar's readiness would gate the pod's"
 
 
-def _environment(rendered: list[dict[str, Any]], workload: str) -> dict[str, str]:
-    """The environment a workload's main container gets: ConfigMaps (envFrom), literal values, $(VAR)s
-    expanded, and Secret values decoded (the rendered Secrets hold the generated test values)."""
+def _environment(rendered: list[dict[str, Any]], workload: str, container_name: str | None = None) -> dict[str, str]:
+    """The environment a workload's container gets (default: its main one): ConfigMaps (envFrom), literal
+    values, $(VAR)s expanded, and Secret values decoded (the rendered Secrets hold the generated test values)."""
     import base64
 
     data = {
         (o["kind"], o["metadata"]["name"]): o.get("data", {}) for o in rendered if o["kind"] in {"ConfigMap", "Secret"}
     }
-    (container, *_) = next(spec for name, spec, _ in _pod_specs(rendered) if name == workload)["containers"]
+    pod = next(spec for name, spec, _ in _pod_specs(rendered) if name == workload)
+    containers = [*pod.get("initContainers", []), *pod["containers"]]
+    container = next(c for c in containers if c["name"] == container_name) if container_name else pod["containers"][0]
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
         kind, ref = (
@@ -255,8 +260,9 @@ def test_service_addresses_in_settings_name_existing_services(rendered: list[dic
     }
     seen = set()
     workloads = ("mlflow", "inference-api", "prediction-log-purge", "streamlit", "locust-master", "locust-worker")
-    for workload in (*workloads, "locust-capacity"):
-        for name, value in _environment(rendered, workload).items():
+    every = [(w, None) for w in (*workloads, "locust-capacity", "mlflow-users")] + [("mlflow", "auth-config")]
+    for workload, container in every:
+        for name, value in _environment(rendered, workload, container).items():
             if "://" in value and not value.startswith("s3://") and not name.endswith("_ORIGINS"):  # origins: browsers
                 url = urlsplit(value)
                 assert url.hostname in services, f"{workload} {name}: no Service {url.hostname}"
@@ -278,6 +284,8 @@ def test_a_password_two_folders_share_has_one_value(rendered: list[dict[str, Any
         "MLFLOW_S3_PASSWORD": ("minio-credentials", "mlflow-credentials"),
         "MLFLOW_S3_USER": ("minio-credentials", "mlflow-credentials"),
         "CLEAN_READER_PASSWORD": ("postgres-credentials", "locust-credentials"),
+        "MLFLOW_AUTH_DB_PASSWORD": ("postgres-credentials", "mlflow-credentials"),
+        "MLFLOW_INFERENCE_PASSWORD": ("mlflow-credentials", "inference-api-credentials"),
     }.items():
         assert secrets[owner][key] == secrets[client][key], key
         assert len(base64.b64decode(secrets[owner][key])) >= 8, key
@@ -285,6 +293,34 @@ def test_a_password_two_folders_share_has_one_value(rendered: list[dict[str, Any
     assert url.startswith("mysql://inference:") and url.endswith("@mysql:3306/inference")
     purge = _environment(rendered, "prediction-log-purge")["PREDICTION_LOG_URL"]
     assert purge.startswith("mysql://inference_purge:") and purge.endswith("@mysql:3306/inference")
+
+
+def test_the_mlflow_pod_and_its_clients_agree_on_paths_users_and_ports(rendered: list[dict[str, Any]]) -> None:
+    """What the MLflow server's pieces must share: the auth configuration file (written by `auth-config`, read
+    by the server, on one volume), the metrics folder (written by the workers, served by the sidecar), the
+    usernames the Job creates and the clients sign in with, and the port Prometheus scrapes."""
+    pod = next(spec for name, spec, _ in _pod_specs(rendered) if name == "mlflow")
+    containers = {c["name"]: c for c in [*pod["initContainers"], *pod["containers"]]}
+
+    def mount_of(container: str, path: str) -> str:
+        mounts = containers[container]["volumeMounts"]
+        return next(m["name"] for m in mounts if path.startswith(m["mountPath"].rstrip("/") + "/"))
+
+    written = containers["auth-config"]["command"][-1]
+    read = _environment(rendered, "mlflow")["MLFLOW_AUTH_CONFIG_PATH"]
+    assert written == read and mount_of("auth-config", written) == mount_of("mlflow", read) == "access-config"
+    exported = next(a.split("=", 1)[1] for a in containers["mlflow"]["args"] if a.startswith("--expose-prometheus="))
+    served = _environment(rendered, "mlflow", "metrics")["PROMETHEUS_MULTIPROC_DIR"]
+    assert exported == served and mount_of("mlflow", exported) == mount_of("metrics", served)
+    job = _environment(rendered, "mlflow-users")
+    assert _environment(rendered, "inference-api")["MLFLOW_TRACKING_USERNAME"] == job["MLFLOW_INFERENCE_USERNAME"]
+    airflow = read_env_file(REPO / "airflow" / ".env.example")
+    assert airflow["MLFLOW_TRACKING_USERNAME"] == job["MLFLOW_TRAINER_USERNAME"]
+    scrape = yaml.safe_load((REPO / "prometheus" / "prometheus.yml").read_text())["scrape_configs"]
+    (target,) = next(j for j in scrape if j["job_name"] == "mlflow")["static_configs"][0]["targets"]
+    service = next(o for o in rendered if o["kind"] == "Service" and o["metadata"]["name"] == "mlflow")
+    port = next(p for p in service["spec"]["ports"] if f"mlflow:{p['port']}" == target)
+    assert port["targetPort"] == "metrics" and any(p["name"] == "metrics" for p in containers["metrics"]["ports"])
 
 
 def test_the_api_stays_available_through_rollouts_drains_and_load(rendered: list[dict[str, Any]]) -> None:
@@ -467,6 +503,12 @@ def test_make_k8s_secrets_shares_names_keeps_existing_values_and_rotates_on_requ
     assert after["db"]["ROOT_PASSWORD"] == first["db"]["ROOT_PASSWORD"]  # only the named value changes
     unknown = subprocess.run([*script, "--rotate", "NO_SUCH_NAME"], capture_output=True, text=True)
     assert unknown.returncode == 1 and "cannot rotate NO_SUCH_NAME" in unknown.stderr
+    fixed = subprocess.run([*script, "--rotate", "MODE"], capture_output=True, text=True)
+    assert fixed.returncode == 1 and "its value is fixed in the example" in fixed.stderr
+    (tmp_path / "db" / "secrets.env").chmod(0o644)
+    subprocess.run(script, check=True, capture_output=True)
+    assert (tmp_path / "db" / "secrets.env").stat().st_mode & 0o777 == 0o600  # a loosened file is tightened
+    after = {"db": values("db"), "client": values("client")}
     assert {"db": values("db"), "client": values("client")} == after  # a refused rotation writes nothing
 
 
@@ -501,7 +543,7 @@ def test_policy_scan_of_the_rendered_manifests_and_dockerfiles(checkout: Path, t
     images = _checkov("--framework", "dockerfile", *[arg for path in dockerfiles for arg in ("-f", path)])
     assert images.returncode == 0 and "Failed checks: 0," in images.stdout, _failed_checks(images.stdout)
     annotated = [line for line in rendered.read_text().splitlines() if "checkov.io/skip" in line]
-    assert len(annotated) <= 5 and all("=" in line and len(line.split("=", 1)[1]) > 20 for line in annotated)
+    assert len(annotated) <= 6 and all("=" in line and len(line.split("=", 1)[1]) > 20 for line in annotated)
 
 
 def test_the_policy_scan_fails_a_privileged_container(rendered: list[dict[str, Any]], tmp_path: Path) -> None:

@@ -22,7 +22,16 @@ import mlflow
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mlflowstack import Stack, container_env, free_port, http_status, server_args
+from mlflowstack import (
+    ACCESS_SCRIPT,
+    Stack,
+    container_env,
+    free_port,
+    generated_secrets,
+    http_status,
+    pod_containers,
+    server_args,
+)
 from sqlalchemy import create_engine, inspect, text
 
 from readmission.registry import CHAMPION, MODEL_NAME
@@ -47,11 +56,15 @@ def _call(stack: Stack, method: str, path: str, user: str | None = None, body: d
     return http_status(request)
 
 
-def _cli(stack: Stack, cwd: Path, *args: str, password: str | None = None) -> subprocess.CompletedProcess[str]:
-    """The `readmission` CLI as the trainer (the Airflow VM's and an operator's credentials)."""
+def _cli(
+    stack: Stack, cwd: Path, *args: str, password: str | None = None, **extra: str
+) -> subprocess.CompletedProcess[str]:
+    """The `readmission` CLI as the trainer (the Airflow VM's and an operator's credentials); ``extra``
+    variables override."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_S3"))}
     env.update(FAST_TRAINING, COLUMNS="200", MLFLOW_TRACKING_URI=stack.tracking, MLFLOW_TRACKING_USERNAME="trainer")
     env["MLFLOW_TRACKING_PASSWORD"] = password or stack.secret["MLFLOW_TRAINER_PASSWORD"]
+    env.update(extra)
     command = [sys.executable, "-m", "readmission.cli.app", *args]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
@@ -134,9 +147,23 @@ def test_the_trainer_cannot_delete_versions_or_manage_users(mlflow_stack: Stack,
 
 def test_the_cli_names_the_credentials_when_the_server_refuses_them(mlflow_stack: Stack, tmp_path: Path) -> None:
     refused = _cli(mlflow_stack, tmp_path, "models", password="not-the-trainer-password")
-    assert refused.returncode != 0
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "MLflow refused the credentials of user trainer (401)" in refused.stderr
     assert "MLFLOW_TRACKING_USERNAME" in refused.stderr and "MLFLOW_TRACKING_PASSWORD" in refused.stderr
-    assert "Traceback" not in refused.stderr
+
+
+def test_the_cli_says_which_user_lacks_the_permission(mlflow_stack: Stack, trained: str, tmp_path: Path) -> None:
+    as_inference = {"MLFLOW_TRACKING_USERNAME": "inference"}
+    forbidden = _cli(
+        mlflow_stack,
+        tmp_path,
+        "rollback",
+        trained,
+        password=mlflow_stack.secret["MLFLOW_INFERENCE_PASSWORD"],
+        **as_inference,
+    )
+    assert forbidden.returncode != 0 and "Traceback" not in forbidden.stderr
+    assert "MLflow user inference may not do this (403)" in forbidden.stderr, forbidden.stderr
 
 
 def _auth_tables(url: str) -> dict[str, list[tuple[Any, ...]]]:
@@ -177,7 +204,8 @@ def test_a_rotated_password_is_applied_by_the_job_and_the_old_one_stops_working(
 
 
 def test_the_job_names_a_wrong_admin_password(mlflow_stack: Stack) -> None:
-    done = mlflow_stack.run_users_job(MLFLOW_AUTH_ADMIN_PASSWORD="not-the-admin-password", ACCESS_WAIT_SECONDS="1")
+    # A refused password does not change by waiting: the Job stops at once, not after ACCESS_WAIT_SECONDS.
+    done = mlflow_stack.run_users_job(MLFLOW_AUTH_ADMIN_PASSWORD="not-the-admin-password", ACCESS_WAIT_SECONDS="3600")
     assert done.returncode == 2
     assert "refused the admin's credentials" in done.stderr and "Traceback" not in done.stderr
 
@@ -191,24 +219,26 @@ def test_the_job_names_a_wrong_admin_password(mlflow_stack: Stack) -> None:
     ],
 )
 def test_the_pod_does_not_start_with_a_default_short_or_missing_admin_password(
-    mlflow_stack: Stack, tmp_path: Path, password: str, reason: str
+    tmp_path: Path, password: str, reason: str
 ) -> None:
-    env = container_env(
-        mlflow_stack.containers["auth-config"],
-        {},
-        {**mlflow_stack.secret, "MLFLOW_AUTH_ADMIN_PASSWORD": password},
-        {"MLFLOW_AUTH_DATABASE_URI": mlflow_stack.auth_db},
-    )
+    """The init container `auth-config`, run with its manifest environment: exit 2 naming the variable."""
+    spec = pod_containers()["auth-config"]
+    secret = {**generated_secrets(), "MLFLOW_AUTH_ADMIN_PASSWORD": password}
+    env = container_env(spec, {}, secret, {})
     target = tmp_path / "basic_auth.ini"
-    done = subprocess.run(
-        [*mlflow_stack.command("auth-config")[:-1], str(target)],
-        env={**os.environ, **env},
+    assert spec["command"][:2] == ["python", ACCESS_SCRIPT] and spec["command"][2] == "config"
+    command = [sys.executable, str(REPO / "mlflow" / "access.py"), "config", str(target)]
+    done = subprocess.run(command, env={"PATH": os.environ["PATH"], **env}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and reason in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and not target.exists()
+    good = subprocess.run(
+        command,
+        env={"PATH": os.environ["PATH"], **container_env(spec, {}, generated_secrets(), {})},
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert done.returncode == 2 and reason in done.stderr, done.stderr
-    assert not target.exists()
+    assert good.returncode == 0 and target.stat().st_mode & 0o777 == 0o600, good.stderr  # the same command works
 
 
 def test_mlflow_itself_refuses_the_default_admin_password_on_a_new_user_store(
@@ -285,3 +315,33 @@ def test_the_admin_password_rotates_as_the_readme_says(mlflow_stack: Stack) -> N
         assert again.returncode == 0 and "unchanged" in again.stdout, again.stderr
     finally:
         assert _patch_password(mlflow_stack, new, old) == 200
+
+
+def test_the_cli_reads_the_mlflow_user_from_dotenv(mlflow_stack: Stack, trained: str, tmp_path: Path) -> None:
+    """MLflow reads its variables from the environment only; `.env` lists them, so the CLI carries them over
+    (was: 'refused the credentials (401)' with the right user and password in `.env`)."""
+    (tmp_path / ".env").write_text(
+        f"MLFLOW_TRACKING_URI={mlflow_stack.tracking}\nMLFLOW_TRACKING_USERNAME=trainer\n"
+        f"MLFLOW_TRACKING_PASSWORD={mlflow_stack.secret['MLFLOW_TRAINER_PASSWORD']}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
+    command = [sys.executable, "-m", "readmission.cli.app", "models"]
+    done = subprocess.run(command, cwd=tmp_path, env={**env, "COLUMNS": "200"}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert f"champion v{trained}" in done.stdout
+
+
+def test_the_api_does_not_vouch_for_a_model_its_user_may_not_read(
+    mlflow_stack: Stack, trained: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow answers 403, not 404, for a model deleted or renamed since the grant: the API's registry
+    source reads that as "the alias is gone" (no `champion` label), not as an outage."""
+    from inference_api.model_manager import AliasNotFoundError, ModelSource
+
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "inference")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", mlflow_stack.secret["MLFLOW_INFERENCE_PASSWORD"])
+    assert ModelSource(mlflow_stack.tracking, MODEL_NAME, CHAMPION).resolve().version == trained
+    with pytest.raises(AliasNotFoundError, match=r"may not read model 'diabetes-readmission-renamed' \(403\)"):
+        ModelSource(mlflow_stack.tracking, "diabetes-readmission-renamed", CHAMPION).resolve()
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)

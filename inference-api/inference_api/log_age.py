@@ -21,7 +21,6 @@ from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import inspect
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
 from readmission.db import create_db_engine
 from readmission.errors import short_reason
@@ -73,7 +72,7 @@ class PredictionLogAge:
         """Read the oldest row's time; a failed read makes it unknown and logs once per run of failures."""
         try:
             self.oldest = self._read()
-        except SQLAlchemyError as exc:
+        except Exception as exc:  # any failure: the thread lives on and the age becomes unknown
             self.oldest = None
             if not self._failing:
                 log.warning("cannot read the prediction log's oldest row (retried every minute): %s", short_reason(exc))

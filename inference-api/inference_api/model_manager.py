@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import gc
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -60,6 +61,7 @@ class VersionRef:
 
 
 REGISTRY_OK, ALIAS_MISSING, VERSION_DELETED = "ok", "alias_missing", "version_deleted"
+SERVICE_ROLE = ("inference", "MLFLOW_INFERENCE_PASSWORD in inference-api/secrets.env")  # its MLflow user
 ALIAS_MOVED = "alias_moved"  # the alias names another version, which failed to load
 # First word of not_ready_reason before the first registry read, and while the first model loads (scripts/serve.py
 # and the page read them: the service will be ready by itself, nothing for the user to do).
@@ -89,12 +91,22 @@ class ModelSource:
 
         The alias is read from the registered model (MLflow answers a missing alias with the same error code
         as a bad argument, so it is not inferred from an error; the rule is ``readmission.registry``'s).
-        Raises ``AliasNotFoundError`` when the registry says the alias (or the model) does not exist, and
-        any other exception when the registry cannot be read (an outage).
+        Raises ``AliasNotFoundError`` when the registry says the alias (or the model) does not exist, or
+        refuses this user the model (403: MLflow answers so for a model deleted or renamed since the grant,
+        or a grant revoked; the service cannot vouch for the alias either way), and any other exception when
+        the registry cannot be read (an outage).
         """
-        from readmission.registry import alias_version
+        from readmission.registry import RegistryUnavailableError, alias_version, is_forbidden
 
-        version = alias_version(self._client, self.alias, self.name)
+        try:
+            version = alias_version(self._client, self.alias, self.name)
+        except RegistryUnavailableError as exc:
+            if not is_forbidden(exc.__cause__):
+                raise
+            user = os.environ.get("MLFLOW_TRACKING_USERNAME") or "(anonymous)"
+            raise AliasNotFoundError(
+                f"MLflow user {user} may not read model {self.name!r} (403): deleted, renamed or its grant revoked"
+            ) from exc
         if version is None:
             raise AliasNotFoundError(f"model {self.name!r} has no alias `{self.alias}`")
         found = self._client.get_model_version(self.name, version)
@@ -265,7 +277,10 @@ class ModelManager:
 
     def _registry_error(self, exc: Exception) -> str:
         """The registry could not be read: keep the model and its last known status, count and log it."""
-        reason = f"cannot resolve the registry alias: {_short(exc)}"
+        from readmission.errors import access_advice
+
+        advice = access_advice(exc.__cause__ or exc, os.environ.get("MLFLOW_TRACKING_USERNAME"), SERVICE_ROLE)
+        reason = f"cannot resolve the registry alias: {_short(exc)}" + (f"; {advice}" if advice else "")
         self._metrics.model_checks.labels(outcome="registry_error").inc()
         self.last_error = reason
         if self.current is None:

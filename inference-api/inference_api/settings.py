@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from readmission.mlflow_credentials import MlflowCredentials
 from readmission.names import CHAMPION, DEFAULT_RETENTION_DAYS, MODEL_NAME
 
 MIN_RELOAD_TOKEN_CHARS = 16
@@ -48,7 +49,7 @@ class PredictionLogSettings(BaseSettings):
         return self.prediction_log_url or f"sqlite:///{self.data_dir / 'predictions.db'}"
 
 
-class ApiSettings(PredictionLogSettings):
+class ApiSettings(PredictionLogSettings, MlflowCredentials):
     """What the service serves, where it logs, and how it batches."""
 
     host: str = Field("127.0.0.1", description="Address uvicorn listens on (0.0.0.0 in a container).")
@@ -132,7 +133,7 @@ class ApiSettings(PredictionLogSettings):
     @field_validator("mlflow_tracking_uri", "reload_token", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
-        return None if value == "" else value
+        return None if isinstance(value, str) and not value.strip() else value  # blanks count as empty too
 
     @model_validator(mode="after")
     def _check_bands(self) -> ApiSettings:
@@ -167,6 +168,7 @@ class ApiSettings(PredictionLogSettings):
         without replacing a value the operator exported."""
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(self.mlflow_http_request_max_retries))
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(self.mlflow_http_request_timeout))
+        self.export_mlflow_credentials()
 
     @property
     def bands(self) -> tuple[float, float]:

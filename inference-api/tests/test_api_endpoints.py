@@ -200,8 +200,9 @@ def test_reload_without_the_token_is_401(client: TestClient, authorization: str 
     assert TEST_TOKEN not in refused.text
 
 
-def test_reload_with_the_token_checks_the_registry(client: TestClient) -> None:
-    ok = client.post("/model/reload", headers={"Authorization": f"Bearer {TEST_TOKEN}"})
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])  # case-insensitive (RFC 9110 11.1)
+def test_reload_with_the_token_checks_the_registry(client: TestClient, scheme: str) -> None:
+    ok = client.post("/model/reload", headers={"Authorization": f"{scheme} {TEST_TOKEN}"})
     assert ok.status_code == 200 and ok.json() == {"outcome": "unchanged", "version": "1", "last_error": None}
 
 

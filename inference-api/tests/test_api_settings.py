@@ -36,9 +36,10 @@ def test_bad_band_thresholds_name_the_setting() -> None:
         ApiSettings(_env_file=None, risk_band_thresholds="high", development_mode=True)  # type: ignore[call-arg]
 
 
-def test_an_empty_reload_token_is_refused_outside_development() -> None:
+@pytest.mark.parametrize("blank", [None, "", " " * 20, "\t\n"])
+def test_an_empty_reload_token_is_refused_outside_development(blank: str | None) -> None:
     with pytest.raises(ValidationError) as refused:
-        ApiSettings(_env_file=None)  # type: ignore[call-arg]
+        ApiSettings(_env_file=None, reload_token=blank)  # type: ignore[call-arg]
     message = str(refused.value)
     assert "RELOAD_TOKEN is empty" in message and "DEVELOPMENT_MODE" in message
     assert "make k8s-secrets" in message and "DEVELOPMENT_MODE=true" in message
@@ -81,3 +82,18 @@ def test_the_service_does_not_start_without_a_token_outside_development(tmp_path
     assert done.stderr.startswith("inference API: invalid settings, not starting:")
     assert "RELOAD_TOKEN is empty and DEVELOPMENT_MODE is not set" in done.stderr
     assert "make k8s-secrets" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_mlflow_credentials_in_dotenv_reach_the_mlflow_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow reads its user from the environment only; the settings carry them over from `.env` (an
+    exported value wins). Was: `.env` credentials ignored, 503 UNAUTHENTICATED."""
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    env_file = tmp_path / ".env"
+    env_file.write_text("MLFLOW_TRACKING_USERNAME=inference\nMLFLOW_TRACKING_PASSWORD=from-the-dotenv-file\n")
+    ApiSettings(_env_file=env_file, development_mode=True).apply_mlflow_client_environment()  # type: ignore[call-arg]
+    assert os.environ["MLFLOW_TRACKING_USERNAME"] == "inference"
+    assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "from-the-dotenv-file"
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "exported")
+    ApiSettings(_env_file=env_file, development_mode=True).apply_mlflow_client_environment()  # type: ignore[call-arg]
+    assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "exported"

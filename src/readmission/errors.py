@@ -62,20 +62,28 @@ _REFUSED = re.compile(r"error code 401\b|\bUNAUTHENTICATED\b")
 _FORBIDDEN = re.compile(r"error code 403\b|\bPERMISSION_DENIED\b")
 
 
-def access_advice(error: BaseException, username: str | None) -> str | None:
+TRAINER = ("trainer", "MLFLOW_TRAINER_PASSWORD in mlflow/secrets.env")
+
+
+def access_advice(error: BaseException, username: str | None, role: tuple[str, str] = TRAINER) -> str | None:
     """What to do when MLflow refused a call for want of credentials (HTTP 401) or of a permission (403);
-    None for any other failure. ``username``: MLFLOW_TRACKING_USERNAME as the caller set it."""
+    None for any other failure. ``username``: MLFLOW_TRACKING_USERNAME as the caller set it; ``role``: the
+    MLflow user the caller should be and where its password is (README, "Security")."""
     text = f"{getattr(error, 'error_code', '')} {error}"
+    user, password = role
+    if _REFUSED.search(text) and not username:
+        return (
+            f"MLflow requires a user (401) and none was given: set MLFLOW_TRACKING_USERNAME={user} and "
+            f"MLFLOW_TRACKING_PASSWORD (its password is {password}; README, Security)"
+        )
     if _REFUSED.search(text):
         return (
-            "MLflow refused the credentials (401): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to "
-            "your MLflow user (the trainer's password is MLFLOW_TRAINER_PASSWORD in mlflow/secrets.env; README, "
-            "Security)"
+            f"MLflow refused the credentials of user {username} (401): check MLFLOW_TRACKING_USERNAME and "
+            f"MLFLOW_TRACKING_PASSWORD (the {user} user's password is {password}; README, Security)"
         )
     if _FORBIDDEN.search(text):
         return (
-            f"MLflow user {username or '(none: MLFLOW_TRACKING_USERNAME is unset)'} may not do this (403): training, "
-            "registering and moving aliases need the trainer's user in MLFLOW_TRACKING_USERNAME and "
-            "MLFLOW_TRACKING_PASSWORD (README, Security)"
+            f"MLflow user {username or '(none: MLFLOW_TRACKING_USERNAME is unset)'} may not do this (403): it "
+            f"needs the {user} user in MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (README, Security)"
         )
     return None

@@ -47,6 +47,11 @@ def is_not_found(exc: MlflowException) -> bool:
     return bool(exc.error_code == "RESOURCE_DOES_NOT_EXIST")
 
 
+def is_forbidden(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is MLflow refusing the signed-in user a permission (HTTP 403)."""
+    return getattr(exc, "error_code", None) == "PERMISSION_DENIED"
+
+
 def unavailable_error(
     what: str, client: MlflowClient, exc: MlflowException, moved_to: str | None = None
 ) -> RegistryUnavailableError:

@@ -28,6 +28,9 @@ REPO = Path(__file__).resolve().parents[2]
 DEPLOYMENT = REPO / "mlflow" / "deployment.yaml"
 USERS_JOB = REPO / "mlflow" / "job-users.yaml"
 ACCESS_SCRIPT = "/opt/mlflow-access/access.py"  # where mlflow/Dockerfile puts mlflow/access.py
+# The pod's volumes (mlflow/deployment.yaml) as folders of a test stack: the auth configuration's memory
+# volume, and the workers' metrics folder on the shared /tmp volume.
+POD_PATHS = {"/etc/mlflow-access": "access", "/tmp/prometheus": "prometheus"}
 SECRET_KEYS = (
     "MLFLOW_AUTH_ADMIN_PASSWORD",
     "MLFLOW_FLASK_SERVER_SECRET_KEY",
@@ -79,17 +82,25 @@ def _expand(value: str, env: Mapping[str, str]) -> str:
     return re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], value)
 
 
+def local_path(value: str, stack_dir: Path) -> str:
+    """``value`` with the pod's volume paths (POD_PATHS) replaced by folders of ``stack_dir``."""
+    for pod_path, folder in POD_PATHS.items():
+        value = value.replace(pod_path, str(stack_dir / folder))
+    return value
+
+
 def container_env(
     container: dict[str, Any], config: Mapping[str, str], secret: Mapping[str, str], overrides: Mapping[str, str]
 ) -> dict[str, str]:
     """The environment Kubernetes gives ``container``: its ConfigMap (``config``, when it has an envFrom),
     then each `env` entry in order ($(VAR) expanded, secretKeyRef looked up in ``secret``); ``overrides``
-    replace the in-cluster addresses and paths afterwards."""
+    replace the in-cluster addresses and paths afterwards, of the variables the container declares only (a
+    variable the manifest forgot stays missing here too)."""
     env = dict(config) if container.get("envFrom") else {}
     for entry in container.get("env", []):
         ref = entry.get("valueFrom", {}).get("secretKeyRef")
         env[entry["name"]] = secret[ref["key"]] if ref else _expand(entry["value"], env)
-    return {**env, **overrides}
+    return {key: overrides.get(key, value) for key, value in env.items()}
 
 
 @dataclass
@@ -120,9 +131,7 @@ class Stack:
                 return sys.executable
             if arg == ACCESS_SCRIPT:
                 return str(REPO / "mlflow" / "access.py")
-            if arg.startswith("/etc/mlflow-access/"):
-                return str(self.logs / "access" / Path(arg).name)
-            return arg
+            return local_path(arg, self.logs)
 
         return [local(a) for a in command]
 
@@ -205,8 +214,6 @@ def start_stack(
         "MLFLOW_S3_ENDPOINT_URL": s3,
         "MLFLOW_BACKEND_STORE_URI": mysql_url,
         "MLFLOW_AUTH_DATABASE_URI": auth_db_url,
-        "MLFLOW_AUTH_CONFIG_PATH": str(stack_dir / "access" / "basic_auth.ini"),
-        "PROMETHEUS_MULTIPROC_DIR": str(stack_dir / "prometheus"),
         "MLFLOW_TRACKING_URI": stack.tracking,
         "MLFLOW_METRICS_PORT": str(metrics_port),
     }
@@ -220,17 +227,13 @@ def start_stack(
 
 def _start_processes(stack: Stack, config: dict[str, str], base: Mapping[str, str], addresses: dict[str, str]) -> None:
     def env_of(name: str) -> dict[str, str]:
-        return {**base, **container_env(stack.containers[name], config, stack.secret, addresses)}
+        env = container_env(stack.containers[name], config, stack.secret, addresses)
+        return {**base, **{key: local_path(value, stack.logs) for key, value in env.items()}}
 
     for init in ("db-upgrade", "auth-config"):
         _run_init(stack, init, env_of(init))
     server_env = env_of("mlflow")
-    server_env["prometheus_multiproc_dir"] = addresses["PROMETHEUS_MULTIPROC_DIR"]  # --expose-prometheus's folder
-    args = server_args(stack.containers["mlflow"], server_env, stack.port)
-    args = [
-        f"--expose-prometheus={addresses['PROMETHEUS_MULTIPROC_DIR']}" if a.startswith("--expose-prometheus") else a
-        for a in args
-    ]
+    args = [local_path(a, stack.logs) for a in server_args(stack.containers["mlflow"], server_env, stack.port)]
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), *args],
         env=server_env,

@@ -41,9 +41,10 @@ async def reload(request: Request, parts: ComponentsDep) -> dict[str, Any]:
     """Check the registry alias now and swap if it moved (needs `Authorization: Bearer <RELOAD_TOKEN>` when set)."""
     token = parts.settings.reload_token
     if token is not None:
-        given = request.headers.get("authorization", "")
-        expected = f"Bearer {token.get_secret_value()}"
-        if not hmac.compare_digest(given.encode(), expected.encode()):
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        expected = token.get_secret_value()
+        # The scheme is case-insensitive (RFC 9110 11.1); the token is compared in constant time.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), expected.encode()):
             raise StarletteHTTPException(
                 401, "a valid reload token is required (Authorization: Bearer ...)", {"WWW-Authenticate": "Bearer"}
             )

@@ -66,6 +66,7 @@ def _mlflow_environment(settings: Settings) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(settings.mlflow_http_request_max_retries))
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(settings.mlflow_http_request_timeout))
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    settings.export_mlflow_credentials()
 
 
 @app.command(rich_help_panel="The whole job")

@@ -26,7 +26,8 @@ def register_log_commands(
     @app.command("purge-predictions", rich_help_panel=PANEL)
     def purge_predictions(
         days: Annotated[
-            int | None, typer.Option("--days", min=1, help="Keep this many days (env PREDICTION_LOG_RETENTION_DAYS).")
+            int | None,
+            typer.Option("--days", min=1, help="Keep this many days (default: PREDICTION_LOG_RETENTION_DAYS, 90)."),
         ] = None,
         log_url: Annotated[
             str | None,
@@ -37,17 +38,26 @@ def register_log_commands(
         chunk_rows: Annotated[int, typer.Option("--chunk-rows", min=1, help="Rows per delete transaction.")] = 5_000,
     ) -> None:
         """Delete prediction-log rows older than the retention, in chunks (the API keeps logging meanwhile)."""
+        from sqlalchemy.exc import SQLAlchemyError
+
         from readmission.db import display_url
+        from readmission.errors import ReadmissionError, short_reason
         from readmission.retention import open_prediction_log, purge_prediction_log
 
         settings = settings_factory(prediction_log_url=log_url, prediction_log_retention_days=days)
-        engine = open_prediction_log(settings.log_url)  # PredictionLogMissingError: one line, exit 1
-        kept = settings.prediction_log_retention_days
-        with console.status(f"deleting rows older than {kept} day(s) from {display_url(settings.log_url)}"):
-            try:
-                result = purge_prediction_log(engine, kept, chunk_rows)
-            finally:
-                engine.dispose()
+        kept, where = settings.prediction_log_retention_days, display_url(settings.log_url)
+        try:
+            engine = open_prediction_log(settings.log_url)  # PredictionLogMissingError: one line, exit 1
+            with console.status(f"deleting rows older than {kept} day(s) from {where}"):
+                try:
+                    result = purge_prediction_log(engine, kept, chunk_rows)
+                finally:
+                    engine.dispose()
+        except SQLAlchemyError as exc:
+            raise ReadmissionError(
+                f"cannot purge the prediction log at {where}: {short_reason(exc)}; check --log-url or "
+                "PREDICTION_LOG_URL (rows deleted so far stay deleted: run it again to resume)"
+            ) from None
         out.print(
             f"purge-predictions: {result.deleted:,} row(s) older than {kept} day(s) (before "
             f"{result.cutoff:%Y-%m-%d %H:%M} UTC) deleted in {result.chunks} chunk(s) ({result.seconds:.1f} s)"

@@ -9,13 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
+from readmission.mlflow_credentials import MlflowCredentials
 from readmission.names import DEFAULT_BATCH_SIZE, DEFAULT_RETENTION_DAYS
 from readmission.source import UCI_ZIP_URL
 
 
-class Settings(BaseSettings):
+class Settings(MlflowCredentials):
     """Where the data comes from and where it goes."""
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", validate_default=True)
