@@ -36,14 +36,12 @@ def main(root: Path, rotate: frozenset[str] = frozenset()) -> int:
         return 1
     generated = {key for example in examples for key, default in _read(example).items() if not default}
     fixed = {key for example in examples for key, default in _read(example).items() if default}
-    if rotate - generated:
-        bad = sorted(rotate - generated)
-        why = (
-            "its value is fixed in the example (not a secret)"
-            if set(bad) <= fixed
-            else "no secrets.env.example holds it"
-        )
-        print(f"cannot rotate {', '.join(bad)}: {why}", file=sys.stderr)
+    problems = [
+        f"{key}: its value is fixed in the example (not a secret)" for key in sorted(rotate & fixed - generated)
+    ]
+    problems += [f"{key}: no secrets.env.example holds it" for key in sorted(rotate - fixed - generated)]
+    if problems:
+        print(f"cannot rotate {'; '.join(problems)}", file=sys.stderr)
         return 1
     existing = {p: _read(p.with_name("secrets.env")) for p in examples if p.with_name("secrets.env").exists()}
     shared = {key: secrets.token_urlsafe(24) for key in rotate}

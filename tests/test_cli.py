@@ -230,7 +230,11 @@ def test_purge_predictions_keeps_the_retention_of_the_embedded_log(tmp_path: Pat
 
 @pytest.mark.parametrize(
     ("url", "reason"),
-    [("mysql://nobody:not-a-password@127.0.0.1:9/inference", "Can't connect"), ("foo://bar", "Can't load plugin")],
+    [
+        ("mysql://nobody:not-a-password@127.0.0.1:9/inference", "Can't connect"),
+        ("foo://bar", "Can't load plugin"),
+        ("not-a-url", "Could not parse"),
+    ],
 )
 def test_purge_predictions_reports_an_unusable_log_in_one_line(tmp_path: Path, url: str, reason: str) -> None:
     """Was a 169-line traceback ending in the driver's error."""

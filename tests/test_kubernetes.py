@@ -320,7 +320,10 @@ def test_the_mlflow_pod_and_its_clients_agree_on_paths_users_and_ports(rendered:
     (target,) = next(j for j in scrape if j["job_name"] == "mlflow")["static_configs"][0]["targets"]
     service = next(o for o in rendered if o["kind"] == "Service" and o["metadata"]["name"] == "mlflow")
     port = next(p for p in service["spec"]["ports"] if f"mlflow:{p['port']}" == target)
-    assert port["targetPort"] == "metrics" and any(p["name"] == "metrics" for p in containers["metrics"]["ports"])
+    (sidecar_port,) = containers["metrics"]["ports"]
+    assert port["targetPort"] == sidecar_port["name"] == "metrics"
+    metrics_port = _environment(rendered, "mlflow", "metrics")["MLFLOW_METRICS_PORT"]
+    assert int(metrics_port) == sidecar_port["containerPort"]  # the sidecar listens where it is scraped
 
 
 def test_the_api_stays_available_through_rollouts_drains_and_load(rendered: list[dict[str, Any]]) -> None:
@@ -502,14 +505,14 @@ def test_make_k8s_secrets_shares_names_keeps_existing_values_and_rotates_on_requ
     assert after["db"]["APP_PASSWORD"] == after["client"]["APP_PASSWORD"] != first["db"]["APP_PASSWORD"]
     assert after["db"]["ROOT_PASSWORD"] == first["db"]["ROOT_PASSWORD"]  # only the named value changes
     unknown = subprocess.run([*script, "--rotate", "NO_SUCH_NAME"], capture_output=True, text=True)
-    assert unknown.returncode == 1 and "cannot rotate NO_SUCH_NAME" in unknown.stderr
+    assert unknown.returncode == 1 and "cannot rotate NO_SUCH_NAME: no secrets.env.example" in unknown.stderr
     fixed = subprocess.run([*script, "--rotate", "MODE"], capture_output=True, text=True)
     assert fixed.returncode == 1 and "its value is fixed in the example" in fixed.stderr
+    assert {"db": values("db"), "client": values("client")} == after  # a refused rotation writes nothing
     (tmp_path / "db" / "secrets.env").chmod(0o644)
     subprocess.run(script, check=True, capture_output=True)
     assert (tmp_path / "db" / "secrets.env").stat().st_mode & 0o777 == 0o600  # a loosened file is tightened
-    after = {"db": values("db"), "client": values("client")}
-    assert {"db": values("db"), "client": values("client")} == after  # a refused rotation writes nothing
+    assert {"db": values("db"), "client": values("client")} == after
 
 
 def _checkov(*args: str) -> subprocess.CompletedProcess[str]:

@@ -204,7 +204,8 @@ def test_a_rotated_password_is_applied_by_the_job_and_the_old_one_stops_working(
 
 
 def test_the_job_names_a_wrong_admin_password(mlflow_stack: Stack) -> None:
-    # A refused password does not change by waiting: the Job stops at once, not after ACCESS_WAIT_SECONDS.
+    # A refused password does not change by waiting: the Job stops at once, not after ACCESS_WAIT_SECONDS (an
+    # hour here: run_users_job's own 300 s timeout fails the test if it waits).
     done = mlflow_stack.run_users_job(MLFLOW_AUTH_ADMIN_PASSWORD="not-the-admin-password", ACCESS_WAIT_SECONDS="3600")
     assert done.returncode == 2
     assert "refused the admin's credentials" in done.stderr and "Traceback" not in done.stderr
@@ -326,7 +327,9 @@ def test_the_cli_reads_the_mlflow_user_from_dotenv(mlflow_stack: Stack, trained:
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
     command = [sys.executable, "-m", "readmission.cli.app", "models"]
-    done = subprocess.run(command, cwd=tmp_path, env={**env, "COLUMNS": "200"}, capture_output=True, text=True)
+    done = subprocess.run(
+        command, cwd=tmp_path, env={**env, "COLUMNS": "200"}, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     assert f"champion v{trained}" in done.stdout
 
@@ -340,8 +343,10 @@ def test_the_api_does_not_vouch_for_a_model_its_user_may_not_read(
 
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "inference")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", mlflow_stack.secret["MLFLOW_INFERENCE_PASSWORD"])
-    assert ModelSource(mlflow_stack.tracking, MODEL_NAME, CHAMPION).resolve().version == trained
-    with pytest.raises(AliasNotFoundError, match=r"may not read model 'diabetes-readmission-renamed' \(403\)"):
-        ModelSource(mlflow_stack.tracking, "diabetes-readmission-renamed", CHAMPION).resolve()
-    mlflow.set_tracking_uri(None)
-    mlflow.set_registry_uri(None)
+    try:
+        assert ModelSource(mlflow_stack.tracking, MODEL_NAME, CHAMPION).resolve().version == trained
+        with pytest.raises(AliasNotFoundError, match=r"may not read model 'diabetes-readmission-renamed' \(403\)"):
+            ModelSource(mlflow_stack.tracking, "diabetes-readmission-renamed", CHAMPION).resolve()
+    finally:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)

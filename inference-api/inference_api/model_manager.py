@@ -70,7 +70,13 @@ REGISTRY_STATUSES = (REGISTRY_OK, ALIAS_MISSING, VERSION_DELETED, ALIAS_MOVED)
 
 
 class AliasNotFoundError(LookupError):
-    """The registry answered that the alias (or the registered model) does not exist: an answer, not an outage."""
+    """The registry answered that the alias (or the registered model) does not exist: an answer, not an outage.
+    ``forbidden``: it answered 403 instead (model deleted or renamed since the grant, or the grant revoked), so
+    whether the version still exists cannot be asked either."""
+
+    def __init__(self, message: str, forbidden: bool = False) -> None:
+        super().__init__(message)
+        self.forbidden = forbidden
 
 
 class ModelSource:
@@ -105,7 +111,10 @@ class ModelSource:
                 raise
             user = os.environ.get("MLFLOW_TRACKING_USERNAME") or "(anonymous)"
             raise AliasNotFoundError(
-                f"MLflow user {user} may not read model {self.name!r} (403): deleted, renamed or its grant revoked"
+                f"MLflow user {user} may not read model {self.name!r} (403): the model was deleted or renamed, or "
+                "the user's grant was revoked (an admin re-runs the mlflow-users Job; MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD name the user)",
+                forbidden=True,
             ) from exc
         if version is None:
             raise AliasNotFoundError(f"model {self.name!r} has no alias `{self.alias}`")
@@ -293,20 +302,27 @@ class ModelManager:
         assert self._source is not None
         name, alias, current = self._source.name, self._source.alias, self.current
         if current is None:
-            self.not_ready_reason = f"the registry has no `{alias}` version of {name} ({exc})"
+            self.not_ready_reason = (
+                str(exc) if exc.forbidden else f"the registry has no `{alias}` version of {name} ({exc})"
+            )
             self._metrics.model_checks.labels(outcome=ALIAS_MISSING).inc()
             return ALIAS_MISSING
-        try:
-            exists: bool | None = self._source.version_exists(current.version)
-        except Exception as lookup_error:  # the alias is gone all the same: drop the label, check again later
-            self._registry_error(lookup_error)
-            exists = None
+        exists: bool | None = None
+        if not exc.forbidden:  # a 403 would answer the version lookup the same way: no need to ask
+            try:
+                exists = self._source.version_exists(current.version)
+            except Exception as lookup_error:  # the alias is gone all the same: drop the label, check again later
+                self._registry_error(lookup_error)
         status = VERSION_DELETED if exists is False else ALIAS_MISSING
-        what = {
-            True: "the alias was deleted",
-            False: "the version was deleted from the registry",
-            None: "the alias was deleted; whether the version still exists could not be checked",
-        }[exists]
+        what = (
+            str(exc)
+            if exc.forbidden
+            else {
+                True: "the alias was deleted",
+                False: "the version was deleted from the registry",
+                None: "the alias was deleted; whether the version still exists could not be checked",
+            }[exists]
+        )
         message = (
             f"the registry no longer names version {current.version} of {name} `{alias}` ({what}); it is still "
             f"served (the last good model) until `{alias}` is set again"

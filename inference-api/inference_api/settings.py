@@ -52,9 +52,6 @@ class PredictionLogSettings(BaseSettings):
 class ApiSettings(PredictionLogSettings, MlflowCredentials):
     """What the service serves, where it logs, and how it batches."""
 
-    # Declared again: the settings of both bases, whose defaults would otherwise mix (extra="forbid" of one).
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", validate_default=True)
-
     host: str = Field("127.0.0.1", description="Address uvicorn listens on (0.0.0.0 in a container).")
     port: int = Field(8000, ge=1, le=65535, description="Port uvicorn listens on.")
     instance_id: str = Field(

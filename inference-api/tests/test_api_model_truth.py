@@ -231,3 +231,32 @@ def test_while_the_first_champion_loads_the_service_says_loading(registry: Regis
         finally:
             GatedFirstLoadSource.release.set()
         wait_until(lambda: httpx.get(f"{api.url}/health/ready").status_code == 200, 120, "the model to load")
+
+
+class ForbiddenSource(ModelSource):
+    """MLflow refuses the service's user the model (403): deleted or renamed since the grant, or revoked."""
+
+    lookups = 0
+
+    def resolve(self) -> VersionRef:
+        if getattr(self, "forbidden", False):
+            raise AliasNotFoundError("MLflow user inference may not read model 'm' (403): ...", forbidden=True)
+        return super().resolve()
+
+    def version_exists(self, version: str) -> bool:
+        ForbiddenSource.lookups += 1
+        return super().version_exists(version)
+
+
+def test_a_403_on_the_model_drops_the_label_without_counting_an_outage(registry: Registry, tmp_path: Path) -> None:
+    """The 403 is an answer (the service cannot vouch for the alias), not a registry error on every poll."""
+    settings = settings_for(registry.uri, f"sqlite:///{tmp_path / 'log.db'}", model_poll_interval_seconds=3600)
+    app = create_app(settings, lambda: ForbiddenSource(registry.uri, settings.model_name, settings.model_alias))
+    with ApiServer(settings, app=app) as api:
+        wait_until(lambda: httpx.get(f"{api.url}/health/ready").status_code == 200, 120, "the model to load")
+        api.app.state.manager._source.forbidden = True
+        assert _reload(api) == "alias_missing" and _reload(api) == "alias_missing"
+        assert _labels(api)["info"] == ("1", None, "alias_missing")
+        assert "(403)" in httpx.get(f"{api.url}/model").json()["registry_message"]
+        assert ForbiddenSource.lookups == 0  # the version is not asked about: the same 403 would answer
+        assert api.app.state.manager.last_error and "cannot resolve" not in api.app.state.manager.last_error

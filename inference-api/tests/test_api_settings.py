@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from pydantic import ValidationError
@@ -84,16 +85,19 @@ def test_the_service_does_not_start_without_a_token_outside_development(tmp_path
     assert "make k8s-secrets" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_mlflow_credentials_in_dotenv_reach_the_mlflow_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mlflow_credentials_in_dotenv_reach_the_mlflow_client(tmp_path: Path) -> None:
     """MLflow reads its user from the environment only; the settings carry them over from `.env` (an
     exported value wins). Was: `.env` credentials ignored, 503 UNAUTHENTICATED."""
-    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
-        monkeypatch.delenv(name, raising=False)
     env_file = tmp_path / ".env"
     env_file.write_text("MLFLOW_TRACKING_USERNAME=inference\nMLFLOW_TRACKING_PASSWORD=from-the-dotenv-file\n")
-    ApiSettings(_env_file=env_file, development_mode=True).apply_mlflow_client_environment()  # type: ignore[call-arg]
-    assert os.environ["MLFLOW_TRACKING_USERNAME"] == "inference"
-    assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "from-the-dotenv-file"
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "exported")
-    ApiSettings(_env_file=env_file, development_mode=True).apply_mlflow_client_environment()  # type: ignore[call-arg]
-    assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "exported"
+    with mock.patch.dict(os.environ):  # restores the environment, the variables this test adds included
+        for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            os.environ.pop(name, None)
+        settings = ApiSettings(_env_file=env_file, development_mode=True)  # type: ignore[call-arg]
+        settings.apply_mlflow_client_environment()
+        assert os.environ["MLFLOW_TRACKING_USERNAME"] == "inference"
+        assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "from-the-dotenv-file"
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = "exported"
+        settings.apply_mlflow_client_environment()
+        assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "exported"
+    assert os.environ.get("MLFLOW_TRACKING_PASSWORD") != "exported"

@@ -81,6 +81,12 @@ def access_advice(error: BaseException, username: str | None, role: tuple[str, s
             f"MLflow refused the credentials of user {username} (401): check MLFLOW_TRACKING_USERNAME and "
             f"MLFLOW_TRACKING_PASSWORD (the {user} user's password is {password}; README, Security)"
         )
+    if _FORBIDDEN.search(text) and username == user:
+        return (
+            f"MLflow user {user} may not do this (403): its grants do not cover it (deletes need the admin), or the "
+            "model or experiment was deleted or renamed, or the grants are missing (an admin re-runs the "
+            "mlflow-users Job; README, Security)"
+        )
     if _FORBIDDEN.search(text):
         return (
             f"MLflow user {username or '(none: MLFLOW_TRACKING_USERNAME is unset)'} may not do this (403): it "

@@ -6,11 +6,14 @@ from __future__ import annotations
 import os
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class MlflowCredentials(BaseSettings):
-    """The two fields, for the CLI's and the API's settings classes to inherit."""
+    """The two fields, for the CLI's and the API's settings classes to inherit (their settings: `.env`, extra
+    variables ignored)."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", validate_default=True)
 
     mlflow_tracking_username: str | None = Field(
         None,

@@ -45,8 +45,9 @@ def register_log_commands(
         from readmission.retention import open_prediction_log, purge_prediction_log
 
         settings = settings_factory(prediction_log_url=log_url, prediction_log_retention_days=days)
-        kept, where = settings.prediction_log_retention_days, display_url(settings.log_url)
+        kept, where = settings.prediction_log_retention_days, settings.log_url.split("://", 1)[0] + "://..."
         try:
+            where = display_url(settings.log_url)  # an unparsable URL fails here, reported below
             engine = open_prediction_log(settings.log_url)  # PredictionLogMissingError: one line, exit 1
             with console.status(f"deleting rows older than {kept} day(s) from {where}"):
                 try:
