@@ -76,8 +76,9 @@ def auth_config_text() -> str:
     database_uri = _required("MLFLOW_AUTH_DATABASE_URI")
     if os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD") == PUBLISHED_DEFAULT_ADMIN:
         raise AccessError(
-            "MLFLOW_AUTH_ADMIN_PASSWORD is MLflow's documented default admin password, which anyone can look up: "
-            "refusing to start. Generate one with `make k8s-secrets` (or set your own of 16+ characters)"
+            "MLFLOW_AUTH_ADMIN_PASSWORD is the admin password older MLflow versions shipped (GHSA-gq3w-7jj3-x7gr), "
+            "which anyone can look up: refusing to start. Generate one with `make k8s-secrets` (or set your own of "
+            "16+ characters)"
         )
     _required("MLFLOW_AUTH_ADMIN_PASSWORD", secret=True)
     _required("MLFLOW_FLASK_SERVER_SECRET_KEY", secret=True)

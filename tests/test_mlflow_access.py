@@ -214,7 +214,7 @@ def test_the_job_names_a_wrong_admin_password(mlflow_stack: Stack) -> None:
 @pytest.mark.parametrize(
     ("password", "reason"),
     [
-        ("password1234", "documented default admin password"),
+        ("password1234", "the admin password older MLflow versions shipped"),
         ("short-one", "use at least 16"),
         ("", "MLFLOW_AUTH_ADMIN_PASSWORD is empty"),
     ],

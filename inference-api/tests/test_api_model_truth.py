@@ -189,12 +189,19 @@ class FlakyLookupSource(ModelSource):
         raise MlflowException("API request failed with error code 503", error_code="TEMPORARILY_UNAVAILABLE")
 
 
-def test_a_registry_error_after_the_alias_is_gone_still_drops_the_label(registry: Registry, tmp_path: Path) -> None:
-    """Before: the failed lookup kept `champion` on answers until a later poll, though the alias was gone."""
+@contextlib.contextmanager
+def _serving_with(source: type[ModelSource], registry: Registry, tmp_path: Path) -> Iterator[ApiServer]:
+    """The API on ``registry`` through ``source``, checked only on demand, once its model is loaded."""
     settings = settings_for(registry.uri, f"sqlite:///{tmp_path / 'log.db'}", model_poll_interval_seconds=3600)
-    app = create_app(settings, lambda: FlakyLookupSource(registry.uri, settings.model_name, settings.model_alias))
+    app = create_app(settings, lambda: source(registry.uri, settings.model_name, settings.model_alias))
     with ApiServer(settings, app=app) as api:
         wait_until(lambda: httpx.get(f"{api.url}/health/ready").status_code == 200, 120, "the model to load")
+        yield api
+
+
+def test_a_registry_error_after_the_alias_is_gone_still_drops_the_label(registry: Registry, tmp_path: Path) -> None:
+    """Before: the failed lookup kept `champion` on answers until a later poll, though the alias was gone."""
+    with _serving_with(FlakyLookupSource, registry, tmp_path) as api:
         api.app.state.manager._source.alias_gone = True
         assert _reload(api) == "alias_missing"
         labels = _labels(api)
@@ -250,10 +257,7 @@ class ForbiddenSource(ModelSource):
 
 def test_a_403_on_the_model_drops_the_label_without_counting_an_outage(registry: Registry, tmp_path: Path) -> None:
     """The 403 is an answer (the service cannot vouch for the alias), not a registry error on every poll."""
-    settings = settings_for(registry.uri, f"sqlite:///{tmp_path / 'log.db'}", model_poll_interval_seconds=3600)
-    app = create_app(settings, lambda: ForbiddenSource(registry.uri, settings.model_name, settings.model_alias))
-    with ApiServer(settings, app=app) as api:
-        wait_until(lambda: httpx.get(f"{api.url}/health/ready").status_code == 200, 120, "the model to load")
+    with _serving_with(ForbiddenSource, registry, tmp_path) as api:
         api.app.state.manager._source.forbidden = True
         assert _reload(api) == "alias_missing" and _reload(api) == "alias_missing"
         assert _labels(api)["info"] == ("1", None, "alias_missing")
