@@ -220,6 +220,7 @@ def job_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, s
     clean = build_synthetic_clean(folder, rows=1_500, seed=11)
     yield str(clean.url), f"sqlite:///{folder / 'mlflow.db'}", (folder / "artifacts").as_uri()
     mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -111,16 +112,25 @@ def test_a_wrong_password_gets_401(mlflow_stack: Stack) -> None:
     assert refused.value.code == 401
 
 
-def test_the_inference_user_loads_the_champion_and_cannot_change_anything(
-    mlflow_stack: Stack, trained: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_stack.tracking)
+@pytest.fixture
+def as_inference(mlflow_stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This process's MLflow client is the inference API's: its user, the stack's server for tracking and
+    registry (an earlier test may have left MLflow's process-wide registry URI elsewhere), no S3 access."""
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "inference")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", mlflow_stack.secret["MLFLOW_INFERENCE_PASSWORD"])
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL"):
         monkeypatch.delenv(name, raising=False)
-    client = mlflow.MlflowClient(mlflow_stack.tracking)
-    assert client.get_model_version_by_alias(MODEL_NAME, CHAMPION).version == trained
+    mlflow.set_tracking_uri(mlflow_stack.tracking)
+    mlflow.set_registry_uri(mlflow_stack.tracking)
+    yield
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
+
+
+@pytest.mark.usefixtures("as_inference")
+def test_the_inference_user_loads_the_champion_and_cannot_change_anything(mlflow_stack: Stack, trained: str) -> None:
+    client = mlflow.MlflowClient(mlflow_stack.tracking, registry_uri=mlflow_stack.tracking)
+    assert str(client.get_model_version_by_alias(MODEL_NAME, CHAMPION).version) == trained
     model = mlflow.sklearn.load_model(f"models:/{MODEL_NAME}@{CHAMPION}")
     assert hasattr(model, "predict_proba")
 
@@ -334,19 +344,12 @@ def test_the_cli_reads_the_mlflow_user_from_dotenv(mlflow_stack: Stack, trained:
     assert f"champion v{trained}" in done.stdout
 
 
-def test_the_api_does_not_vouch_for_a_model_its_user_may_not_read(
-    mlflow_stack: Stack, trained: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.mark.usefixtures("as_inference")
+def test_the_api_does_not_vouch_for_a_model_its_user_may_not_read(mlflow_stack: Stack, trained: str) -> None:
     """MLflow answers 403, not 404, for a model deleted or renamed since the grant: the API's registry
     source reads that as "the alias is gone" (no `champion` label), not as an outage."""
     from inference_api.model_manager import AliasNotFoundError, ModelSource
 
-    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "inference")
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", mlflow_stack.secret["MLFLOW_INFERENCE_PASSWORD"])
-    try:
-        assert ModelSource(mlflow_stack.tracking, MODEL_NAME, CHAMPION).resolve().version == trained
-        with pytest.raises(AliasNotFoundError, match=r"may not read model 'diabetes-readmission-renamed' \(403\)"):
-            ModelSource(mlflow_stack.tracking, "diabetes-readmission-renamed", CHAMPION).resolve()
-    finally:
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
+    assert ModelSource(mlflow_stack.tracking, MODEL_NAME, CHAMPION).resolve().version == trained
+    with pytest.raises(AliasNotFoundError, match=r"may not read model 'diabetes-readmission-renamed' \(403\)"):
+        ModelSource(mlflow_stack.tracking, "diabetes-readmission-renamed", CHAMPION).resolve()

@@ -68,6 +68,7 @@ def test_training_through_a_real_server_without_s3_credentials(
         assert experiment is not None and experiment.artifact_location.startswith("mlflow-artifacts:")
     finally:
         mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
 
     s3 = boto3.client("s3", endpoint_url=mlflow_stack.s3, **_boto_credentials())
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])]

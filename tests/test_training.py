@@ -55,6 +55,7 @@ def tracking(tmp_path: Path) -> Iterator[str]:
     prepare_tracking(uri, (tmp_path / "artifacts").as_uri())
     yield uri
     mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
 
 
 def _dummy(clean_db: Any) -> Pipeline:
