@@ -160,6 +160,18 @@ class Announcer:
             print(f"serve: open {ui} in a browser; Ctrl-C stops both", flush=True)
 
 
+def _api_environment(api_port: str, instance: str) -> dict[str, str]:
+    """The API child's environment: this one's, on ``api_port``, identified by ``instance``.
+
+    uvicorn's and the service's INFO lines (among them "Uvicorn running on <URL>" before the model is loaded)
+    stay out of the way: serve says what matters; LOG_LEVEL=info brings them back. DEVELOPMENT_MODE: `make run`
+    is the laptop path (the API listens on 127.0.0.1 unless HOST says otherwise); POST /model/reload is then
+    open without a token, and a RELOAD_TOKEN set in the environment or .env still closes it. Nothing here calls
+    it: the API follows the alias by itself.
+    """
+    return {"LOG_LEVEL": "warning", "DEVELOPMENT_MODE": "true", **os.environ, "PORT": api_port, "INSTANCE_ID": instance}
+
+
 def main() -> int:
     api_port, ui_port = os.environ.get("API_PORT", "8000"), os.environ.get("UI_PORT", "8501")
     api_host = os.environ.get("HOST", "127.0.0.1")
@@ -171,19 +183,7 @@ def main() -> int:
         return 1
     bindir = Path(sys.executable).parent
     instance = secrets.token_hex(8)
-    # uvicorn's and the service's INFO lines (among them "Uvicorn running on <URL>" before the model is
-    # loaded) stay out of the way: serve says what matters. LOG_LEVEL=info brings them back.
-    # DEVELOPMENT_MODE: `make run` is the laptop path (the API listens on 127.0.0.1 unless HOST says otherwise);
-    # POST /model/reload is then open without a token, and a RELOAD_TOKEN set in the environment or .env
-    # still closes it. Nothing here calls it: the API follows the alias by itself.
-    api_env = {
-        "LOG_LEVEL": "warning",
-        "DEVELOPMENT_MODE": "true",
-        **os.environ,
-        "PORT": api_port,
-        "INSTANCE_ID": instance,
-    }
-    api = subprocess.Popen([sys.executable, "-m", "inference_api"], env=api_env)
+    api = subprocess.Popen([sys.executable, "-m", "inference_api"], env=_api_environment(api_port, instance))
     ui = _start_ui(api_port, ui_port, bindir)
     processes = {"inference API": api, "UI": ui}
     stopping = False

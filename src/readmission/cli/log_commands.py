@@ -13,6 +13,8 @@ import typer
 from rich.console import Console
 
 if TYPE_CHECKING:
+    from readmission.retention import PurgeResult
+
     from .settings import Settings
 
 PANEL = "Prediction log"
@@ -38,28 +40,35 @@ def register_log_commands(
         chunk_rows: Annotated[int, typer.Option("--chunk-rows", min=1, help="Rows per delete transaction.")] = 5_000,
     ) -> None:
         """Delete prediction-log rows older than the retention, in chunks (the API keeps logging meanwhile)."""
-        from sqlalchemy.exc import SQLAlchemyError
-
-        from readmission.db import display_url
-        from readmission.errors import ReadmissionError, short_reason
-        from readmission.retention import open_prediction_log, purge_prediction_log
-
         settings = settings_factory(prediction_log_url=log_url, prediction_log_retention_days=days)
-        kept, where = settings.prediction_log_retention_days, settings.log_url.split("://", 1)[0] + "://..."
-        try:
-            where = display_url(settings.log_url)  # an unparsable URL fails here, reported below
-            engine = open_prediction_log(settings.log_url)  # PredictionLogMissingError: one line, exit 1
-            with console.status(f"deleting rows older than {kept} day(s) from {where}"):
-                try:
-                    result = purge_prediction_log(engine, kept, chunk_rows)
-                finally:
-                    engine.dispose()
-        except SQLAlchemyError as exc:
-            raise ReadmissionError(
-                f"cannot purge the prediction log at {where}: {short_reason(exc)}; check --log-url or "
-                "PREDICTION_LOG_URL (rows deleted so far stay deleted: run it again to resume)"
-            ) from None
+        kept = settings.prediction_log_retention_days
+        result = _purge(settings.log_url, kept, chunk_rows, console)
         out.print(
             f"purge-predictions: {result.deleted:,} row(s) older than {kept} day(s) (before "
             f"{result.cutoff:%Y-%m-%d %H:%M} UTC) deleted in {result.chunks} chunk(s) ({result.seconds:.1f} s)"
         )
+
+
+def _purge(url: str, kept: int, chunk_rows: int, console: Console) -> PurgeResult:
+    """Purge the log at ``url`` of rows older than ``kept`` days; ``ReadmissionError`` (one line, the URL without
+    its password) when it cannot be opened or read, ``PredictionLogMissingError`` when it does not exist yet."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from readmission.db import display_url
+    from readmission.errors import ReadmissionError, short_reason
+    from readmission.retention import open_prediction_log, purge_prediction_log
+
+    where = url.split("://", 1)[0] + "://..."
+    try:
+        where = display_url(url)  # an unparsable URL fails here, reported below
+        engine = open_prediction_log(url)
+        with console.status(f"deleting rows older than {kept} day(s) from {where}"):
+            try:
+                return purge_prediction_log(engine, kept, chunk_rows)
+            finally:
+                engine.dispose()
+    except SQLAlchemyError as exc:
+        raise ReadmissionError(
+            f"cannot purge the prediction log at {where}: {short_reason(exc)}; check --log-url or "
+            "PREDICTION_LOG_URL (rows deleted so far stay deleted: run it again to resume)"
+        ) from None
