@@ -12,7 +12,7 @@ DATA_PATH ?=
 PYTEST_ARGS ?=
 LINT_PATHS := src tests bench inference-api streamlit locust airflow scripts mlflow
 
-.PHONY: run test test-tools lint typecheck bench requirements clean-state k8s-secrets loadtest loadtest-ui observability
+.PHONY: run test test-tools images e2e lint typecheck bench requirements clean-state k8s-secrets loadtest loadtest-ui observability
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,17 @@ test: test-tools $(VENV)/.dev-installed $(AIRFLOW_VENV)/.installed $(CHECKOV_VEN
 	$(BIN)/mypy
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+## images: build the mlflow, inference-api, streamlit and locust images under the names and tags their
+##         kustomizations deploy (Docker where an engine answers, else buildah); prints build time and size
+images: $(VENV)/.dev-installed
+	$(BIN)/python scripts/images.py
+
+## e2e: build the images and run them as the manifests do (tests/test_images.py): MLflow, the pipeline
+##      training into it, the API, the page in Chromium, a Locust capacity run; needs PostgreSQL and MariaDB
+##      (TEST_POSTGRES_URL, TEST_MYSQL_URL) and the real file (TEST_DATA_PATH)
+e2e: test-tools $(VENV)/.dev-installed
+	$(BIN)/pytest tests/test_images.py $(PYTEST_ARGS)
+
 ## test-tools: the system tools the tests drive (apt on Debian, else the exact command to run)
 test-tools:
 	scripts/test-tools.sh
@@ -71,7 +82,7 @@ bench: $(VENV)/.dev-installed
 
 ## requirements: recompile the pinned requirement files from requirements/*.in
 requirements: $(BIN)/python
-	cd requirements && for f in lib api ui run locust dev bench airflow mlflow checkov; do ../$(BIN)/uv pip compile --quiet --python-version 3.11 $$f.in -o $$f.txt; done
+	cd requirements && for f in lib api serve ui run locust dev bench airflow mlflow checkov; do ../$(BIN)/uv pip compile --quiet --python-version 3.11 $$f.in -o $$f.txt; done
 
 ## loadtest: the capacity finder against a running API (API_URL, default the one `make run` serves), payloads
 ##           from the embedded CLEAN store; reports and the verdict in test-output/locust/

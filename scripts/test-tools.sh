@@ -7,6 +7,9 @@
 #   prometheus      promtool and Prometheus for the monitoring tests
 #   docker-compose  validates the Airflow VM's compose file (no Docker engine needed)
 #   python3-venv    the virtual environments the Makefile creates
+#   buildah podman runc uidmap fuse-overlayfs catatonit
+#                   build the service images without a Docker engine and run them (tests/test_images.py)
+#   mmdebstrap      the test-only stand-in for python:3.11-slim-bookworm (scripts/stand-in-base.sh)
 # kubectl (>= 1.21, for `kubectl kustomize`) is not in Debian's own archive at a usable version: without it
 # the manifest tests are skipped with that reason (and fail where REQUIRE_TEST_SERVICES=1, as in CI).
 set -euo pipefail
@@ -18,6 +21,11 @@ missing_tools() {
   { docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null 2>&1; } || missing+=(docker-compose)
   # Debian's python3 lacks venv's pip until python3-venv is installed; the Makefile creates three venvs.
   python3 -c "import ensurepip" >/dev/null 2>&1 || missing+=(python3-venv)
+  for tool in buildah podman runc mmdebstrap; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
+  # podman's helpers on Debian: user namespaces, overlay storage, an init for `podman kube play`'s pods.
+  command -v newuidmap >/dev/null 2>&1 || missing+=(uidmap)
+  command -v fuse-overlayfs >/dev/null 2>&1 || missing+=(fuse-overlayfs)
+  command -v catatonit >/dev/null 2>&1 || [ -x /usr/libexec/podman/catatonit ] || missing+=(catatonit)
 }
 missing_tools
 

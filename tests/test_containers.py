@@ -118,14 +118,26 @@ def _clean_venv(tmp_path: Path, requirements: str, *packages: Path) -> tuple[str
 
 
 def test_serving_requirements_are_enough_for_the_api(tmp_path: Path) -> None:
-    """A clean environment with only requirements/api.txt plus the two packages (what the image installs)."""
-    python, env = _clean_venv(tmp_path, "api.txt", ROOT, ROOT / "inference-api")
+    """A clean environment with only requirements/serve.txt plus the two packages (what the image installs)
+    builds the app and loads the model-loading modules, without the training stack's heavy packages."""
+    python, env = _clean_venv(tmp_path, "serve.txt", ROOT, ROOT / "inference-api")
     probe = (
-        "from inference_api.app import create_app; from inference_api.settings import ApiSettings;"
-        "app = create_app(ApiSettings(_env_file=None, development_mode=True)); assert '/predict' in app.openapi()['paths']; print('ok')"
+        "import importlib.util as u; from inference_api.app import create_app; from inference_api.settings import ApiSettings;"
+        "import inference_api.retention, readmission.serving, mlflow.sklearn, skops.io;"
+        "app = create_app(ApiSettings(_env_file=None, development_mode=True)); assert '/predict' in app.openapi()['paths'];"
+        "print(sorted(m for m in ('pyarrow', 'matplotlib', 'flask', 'typer', 'pip') if u.find_spec(m)))"
     )
     result = subprocess.run([python, "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert result.stdout.strip() == "ok", result.stderr[-3000:]
+    # pip: uv's venv has none; the image removes its own (tests/test_images.py runs the image itself).
+    assert result.stdout.strip() == "[]", result.stderr[-3000:]
+
+
+def test_serving_image_uses_the_tracking_servers_mlflow_version() -> None:
+    def pin(file: str, package: str) -> str:
+        lines = (ROOT / "requirements" / file).read_text().splitlines()
+        return next(line.split("==")[1] for line in lines if line.startswith(f"{package}=="))
+
+    assert pin("serve.txt", "mlflow-skinny") == pin("mlflow.txt", "mlflow") == pin("lib.txt", "mlflow")
 
 
 def test_ui_requirements_are_enough_for_the_page(tmp_path: Path) -> None:

@@ -1,0 +1,121 @@
+"""The MLflow pod of mlflow/deployment.yaml and the users Job of mlflow/job-users.yaml, run from the built
+image with podman (tests/support/podrun.py): the db-upgrade and auth-config init containers, the server with
+the manifest's arguments (basic-auth app included), the metrics sidecar, then the users Job, each with its
+securityContext and volumes. As in tests/support/mlflowstack.py only addresses change: MariaDB for MySQL, a
+scratch PostgreSQL database for the user store, moto for MinIO, free loopback ports.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import podrun
+import yaml
+from mlflowstack import (
+    DEPLOYMENT,
+    S3_ENV,
+    USERS_JOB,
+    _start_moto,
+    container_env,
+    free_port,
+    generated_secrets,
+    server_args,
+)
+
+
+@dataclass
+class ContainerStack:
+    """A running MLflow pod of containers, what a test needs to reach it, and what to stop."""
+
+    tracking: str
+    secret: dict[str, str]
+    containers: list[str] = field(default_factory=list)
+    processes: list[Any] = field(default_factory=list)
+    ready_seconds: float = 0.0
+
+    def stop(self) -> None:
+        """Remove the containers, stop moto."""
+        podrun.remove(*self.containers)
+        for proc in self.processes:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def pod_spec(path: Path) -> dict[str, Any]:
+    """The pod template's spec of a Deployment or Job manifest."""
+    return dict(yaml.safe_load(path.read_text())["spec"]["template"]["spec"])
+
+
+def _run_to_end(
+    name: str, image: str, pod: dict[str, Any], spec: dict[str, Any], env: dict[str, str], folders: Mapping[str, Path]
+) -> None:
+    podrun.start(podrun.run_command(name, image, pod, spec, env, folders), env)
+    code = podrun.wait_exit(name)
+    assert code == 0, f"{spec['name']} exited with {code}:\n{podrun.logs(name)[-4000:]}"
+
+
+def start_mlflow_pod(
+    image: str, mysql_url: str, auth_db_url: str, folder: Path, config: dict[str, str]
+) -> ContainerStack:
+    """Run the MLflow pod and the users Job from ``image``; the running stack (call ``stop``)."""
+    bucket = config["MLFLOW_ARTIFACTS_DESTINATION"].removeprefix("s3://").split("/")[0]
+    moto, s3 = _start_moto(folder, bucket)
+    port, metrics_port = free_port(), free_port()
+    stack = ContainerStack(f"http://127.0.0.1:{port}", generated_secrets(), processes=[moto])
+    addresses = {
+        **S3_ENV,
+        "MLFLOW_S3_ENDPOINT_URL": s3,
+        "MLFLOW_BACKEND_STORE_URI": mysql_url,
+        "MLFLOW_AUTH_DATABASE_URI": auth_db_url,
+        "MLFLOW_TRACKING_URI": stack.tracking,
+        "MLFLOW_METRICS_PORT": str(metrics_port),
+    }
+    try:
+        _start_containers(stack, image, folder, config, addresses, (port, metrics_port))
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
+
+def _start_containers(
+    stack: ContainerStack,
+    image: str,
+    folder: Path,
+    config: dict[str, str],
+    addresses: dict[str, str],
+    ports: tuple[int, int],
+) -> None:
+    pod, job = pod_spec(DEPLOYMENT), pod_spec(USERS_JOB)
+    specs = {c["name"]: c for c in [*pod["initContainers"], *pod["containers"]]}
+    folders = podrun.pod_folders(pod, folder / "pod")
+    suffix = uuid.uuid4().hex[:6]
+
+    def env_of(spec: dict[str, Any]) -> dict[str, str]:
+        return container_env(spec, config, stack.secret, addresses)
+
+    for init in ("db-upgrade", "auth-config"):
+        stack.containers.append(f"mlflow-{init}-{suffix}")
+        _run_to_end(stack.containers[-1], image, pod, specs[init], env_of(specs[init]), folders)
+    server_env = env_of(specs["mlflow"])
+    stack.containers.append(f"mlflow-{suffix}")
+    args = server_args(specs["mlflow"], server_env, ports[0])
+    podrun.start(
+        podrun.run_command(stack.containers[-1], image, pod, specs["mlflow"], server_env, folders, args), server_env
+    )
+    stack.ready_seconds = podrun.wait_probe(
+        stack.containers[-1], specs["mlflow"]["readinessProbe"], {}, exec_env={"MLFLOW_PORT": str(ports[0])}
+    )
+    stack.containers.append(f"mlflow-metrics-{suffix}")
+    sidecar_env = env_of(specs["metrics"])
+    podrun.start(
+        podrun.run_command(stack.containers[-1], image, pod, specs["metrics"], sidecar_env, folders), sidecar_env
+    )
+    podrun.wait_probe(stack.containers[-1], specs["metrics"]["livenessProbe"], {"metrics": ports[1]})
+    users = job["containers"][0]
+    stack.containers.append(f"mlflow-users-{suffix}")
+    _run_to_end(stack.containers[-1], image, job, users, env_of(users), podrun.pod_folders(job, folder / "job"))

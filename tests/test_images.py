@@ -1,0 +1,386 @@
+"""The built images, run as the manifests run them (`make e2e`).
+
+`make images`' builds (scripts/images.py: buildah here, Docker where an engine answers) of the mlflow,
+inference-api, streamlit and locust images, on scripts/stand-in-base.sh's stand-in for python:3.11-slim-bookworm
+where Docker Hub cannot be reached. Then, each container with its manifest's command, environment,
+securityContext and volumes (tests/support/podrun.py), on the host network with loopback addresses, against
+this machine's PostgreSQL and MariaDB and moto as the S3 store:
+- the MLflow pod (init containers, basic-auth server with the manifest's arguments, metrics sidecar) and the
+  users Job (tests/support/imagestack.py);
+- the pipeline (`readmission run` on a slice of the real file: RAW and CLEAN in PostgreSQL) training into it as
+  the trainer user;
+- the inference-api container loading the champion as the inference user, answering /predict and logging to
+  MariaDB;
+- the streamlit container serving its page to Chromium (Playwright) with a prediction on it;
+- the locust container's capacity run (the CronJob's arguments, short steps) against the API container.
+The API's container is stopped last (SIGTERM, as the kubelet sends) and the logged rows are counted.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import podrun
+import pytest
+import yaml
+from imagestack import ContainerStack, pod_spec, start_mlflow_pod
+from mlflowstack import container_env, free_port
+from sqlalchemy import create_engine, text
+
+from conftest import PostgresDatabases, _unavailable
+from readmission import schema
+from testsupport import read_env_file
+
+REPO = Path(__file__).resolve().parents[1]
+OUTPUT = REPO / "test-output" / "images"
+SLICE_ROWS = 8_000  # of the real file: enough for a champion, small enough for a few minutes' pipeline
+CHROMIUM = Path("/usr/bin/chromium")
+PATIENCE_MS = 300_000  # hang guard of the browser steps, not a speed limit
+
+
+def _images_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("images", REPO / "scripts" / "images.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["images"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+IMAGES = _images_script()
+
+
+def _report(name: str, payload: Any) -> None:
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    (OUTPUT / f"{name}.json").write_text(json.dumps(payload, indent=2))
+    print(f"{name}: {json.dumps(payload)}")
+
+
+@pytest.fixture(scope="module")
+def images() -> dict[str, str]:
+    """Every service image built (cached layers are reused), by service name: its kustomization's reference."""
+    missing = [tool for tool in ("buildah", "podman", "mmdebstrap") if not shutil.which(tool)]
+    if missing:
+        _unavailable(f"{', '.join(missing)} missing: run scripts/test-tools.sh (apt) to build and run the images")
+    base = subprocess.run([str(REPO / "scripts" / "stand-in-base.sh")], capture_output=True, text=True)
+    assert base.returncode == 0, base.stdout + base.stderr
+    command = IMAGES.builder()
+    built, seconds = {}, {}
+    for service in IMAGES.SERVICES:
+        image = IMAGES.image_of(service)
+        seconds[service] = round(IMAGES.build(image, command), 1)
+        built[service] = image.reference
+    sizes = {s: round(IMAGES.size_bytes(ref, IMAGES.engine(command)) / 1e6) for s, ref in built.items()}
+    _report("build", {"seconds": seconds, "size_mb": sizes})
+    return built
+
+
+@pytest.fixture(scope="module")
+def databases(mysql_admin_url: str, postgres_admin_url: str) -> Iterator[dict[str, str]]:
+    """Scratch databases: MariaDB for MLflow's store and the prediction log, PostgreSQL for the user store,
+    RAW and CLEAN."""
+    names = [f"readmission_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("mlflow", "predictions")]
+    admin = create_engine(mysql_admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        for name in names:
+            conn.execute(text(f"CREATE DATABASE {name}"))
+    postgres = PostgresDatabases(postgres_admin_url)
+    try:
+        yield {
+            "mlflow": f"{mysql_admin_url}/{names[0]}",
+            "predictions": f"{mysql_admin_url}/{names[1]}",
+            "auth": postgres.create("mlflow_auth"),
+            "raw": postgres.create("raw"),
+            "clean": postgres.create("clean"),
+        }
+    finally:
+        postgres.drop_all()
+        with admin.connect() as conn:
+            for name in names:
+                conn.execute(text(f"DROP DATABASE IF EXISTS {name}"))
+        admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def registry(
+    images: dict[str, str], databases: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ContainerStack]:
+    config = read_env_file(REPO / "mlflow" / "config.env")
+    folder = tmp_path_factory.mktemp("mlflow-pod")
+    stack = start_mlflow_pod(images["mlflow"], databases["mlflow"], databases["auth"], folder, config)
+    _report("mlflow", {"ready_seconds": round(stack.ready_seconds, 1)})
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture(scope="module")
+def trained(registry: ContainerStack, databases: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> str:
+    """`readmission run` on the first SLICE_ROWS encounters of the real file, as the trainer; the pipeline's
+    output. The champion alias is set by its gate (the first candidate always passes it)."""
+    data = Path(os.environ.get("TEST_DATA_PATH", REPO.parent / "shared" / "data" / "diabetic_data.csv"))
+    if not data.exists():
+        _unavailable(f"the real file is missing at {data}: set TEST_DATA_PATH")
+    folder = tmp_path_factory.mktemp("pipeline")
+    lines = data.read_text(encoding="utf-8").splitlines(keepends=True)[: SLICE_ROWS + 1]
+    (folder / "slice.csv").write_text("".join(lines), encoding="utf-8")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TRAIN_", "RAW_", "CLEAN_"))},
+        "RAW_DATABASE_URL": databases["raw"],
+        "CLEAN_DATABASE_URL": databases["clean"],
+        "MLFLOW_TRACKING_URI": registry.tracking,
+        "MLFLOW_TRACKING_USERNAME": "trainer",
+        "MLFLOW_TRACKING_PASSWORD": registry.secret["MLFLOW_TRAINER_PASSWORD"],
+        "TRAIN_FAMILIES": "hist_gradient_boosting",  # the family the API compiles to its numba fast path
+        "TRAIN_MAX_TRIALS": "1",
+    }
+    readmission = str(Path(sys.executable).with_name("readmission"))
+    command = [readmission, "run", "--data-path", str(folder / "slice.csv")]
+    done = subprocess.run(command, env=env, cwd=folder, capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert "champion" in done.stdout, done.stdout[-4000:]
+    return done.stdout
+
+
+@dataclass
+class Api:
+    url: str
+    container: str
+    ready_seconds: float
+
+
+def _pod_env(
+    spec: dict[str, Any], config_env: Path, secret: dict[str, str], overrides: dict[str, str]
+) -> dict[str, str]:
+    """The environment the manifest gives ``spec`` (tests/support/mlflowstack.py's rule), addresses replaced."""
+    return container_env(spec, read_env_file(config_env), secret, overrides)
+
+
+@pytest.fixture(scope="module")
+def api(
+    images: dict[str, str],
+    registry: ContainerStack,
+    trained: str,
+    databases: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Api]:
+    """The inference-api container of inference-api/deployment.yaml, ready (the champion loaded)."""
+    pod = pod_spec(REPO / "inference-api" / "deployment.yaml")
+    spec = pod["containers"][0]
+    port = free_port()
+    secret = {
+        "INFERENCE_DB_PASSWORD": "",
+        "RELOAD_TOKEN": uuid.uuid4().hex,
+        "MLFLOW_INFERENCE_PASSWORD": registry.secret["MLFLOW_INFERENCE_PASSWORD"],
+    }
+    overrides = {
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "MLFLOW_TRACKING_URI": registry.tracking,
+        "PREDICTION_LOG_URL": databases["predictions"],
+    }
+    env = _pod_env(spec, REPO / "inference-api" / "config.env", secret, overrides)
+    name = f"inference-api-{uuid.uuid4().hex[:6]}"
+    folders = podrun.pod_folders(pod, tmp_path_factory.mktemp("api-pod"))
+    started = time.monotonic()
+    podrun.start(podrun.run_command(name, images["inference-api"], pod, spec, env, folders), env)
+    try:
+        podrun.wait_probe(name, spec["readinessProbe"], {"http": port})
+        yield Api(f"http://127.0.0.1:{port}", name, time.monotonic() - started)
+    finally:
+        podrun.remove(name)
+
+
+def _post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return response.status, json.loads(response.read())
+
+
+def test_the_api_container_serves_the_champion_and_predicts(api: Api) -> None:
+    with urllib.request.urlopen(f"{api.url}/model", timeout=30) as response:
+        model = json.loads(response.read())
+    assert model["alias"] == "champion" and model["version"] == "1", model
+    example = next(iter(schema.EXAMPLE_ENCOUNTERS.values()))
+    status, answer = _post(f"{api.url}/predict", example)
+    assert status == 200 and 0 < answer["risk_30_days"] < 1, answer
+    assert answer["model"]["alias"] == "champion", answer
+    _report("predict", {"api_ready_seconds": round(api.ready_seconds, 1), "answer": answer})
+
+
+@pytest.fixture(scope="module")
+def page(images: dict[str, str], api: Api, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The streamlit container of streamlit/deployment.yaml, its API the API container; the page's URL."""
+    pod = pod_spec(REPO / "streamlit" / "deployment.yaml")
+    spec = pod["containers"][0]
+    port = free_port()
+    env = _pod_env(spec, REPO / "streamlit" / "config.env", {}, {"API_URL": api.url, "API_TIMEOUT_SECONDS": "300"})
+    name = f"streamlit-{uuid.uuid4().hex[:6]}"
+    folders = podrun.pod_folders(pod, tmp_path_factory.mktemp("streamlit-pod"))
+    # The image's entrypoint listens on 0.0.0.0:8501; later flags win: a free loopback port instead.
+    args = [f"--server.port={port}", "--server.address=127.0.0.1"]
+    podrun.start(podrun.run_command(name, images["streamlit"], pod, spec, env, folders, args), env)
+    try:
+        podrun.wait_probe(name, spec["readinessProbe"], {"http": port})
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        podrun.remove(name)
+
+
+def test_the_page_container_shows_a_prediction_in_the_browser(page: str) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    if not CHROMIUM.exists():
+        pytest.fail("Chromium is missing: `apt-get install chromium` (scripts/test-tools.sh installs it)")
+    expect.set_options(timeout=PATIENCE_MS)
+    example = next(iter(schema.EXAMPLE_ENCOUNTERS))
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
+        try:
+            tab = browser.new_page(viewport={"width": 1400, "height": 1800})
+            tab.set_default_timeout(PATIENCE_MS)
+            tab.goto(page)
+            expect(tab.get_by_text("Ready: diabetes-readmission v1 (@champion)")).to_be_visible()
+            tab.get_by_role("button", name=example).click()
+            tab.get_by_role("button", name="Predict").click()
+            risk = tab.get_by_test_id("stMetric").filter(has_text="30-day readmission risk")
+            expect(risk).to_contain_text(re.compile(r"\d+\.\d%"))
+            shown = risk.inner_text()
+            tab.screenshot(path=str(OUTPUT / "page-prediction.png"), full_page=True)
+        finally:
+            browser.close()
+    _report("page", {"risk_shown": shown.replace("\n", " ")})
+
+
+def test_the_locust_container_runs_a_capacity_check_against_the_api_container(
+    images: dict[str, str], api: Api, databases: dict[str, str], tmp_path: Path
+) -> None:
+    """The CronJob's container (locust/cronjob-capacity.yaml) with two short steps and an objective any working
+    API meets here: it prints its verdict line and exits 0."""
+    cronjob = yaml.safe_load((REPO / "locust" / "cronjob-capacity.yaml").read_text())
+    pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    spec = pod["containers"][0]
+    overrides = {
+        "LOCUST_HOST": api.url,
+        "LOADTEST_CLEAN_URL": databases["clean"],
+        "LOADTEST_PAYLOAD_ROWS": "300",
+        "CAPACITY_STEP_USERS": "3",
+        "CAPACITY_STEP_SECONDS": "10",
+        "CAPACITY_MAX_USERS": "6",
+        "CAPACITY_MIN_USERS": "3",
+        "CAPACITY_P95_MS": "60000",
+    }
+    env = _pod_env(spec, REPO / "locust" / "config.env", {"CLEAN_READER_PASSWORD": ""}, overrides)
+    name = f"locust-{uuid.uuid4().hex[:6]}"
+    folders = podrun.pod_folders(pod, tmp_path / "pod")
+    podrun.start(podrun.run_command(name, images["locust"], pod, spec, env, folders), env)
+    try:
+        code = podrun.wait_exit(name, 900)
+        output = podrun.logs(name)
+    finally:
+        podrun.remove(name)
+    verdict = re.search(r"capacity: holds \d+ users at [\d.]+ req/s, p95 \d+ ms, errors [\d.]+% .*", output)
+    assert code == 0 and verdict, output[-4000:]
+    _report("locust", {"verdict": verdict.group(0).strip()})
+
+
+def test_the_api_container_logs_every_answer_to_mariadb_and_flushes_on_sigterm(
+    api: Api, databases: dict[str, str]
+) -> None:
+    """Last: the container is stopped as the kubelet stops it (SIGTERM); every answer so far is in the log."""
+    with urllib.request.urlopen(f"{api.url}/metrics", timeout=30) as response:
+        metrics = response.read().decode()
+    answered = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("inference_predictions_total{")
+    )
+    stop = subprocess.run(
+        ["podman", "stop", "--time", "70", api.container], env=podrun.podman_env(), capture_output=True, text=True
+    )
+    assert stop.returncode == 0, stop.stderr
+    # uvicorn re-raises the SIGTERM it handled once it has shut down, so the exit status tells the signal (143).
+    output = podrun.logs(api.container)
+    assert podrun.state(api.container) == ("exited", 143), output[-4000:]
+    assert "prediction log flushed" in output and "Finished server process" in output, output[-4000:]
+    engine = create_engine(databases["predictions"])
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT COUNT(*) FROM prediction_log")).scalar_one()
+    engine.dispose()
+    assert answered > 0 and rows == answered, (rows, answered)
+    _report("prediction_log", {"rows": rows, "predictions_counted_by_the_api": answered})
+
+
+@pytest.mark.parametrize("service", ["inference-api", "streamlit", "mlflow"])
+def test_the_manifest_security_settings_confine_writes_to_the_declared_volumes(
+    images: dict[str, str], service: str, tmp_path: Path
+) -> None:
+    """The manifest's user, read-only root filesystem and dropped capabilities, in the built image: writing
+    beside the code fails, writing to the pod's volume works, no capability is left."""
+    pod = pod_spec(REPO / service / "deployment.yaml")
+    spec = {**pod["containers"][0], "command": ["python", "-c", WRITE_PROBE], "args": []}
+    name = f"{service}-confined-{uuid.uuid4().hex[:6]}"
+    folders = podrun.pod_folders(pod, tmp_path)
+    podrun.start(podrun.run_command(name, images[service], pod, spec, {}, folders, []), {})
+    try:
+        assert podrun.wait_exit(name, 300) == 0
+        output = json.loads(podrun.logs(name).strip().splitlines()[-1])
+    finally:
+        podrun.remove(name)
+    assert output == {"uid": 10001, "venv": "Read-only file system", "tmp": "ok", "capabilities": 0}, output
+
+
+def test_the_fast_path_compiles_in_the_confined_api_container(images: dict[str, str], tmp_path: Path) -> None:
+    """numba compiles the serving loop (serving.py) under the manifest's read-only root and user: it writes no
+    cache beside the code."""
+    pod = pod_spec(REPO / "inference-api" / "deployment.yaml")
+    spec = {**pod["containers"][0], "command": ["python", "-c", NUMBA_PROBE], "args": []}
+    name = f"inference-api-numba-{uuid.uuid4().hex[:6]}"
+    podrun.start(
+        podrun.run_command(name, images["inference-api"], pod, spec, {}, podrun.pod_folders(pod, tmp_path), []), {}
+    )
+    try:
+        code = podrun.wait_exit(name, 300)
+        output = podrun.logs(name)
+    finally:
+        podrun.remove(name)
+    assert code == 0 and output.strip().endswith("compiled 6.0"), output[-3000:]
+
+
+NUMBA_PROBE = """
+import readmission.serving  # the module of the fast path imports (numba, scipy, sklearn) in the image
+from numba import njit
+@njit(nogil=True, cache=False)
+def twice(x):
+    return 2.0 * x
+print("compiled", twice(3.0))
+"""
+
+WRITE_PROBE = """
+import json, os
+def write(path):
+    try:
+        open(path, "w").write("x")
+        return "ok"
+    except OSError as exc:
+        return exc.strerror
+caps = [l for l in open("/proc/self/status") if l.startswith("CapEff")][0].split()[1]
+print(json.dumps({"uid": os.getuid(), "venv": write("/opt/venv/probe"), "tmp": write("/tmp/probe"),
+                  "capabilities": int(caps, 16)}))
+"""
