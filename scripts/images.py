@@ -53,11 +53,12 @@ def image_of(service: str, root: Path = ROOT) -> Image:
     raise ValueError(f"{service}/kustomization.yaml has no `images` entry named {wanted}: add one with newTag")
 
 
-def builder() -> list[str]:
-    """The build command before its arguments: `docker build` where an engine answers, else buildah.
-    Raises RuntimeError naming what to install when neither is usable."""
+def builder(docker_allowed: bool = True) -> list[str]:
+    """The build command before its arguments: `docker build` where an engine answers (and
+    ``docker_allowed``), else buildah, whose images podman runs. Raises RuntimeError naming what to install
+    when neither is usable."""
     docker = shutil.which("docker")
-    if docker and subprocess.run([docker, "info"], capture_output=True).returncode == 0:
+    if docker_allowed and docker and subprocess.run([docker, "info"], capture_output=True).returncode == 0:
         return [docker, "build"]
     buildah = shutil.which("buildah")
     if buildah:

@@ -18,11 +18,13 @@ The API's container is stopped last (SIGTERM, as the kubelet sends) and the logg
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -78,7 +80,7 @@ def images() -> dict[str, str]:
         _unavailable(f"{', '.join(missing)} missing: run scripts/test-tools.sh (apt) to build and run the images")
     base = subprocess.run([str(REPO / "scripts" / "stand-in-base.sh")], capture_output=True, text=True)
     assert base.returncode == 0, base.stdout + base.stderr
-    command = IMAGES.builder()
+    command = IMAGES.builder(docker_allowed=False)  # podman runs them, from buildah's storage
     built, seconds = {}, {}
     for service in IMAGES.SERVICES:
         image = IMAGES.image_of(service)
@@ -384,3 +386,111 @@ caps = [l for l in open("/proc/self/status") if l.startswith("CapEff")][0].split
 print(json.dumps({"uid": os.getuid(), "venv": write("/opt/venv/probe"), "tmp": write("/tmp/probe"),
                   "capabilities": int(caps, 16)}))
 """
+
+
+PLAYED = {"Deployment", "ConfigMap"}  # Secrets go in as podman secrets, see playable()
+
+
+def playable(docs: list[dict[str, Any]], folder: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """What `podman kube play` (4.3) runs of a rendered kustomization, and the podman secrets it needs made
+    first. Left out, because podman plays pods and not the cluster around them: Service, NetworkPolicy,
+    HorizontalPodAutoscaler, PodDisruptionBudget, CronJob, Job. Changed: each Secret's data becomes a podman
+    secret of the same name (podman reads secretKeyRef values from there, not from the YAML); replicas 1; the
+    containers' `ports` are dropped and the probes' named ports replaced by their numbers (podman refuses port
+    mappings on the host network). Security settings, env, ConfigMaps and volumes are played as rendered."""
+    secrets = []
+    for doc in docs:
+        if doc["kind"] == "Secret":
+            name = doc["metadata"]["name"]
+            (folder / f"{name}.json").write_text(json.dumps(doc["data"]))
+            podrun.remove_secret(name)
+            done = subprocess.run(
+                ["podman", "secret", "create", name, str(folder / f"{name}.json")],
+                env=podrun.podman_env(),
+                capture_output=True,
+                text=True,
+            )
+            assert done.returncode == 0, done.stderr
+            secrets.append(name)
+    played = [doc for doc in docs if doc["kind"] in PLAYED]
+    for doc in played:
+        if doc["kind"] == "Deployment":
+            doc["spec"]["replicas"] = 1
+            for container in doc["spec"]["template"]["spec"]["containers"]:
+                _number_the_probe_ports(container)
+    return played, secrets
+
+
+def _number_the_probe_ports(container: dict[str, Any]) -> None:
+    ports = {p["name"]: p["containerPort"] for p in container.pop("ports", []) if "name" in p}
+    for kind in ("readinessProbe", "livenessProbe", "startupProbe"):
+        probe = container.get(kind, {})
+        action = probe.get("httpGet") or probe.get("tcpSocket")
+        if action and action["port"] in ports:
+            action["port"] = ports[action["port"]]
+
+
+@pytest.mark.parametrize(
+    ("service", "port", "path"), [("inference-api", 8000, "/health/live"), ("streamlit", 8501, "/_stcore/health")]
+)
+def test_podman_kube_play_runs_the_rendered_deployment(
+    images: dict[str, str], service: str, port: int, path: str, tmp_path: Path
+) -> None:
+    """`kubectl kustomize <service>` (with `make k8s-secrets`' generated secrets) played by `podman kube play`
+    on the host network: the pod and its container reach Running and the container's own probe endpoint
+    answers on the manifest's port (the API's liveness: its readiness needs the cluster's MLflow, which the
+    end-to-end tests above give it). What podman cannot play is listed in ``playable``."""
+    if shutil.which("kubectl") is None:
+        _unavailable("kubectl is not installed (it renders the kustomization)")
+    with socket_free(port):
+        pass
+    shutil.copytree(REPO / service, tmp_path / service, ignore=shutil.ignore_patterns("secrets.env", "__pycache__"))
+    if list((tmp_path / service).glob("secrets.env.example")):
+        done = subprocess.run(
+            [sys.executable, str(REPO / "scripts" / "k8s_secrets.py"), str(tmp_path)], capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+    rendered = subprocess.run(
+        ["kubectl", "kustomize", str(tmp_path / service)], capture_output=True, text=True, timeout=120
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    played, secrets = playable([d for d in yaml.safe_load_all(rendered.stdout) if d], tmp_path)
+    deployment = next(d for d in played if d["kind"] == "Deployment")
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == images[service]
+    (tmp_path / "play.yaml").write_text(yaml.safe_dump_all(played))
+    play = ["podman", "kube", "play", "--network", "host", str(tmp_path / "play.yaml")]
+    try:
+        done = subprocess.run(play, env=podrun.podman_env(), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        pod = f"{deployment['metadata']['name']}-pod-0"
+        container = f"{pod}-{deployment['spec']['template']['spec']['containers'][0]['name']}"
+        waited = podrun.wait_probe(container, {"httpGet": {"path": path, "port": port}}, {str(port): port}, 300)
+        states = pod_states(pod)
+        _report(f"kube-play-{service}", {"states": states, "probe": f"{path} answered after {waited:.1f} s"})
+        assert states["pod"] == "Running" and all(s == "running" for s in states["containers"].values()), states
+    finally:
+        subprocess.run(
+            ["podman", "kube", "down", str(tmp_path / "play.yaml")], env=podrun.podman_env(), capture_output=True
+        )
+        for name in secrets:
+            podrun.remove_secret(name)
+
+
+def pod_states(pod: str) -> dict[str, Any]:
+    """The pod's status and each of its containers' (the infra container left out)."""
+    done = subprocess.run(
+        ["podman", "pod", "inspect", pod], env=podrun.podman_env(), capture_output=True, text=True, check=True
+    )
+    info = json.loads(done.stdout)
+    info = info[0] if isinstance(info, list) else info
+    containers = {c["Name"]: c["State"] for c in info["Containers"] if not c["Name"].endswith("-infra")}
+    return {"pod": info["State"], "containers": containers}
+
+
+@contextlib.contextmanager
+def socket_free(port: int) -> Iterator[None]:
+    """Fails with the port's number when something already listens on 127.0.0.1:``port``."""
+    with socket.socket() as s:
+        busy = s.connect_ex(("127.0.0.1", port)) == 0
+    assert not busy, f"port {port} is in use (a `make run`?): the played pod listens there; stop it and run again"
+    yield

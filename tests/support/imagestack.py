@@ -17,13 +17,13 @@ import podrun
 import yaml
 from mlflowstack import (
     DEPLOYMENT,
-    S3_ENV,
     USERS_JOB,
     _start_moto,
     container_env,
     free_port,
     generated_secrets,
     server_args,
+    stack_addresses,
 )
 
 
@@ -66,14 +66,7 @@ def start_mlflow_pod(
     moto, s3 = _start_moto(folder, bucket)
     port, metrics_port = free_port(), free_port()
     stack = ContainerStack(f"http://127.0.0.1:{port}", generated_secrets(), processes=[moto])
-    addresses = {
-        **S3_ENV,
-        "MLFLOW_S3_ENDPOINT_URL": s3,
-        "MLFLOW_BACKEND_STORE_URI": mysql_url,
-        "MLFLOW_AUTH_DATABASE_URI": auth_db_url,
-        "MLFLOW_TRACKING_URI": stack.tracking,
-        "MLFLOW_METRICS_PORT": str(metrics_port),
-    }
+    addresses = stack_addresses(s3, mysql_url, auth_db_url, stack.tracking, metrics_port)
     try:
         _start_containers(stack, image, folder, config, addresses, (port, metrics_port))
     except BaseException:

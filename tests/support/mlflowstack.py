@@ -187,6 +187,18 @@ def _run_init(stack: Stack, name: str, env: dict[str, str]) -> None:
     assert done.returncode == 0, f"init container {name}: " + done.stdout[-2000:] + done.stderr[-2000:]
 
 
+def stack_addresses(s3: str, mysql_url: str, auth_db_url: str, tracking: str, metrics_port: int) -> dict[str, str]:
+    """The variables whose in-cluster addresses a test stack replaces, with this stack's values."""
+    return {
+        **S3_ENV,
+        "MLFLOW_S3_ENDPOINT_URL": s3,
+        "MLFLOW_BACKEND_STORE_URI": mysql_url,
+        "MLFLOW_AUTH_DATABASE_URI": auth_db_url,
+        "MLFLOW_TRACKING_URI": tracking,
+        "MLFLOW_METRICS_PORT": str(metrics_port),
+    }
+
+
 def start_stack(
     mysql_url: str, auth_db_url: str, stack_dir: Path, config: dict[str, str], base: Mapping[str, str]
 ) -> Stack:
@@ -209,14 +221,7 @@ def start_stack(
         pod_containers(),
         [moto],
     )
-    addresses = {
-        **S3_ENV,
-        "MLFLOW_S3_ENDPOINT_URL": s3,
-        "MLFLOW_BACKEND_STORE_URI": mysql_url,
-        "MLFLOW_AUTH_DATABASE_URI": auth_db_url,
-        "MLFLOW_TRACKING_URI": stack.tracking,
-        "MLFLOW_METRICS_PORT": str(metrics_port),
-    }
+    addresses = stack_addresses(s3, mysql_url, auth_db_url, stack.tracking, metrics_port)
     try:
         _start_processes(stack, config, base, addresses)
     except BaseException:

@@ -190,3 +190,8 @@ def wait_probe(
         assert status == "running", f"{name} {status} with {code} before its probe passed:\n{logs(name)[-4000:]}"
         time.sleep(0.5)
     raise AssertionError(f"{name}: probe did not pass within {seconds} s:\n{logs(name)[-4000:]}")
+
+
+def remove_secret(name: str) -> None:
+    """Remove a podman secret; a missing one is ignored."""
+    subprocess.run(["podman", "secret", "rm", name], env=podman_env(), capture_output=True)
