@@ -18,6 +18,7 @@ The API's container is stopped last (SIGTERM, as the kubelet sends) and the logg
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import importlib.util
 import json
@@ -40,7 +41,7 @@ import podrun
 import pytest
 import yaml
 from imagestack import ContainerStack, pod_spec, start_mlflow_pod
-from mlflowstack import container_env, free_port
+from mlflowstack import container_env, free_port, wait_http
 from sqlalchemy import create_engine, text
 
 from conftest import PostgresDatabases, _unavailable
@@ -413,12 +414,44 @@ def playable(docs: list[dict[str, Any]], folder: Path) -> tuple[list[dict[str, A
             assert done.returncode == 0, done.stderr
             secrets.append(name)
     played = [doc for doc in docs if doc["kind"] in PLAYED]
+    config_maps = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
+    secret_values = {
+        d["metadata"]["name"]: {k: base64.b64decode(v).decode() for k, v in d.get("data", {}).items()}
+        for d in docs
+        if d["kind"] == "Secret"
+    }
     for doc in played:
         if doc["kind"] == "Deployment":
             doc["spec"]["replicas"] = 1
-            for container in doc["spec"]["template"]["spec"]["containers"]:
+            pod = doc["spec"]["template"]["spec"]
+            for container in [*pod.get("initContainers", []), *pod["containers"]]:
                 _number_the_probe_ports(container)
+                _expand_as_the_kubelet_does(container, config_maps, secret_values)
     return played, secrets
+
+
+def _expand_as_the_kubelet_does(
+    container: dict[str, Any], config_maps: dict[str, dict[str, str]], secrets: dict[str, dict[str, str]]
+) -> None:
+    """Kubernetes expands $(VAR) in env values, command and args from the variables defined before; podman 4.3
+    does not, so the test writes the expanded values into what it plays (the kubelet's work, nothing more)."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env.update(config_maps[source["configMapRef"]["name"]])
+    for entry in container.get("env", []):
+        ref = entry.get("valueFrom", {}).get("secretKeyRef")
+        if ref:
+            env[entry["name"]] = secrets[ref["name"]][ref["key"]]
+        else:
+            entry["value"] = env[entry["name"]] = _expand_known(entry.get("value", ""), env)
+    for key in ("command", "args"):
+        if key in container:
+            container[key] = [_expand_known(part, env) for part in container[key]]
+
+
+def _expand_known(value: str, env: dict[str, str]) -> str:
+    """$(VAR) replaced where VAR is defined; left as written otherwise (Kubernetes' rule)."""
+    return re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), value)
 
 
 def _number_the_probe_ports(container: dict[str, Any]) -> None:
@@ -476,6 +509,17 @@ def test_podman_kube_play_runs_the_rendered_deployment(
             podrun.remove_secret(name)
 
 
+def pod_logs(pod: str) -> str:
+    """The output of every container of the pod, init containers included (what `kubectl logs` would show)."""
+    listed = subprocess.run(
+        ["podman", "ps", "--all", "--filter", f"pod={pod}", "--format", "{{.Names}}"],
+        env=podrun.podman_env(),
+        capture_output=True,
+        text=True,
+    )
+    return "".join(f"\n--- {name}:\n{podrun.logs(name)[-3000:]}" for name in listed.stdout.split())
+
+
 def pod_states(pod: str) -> dict[str, Any]:
     """The pod's status and each of its containers' (the infra container left out)."""
     done = subprocess.run(
@@ -494,3 +538,137 @@ def socket_free(port: int) -> Iterator[None]:
         busy = s.connect_ex(("127.0.0.1", port)) == 0
     assert not busy, f"port {port} is in use (a `make run`?): the played pod listens there; stop it and run again"
     yield
+
+
+def _init_sql(script: Path, keep: str) -> list[str]:
+    """The statements of a database init script's SQL block (mysql/ or postgres/init-databases.sh) that name
+    ``keep``, one per line as written there."""
+    block = script.read_text().split("<<SQL", 1)[1] if "<<SQL" in script.read_text() else script.read_text()
+    block = block.split("<<'SQL'", 1)[-1].split("\nSQL", 1)[0]
+    return [line.strip() for line in block.splitlines() if keep in line and not line.lstrip().startswith("--")]
+
+
+@contextlib.contextmanager
+def cluster_databases(secret: dict[str, str], mysql_admin_url: str, postgres_admin_url: str) -> Iterator[None]:
+    """The MLflow pod's databases as the cluster's init scripts make them, under their cluster names, on this
+    machine's MariaDB (database and user `mlflow`) and PostgreSQL (`mlflow_auth`); all dropped afterwards.
+    Refuses to touch a server that already has them (someone's data)."""
+    maria = create_engine(mysql_admin_url, isolation_level="AUTOCOMMIT")
+    pg = create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT")
+    with maria.connect() as m, pg.connect() as p:
+        taken = (
+            m.execute(text("SHOW DATABASES LIKE 'mlflow'")).first()
+            or p.execute(text("SELECT 1 FROM pg_roles WHERE rolname = 'mlflow_auth'")).first()
+        )
+        assert not taken, "MariaDB has a database `mlflow` or PostgreSQL a role `mlflow_auth`: this test makes its own"
+        for line in _init_sql(REPO / "mysql" / "init-databases.sh", "mlflow"):
+            m.execute(text(line.replace("${MLFLOW_DB_PASSWORD}", secret["MLFLOW_DB_PASSWORD"])))
+        password = secret["MLFLOW_AUTH_DB_PASSWORD"].replace("'", "''")
+        for line in _init_sql(REPO / "postgres" / "init-databases.sh", "mlflow_auth"):
+            p.execute(text(line.replace(":'mlflow_auth_password'", f"'{password}'")))
+    try:
+        yield
+    finally:
+        with maria.connect() as m, pg.connect() as p:
+            m.execute(text("DROP DATABASE IF EXISTS mlflow"))
+            m.execute(text("DROP USER IF EXISTS 'mlflow'@'%'"))
+            p.execute(text("DROP DATABASE IF EXISTS mlflow_auth WITH (FORCE)"))
+            p.execute(text("DROP ROLE IF EXISTS mlflow_auth"))
+        maria.dispose()
+        pg.dispose()
+
+
+CLUSTER_NAMES = ["mysql", "postgres", "minio"]  # the MLflow pod's in-cluster peers, here on 127.0.0.1
+
+
+def test_podman_kube_play_runs_the_mlflow_deployment(
+    images: dict[str, str], mysql_admin_url: str, postgres_admin_url: str, tmp_path: Path
+) -> None:
+    """`kubectl kustomize mlflow` played by `podman kube play`: both init containers complete (schema upgrade,
+    auth configuration), the server and the metrics sidecar reach Running, the liveness endpoint (/health on
+    5000), the readiness probe (access.py probe: the admin reads the registry) and the sidecar's port answer.
+    The cluster's names are this machine's: mysql, postgres and minio resolve to 127.0.0.1 (`hostAliases`, and
+    podman's base hosts file, which is what it reads on the host network), where
+    MariaDB and PostgreSQL hold the databases and users of mysql/ and postgres/init-databases.sh (their MLflow
+    statements, with the generated passwords) and moto listens on minio's port 9000."""
+    for port in (5000, 9000, 9101):
+        with socket_free(port):
+            pass
+    shutil.copytree(REPO / "mlflow", tmp_path / "mlflow", ignore=shutil.ignore_patterns("secrets.env", "__pycache__"))
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "k8s_secrets.py"), str(tmp_path)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    rendered = subprocess.run(
+        ["kubectl", "kustomize", str(tmp_path / "mlflow")], capture_output=True, text=True, timeout=120
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
+    secret_doc = next(d for d in docs if d["kind"] == "Secret")
+    secret = {k: base64.b64decode(v).decode() for k, v in secret_doc["data"].items()}
+    played, secrets = playable(docs, tmp_path)
+    deployment = next(d for d in played if d["kind"] == "Deployment")
+    pod_template = deployment["spec"]["template"]["spec"]
+    pod_template["hostAliases"] = [{"ip": "127.0.0.1", "hostnames": CLUSTER_NAMES}]
+    # podman 4.3 gives init containers the pod's restart policy (Always): a finished db-upgrade starts again and
+    # `kube play` fails to remove it ("cannot remove container ... as it is running"). The kubelet never restarts
+    # a completed init container; OnFailure is that behaviour here.
+    pod_template["restartPolicy"] = "OnFailure"
+    (tmp_path / "play.yaml").write_text(yaml.safe_dump_all(played))
+    # podman 4.3 ignores hostAliases on the host network; its base hosts file is read there.
+    (tmp_path / "hosts").write_text(f"127.0.0.1 localhost {' '.join(CLUSTER_NAMES)}\n")
+    conf = tmp_path / "containers.conf"
+    conf.write_text(
+        podrun.CONTAINERS_CONF.read_text().replace(
+            "[containers]\n", f'[containers]\nbase_hosts_file = "{tmp_path / "hosts"}"\n', 1
+        )
+    )
+    with cluster_databases(secret, mysql_admin_url, postgres_admin_url), moto_on(9000, "mlflow", tmp_path):
+        try:
+            play = ["podman", "kube", "play", "--network", "host", str(tmp_path / "play.yaml")]
+            env = podrun.podman_env({"CONTAINERS_CONF": str(conf)})
+            done = subprocess.run(play, env=env, capture_output=True, text=True, timeout=900)
+            assert done.returncode == 0, done.stdout + done.stderr + pod_logs("mlflow-pod-0")
+            pod = "mlflow-pod-0"
+            server, sidecar = f"{pod}-mlflow", f"{pod}-metrics"
+            live = podrun.wait_probe(server, {"httpGet": {"path": "/health", "port": 5000}}, {"5000": 5000}, 600)
+            ready = podrun.wait_probe(server, pod_template["containers"][0]["readinessProbe"], {}, 300)
+            podrun.wait_probe(sidecar, {"tcpSocket": {"port": 9101}}, {"9101": 9101}, 120)
+            states = pod_states(pod)
+            _report(
+                "kube-play-mlflow",
+                {"states": states, "live_after_s": round(live, 1), "ready_after_more_s": round(ready, 1)},
+            )
+            assert states["pod"] == "Running" and set(states["containers"].values()) == {"running"}, states
+        finally:
+            subprocess.run(
+                ["podman", "kube", "down", str(tmp_path / "play.yaml")], env=podrun.podman_env(), capture_output=True
+            )
+            for name in secrets:
+                podrun.remove_secret(name)
+
+
+@contextlib.contextmanager
+def moto_on(port: int, bucket: str, folder: Path) -> Iterator[None]:
+    """moto's S3 server on 127.0.0.1:``port`` with ``bucket`` (MinIO's stand-in), stopped afterwards."""
+    import boto3
+
+    moto = subprocess.Popen(
+        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=(folder / "moto.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/moto-api/", moto, 60)
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=f"http://127.0.0.1:{port}",
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        s3.create_bucket(Bucket=bucket)
+        yield
+    finally:
+        moto.terminate()
+        moto.wait(timeout=30)
