@@ -54,14 +54,15 @@ test: test-tools $(VENV)/.dev-installed $(AIRFLOW_VENV)/.installed $(CHECKOV_VEN
 
 ## images: build the mlflow, inference-api, streamlit and locust images under the names and tags their
 ##         kustomizations deploy (Docker where an engine answers, else buildah); prints build time and size
-images: $(VENV)/.dev-installed
+images: $(VENV)/.lib-installed
 	$(BIN)/python scripts/images.py
 
-## e2e: build the images and run them as the manifests do (tests/test_images.py): MLflow, the pipeline
-##      training into it, the API, the page in Chromium, a Locust capacity run; needs PostgreSQL and MariaDB
-##      (TEST_POSTGRES_URL, TEST_MYSQL_URL) and the real file (TEST_DATA_PATH)
+## e2e: build the images and run them as the manifests do (tests/test_images.py, test_kube_play.py): MLflow, the pipeline
+##      training into it, the API, the page in Chromium, a Locust capacity run, podman kube play; needs
+##      PostgreSQL and MariaDB (TEST_POSTGRES_URL, TEST_MYSQL_URL), the real file (TEST_DATA_PATH), kubectl,
+##      root (rootful podman) and ports 5000, 8000, 8501, 9000, 9101 free; fails instead of skipping
 e2e: test-tools $(VENV)/.dev-installed
-	$(BIN)/pytest tests/test_images.py $(PYTEST_ARGS)
+	REQUIRE_TEST_SERVICES=1 $(BIN)/pytest tests/test_images.py tests/test_kube_play.py $(PYTEST_ARGS)
 
 ## test-tools: the system tools the tests drive (apt on Debian, else the exact command to run)
 test-tools:

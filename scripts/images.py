@@ -7,16 +7,23 @@ service's kustomization.yaml gives it (``images: newName:newTag``, e.g.
 ``localhost:32000/diabetes-readmission/inference-api:0.3.0``), so `kubectl apply -k .` deploys exactly what was
 built once it is pushed to that registry. The builder is Docker where a Docker engine answers, else buildah
 (daemonless: ``buildah bud --layers --isolation chroot --format docker``; podman then runs the images). Layers
-are cached between builds and between images (the same base and the same pinned-requirements step).
+are cached between builds (a step reruns only when its inputs change: the requirements step only when the
+pins do) and the images share the base's layers.
 
-The airflow image is not built here: its base, apache/airflow, comes from Docker Hub; build it on the Airflow
-VM (airflow/README.md). Prints one line per image: seconds to build and size in MB.
+The base image python:3.11-slim-bookworm must be in the engine's storage or pullable. Images are not built on
+scripts/stand-in-base.sh's test-only stand-in (made where Docker Hub cannot be reached) unless
+ALLOW_STAND_IN=1, as the tests set: they are for testing, never for a registry.
+
+The airflow image is not built here: its base, apache/airflow, comes from Docker Hub; it is built on the Airflow
+VM by its compose file (README, "Airflow"). Prints one line per image: seconds to build and size in MB.
+Exit status 1 with one line on stderr when the builder, the base image or a build fails.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -49,6 +56,8 @@ def image_of(service: str, root: Path = ROOT) -> Image:
     wanted = f"diabetes-readmission/{service}"
     for entry in kustomization.get("images", []):
         if entry.get("name") == wanted:
+            if not entry.get("newTag"):
+                raise ValueError(f"{service}/kustomization.yaml: the `images` entry {wanted} has no newTag: add one")
             return Image(service, root / service / "Dockerfile", f"{entry.get('newName', wanted)}:{entry['newTag']}")
     raise ValueError(f"{service}/kustomization.yaml has no `images` entry named {wanted}: add one with newTag")
 
@@ -58,12 +67,19 @@ def builder(docker_allowed: bool = True) -> list[str]:
     ``docker_allowed``), else buildah, whose images podman runs. Raises RuntimeError naming what to install
     when neither is usable."""
     docker = shutil.which("docker")
-    if docker_allowed and docker and subprocess.run([docker, "info"], capture_output=True).returncode == 0:
+    if docker_allowed and docker and subprocess.run([docker, "info"], capture_output=True, timeout=60).returncode == 0:
         return [docker, "build"]
-    buildah = shutil.which("buildah")
-    if buildah:
+    buildah, podman = shutil.which("buildah"), shutil.which("podman")
+    if buildah and podman:
         return [buildah, "bud", "--layers", "--isolation", "chroot", "--format", "docker"]
-    raise RuntimeError("no Docker engine answers and buildah is missing: install Docker, or buildah and podman")
+    why = ""
+    if docker_allowed and docker:
+        info = subprocess.run([docker, "info"], capture_output=True, text=True, timeout=60)
+        why = f" (`docker info`: {info.stderr.strip().splitlines()[-1] if info.stderr.strip() else 'failed'})"
+    raise RuntimeError(
+        f"no Docker engine answers{why} and buildah with podman is missing: start Docker (or join the docker "
+        "group), or install buildah and podman (Debian: apt-get install buildah podman)"
+    )
 
 
 def engine(command: list[str]) -> str:
@@ -88,6 +104,23 @@ def stand_in_base(program: str) -> bool:
     return STAND_IN_LABEL in labels
 
 
+def check_base(program: str, allow_stand_in: bool) -> None:
+    """Raise RuntimeError, saying what to do, when the base image is neither present nor pullable, or is the
+    test-only stand-in and ``allow_stand_in`` is false."""
+    present = subprocess.run([program, "image", "inspect", BASE], capture_output=True).returncode == 0
+    if not present and subprocess.run([program, "pull", BASE], capture_output=True).returncode != 0:
+        raise RuntimeError(
+            f"the base image {BASE} is not here and cannot be pulled (Docker Hub unreachable?): pull it from a mirror "
+            f"and tag it {BASE}; for tests only, scripts/stand-in-base.sh makes a stand-in"
+        )
+    if not allow_stand_in and stand_in_base(program):
+        raise RuntimeError(
+            f"the local {BASE} is scripts/stand-in-base.sh's test-only stand-in: images built on it are for tests, "
+            f"not for a registry. Remove it (`{Path(program).name} rmi {BASE}`) and pull the official image, or set "
+            "ALLOW_STAND_IN=1 to build test images"
+        )
+
+
 def build(image: Image, command: list[str], root: Path = ROOT) -> float:
     """Build ``image`` from ``root`` with ``command`` (see ``builder``); seconds taken. Raises
     CalledProcessError with the builder's output when the build fails."""
@@ -97,16 +130,27 @@ def build(image: Image, command: list[str], root: Path = ROOT) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("services", nargs="*", metavar="SERVICE", help=f"default: {' '.join(SERVICES)}")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.services) - set(SERVICES))
     if unknown:
         parser.error(f"unknown service {', '.join(unknown)}: choose from {', '.join(SERVICES)}")
-    command = builder()
-    program = engine(command)
-    images = [image_of(service) for service in args.services or SERVICES]
-    results = [(image, build(image, command)) for image in images]
+    try:
+        command = builder()
+        program = engine(command)
+        check_base(program, allow_stand_in=os.environ.get("ALLOW_STAND_IN") == "1")
+        images = [image_of(service) for service in args.services or SERVICES]
+        results = [(image, build(image, command)) for image in images]
+    except (RuntimeError, ValueError) as exc:
+        print(f"images: {exc}", file=sys.stderr)
+        return 1
+    except subprocess.CalledProcessError as exc:
+        print(
+            f"images: the build failed (exit {exc.returncode}): {' '.join(exc.cmd)}; its output is above",
+            file=sys.stderr,
+        )
+        return 1
     for image, seconds in results:
         size = size_bytes(image.reference, program) / 1e6
         print(f"{image.service:<14} {image.reference:<58} built in {seconds:6.1f} s  {size:7.0f} MB")

@@ -17,15 +17,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from imagestack import build_images
 from mlflowstack import Stack, start_stack
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import create_engine, text
 
 from readmission import schema
 from readmission.clean import SplitSpec, clean_frame
-from readmission.db import create_db_engine, normalize_url
+from readmission.db import normalize_url
 from readmission.synthetic import write_synthetic_csv
-from testsupport import _unavailable, read_env_file
+from testsupport import PostgresDatabases, _unavailable, read_env_file
 
 REPO = Path(__file__).resolve().parents[1]
 _DATA_CANDIDATES = (REPO.parent / "shared" / "data" / "diabetic_data.csv", REPO / "var" / "uci" / "diabetic_data.csv")
@@ -68,41 +68,6 @@ def postgres_admin_url() -> str:
     except Exception as exc:
         _unavailable(f"PostgreSQL at {url} is not reachable: {exc}")
     return normalize_url(url)
-
-
-class PostgresDatabases:
-    """Creates uniquely named databases and drops them at the end of the test."""
-
-    def __init__(self, admin_url: str) -> None:
-        self.admin_url = admin_url
-        self.created: list[str] = []
-        self.engines: list[Engine] = []
-
-    def create(self, prefix: str = "test") -> str:
-        """URL of a new empty database."""
-        name = f"readmission_{prefix}_{uuid.uuid4().hex[:10]}"
-        self._admin(f"CREATE DATABASE {name}")
-        self.created.append(name)
-        return make_url(self.admin_url).set(database=name).render_as_string(hide_password=False)
-
-    def engine(self, url: str) -> Engine:
-        """An engine on ``url`` that is disposed before the database is dropped."""
-        engine = create_db_engine(url)
-        self.engines.append(engine)
-        return engine
-
-    def _admin(self, sql: str) -> None:
-        engine = create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
-        with engine.connect() as conn:
-            conn.execute(text(sql))
-        engine.dispose()
-
-    def drop_all(self) -> None:
-        """Drop every database this helper created."""
-        for engine in self.engines:
-            engine.dispose()
-        for name in self.created:
-            self._admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture
@@ -171,3 +136,10 @@ def mlflow_stack(
         with admin.connect() as conn:
             conn.execute(text(f"DROP DATABASE IF EXISTS {name}"))
         admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def built_images() -> dict[str, str]:
+    """The mlflow, inference-api, streamlit and locust images, built once per session (tests/support/imagestack.py);
+    their kustomizations' references by service."""
+    return build_images()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -14,6 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
+from imagestack import images_script
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILES = sorted(p for p in ROOT.glob("*/Dockerfile") if ".venv" not in p.parts)
@@ -173,3 +176,41 @@ def test_mlflow_server_requirements_hold_what_the_manifest_uses(tmp_path: Path) 
         line for line in (ROOT / "requirements" / "lib.txt").read_text().splitlines() if line.startswith("mlflow==")
     ]
     assert clients == [f"mlflow=={result.stdout.strip()}"]  # server and clients on the same MLflow
+
+
+def test_make_images_builds_the_references_the_kustomizations_deploy() -> None:
+    images = images_script()
+    for service in images.SERVICES:
+        image = images.image_of(service)
+        entry = next(
+            e
+            for e in yaml.safe_load((ROOT / service / "kustomization.yaml").read_text())["images"]
+            if e["name"] == f"diabetes-readmission/{service}"
+        )
+        assert image.reference == f"{entry['newName']}:{entry['newTag']}" and image.dockerfile.is_file()
+
+
+def test_make_images_names_what_is_wrong_with_a_kustomization(tmp_path: Path) -> None:
+    images = images_script()
+    (tmp_path / "api").mkdir()
+    (tmp_path / "api" / "kustomization.yaml").write_text("images:\n  - name: diabetes-readmission/api\n")
+    with pytest.raises(
+        ValueError, match=re.escape("api/kustomization.yaml: the `images` entry diabetes-readmission/api has no newTag")
+    ):
+        images.image_of("api", tmp_path)
+    (tmp_path / "api" / "kustomization.yaml").write_text("resources: []\n")
+    with pytest.raises(ValueError, match=re.escape("has no `images` entry named diabetes-readmission/api")):
+        images.image_of("api", tmp_path)
+
+
+def test_make_images_refuses_an_unknown_service_and_a_machine_without_a_builder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images = images_script()
+    with pytest.raises(SystemExit) as exited:
+        images.main(["inference-api", "nosuch"])
+    assert exited.value.code == 2
+    assert "unknown service nosuch: choose from mlflow, inference-api, streamlit, locust" in capsys.readouterr().err
+    monkeypatch.setenv("PATH", str(tmp_path))  # no docker, buildah or podman
+    assert images.main(["inference-api"]) == 1
+    assert "install buildah and podman" in capsys.readouterr().err

@@ -19,8 +19,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -38,8 +40,9 @@ def podman_env(values: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def expand(value: str, env: Mapping[str, str]) -> str:
-    """Kubernetes' $(VAR) expansion of a command, an argument or an env value."""
-    return re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], value)
+    """Kubernetes' $(VAR) expansion of a command, an argument or an env value: a defined VAR is replaced, an
+    undefined one left as written."""
+    return re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), value)
 
 
 def security_flags(pod: Mapping[str, Any], container: Mapping[str, Any]) -> list[str]:
@@ -62,17 +65,28 @@ def security_flags(pod: Mapping[str, Any], container: Mapping[str, Any]) -> list
 
 
 def pod_folders(pod: Mapping[str, Any], base: Path) -> dict[str, Path]:
-    """A folder under ``base`` for each volume of the pod, owned by the pod's user (an emptyDir)."""
+    """A folder for each volume of the pod (an emptyDir), owned by the pod's user: under ``base``, or in
+    /dev/shm for `medium: Memory` (what the kubelet gives it: nothing on disk; remove it with
+    ``remove_folders``)."""
     context = pod.get("securityContext", {})
     uid, gid = context.get("runAsUser", 0), context.get("runAsGroup", context.get("runAsUser", 0))
     folders = {}
     for volume in pod.get("volumes", []):
         assert "emptyDir" in volume, f"volume {volume['name']}: only emptyDir volumes are run here"
-        folder = base / f"volume-{volume['name']}"
-        folder.mkdir(parents=True, exist_ok=True)
+        if (volume["emptyDir"] or {}).get("medium") == "Memory":
+            folder = Path(tempfile.mkdtemp(prefix=f"{volume['name']}-", dir="/dev/shm"))
+        else:
+            folder = base / f"volume-{volume['name']}"
+            folder.mkdir(parents=True, exist_ok=True)
         os.chown(folder, uid, gid)
         folders[volume["name"]] = folder
     return folders
+
+
+def remove_folders(folders: Mapping[str, Path]) -> None:
+    """Remove the pod's volume folders (memory ones included)."""
+    for folder in folders.values():
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def volume_flags(container: Mapping[str, Any], folders: Mapping[str, Path]) -> list[str]:
