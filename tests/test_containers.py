@@ -6,6 +6,7 @@ image's pinned requirements are enough to import and build the app in a clean en
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import re
 import shlex
@@ -214,3 +215,18 @@ def test_make_images_refuses_an_unknown_service_and_a_machine_without_a_builder(
     monkeypatch.setenv("PATH", str(tmp_path))  # no docker, buildah or podman
     assert images.main(["inference-api"]) == 1
     assert "install buildah and podman" in capsys.readouterr().err
+
+
+def test_make_images_refuses_to_build_on_the_test_only_stand_in_base(tmp_path: Path) -> None:
+    """Images for a registry are never built on scripts/stand-in-base.sh's stand-in (it trusts this machine's
+    proxy certificates); the tests may, saying so with ALLOW_STAND_IN's switch."""
+    images = images_script()
+    engine = tmp_path / "podman"  # answers `image inspect` with an image that carries the stand-in's label
+    labels = json.dumps([{"Config": {"Labels": {images.STAND_IN_LABEL: "test-only stand-in"}}}])
+    engine.write_text(f"#!/bin/sh\necho '{labels}'\n")
+    engine.chmod(0o755)
+    with pytest.raises(RuntimeError, match="test-only stand-in: images built on it are for tests"):
+        images.check_base(str(engine), allow_stand_in=False)
+    images.check_base(str(engine), allow_stand_in=True)
+    script = (ROOT / "scripts" / "stand-in-base.sh").read_text()
+    assert f"LABEL {images.STAND_IN_LABEL}=" in script  # the label the check looks for is the one the script sets

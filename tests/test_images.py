@@ -60,9 +60,9 @@ def databases(mysql_admin_url: str, postgres_admin_url: str) -> Iterator[dict[st
     postgres = PostgresDatabases(postgres_admin_url)
     try:
         yield {
-            "mlflow": f"{mysql_admin_url}/{names[0]}",
+            "mlflow": _least_privilege_url(admin, mysql_admin_url, names[0], "mlflow"),
             "predictions": f"{mysql_admin_url}/{names[1]}",
-            "predictions_as_the_api": _api_user(admin, mysql_admin_url, names[1]),
+            "predictions_as_the_api": _least_privilege_url(admin, mysql_admin_url, names[1], "inference"),
             "auth": postgres.create("mlflow_auth"),
             "raw": postgres.create("raw"),
             "clean": postgres.create("clean"),
@@ -72,21 +72,20 @@ def databases(mysql_admin_url: str, postgres_admin_url: str) -> Iterator[dict[st
         with admin.connect() as conn:
             for name in names:
                 conn.execute(text(f"DROP DATABASE IF EXISTS {name}"))
-            conn.execute(text(f"DROP USER IF EXISTS '{names[1]}'@'%'"))
+            for name in names:
+                conn.execute(text(f"DROP USER IF EXISTS '{name}'@'%'"))
         admin.dispose()
 
 
-def _api_user(admin: Engine, mysql_admin_url: str, database: str) -> str:
-    """The prediction log's URL as the API's own MariaDB user: mysql/init-databases.sh's `inference` user and
-    grant (least privilege), on the scratch ``database`` under a user of the same name."""
+def _least_privilege_url(admin: Engine, mysql_admin_url: str, database: str, role: str) -> str:
+    """The URL of the scratch ``database`` as the cluster's MariaDB user ``role`` (`mlflow` or `inference`):
+    mysql/init-databases.sh's grant to that user, on ``database``, for a user of the same name with a password."""
     password = uuid.uuid4().hex
-    grants = [
-        line for line in init_sql(REPO / "mysql" / "init-databases.sh", "'inference'@") if line.startswith("GRANT")
-    ]
+    grants = [line for line in init_sql(REPO / "mysql" / "init-databases.sh", f"'{role}'@") if line.startswith("GRANT")]
     assert len(grants) == 1, grants
     with admin.connect() as conn:
         conn.execute(text(f"CREATE USER '{database}'@'%' IDENTIFIED BY '{password}'"))
-        conn.execute(text(grants[0].replace("inference.*", f"{database}.*").replace("'inference'@", f"'{database}'@")))
+        conn.execute(text(grants[0].replace(f"{role}.*", f"{database}.*").replace(f"'{role}'@", f"'{database}'@")))
     url = make_url(mysql_admin_url).set(username=database, password=password, database=database)
     return url.render_as_string(hide_password=False)
 
@@ -197,6 +196,23 @@ def test_the_api_container_serves_the_champion_and_predicts(api: Api) -> None:
     assert status == 200 and 0 < answer["risk_30_days"] < 1, answer
     assert answer["model"]["alias"] == "champion", answer
     report("predict", {"api_ready_seconds": round(api.ready_seconds, 1), "answer": answer})
+
+
+def test_no_secret_is_on_a_process_command_line(registry: ContainerStack, api: Api, databases: dict[str, str]) -> None:
+    """No process in the running containers (MLflow's server and sidecar, the API) has a password among its
+    arguments: anyone who lists processes on the node (ps) or in the pod reads those."""
+    secrets = {key: value for key, value in registry.secret.items() if key.endswith(("PASSWORD", "SECRET_KEY"))}
+    for name in ("mlflow", "predictions_as_the_api"):
+        secrets[f"the {name} database password"] = str(make_url(databases[name]).password)
+    leaked = {}
+    for container in [*registry.containers, api.container]:
+        if podrun.state(container)[0] != "running":
+            continue
+        listing = ["podman", "exec", container, "sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '"]
+        done = subprocess.run(listing, env=podrun.podman_env(), capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        leaked[container] = sorted(key for key, value in secrets.items() if value in done.stdout)
+    assert leaked and not any(leaked.values()), leaked
 
 
 @pytest.fixture(scope="module")

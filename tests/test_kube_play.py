@@ -8,8 +8,11 @@ The played pods use the manifests' ports (5000, 8000, 8501, 9101; moto as MinIO 
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -58,12 +61,13 @@ def test_podman_kube_play_runs_the_mlflow_deployment(
     passwords, the cluster's database and user names) and moto listens on MinIO's port 9000."""
     require_free(5000, 9000, 9101)
     docs = render("mlflow", tmp_path)
-    secret = next(iter(secret_values(docs).values()))
+    secret = next(v for name, v in secret_values(docs).items() if name.startswith("mlflow-credentials-"))
     conf = _conf_with_cluster_names(tmp_path)
     with (
         cluster_databases(secret, mysql_admin_url, postgres_admin_url),
         moto_on(9000, "mlflow", tmp_path),
-        played(docs, tmp_path, _as_on_this_machine, {"CONTAINERS_CONF": str(conf)}) as deployment,
+        memory_folder() as memory,
+        played(docs, tmp_path, lambda d: _as_on_this_machine(d, memory), {"CONTAINERS_CONF": str(conf)}) as deployment,
     ):
         server, sidecar = deployment["spec"]["template"]["spec"]["containers"]
         live = podrun.wait_probe("mlflow-pod-0-mlflow", server["livenessProbe"], {"5000": 5000}, 600)
@@ -77,8 +81,25 @@ def test_podman_kube_play_runs_the_mlflow_deployment(
     assert states["pod"] == "Running" and set(states["containers"].values()) == {"running"}, states
 
 
-def _as_on_this_machine(deployment: dict[str, Any]) -> None:
+@contextlib.contextmanager
+def memory_folder() -> Iterator[Path]:
+    """A folder in /dev/shm owned by the pods' user (10001), removed afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix="access-config-", dir="/dev/shm"))
+    os.chown(folder, 10001, 10001)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _as_on_this_machine(deployment: dict[str, Any], memory: Path) -> None:
     pod = deployment["spec"]["template"]["spec"]
+    # podman 4.3 keeps a `medium: Memory` emptyDir on disk (containers/podman#21524); the basic-auth
+    # configuration holds the user store's password, so it gets a folder in memory, as in the cluster.
+    for volume in pod["volumes"]:
+        if (volume.get("emptyDir") or {}).get("medium") == "Memory":
+            volume.pop("emptyDir")
+            volume["hostPath"] = {"path": str(memory), "type": "Directory"}
     pod["hostAliases"] = [{"ip": "127.0.0.1", "hostnames": CLUSTER_NAMES}]
     # podman 4.3 gives init containers the pod's restart policy (Always): a finished db-upgrade starts again and
     # `kube play` fails to remove it ("cannot remove container ... as it is running"). The kubelet never restarts
@@ -119,7 +140,7 @@ def cluster_databases(secret: dict[str, str], mysql_admin_url: str, postgres_adm
         pg.dispose()
         pytest.fail(
             f"{', '.join(taken)} already exist here; this test makes its own under the cluster's names. A failed "
-            "run's leftovers? MariaDB: DROP DATABASE mlflow; DROP USER 'mlflow'@'%'; PostgreSQL: DROP DATABASE "
+            "run's leftovers (check that nothing else uses them)? MariaDB: DROP DATABASE mlflow; DROP USER 'mlflow'@'%'; PostgreSQL: DROP DATABASE "
             "mlflow_auth; DROP ROLE mlflow_auth"
         )
     try:
@@ -145,9 +166,10 @@ def moto_on(port: int, bucket: str, folder: Path) -> Iterator[None]:
     """moto's S3 server on 127.0.0.1:``port`` with ``bucket`` (MinIO's stand-in), stopped afterwards."""
     import boto3
 
+    log = (folder / "moto.log").open("wb")
     moto = subprocess.Popen(
         [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=(folder / "moto.log").open("wb"),
+        stdout=log,
         stderr=subprocess.STDOUT,
     )
     try:
@@ -165,3 +187,4 @@ def moto_on(port: int, bucket: str, folder: Path) -> Iterator[None]:
     finally:
         moto.terminate()
         moto.wait(timeout=30)
+        log.close()

@@ -7,7 +7,8 @@ Where podman 4.3 (Debian 12) differs from the kubelet, ``playable`` does the kub
 - $(VAR) in env values, command and args is expanded from the variables defined before (podman does not);
 - the containers' `ports` are dropped and the probes' named ports replaced by their numbers (podman refuses
   port mappings on the host network); replicas 1.
-Security settings, env, ConfigMaps and volumes are played as rendered.
+Security settings, env and ConfigMaps are played as rendered; volumes too, except where a test says so
+(podman 4.3 keeps a `medium: Memory` emptyDir on disk, so the MLflow test mounts a /dev/shm folder there).
 """
 
 from __future__ import annotations
@@ -43,7 +44,11 @@ def render(service: str, folder: Path) -> list[dict[str, Any]]:
         command = [sys.executable, str(REPO / "scripts" / "k8s_secrets.py"), str(folder)]
         done = subprocess.run(command, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
-    done = subprocess.run(["kubectl", "kustomize", str(folder / service)], capture_output=True, text=True, timeout=120)
+    try:
+        command = ["kubectl", "kustomize", str(folder / service)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    finally:
+        (folder / service / "secrets.env").unlink(missing_ok=True)  # the generated passwords: kept in memory only
     assert done.returncode == 0, done.stderr
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
 
@@ -118,28 +123,48 @@ def played(
     deployment = next(d for d in to_play if d["kind"] == "Deployment")
     if adjust:
         adjust(deployment)
-    (folder / "play.yaml").write_text(yaml.safe_dump_all(to_play))
+    play_file = folder / "play.yaml"  # holds expanded passwords (the kubelet's work): owner-only, removed after
+    play_file.touch(mode=0o600)
+    play_file.write_text(yaml.safe_dump_all(to_play))
+    pod = f"{deployment['metadata']['name']}-pod-0"
     made: list[str] = []
     try:
         for name, values in secret_values(docs).items():
             _make_secret(name, values, folder)
             made.append(name)
-        play = ["podman", "kube", "play", "--network", "host", str(folder / "play.yaml")]
+        play = ["podman", "kube", "play", "--network", "host", str(play_file)]
         done = subprocess.run(play, env=podrun.podman_env(env), capture_output=True, text=True, timeout=900)
-        pod = f"{deployment['metadata']['name']}-pod-0"
         assert done.returncode == 0, done.stdout + done.stderr + pod_logs(pod)
         yield deployment
     finally:
-        down = ["podman", "kube", "down", str(folder / "play.yaml")]
-        subprocess.run(down, env=podrun.podman_env(), capture_output=True, timeout=300)
-        for name in made:
+        _down(play_file, pod, made)
+
+
+def _down(play_file: Path, pod: str, secrets: list[str]) -> None:
+    """Remove the played pod and the secrets; fail naming the commands that finish the job if podman cannot."""
+    try:
+        down = subprocess.run(
+            ["podman", "kube", "down", str(play_file)],
+            env=podrun.podman_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert down.returncode == 0, f"`podman kube down` failed ({down.stderr.strip()}): run `podman pod rm -f {pod}`"
+    finally:
+        play_file.unlink(missing_ok=True)
+        for name in secrets:
             podrun.remove_secret(name)
 
 
 def _make_secret(name: str, values: dict[str, str], folder: Path) -> None:
     """A podman secret holding the Secret's data as podman 4.3's kube play reads it (JSON of base64 values)."""
-    exists = subprocess.run(["podman", "secret", "inspect", name], env=podrun.podman_env(), capture_output=True)
-    assert exists.returncode != 0, f"a podman secret {name} exists already: `podman secret rm {name}` if it is stale"
+    listed = subprocess.run(
+        ["podman", "secret", "ls", "--format", "{{.Name}}"], env=podrun.podman_env(), capture_output=True, text=True
+    )
+    generator = name.rsplit("-", 1)[0] + "-"  # kustomize's name before its content hash
+    stale = [s for s in listed.stdout.split() if s.startswith(generator)]
+    assert not stale, f"podman secrets {stale} exist already (a killed run's?): `podman secret rm {' '.join(stale)}`"
     path = folder / f"{name}.json"
     path.write_text(json.dumps({k: base64.b64encode(v.encode()).decode() for k, v in values.items()}))
     try:
@@ -178,4 +203,7 @@ def require_free(*ports: int) -> None:
     for port in ports:
         with socket.socket() as s:
             busy = s.connect_ex(("127.0.0.1", port)) == 0
-        assert not busy, f"port {port} is in use (a `make run`?): the played pod listens there; stop it and run again"
+        assert not busy, (
+            f"port {port} is in use (a `make run`, or a pod a killed run left: `podman pod ls`): the played pod listens "
+            "there; stop it and run again"
+        )
