@@ -47,7 +47,7 @@ mmdebstrap --quiet --variant=minbase \
   --dpkgopt='path-include=/usr/share/doc/*/copyright' --dpkgopt='path-exclude=/usr/share/locale/*' \
   --dpkgopt='path-exclude=/usr/share/info/*' \
   --include=python3,python3-venv,python-is-python3,ca-certificates,passwd \
-  "${hooks[@]}" bookworm "$work/rootfs.tar" http://deb.debian.org/debian
+  "${hooks[@]}" bookworm "$work/rootfs.tar"  # the host's apt sources for bookworm (mmdebstrap's default)
 podman import \
   --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
   --change 'ENV LANG=C.UTF-8' \
