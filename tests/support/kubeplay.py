@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import re
 import shutil
 import socket
 import subprocess
@@ -89,15 +88,10 @@ def _expand_as_the_kubelet_does(
         if ref:
             env[entry["name"]] = secrets[ref["name"]][ref["key"]]
         else:
-            entry["value"] = env[entry["name"]] = expand_known(entry.get("value", ""), env)
+            entry["value"] = env[entry["name"]] = podrun.expand(entry.get("value", ""), env)
     for key in ("command", "args"):
         if key in container:
-            container[key] = [expand_known(part, env) for part in container[key]]
-
-
-def expand_known(value: str, env: dict[str, str]) -> str:
-    """$(VAR) replaced where VAR is defined; left as written otherwise (Kubernetes' rule)."""
-    return re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), value)
+            container[key] = [podrun.expand(part, env) for part in container[key]]
 
 
 def _number_the_probe_ports(container: dict[str, Any]) -> None:
