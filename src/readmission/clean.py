@@ -186,9 +186,11 @@ class CleanReport:
     seconds: float
 
 
-def build_clean(raw_engine: Engine, clean_engine: Engine, spec: SplitSpec) -> CleanReport:
-    """Rebuild the CLEAN table from everything in RAW, atomically (readers see old or new, never half)."""
-    started = time.perf_counter()
+def read_raw(raw_engine: Engine) -> pd.DataFrame:
+    """Every RAW row: contract columns (integers as int64, the rest as strings) and ``batch_number``.
+
+    Raises ``EmptyStoreError`` (with the command to run) when RAW has no table or no rows.
+    """
     with raw_engine.connect() as conn:
         if not inspect(conn).has_table(RAW_TABLE):
             raise EmptyStoreError("the RAW database has no data yet: run `readmission load-raw` first.")
@@ -196,6 +198,13 @@ def build_clean(raw_engine: Engine, clean_engine: Engine, spec: SplitSpec) -> Cl
         raw = read_query(conn, f"SELECT {cols} FROM {RAW_TABLE}", {**_RAW_DTYPES, "batch_number": "int64"})
     if raw.empty:
         raise EmptyStoreError("the RAW database has no rows yet: run `readmission load-raw` first.")
+    return raw
+
+
+def build_clean(raw_engine: Engine, clean_engine: Engine, spec: SplitSpec) -> CleanReport:
+    """Rebuild the CLEAN table from everything in RAW, atomically (readers see old or new, never half)."""
+    started = time.perf_counter()
+    raw = read_raw(raw_engine)
     frame = clean_frame(raw, spec)
     table = _clean_table([str(c) for c in frame.columns], _INTEGER_COLUMNS)
     split_rows = {s: int((frame["split"] == s).sum()) for s in SPLITS}

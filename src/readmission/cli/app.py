@@ -28,6 +28,7 @@ from .data_commands import (
 )
 from .log_commands import register_log_commands
 from .model_commands import register_model_commands, train_models
+from .quality_commands import register_quality_commands
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 app = typer.Typer(
     help="Diabetes-readmission platform. Data: fetch the UCI data, load it into the RAW database in batches, "
     "build the CLEAN dataset with a patient-grouped split. Models: train candidates and gate the `champion`, "
+    "measure quality over several splits (`evaluate`), "
     "list versions, re-run the gate, roll back. Prediction log: delete rows past the retention. `run` does the "
     "whole job; `status` and `models` show what is stored. Settings come from the environment or .env (see .env.example); options override them.",
     no_args_is_help=True,
@@ -112,6 +114,7 @@ def run(data_path: DataPathOption = None, batches: BatchesOption = None) -> None
 
 register_data_commands(app, _settings, out, console)
 register_model_commands(app, _settings, out, console)
+register_quality_commands(app, _settings, out, console)
 register_log_commands(app, _settings, out, console)
 
 
