@@ -37,7 +37,7 @@ def main() -> None:
     )
     parser.add_argument("--seeds", type=_ints, default=EVALUATION_SEEDS, help="split seeds, comma-separated")
     parser.add_argument("--families", default=",".join(FAMILIES), help="model families, comma-separated")
-    parser.add_argument("--budget", type=float, default=TrainConfig().time_budget_seconds, help="training budget, s")
+    parser.add_argument("--budget", type=float, default=240.0, help="training budget, s (TRAIN_TIME_BUDGET_SECONDS)")
     parser.add_argument("--max-trials", type=int, default=None, help="trials per family (default: as time allows)")
     parser.add_argument("--json", type=Path, default=None, help="also write every result to this file")
     args = parser.parse_args()

@@ -34,7 +34,18 @@ def _cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess
 def test_help_explains_every_command(tmp_path: Path) -> None:
     result = _cli("--help", cwd=tmp_path)
     assert result.returncode == 0
-    for command in ("fetch", "load-raw", "build-clean", "status", "run", "synthesize", "train", "promote", "models", "evaluate"):
+    for command in (
+        "fetch",
+        "load-raw",
+        "build-clean",
+        "status",
+        "run",
+        "synthesize",
+        "train",
+        "promote",
+        "models",
+        "evaluate",
+    ):
         assert command in result.stdout
     assert "rollback" in result.stdout and "Models:" in result.stdout  # was: described fetch/load/clean only
     assert "purge-predictions" in result.stdout and "Prediction log" in result.stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -159,10 +160,49 @@ def test_max_trials_caps_the_trials_whatever_the_time_budget(clean_db: Any) -> N
     config = TrainConfig(families=("logistic_regression",), max_trials=2)
     winner = fit_family("logistic_regression", xy[0], xy[1], config, budget_seconds=3_600, log=lines.append)
     assert winner.trials == 2
-    assert [line.split(" {")[0].strip() for line in lines] == [
+    assert [line.split(" {")[0].strip() for line in lines if " trial " in line] == [
         "logistic_regression trial 1",
         "logistic_regression trial 2",
     ]
+
+
+def _train_validation(clean_db: Any) -> list[tuple[Any, Any]]:
+    frames = (read_clean(clean_db, split) for split in ("train", "validation"))
+    return [(model_input(f), f[schema.TARGET].astype(str)) for f in frames]
+
+
+def test_the_chosen_trial_is_refitted_on_train_and_validation(clean_db: Any) -> None:
+    """Everything is chosen with the train-only fit (trial, threshold, calibration); the model kept is the same
+    parameters fitted on train + validation."""
+    import pandas as pd
+
+    from readmission.evaluation import best_f1_threshold, classification_metrics
+    from readmission.modeling import logistic_regression
+
+    (x_train, y_train), (x_val, y_val) = _train_validation(clean_db)
+    config = TrainConfig(families=("logistic_regression",), max_trials=1, calibration_tolerance=10.0)
+    winner = fit_family("logistic_regression", (x_train, y_train), (x_val, y_val), config, 3_600, log=print)
+    train_only = logistic_regression(**winner.params).fit(x_train, y_train)
+    both = logistic_regression(**winner.params).fit(pd.concat([x_train, x_val]), pd.concat([y_train, y_val]))
+    assert winner.refit and not winner.calibrated
+    np.testing.assert_allclose(risk_of(winner.model, x_val)[0], risk_of(both, x_val)[0], atol=1e-12)
+    assert np.abs(risk_of(winner.model, x_val)[1] - risk_of(train_only, x_val)[1]).max() > 1e-6
+    assert winner.validation == classification_metrics(y_val, *risk_of(train_only, x_val))
+    early = (y_val == schema.POSITIVE_LABEL).to_numpy().astype(int)
+    assert winner.threshold == best_f1_threshold(early, risk_of(train_only, x_val)[1])
+    kept = fit_family("logistic_regression", (x_train, y_train), (x_val, y_val), replace(config, refit=False), 3_600)
+    assert not kept.refit
+    np.testing.assert_allclose(risk_of(kept.model, x_val)[0], risk_of(train_only, x_val)[0], atol=1e-12)
+
+
+def test_a_recalibrated_winner_is_not_refitted(clean_db: Any) -> None:
+    """Its calibrator was fitted on validation: fitting the model again on validation would void it."""
+    from sklearn.calibration import CalibratedClassifierCV
+
+    train, validation = _train_validation(clean_db)
+    config = TrainConfig(families=("logistic_regression",), max_trials=1, calibration_tolerance=-1.0)
+    winner = fit_family("logistic_regression", train, validation, config, 3_600)
+    assert winner.calibrated and not winner.refit and isinstance(winner.model, CalibratedClassifierCV)
 
 
 class _SlowFamily:
@@ -190,7 +230,7 @@ def test_a_trial_that_would_overrun_the_budget_is_not_started(clean_db: Any, mon
     train, validation = (read_clean(clean_db, split) for split in ("train", "validation"))
     xy = [(model_input(f).head(200), f[schema.TARGET].astype(str).head(200)) for f in (train, validation)]
     lines: list[str] = []
-    config = TrainConfig(families=("logistic_regression",))
+    config = TrainConfig(families=("logistic_regression",), refit=False)
     # Each trial takes >= 1.2 s (fit and validation predictions each sleep 0.6 s): after one, 0.8 s of 2 remain.
     winner = fit_family("slow", xy[0], xy[1], config, budget_seconds=2.0, log=lines.append)
     assert winner.trials == 1, lines

@@ -20,7 +20,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pandas as pd
 
@@ -52,6 +52,7 @@ class SplitResult:
     fit_seconds: float
     trials: int
     calibrated: bool
+    refit: bool = False  # fitted again on train + validation (``training.fit_family``)
     chosen_family: str = field(default="")  # for the champion row: the family validation chose
 
 
@@ -79,18 +80,23 @@ def evaluate_split(
         test = classification_metrics(parts["test"][1], *risk_of(candidate.model, parts["test"][0]))
         seconds = time.perf_counter() - started
         results.append(
-            SplitResult(seed, family, candidate.validation, test, seconds, candidate.trials, candidate.calibrated)
+            SplitResult(
+                seed,
+                family,
+                candidate.validation,
+                test,
+                seconds,
+                candidate.trials,
+                candidate.calibrated,
+                candidate.refit,
+            )
         )
         log(
             f"  seed {seed} {family}: validation {candidate.validation[SELECTION_METRIC]:.4f}, "
             f"test {test[SELECTION_METRIC]:.4f} ({candidate.trials} trial(s), {seconds:.0f} s)"
         )
     best = max(results, key=lambda r: r.validation[SELECTION_METRIC])
-    results.append(
-        SplitResult(
-            seed, CHAMPION, best.validation, best.test, best.fit_seconds, best.trials, best.calibrated, best.family
-        )
-    )
+    results.append(replace(best, family=CHAMPION, chosen_family=best.family))
     return results
 
 
@@ -137,6 +143,7 @@ def per_seed_table(results: Sequence[SplitResult]) -> pd.DataFrame:
                 **{f"test_{m}": r.test[m] for m in REPORTED_METRICS},
                 "trials": r.trials,
                 "calibrated": r.calibrated,
+                "refit": r.refit,
                 "fit_seconds": r.fit_seconds,
                 "chosen": r.chosen_family,
             }
@@ -156,10 +163,16 @@ def format_summary(table: pd.DataFrame) -> str:
 
 
 def format_per_seed(results: Sequence[SplitResult]) -> str:
-    """``per_seed_table`` as aligned text (champion rows name the family validation chose)."""
-    lines = [f"{'seed':>5} {'family':<36} {'val AUC':>8} " + " ".join(f"{h:>18}" for h in REPORTED_METRICS.values())]
+    """``per_seed_table`` as aligned text (champion rows name the family validation chose; the last column says
+    whether the model kept was refitted on train + validation, recalibrated on validation, or fitted on train)."""
+    lines = [
+        f"{'seed':>5} {'family':<36} {'val AUC':>8} "
+        + " ".join(f"{h:>18}" for h in REPORTED_METRICS.values())
+        + "  model"
+    ]
     for r in results:
         name = f"{CHAMPION} ({r.chosen_family})" if r.family == CHAMPION else r.family
         cells = " ".join(f"{r.test[m]:>18.4f}" for m in REPORTED_METRICS)
-        lines.append(f"{r.seed:>5} {name:<36} {r.validation[SELECTION_METRIC]:>8.4f} {cells}")
+        kind = "recalibrated" if r.calibrated else "refit" if r.refit else "train only"
+        lines.append(f"{r.seed:>5} {name:<36} {r.validation[SELECTION_METRIC]:>8.4f} {cells}  {kind}")
     return "\n".join(lines)

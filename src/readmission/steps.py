@@ -18,6 +18,7 @@ steps as the DAG, one after the other, so selection and the gate exist once.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -81,6 +82,8 @@ class CandidateSummary(TypedDict):
     run_id: str
     model_uri: str
     calibrated: bool
+    refit: bool
+    threshold: float | None
     validation: dict[str, float]
     test: dict[str, float]
     fit_seconds: float | None
@@ -184,6 +187,8 @@ def _candidate_summary(run: Any, reused: bool) -> CandidateSummary:
         "run_id": run.info.run_id,
         "model_uri": run.data.tags["candidate_model_uri"],
         "calibrated": run.data.tags.get("calibrated") == "True",
+        "refit": run.data.tags.get("refit") == "True",
+        "threshold": metrics.get("chosen_threshold_30"),
         "validation": {k.removeprefix("validation_"): v for k, v in metrics.items() if k.startswith("validation_")},
         "test": {k.removeprefix("test_"): v for k, v in metrics.items() if k.startswith("test_")},
         "fit_seconds": metrics.get("fit_seconds"),
@@ -311,6 +316,8 @@ def _register(best: CandidateSummary, clean_url: str, training_key: str, config:
         best["validation"],
         test=best["test"],
         calibrated=best["calibrated"],
+        threshold=best["threshold"] if best["threshold"] is not None else math.nan,
+        refit=best["refit"],
         run_id=best["run_id"],
         model_uri=best["model_uri"],  # registered as the training task logged it, not logged again
     )

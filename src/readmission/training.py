@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import math
 import sys
 import tempfile
 import time
@@ -44,6 +45,7 @@ class TrainConfig:
     seed: int = 0
     min_improvement: float = 0.0
     calibration_tolerance: float = 0.1  # recalibrate when the validation slope is outside 1 +/- this
+    refit: bool = True  # fit the chosen trial again on train + validation (``fit_family``)
     importance_rows: int = 3_000  # permutation-importance sample at most...
     importance_seconds: float = 20.0  # ...cut so that the importance takes about this long (``importance_sample``;
     # on the full data it took 41 s against a target of 30 s: the estimate is low by about a third)
@@ -67,6 +69,8 @@ class Candidate:
     fit_seconds: float = 0.0
     trials: int = 0
     calibrated: bool = False
+    threshold: float = math.nan  # F1-best risk threshold for the 30-day class, chosen on validation
+    refit: bool = False  # fitted again on train + validation after everything was chosen
     run_id: str = ""
     model_uri: str = ""  # set when the model is already logged (a candidate run of an Airflow task)
 
@@ -86,21 +90,15 @@ def _calibrate_if_needed(
     return calibrated, True
 
 
-def fit_family(
+def _best_trial(
     name: str,
     train: tuple[pd.DataFrame, pd.Series],
     validation: tuple[pd.DataFrame, pd.Series],
     config: TrainConfig,
     budget_seconds: float,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None],
 ) -> Candidate:
-    """Fit one family's trials within ``budget_seconds`` (and ``config.max_trials``); keep its best by validation.
-
-    The first trial always runs; a further trial starts only when the slowest trial so far fits in the seconds
-    left, so the family ends near ``budget_seconds`` rather than one long trial past it. The best is recalibrated
-    when its validation calibration is off. With only a time budget, how many trials run depends on the
-    machine's speed; set ``max_trials`` for a run that is the same on every machine.
-    """
+    """The family's trials fitted on ``train`` within the budget; the best by validation ROC-AUC (unrefitted)."""
     (x_train, y_train), (x_val, y_val) = train, validation
     family_started = time.perf_counter()
     winner: Candidate | None = None
@@ -124,11 +122,43 @@ def fit_family(
         if trial == config.max_trials:
             break
     assert winner is not None
+    return winner
+
+
+def fit_family(
+    name: str,
+    train: tuple[pd.DataFrame, pd.Series],
+    validation: tuple[pd.DataFrame, pd.Series],
+    config: TrainConfig,
+    budget_seconds: float,
+    log: Callable[[str], None] = print,
+) -> Candidate:
+    """Fit one family's trials within ``budget_seconds`` (and ``config.max_trials``); keep its best by validation.
+
+    The first trial always runs; a further trial starts only when the slowest trial so far fits in the seconds
+    left, so the family ends near ``budget_seconds`` rather than one long trial past it. With only a time budget,
+    how many trials run depends on the machine's speed; set ``max_trials`` for a run that is the same everywhere.
+
+    Everything is chosen on validation with the trial fitted on ``train``: the trial, the F1-best threshold
+    (``Candidate.threshold``) and whether to recalibrate (when its validation calibration is off, the model is
+    wrapped in a sigmoid calibrator fitted on validation). Then, with ``config.refit`` and no recalibration, the
+    chosen parameters are fitted again on train + validation (``Candidate.refit``): 21 % more patients, and the
+    learning curve was still rising (validation ROC-AUC +0.005 from 55 % to 70 % of patients, 5 seeds,
+    CHANGELOG #20). ``Candidate.validation`` keeps the train-only fit's metrics, which chose it.
+    """
+    (x_train, y_train), (x_val, y_val) = train, validation
+    winner = _best_trial(name, train, validation, config, budget_seconds, log)
+    winner.threshold = best_f1_threshold(_early(y_val), risk_of(winner.model, x_val)[1])
     winner.model, winner.calibrated = _calibrate_if_needed(
         winner.model, winner.validation, x_val, y_val, config.calibration_tolerance
     )
     if winner.calibrated:
         winner.validation = classification_metrics(y_val, *risk_of(winner.model, x_val))
+    elif config.refit:
+        started = time.perf_counter()
+        both = pd.concat([x_train, x_val]), pd.concat([y_train, y_val])
+        winner.model, winner.refit = FAMILIES[name].build(**winner.params).fit(*both), True
+        log(f"  {name}: refitted on train + validation ({len(both[0]):,} rows, {time.perf_counter() - started:.1f} s)")
     return winner
 
 
@@ -205,11 +235,13 @@ def log_evidence_and_register(
     import mlflow
 
     x_test, y_test = model_input(test), test[schema.TARGET].astype(str)
-    x_val, y_val = model_input(validation), validation[schema.TARGET].astype(str)
-    threshold = best_f1_threshold(_early(y_val), risk_of(best.model, x_val)[1])
+    threshold = best.threshold
+    if math.isnan(threshold):  # a candidate logged before thresholds were chosen with the trial
+        x_val, y_val = model_input(validation), validation[schema.TARGET].astype(str)
+        threshold = best_f1_threshold(_early(y_val), risk_of(best.model, x_val)[1])
     started = time.perf_counter()
     log(f"  evidence: permutation importance of {best.family} (about {config.importance_seconds:.0f} s)")
-    importance = _importance(best.model, x_val, y_val, config)
+    importance = _importance(best.model, x_test, y_test, config)
     log(f"  evidence: importance done ({time.perf_counter() - started:.1f} s); plots and registration")
     _, test_risk = risk_of(best.model, x_test)
     with mlflow.start_run(run_id=best.run_id), tempfile.TemporaryDirectory() as tmp:
@@ -231,28 +263,30 @@ IMPORTANCE_REPEATS = 2
 _ROUTINE_REGISTRY_LINES = ("Successfully registered model", "Created version", "Registered model")
 
 
-def importance_sample(model: Any, x_val: pd.DataFrame, config: TrainConfig) -> pd.DataFrame:
-    """The validation rows permutation importance uses: at most ``config.importance_rows``, and few enough that
+def importance_sample(model: Any, x: pd.DataFrame, config: TrainConfig) -> pd.DataFrame:
+    """The rows of ``x`` permutation importance uses: at most ``config.importance_rows``, and few enough that
     its ``columns x IMPORTANCE_REPEATS`` predictions take about ``config.importance_seconds`` at the speed of one
     timed prediction on 500 rows (at least 300 rows, so the ranking stays usable)."""
-    probe = x_val.sample(min(500, len(x_val)), random_state=config.seed)
+    probe = x.sample(min(500, len(x)), random_state=config.seed)
     started = time.perf_counter()
     risk_of(model, probe)
     per_row = (time.perf_counter() - started) / len(probe)
-    predictions = x_val.shape[1] * IMPORTANCE_REPEATS + 1
+    predictions = x.shape[1] * IMPORTANCE_REPEATS + 1
     fits = int(config.importance_seconds / max(per_row * predictions, 1e-9))
-    rows = min(config.importance_rows, len(x_val), max(fits, 300))
-    return x_val.sample(rows, random_state=config.seed)
+    rows = min(config.importance_rows, len(x), max(fits, 300))
+    return x.sample(rows, random_state=config.seed)
 
 
-def _importance(model: Any, x_val: pd.DataFrame, y_val: pd.Series, config: TrainConfig) -> pd.Series:
-    """Permutation importance (drop in ROC-AUC of the 30-day risk) on a sample of the validation split
-    (``importance_sample``)."""
-    sample = importance_sample(model, x_val, config)
+def _importance(model: Any, x: pd.DataFrame, y: pd.Series, config: TrainConfig) -> pd.Series:
+    """Permutation importance (drop in ROC-AUC of the 30-day risk) on a sample of ``x`` (``importance_sample``).
+
+    Training passes the test split: a refitted model has seen validation, and the importance chooses nothing.
+    """
+    sample = importance_sample(model, x, config)
     importance = permutation_importance(
         model,
         sample,
-        _early(y_val.loc[sample.index]),
+        _early(y.loc[sample.index]),
         scoring=lambda est, x, y: roc_auc_score(y, risk_of(est, x)[1]),
         n_repeats=IMPORTANCE_REPEATS,
         random_state=config.seed,
@@ -318,7 +352,12 @@ def log_candidate(
     candidate.test = classification_metrics(test[1], *risk_of(candidate.model, test[0]))
     with mlflow.start_run(run_name=candidate.family, nested=nested) as run:
         candidate.run_id = run.info.run_id
-        tags = {**lineage, "model_family": candidate.family, "calibrated": str(candidate.calibrated)}
+        tags = {
+            **lineage,
+            "model_family": candidate.family,
+            "calibrated": str(candidate.calibrated),
+            "refit": str(candidate.refit),
+        }
         if training_key:
             tags[TRAINING_KEY_TAG] = training_key
         mlflow.set_tags(tags)
@@ -328,6 +367,7 @@ def log_candidate(
                 **{f"validation_{k}": v for k, v in candidate.validation.items()},
                 **{f"test_{k}": v for k, v in candidate.test.items()},
                 "fit_seconds": candidate.fit_seconds,
+                **({} if math.isnan(candidate.threshold) else {"chosen_threshold_30": candidate.threshold}),
             }
         )
         if log_model:
