@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from readmission.assessment import (
     CHAMPION,
+    EVALUATION_SEEDS,
     REPORTED_METRICS,
     SplitResult,
     evaluate_seeds,
@@ -22,7 +23,7 @@ from readmission.assessment import (
     summary,
 )
 from readmission.clean import SplitSpec, assign_split, read_raw
-from readmission.cli.quality_commands import parse_seeds
+from readmission.cli.quality_commands import DEFAULT_SEEDS, parse_seeds, seed_warnings, write_results
 from readmission.db import create_db_engine
 from readmission.errors import EmptyStoreError, ReadmissionError
 from readmission.raw import SourceFile, load_raw_batches
@@ -80,7 +81,10 @@ def _result(seed: int, family: str, validation: float, test: float) -> SplitResu
 def test_mean_sd_is_the_sample_mean_and_standard_deviation(values: list[float]) -> None:
     mean, sd = mean_sd(values)
     assert mean == pytest.approx(statistics.fmean(values))
-    assert sd == pytest.approx(np.std(values, ddof=1) if len(values) > 1 else 0.0, abs=1e-12)
+    if len(values) == 1:
+        assert np.isnan(sd)  # undefined, not a reassuring 0
+    else:
+        assert sd == pytest.approx(np.std(values, ddof=1), abs=1e-12)
 
 
 @given(st.lists(st.tuples(st.floats(0.4, 0.9), st.floats(0.4, 0.9)), min_size=2, max_size=8))
@@ -93,7 +97,7 @@ def test_summary_of_any_results_matches_the_rows_it_came_from(pairs: list[tuple[
         assert table.loc[family, "roc_auc_30_mean"] == pytest.approx(np.mean([t for _, t in pairs]))
 
 
-@pytest.mark.parametrize("text", ["1", "1,1", "a,b", "-1,2", "", "1.5,2"])
+@pytest.mark.parametrize("text", ["1", "1,1", "a,b", "-1,2", "", "1.5,2", f"1,{2**63}"])
 def test_seeds_must_be_two_or_more_distinct_whole_numbers(text: str) -> None:
     with pytest.raises(ReadmissionError, match="--seeds"):
         parse_seeds(text)
@@ -101,6 +105,24 @@ def test_seeds_must_be_two_or_more_distinct_whole_numbers(text: str) -> None:
 
 def test_seeds_accept_spaces() -> None:
     assert parse_seeds("1, 2 ,3") == (1, 2, 3)
+
+
+def test_the_default_seeds_are_five_and_not_the_tuned_split() -> None:
+    assert parse_seeds(DEFAULT_SEEDS) == EVALUATION_SEEDS
+    assert seed_warnings(EVALUATION_SEEDS) == []
+    assert [w.split(":")[0] for w in seed_warnings((1, 42))] == [
+        "only 2 splits",
+        "seed 42 is the split earlier choices were made on",
+    ]
+
+
+def test_results_are_written_as_standard_json(tmp_path: Path) -> None:
+    """An undefined metric (NaN) is written as null: the standard JSON token, which every reader accepts."""
+    result = _result(1, "f", 0.7, 0.6)
+    result.test["calibration_slope_30"] = float("nan")
+    write_results(tmp_path / "r.json", [result])
+    text = (tmp_path / "r.json").read_text()
+    assert "NaN" not in text and json.loads(text)[0]["test"]["calibration_slope_30"] is None
 
 
 def test_evaluate_command_on_raw_prints_per_seed_and_mean_sd(tmp_path: Path) -> None:
@@ -115,15 +137,39 @@ def test_evaluate_command_on_raw_prints_per_seed_and_mean_sd(tmp_path: Path) -> 
     assert {(r["seed"], r["family"]) for r in saved} == {
         (s, f) for s in (3, 4) for f in ("logistic_regression", "hist_gradient_boosting", CHAMPION)
     }
-    assert not (tmp_path / "var" / "mlflow.db").exists()  # it registers nothing
+    assert (tmp_path / "var" / "raw.db").is_file()  # the embedded default's folder...
+    assert not (tmp_path / "var" / "mlflow").exists()  # ...without an MLflow store: it registers nothing
+    assert "only 2 splits" in result.stderr  # fewer than five: said, not refused
 
 
-def test_evaluate_command_names_the_fix_for_an_empty_store_and_bad_seeds(tmp_path: Path) -> None:
+def test_evaluate_command_names_the_fix_for_an_empty_store_and_bad_settings(tmp_path: Path) -> None:
     empty = _cli("evaluate", cwd=tmp_path, env=FAST_TRAINING)
     assert empty.returncode != 0 and "run `readmission load-raw` first" in empty.stderr
     assert "Traceback" not in empty.stderr
     bad = _cli("evaluate", "--seeds", "7", cwd=tmp_path)
     assert bad.returncode != 0 and "--seeds '7'" in bad.stderr
+    family = _cli("evaluate", cwd=tmp_path, env={"TRAIN_FAMILIES": "xgboost"})
+    assert family.returncode != 0 and "unknown model families ['xgboost']" in family.stderr  # was: a traceback
+    assert "Traceback" not in family.stderr
+
+
+def test_an_unwritable_json_path_is_refused_before_the_run(tmp_path: Path) -> None:
+    """Was: the tables printed after minutes of training, then a FileNotFoundError traceback and no file."""
+    data = write_synthetic_csv(tmp_path / "data.csv", rows=600, seed=5)
+    assert _cli("load-raw", "--data-path", str(data), cwd=tmp_path).returncode == 0
+    for target, says in (("missing/out.json", "does not exist; create it first"), (".", "is a folder")):
+        result = _cli("evaluate", "--json", target, cwd=tmp_path, env=FAST_TRAINING)
+        assert result.returncode != 0 and says in result.stderr and "Traceback" not in result.stderr
+        assert "evaluate: 600 RAW rows" not in result.stderr  # refused before any training
+
+
+def test_too_little_data_is_one_line_naming_the_fix(tmp_path: Path) -> None:
+    data = write_synthetic_csv(tmp_path / "data.csv", rows=60, seed=5)
+    assert _cli("load-raw", "--data-path", str(data), cwd=tmp_path).returncode == 0
+    env = {**FAST_TRAINING, "TRAIN_FAMILIES": "hist_gradient_boosting"}
+    result = _cli("evaluate", "--seeds", "1,2", cwd=tmp_path, env=env)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "load more rows" in result.stderr
 
 
 def test_read_raw_refuses_an_empty_store(tmp_path: Path) -> None:

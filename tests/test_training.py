@@ -203,6 +203,33 @@ def test_a_recalibrated_winner_is_not_refitted(clean_db: Any) -> None:
     config = TrainConfig(families=("logistic_regression",), max_trials=1, calibration_tolerance=-1.0)
     winner = fit_family("logistic_regression", train, validation, config, 3_600)
     assert winner.calibrated and not winner.refit and isinstance(winner.model, CalibratedClassifierCV)
+    from readmission.evaluation import best_f1_threshold, classification_metrics
+    from readmission.modeling import logistic_regression
+
+    uncalibrated = logistic_regression(**winner.params).fit(*train)
+    early = (validation[1] == schema.POSITIVE_LABEL).to_numpy().astype(int)
+    # The threshold belongs to the model kept (was: the uncalibrated trial's, on another risk scale)...
+    assert winner.threshold == best_f1_threshold(early, risk_of(winner.model, validation[0])[1])
+    # ...while the metrics that choose among families stay out of sample (the calibrator saw validation).
+    assert winner.validation == classification_metrics(validation[1], *risk_of(uncalibrated, validation[0]))
+
+
+def test_a_candidate_run_says_whether_it_was_refitted_and_its_threshold(tracking: str) -> None:
+    """The Airflow path rebuilds the winner from its run; runs logged before #20 have neither tag nor metric."""
+    from readmission.steps import _candidate_summary
+
+    client = MlflowClient(tracking, tracking)
+    runs = {}
+    for name, tags, metrics in (
+        ("before #20", {}, {}),
+        ("refitted", {"refit": "True"}, {"chosen_threshold_30": 0.17}),
+    ):
+        with mlflow.start_run(run_name=name) as run:
+            mlflow.set_tags({"model_family": "logistic_regression", "candidate_model_uri": "models:/m/1", **tags})
+            mlflow.log_metrics({"validation_roc_auc_30": 0.6, "test_roc_auc_30": 0.6, **metrics})
+        runs[name] = _candidate_summary(client.get_run(run.info.run_id), reused=False)
+    assert (runs["before #20"]["refit"], runs["before #20"]["threshold"]) == (False, None)
+    assert (runs["refitted"]["refit"], runs["refitted"]["threshold"]) == (True, 0.17)
 
 
 class _SlowFamily:

@@ -86,7 +86,13 @@ def test_model_health_metrics_and_docs(client: TestClient) -> None:
     assert model.status_code == 200
     info = model.json()
     assert info["name"] == "diabetes-readmission" and info["version"] == "1" and info["alias"] == "champion"
-    assert len(info["run_id"]) == 32 and info["prediction_path"] in {"compiled", "compiled-input", "pipeline"}
+    assert len(info["run_id"]) == 32 and info["prediction_path"] in {
+        "compiled",
+        "compiled-input",
+        "compiled-calibrated",
+        "compiled-input-calibrated",
+        "pipeline",
+    }
     assert "test_roc_auc_30" in info["metrics"] and "loaded_at" in info
     live = client.get("/health/live").json()
     assert live == {"status": "alive", "instance": client.app.state.components.instance_id}  # type: ignore[attr-defined]

@@ -86,7 +86,11 @@ def test_an_untouched_model_keeps_its_fast_path(registry: Registry, tmp_path: Pa
     settings = settings_for(registry.uri, f"sqlite:///{tmp_path / 'log.db'}")
     with ApiServer(settings) as api:
         wait_until(lambda: httpx.get(f"{api.url}/health/ready").status_code == 200, 120, "the model to load")
-        assert httpx.get(f"{api.url}/model").json()["prediction_path"] in {"compiled", "compiled-input"}
+        assert httpx.get(f"{api.url}/model").json()["prediction_path"] in {
+            "compiled",
+            "compiled-input",
+            "compiled-calibrated",
+        }
         metrics = httpx.get(f"{api.url}/metrics").text
         assert "inference_model_fast_path_mismatch_total 0.0" in metrics
         assert "inference_model_pipeline_fallback 0.0" in metrics

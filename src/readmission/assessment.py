@@ -1,17 +1,14 @@
 """An honest estimate of model quality: the default training repeated on several patient-grouped splits.
 
-One split gives one draw of the test set's noise (about +-0.005 ROC-AUC on 15,000 encounters here), and a
+One split gives one draw of the test set's noise (an sd of about 0.006 ROC-AUC between splits of 15,000 encounters here), and a
 split whose seed was used while choosing features and families flatters the choice. ``evaluate_seeds``
 re-splits the same RAW rows with each seed (``clean.clean_frame``: cohort, history features and split exactly
 as CLEAN builds them), runs every family with the share of the time budget ``steps.train_job`` gives it, picks
 the champion on validation ROC-AUC alone (``steps.best_on_validation``'s rule) and scores everything on that
 seed's test split. The test splits choose nothing.
 
-Protocol (written once; README "Model quality" quotes it):
-  cohort  every encounter but deaths and hospice discharges (``schema.DEATH_OR_HOSPICE_DISCHARGE_IDS``);
-  target  readmitted within 30 days (``readmitted == "<30"``), scored as P(<30) of the three-class model;
-  split   patients, not encounters: 70 / 15 / 15 % train / validation / test by ``clean.assign_split``;
-  seeds   ``EVALUATION_SEEDS`` (never 42, the default split seed, on which earlier choices were made).
+The protocol (cohort, target, split, seeds) is written once, in the README: "Model quality, measured on
+several splits".
 """
 
 from __future__ import annotations
@@ -49,7 +46,7 @@ class SplitResult:
     family: str
     validation: dict[str, float]
     test: dict[str, float]
-    fit_seconds: float
+    fit_seconds: float  # the family's trials, refit and test scoring; a champion row: its family's
     trials: int
     calibrated: bool
     refit: bool = False  # fitted again on train + validation (``training.fit_family``)
@@ -61,16 +58,22 @@ def _xy(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
 
 
 def evaluate_split(
-    raw: pd.DataFrame, seed: int, config: TrainConfig, log: Callable[[str], None] = print
+    raw: pd.DataFrame,
+    seed: int,
+    config: TrainConfig,
+    split: SplitSpec = SplitSpec(),  # noqa: B008 - frozen dataclass, only its fractions are read
+    log: Callable[[str], None] = print,
 ) -> list[SplitResult]:
-    """Every family of ``config`` and the champion on the split of ``raw`` drawn with ``seed``.
+    """Every family of ``config`` and the champion on the split of ``raw`` drawn with ``seed`` (and the
+    fractions of ``split``; its own seed is ignored).
 
     ``raw`` holds RAW rows (contract columns as text and integers, as ``clean.read_raw`` returns them).
-    Returns one ``SplitResult`` per family, then one with ``family == "champion"``.
+    Returns one ``SplitResult`` per family, then one with ``family == "champion"``. Raises ``ValueError`` (from
+    scikit-learn's metrics) when a split holds no 30-day readmission, as on a tiny data set.
     """
     from readmission.steps import trial_share
 
-    frame = clean_frame(raw, SplitSpec(seed=seed))
+    frame = clean_frame(raw, replace(split, seed=seed))
     parts = {s: _xy(frame[frame["split"] == s]) for s in ("train", "validation", "test")}
     share = trial_share(config.time_budget_seconds, len(config.families))
     results = []
@@ -101,20 +104,26 @@ def evaluate_split(
 
 
 def evaluate_seeds(
-    raw: pd.DataFrame, seeds: Iterable[int], config: TrainConfig, log: Callable[[str], None] = print
+    raw: pd.DataFrame,
+    seeds: Iterable[int],
+    config: TrainConfig,
+    split: SplitSpec = SplitSpec(),  # noqa: B008 - frozen dataclass
+    log: Callable[[str], None] = print,
 ) -> list[SplitResult]:
     """``evaluate_split`` for each seed in turn (one split in memory at a time)."""
     results: list[SplitResult] = []
     for seed in seeds:
-        results.extend(evaluate_split(raw, seed, config, log))
+        results.extend(evaluate_split(raw, seed, config, split, log))
     return results
 
 
 def mean_sd(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (n - 1; 0 for a single value, NaN for none)."""
+    """Mean and sample standard deviation (n - 1). The sd of one value is undefined: NaN (the mean too for
+    none). Over overlapping splits of one data set the sd says how much one split's score varies; it is not
+    the standard error of the mean."""
     if not values:
         return math.nan, math.nan
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else math.nan)
 
 
 def summary(results: Sequence[SplitResult]) -> pd.DataFrame:
@@ -154,7 +163,7 @@ def per_seed_table(results: Sequence[SplitResult]) -> pd.DataFrame:
 
 def format_summary(table: pd.DataFrame) -> str:
     """``summary`` as aligned text: ``mean +- sd`` per metric, the champion row last."""
-    header = f"{'family':<24} {'seeds':>5} " + " ".join(f"{h:>19}" for h in REPORTED_METRICS.values()) + "  fit s"
+    header = f"{'family':<24} {'seeds':>5} " + " ".join(f"{h:>20}" for h in REPORTED_METRICS.values()) + "  fit s"
     lines = [header]
     for family, row in table.iterrows():
         cells = " ".join(f"{row[f'{m}_mean']:>10.4f} +- {row[f'{m}_sd']:.4f}" for m in REPORTED_METRICS)
@@ -175,4 +184,11 @@ def format_per_seed(results: Sequence[SplitResult]) -> str:
         cells = " ".join(f"{r.test[m]:>18.4f}" for m in REPORTED_METRICS)
         kind = "recalibrated" if r.calibrated else "refit" if r.refit else "train only"
         lines.append(f"{r.seed:>5} {name:<36} {r.validation[SELECTION_METRIC]:>8.4f} {cells}  {kind}")
-    return "\n".join(lines)
+    return "\n".join([*lines, *PER_SEED_LEGEND])
+
+
+PER_SEED_LEGEND = (
+    "val AUC: validation ROC-AUC <30 of the trial fitted on train, uncalibrated: it alone chooses the champion,",
+    "  the family re-listed as `champion (...)`. The other columns: test split, the model kept (`model`: refit =",
+    "  fitted again on train + validation, recalibrated = sigmoid calibration fitted on validation, not refitted).",
+)

@@ -11,7 +11,9 @@ pipeline itself (categories, encodings, trees), so there is no second copy of th
   arrays and walked by a numba-compiled loop that releases the GIL (no re-validation of the input, no
   per-tree call).
 
-Anything it does not recognise (a calibrated wrapper, one-hot encoding, another estimator) runs through
+- the sigmoid calibration training wraps a model in when its calibration is off -> per-class numpy.
+
+Anything it does not recognise (one-hot encoding, another estimator or calibration) runs through
 the pipeline itself on a DataFrame built exactly like ``modeling.model_input``: slower, never different.
 ``tests/test_serving.py`` checks both paths against ``pipeline.predict_proba`` on real rows.
 """
@@ -27,8 +29,10 @@ import numpy as np
 import pandas as pd
 from numba import njit
 from scipy.special import expit
+from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.frozen import FrozenEstimator
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OrdinalEncoder, TargetEncoder
 
@@ -352,11 +356,50 @@ def _compile_estimator(estimator: Any) -> Callable[[np.ndarray], np.ndarray]:
     return generic
 
 
+def _sigmoid_calibration(model: Any) -> tuple[Any, Callable[[np.ndarray], np.ndarray]] | None:
+    """(the wrapped pipeline, its calibration map) of a ``CalibratedClassifierCV`` as training makes one
+    (``training._calibrate_if_needed``: one sigmoid calibrator per class over a frozen, already fitted
+    pipeline, ``cv`` unused), else None.
+
+    The map follows ``sklearn.calibration._CalibratedClassifier.predict_proba`` (scikit-learn 1.9): class k's
+    probability p_k becomes expit(-(a_k * p_k + b_k)) (Platt 1999), then each row is divided by its sum, the
+    uniform distribution where the sum is 0. The service checks the result against the model itself at every
+    load (``inference_api.model_manager``), so a change in scikit-learn cannot slip through.
+    """
+    if type(model) is not CalibratedClassifierCV or len(getattr(model, "calibrated_classifiers_", ())) != 1:
+        return None
+    fitted = model.calibrated_classifiers_[0]
+    inner = fitted.estimator.estimator if type(fitted.estimator) is FrozenEstimator else fitted.estimator
+    n_classes = len(fitted.classes)
+    if fitted.method != "sigmoid" or n_classes < 3 or hasattr(inner, "decision_function"):
+        return None  # a binary model or a decision function would take sklearn's other branches
+    columns = np.searchsorted(np.sort(fitted.classes), np.asarray(inner.classes_))
+    slopes = np.array([c.a_ for c in fitted.calibrators], dtype=np.float64)
+    offsets = np.array([c.b_ for c in fitted.calibrators], dtype=np.float64)
+
+    def calibrate(probabilities: np.ndarray) -> np.ndarray:
+        proba = np.zeros((len(probabilities), n_classes))
+        proba[:, columns] = expit(-(slopes * probabilities + offsets))
+        total = proba.sum(axis=1, keepdims=True)
+        result: np.ndarray = np.divide(proba, total, out=np.full_like(proba, 1 / n_classes), where=total != 0)
+        result[(result > 1.0) & (result <= 1.0 + 1e-5)] = 1.0
+        return result
+
+    return inner, calibrate
+
+
+def _calibrated(
+    estimate: Callable[[np.ndarray], np.ndarray], calibrate: Callable[[np.ndarray], np.ndarray]
+) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda x: calibrate(estimate(x))
+
+
 class Predictor:
     """Class probabilities of validated rows (dicts keyed by the contract's raw names).
 
     ``path`` says how: ``compiled`` (all steps compiled), ``compiled-input`` (features compiled, estimator
-    called as is) or ``pipeline`` (the model object itself, on a DataFrame).
+    called as is), either with ``-calibrated`` (a sigmoid calibration of the probabilities, compiled:
+    ``_sigmoid_calibration``) or ``pipeline`` (the model object itself, on a DataFrame).
     """
 
     def __init__(self, model: Any) -> None:
@@ -365,14 +408,19 @@ class Predictor:
         self._encode: Block | None = None
         self._estimate: Callable[[np.ndarray], np.ndarray] | None = None
         self.path = "pipeline"
-        if isinstance(model, Pipeline) and len(model.steps) == 3:
-            prepare, encoder, estimator = (step for _, step in model.steps)
+        calibrated = _sigmoid_calibration(model)
+        pipeline = calibrated[0] if calibrated else model
+        if isinstance(pipeline, Pipeline) and len(pipeline.steps) == 3:
+            prepare, encoder, estimator = (step for _, step in pipeline.steps)
             if isinstance(prepare, FunctionTransformer) and prepare.func is prepare_features:
                 self._encode = _compile_encoder(encoder)
                 if self._encode is not None:
                     self._estimate = _compile_estimator(estimator)
                     chain = type(estimator) is EarlyReadmissionChain
                     self.path = "compiled" if chain else "compiled-input"
+        if calibrated and self._estimate is not None:
+            self._estimate = _calibrated(self._estimate, calibrated[1])
+            self.path += "-calibrated"
 
     def predict_proba(self, rows: Sequence[Row]) -> np.ndarray:
         """Probabilities, one row per input row, columns in ``classes_`` order."""

@@ -16,6 +16,7 @@ from readmission.names import MODEL_NAME
 if TYPE_CHECKING:
     from readmission.registry import VersionSummary
     from readmission.steps import JobSummary
+    from readmission.training import TrainConfig
 
     from .settings import Settings  # MLflow and scikit-learn take seconds to import: only the model commands load them
 
@@ -32,13 +33,13 @@ def _client(settings: Settings):  # type: ignore[no-untyped-def]
     return MlflowClient(settings.tracking_uri, settings.tracking_uri)
 
 
-def train_models(settings: Settings, out: Console, console: Console) -> JobSummary:
-    """Run the training job (the DAG's steps, one after the other); print the candidates and a one-line summary."""
-    from readmission.steps import train_job
+def training_config(settings: Settings) -> TrainConfig:
+    """The ``TrainConfig`` of the TRAIN_* (and PROMOTION_MIN_IMPROVEMENT) settings; ``ReadmissionError`` naming
+    TRAIN_FAMILIES when it holds an unknown family."""
     from readmission.training import TrainConfig
 
     try:
-        config = TrainConfig(
+        return TrainConfig(
             families=settings.families,
             time_budget_seconds=settings.train_time_budget_seconds,
             max_trials=settings.train_max_trials,
@@ -47,6 +48,13 @@ def train_models(settings: Settings, out: Console, console: Console) -> JobSumma
         )
     except ValueError as exc:
         raise ReadmissionError(f"invalid setting TRAIN_FAMILIES: {exc}") from None
+
+
+def train_models(settings: Settings, out: Console, console: Console) -> JobSummary:
+    """Run the training job (the DAG's steps, one after the other); print the candidates and a one-line summary."""
+    from readmission.steps import train_job
+
+    config = training_config(settings)
     job = train_job(
         settings.clean_url,
         settings.tracking_uri,

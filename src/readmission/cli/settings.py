@@ -56,7 +56,7 @@ class Settings(MlflowCredentials):
         gt=0,
         description="Target seconds for the whole training, not a hard cap: hyper-parameter trials shared by the "
         "families (a further trial starts only if the slowest so far fits; each family's first trial always runs), "
-        "then selection, importance, plots and registration (a fifth, 60 s at most). 262 s measured for 240.",
+        "then selection, importance, plots and registration (a fifth, 60 s at most). 135-262 s measured for 240 on the full data.",
     )
     train_max_trials: int | None = Field(
         None,
