@@ -64,9 +64,9 @@ def test_quality_on_the_patient_grouped_test_split(model: Any, splits: dict[str,
 
 
 def test_the_champion_family_serves_on_the_compiled_path(model: Any, splits: dict[str, pd.DataFrame]) -> None:
-    """A refitted chain is the same pipeline: the API's compiled path takes it and agrees with it."""
+    """The chain as training leaves it (refitted, or recalibrated): the API's compiled path takes it and agrees."""
     predictor = Predictor(model)
-    assert predictor.path == "compiled"
+    assert predictor.path in {"compiled", "compiled-calibrated"}  # refitted, or recalibrated when fewer trials ran
     x = model_input(splits["test"].head(300))
     rows = [{k: (None if pd.isna(v) else v) for k, v in record.items()} for record in x.to_dict(orient="records")]
     np.testing.assert_allclose(predictor.predict_proba(rows), model.predict_proba(x), rtol=0, atol=1e-9)
