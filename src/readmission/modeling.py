@@ -99,8 +99,10 @@ class EarlyReadmissionChain(ClassifierMixin, BaseEstimator):  # type: ignore[mis
         self.later = later
 
     def fit(self, x: Any, y: Any) -> EarlyReadmissionChain:
-        """Fit ``early`` on (<30 vs rest) and ``later`` on the rest (>30 vs NO)."""
+        """Fit ``early`` on (<30 vs rest) and ``later`` on the rest (>30 vs NO); keep the mean of each input
+        column (``input_mean_``, the reference of a linear link's explanation: ``readmission.explanation``)."""
         labels = np.asarray(y, dtype=object)
+        self.input_mean_ = np.asarray(x.mean(axis=0), dtype=np.float64).ravel()
         is_early = labels == schema.POSITIVE_LABEL
         self.early_ = clone(self.early).fit(x, is_early.astype(int))
         rest = ~is_early
@@ -122,7 +124,8 @@ class EarlyReadmissionChain(ClassifierMixin, BaseEstimator):  # type: ignore[mis
 
 
 def logistic_regression(C: float = 0.1, min_frequency: int = 50) -> Pipeline:  # noqa: N803 - sklearn's name
-    """Regularised multinomial logistic regression on one-hot categories and log-scaled counts."""
+    """Regularised logistic regressions on one-hot categories and log-scaled counts, one binary model per link
+    of the chain (so the 30-day log-odds is linear in the encoded inputs and explained exactly)."""
     encode = ColumnTransformer(
         [
             (
@@ -137,7 +140,7 @@ def logistic_regression(C: float = 0.1, min_frequency: int = 50) -> Pipeline:  #
             ),
         ]
     )
-    model = LogisticRegression(C=C, max_iter=2_000)
+    model = EarlyReadmissionChain(LogisticRegression(C=C, max_iter=2_000), LogisticRegression(C=C, max_iter=2_000))
     return Pipeline([("prepare", FunctionTransformer(prepare_features)), ("encode", encode), ("model", model)])
 
 

@@ -46,6 +46,7 @@ from readmission.modeling import (
     EarlyReadmissionChain,
     prepare_features,
 )
+from readmission.treeshap import Trees
 
 Row = Mapping[str, Any]
 _INTEGER_INPUTS = frozenset(
@@ -257,6 +258,7 @@ class _CompiledTrees:
         if model.n_trees_per_iteration_ != 1:
             raise TypeError("only binary boosted trees are compiled")
         self._categorical: np.ndarray | None = None
+        self._n_features = int(model.n_features_in_)
         preprocessor = getattr(model, "_preprocessor", None)
         if preprocessor is not None:
             encoder = preprocessor.named_transformers_["encoder"]
@@ -269,6 +271,7 @@ class _CompiledTrees:
         self._baseline = float(np.ravel(model._baseline_prediction)[0])
         known_categories, feature_index = model._bin_mapper.make_known_categories_bitsets()
         feature, threshold, left, right, missing_left, value, is_leaf, cat_row = [], [], [], [], [], [], [], []
+        cover: list[np.ndarray] = []
         cat_tables: list[np.ndarray] = []
         roots, offset = [], 0
         for tree in predictors:
@@ -283,6 +286,7 @@ class _CompiledTrees:
             missing_left.append(nodes["missing_go_to_left"].astype(bool))
             value.append(np.where(leaf, nodes["value"], 0.0).astype(np.float64))
             is_leaf.append(leaf)
+            cover.append(nodes["count"].astype(np.float64))
             rows = np.full(len(nodes), -1, dtype=np.int64)
             for i in np.flatnonzero(nodes["is_categorical"].astype(bool) & ~leaf):
                 goes_left = _bits(tree.raw_left_cat_bitsets[nodes["bitset_idx"][i]])
@@ -305,6 +309,28 @@ class _CompiledTrees:
             np.concatenate(cat_row),
             np.array(cat_tables, dtype=bool).reshape(-1, 256) if cat_tables else np.zeros((1, 256), dtype=bool),
         )
+        self.cover = np.concatenate(cover)  # training samples reaching each node (TreeSHAP's weights)
+        self.baseline = self._baseline
+
+    @property
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        """The flat node arrays ``_walk_trees`` takes (roots, feature, threshold, left, right, missing_left,
+        is_leaf, value, cat_row, cat_table); features index the columns of ``recode``'s output."""
+        return self._arrays
+
+    def shap_trees(self) -> Trees:
+        """The trees with their training cover, for ``treeshap.tree_shap``."""
+        return Trees(*self._arrays[:8], self.cover, *self._arrays[8:])
+
+    def input_columns(self) -> np.ndarray:
+        """For each column of ``recode``'s output, the column of the model's input it comes from."""
+        if self._categorical is None:
+            return np.arange(self._n_features)
+        return np.concatenate([self._categorical, self._numeric])
+
+    def recode(self, x: np.ndarray) -> np.ndarray:
+        """The model's input as its trees read it (categories re-coded, categorical columns first)."""
+        return np.ascontiguousarray(self._recode(x), dtype=np.float64)
 
     def _recode(self, x: np.ndarray) -> np.ndarray:
         if self._categorical is None:
