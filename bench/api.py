@@ -49,6 +49,8 @@ from livesupport import free_port, serve  # noqa: E402
 CLIENTS = (1, 8, 64)
 BATCH_ROWS = 100
 OURS_PATHS = {"single": "/predict", "batch": "/predict/batch"}
+# With explanations (issue #21): the same bodies, each answer with its top 10 contributions (TreeSHAP).
+EXPLAIN_PATHS = {**OURS_PATHS, "explain": "/predict?explain=true", "explain-batch": "/predict/batch?explain=true"}
 
 
 @dataclass
@@ -124,7 +126,7 @@ def measure(
     cells = []
     for mode in modes:
         body = bodies[f"{server.name}:{mode}"] if f"{server.name}:{mode}" in bodies else bodies[mode]
-        rows = BATCH_ROWS if mode == "batch" else 1
+        rows = BATCH_ROWS if mode.endswith("batch") else 1
         path = paths[mode]
         # Warm up: first requests pay imports, caches and JIT-like lazy paths in every server.
         for _ in range(20):
@@ -235,6 +237,7 @@ def main() -> None:
         "mlflow-serve:batch": work / "mlflow-batch.json",
         "naive:single": work / "naive-single.json",
     }
+    bodies["explain"], bodies["explain-batch"] = bodies["single"], bodies["batch"]
     bodies["single"].write_text(json.dumps(single[0]))
     bodies["batch"].write_text(json.dumps({"encounters": encounters}))
     bodies["mlflow-serve:single"].write_text(json.dumps({"dataframe_records": single}))
@@ -253,7 +256,8 @@ def main() -> None:
         "DEVELOPMENT_MODE": "true",
     }
     servers = [
-        (Server("ours", [python, "-m", "inference_api"], ours_env, "/health/ready", ROOT), OURS_PATHS, ("single", "batch")),
+        (Server("ours", [python, "-m", "inference_api"], ours_env, "/health/ready", ROOT), EXPLAIN_PATHS,
+         ("single", "batch", "explain", "explain-batch")),
         (Server("ours-nobatch", [python, "-m", "inference_api"], {**ours_env, "MICROBATCH_ENABLED": "false"},
                 "/health/ready", ROOT), OURS_PATHS, ("single", "batch")),
         (Server("mlflow-serve", [mlflow_bin, "models", "serve", "-m", model_uri, "-w", "1", "--env-manager", "local",
@@ -327,10 +331,10 @@ def report(
 ) -> None:
     print()
     print(
-        f"{'server':13} {'mode':6} {'clients':>7} {'req/s':>9} {'rows/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'failed':>7}"
+        f"{'server':13} {'mode':13} {'clients':>7} {'req/s':>9} {'rows/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'failed':>7}"
     )
     for c in cells:
-        print(f"{c.server:13} {c.mode:6} {c.clients:7d} {c.rps:9.1f} {c.rows_per_second:9.0f} {c.p50_ms:8.1f} "
+        print(f"{c.server:13} {c.mode:13} {c.clients:7d} {c.rps:9.1f} {c.rows_per_second:9.0f} {c.p50_ms:8.1f} "
               f"{c.p99_ms:8.1f} {c.errors:7d}")  # fmt: skip
     print()
     for label, ms in model_ceiling:
@@ -366,6 +370,27 @@ def report(
         print(f"  micro-batching on / off throughput:    {ours.rps / nobatch.rps:6.2f}x  "
               f"(p99 {ours.p99_ms:.1f} vs {nobatch.p99_ms:.1f} ms)")  # fmt: skip
     print(f"  ours p99: {ours.p99_ms:.1f} ms   (target < 100 ms)")
+    explained(cells)
+
+
+def explained(cells: list[Cell]) -> None:
+    """The cost of explanations: 'ours' with explain=true against the same requests without, same run."""
+    pairs = [("single", "explain"), ("batch", "explain-batch")]
+    lines = []
+    for plain_mode, explain_mode in pairs:
+        for clients in CLIENTS:
+            plain, explain = (
+                next((c for c in cells if c.server == "ours" and c.mode == m and c.clients == clients), None)
+                for m in (plain_mode, explain_mode)
+            )
+            if plain and explain and plain.rps:
+                lines.append(
+                    f"  {plain_mode:6} {clients:3} clients: {explain.rps:8.1f} vs {plain.rps:8.1f} req/s "
+                    f"({explain.rps / plain.rps:5.2f}x); p99 {explain.p99_ms:6.1f} vs {plain.p99_ms:6.1f} ms"
+                )
+    if lines:
+        print("\nwith explain=true (top 10 contributions per row) against without, 'ours':")
+        print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ import pandas as pd
 import streamlit as st
 
 from readmission import schema
+from readmission_ui import model_view
 from readmission_ui.batch import (
+    EXPLAINED_FACTORS,
     BatchFileError,
     CheckedFile,
     OutcomeComparison,
@@ -26,7 +28,7 @@ from readmission_ui.batch import (
     score,
     summary,
 )
-from readmission_ui.charts import BAND_TEXT_COLOURS, probability_chart
+from readmission_ui.charts import BAND_TEXT_COLOURS, factor_chart, probability_chart, risk_scale_chart
 from readmission_ui.client import ApiClient, ApiFailed, ApiNotReady, ApiProblem, ApiRejected, ApiUnreachable
 from readmission_ui.labels import OUTCOME_LABELS, UNKNOWN, YES_NO, field_label, flag_label, is_flag, level_label
 from readmission_ui.settings import UiSettings
@@ -126,7 +128,7 @@ def _encounter_from_form() -> dict[str, Any]:
     return values
 
 
-def _show_prediction(result: dict[str, Any]) -> None:
+def _show_prediction(result: dict[str, Any], context: dict[str, Any]) -> None:
     """The API's answer: the 30-day risk, its band in the band's colour, the most likely outcome, the chart."""
     risk, band, model = result["risk_30_days"], result["risk_band"], result["model"]
     left, middle, right = st.columns(3)
@@ -138,10 +140,47 @@ def _show_prediction(result: dict[str, Any]) -> None:
     )
     right.metric("Most likely outcome", OUTCOME_LABELS[result["predicted_class"]])
     st.altair_chart(probability_chart(result["probabilities"], band), width="stretch")
+    _show_against_population(risk, context)
+    _show_factors(result)
     st.caption(
         f"Answered by model **{model['name']} v{model['version']}** (alias `{model['alias']}`), "
         f"request id `{result['request_id']}`."
     )
+
+
+def _show_against_population(risk: float, context: dict[str, Any]) -> None:
+    """The risk on the band strip, beside the population's base rate (the validation split's 30-day rate)."""
+    base_rate, thresholds = context.get("base_rate"), context.get("thresholds")
+    if not thresholds:
+        return
+    st.subheader("Against the population")
+    low, high = thresholds
+    words = f"{risk:.1%} for this encounter"
+    if base_rate is not None:
+        words += f", against a base rate of {base_rate:.1%} (the 30-day readmission rate of the validation patients)"
+    st.caption(f"{words}. Bands: low below {low:.0%}, medium {low:.0%} to {high:.0%}, high from {high:.0%}.")
+    st.altair_chart(risk_scale_chart(risk, base_rate, thresholds), width="stretch")
+
+
+def _show_factors(result: dict[str, Any]) -> None:
+    """The top contributions to this risk as a chart, and how to read them."""
+    st.subheader("Why this risk")
+    explanation = result.get("explanation")
+    if explanation is None:
+        st.info(result.get("explanation_note") or "No explanation was returned for this answer.")
+        return
+    st.altair_chart(factor_chart(explanation), width="stretch")
+    other = explanation["other_features"]
+    scale = "log-odds" if explanation["scale"] == "log-odds" else "probability"
+    note = (
+        f"Exact contributions ({'TreeSHAP' if scale == 'log-odds' else 'TreeSHAP on the probability'}, or the "
+        f"linear terms of a logistic regression) on the {scale} scale: the model's average "
+        f"{explanation['base_value']:+.3f}, plus every feature's contribution, gives this encounter's "
+        f"{explanation['value']:+.3f}. The {other['count']} features not shown add {other['contribution']:+.3f}."
+    )
+    if explanation["calibrated"]:
+        note += " This model was recalibrated after training: the bars explain it before its calibration."
+    st.caption(note)
 
 
 def predict_page(client: ApiClient, settings: UiSettings) -> None:
@@ -163,12 +202,37 @@ def predict_page(client: ApiClient, settings: UiSettings) -> None:
         submitted = st.form_submit_button("Predict", type="primary")
     if submitted:
         try:
-            st.session_state["result"] = client.predict(_encounter_from_form())
+            st.session_state["result"] = _predict_explained(client, _encounter_from_form())
         except ApiProblem as problem:
             st.session_state.pop("result", None)
             _show_problem(problem, settings)
     if "result" in st.session_state:
-        _show_prediction(st.session_state["result"])
+        _show_prediction(st.session_state["result"], _population(client))
+
+
+FACTORS_SHOWN = 8  # contributions the Predict tab charts
+
+
+def _predict_explained(client: ApiClient, encounter: dict[str, Any]) -> dict[str, Any]:
+    """The answer with its explanation; a plain answer, saying why, when the served model has none (409)."""
+    try:
+        return client.predict(encounter, explain_top=FACTORS_SHOWN)
+    except ApiFailed as problem:
+        if problem.status != 409:
+            raise
+        return {**client.predict(encounter), "explanation_note": f"No explanation: {problem.message}"}
+
+
+def _population(client: ApiClient) -> dict[str, Any]:
+    """The base rate and the band cut points of the served model (``GET /model``); empty when unavailable."""
+    try:
+        info = client.model()
+    except ApiProblem:
+        return {}
+    return {
+        "base_rate": info.get("metrics", {}).get("validation_prevalence_30"),
+        "thresholds": info.get("risk_band_thresholds"),
+    }
 
 
 @st.cache_resource(max_entries=4, ttl=3600, show_spinner="Checking every row…")
@@ -201,11 +265,17 @@ def batch_page(client: ApiClient, settings: UiSettings) -> None:
         _show_row_errors(upload.name, checked)
         return
     st.success(f"{upload.name}: {len(checked.encounters):,} valid encounters.")
+    explain = st.checkbox(
+        f"Explain each row: add its top {EXPLAINED_FACTORS} factors to the download",
+        key="explain_batch",
+        help="Exact contributions to the 30-day risk, as the Predict tab shows them; slower on large files.",
+    )
+    key = f"{digest}:{explain}"  # asking for explanations after scoring scores again, with them
     scored: ScoredFile | None = st.session_state.get("scored")
-    if scored is None or scored.digest != digest:
+    if scored is None or scored.digest != key:
         if not st.button(f"Score {len(checked.encounters):,} encounters", type="primary", key="score"):
             return
-        scored = _score(client, settings, checked, digest, upload.name)
+        scored = _score(client, settings, checked, key, upload.name, explain)
         if scored is None:
             return
         st.session_state["scored"] = scored  # kept across reruns: a click never wipes it or scores again
@@ -234,7 +304,9 @@ def _show_row_errors(name: str, checked: CheckedFile) -> None:
     st.dataframe(errors, hide_index=True, width="stretch")
 
 
-def _score(client: ApiClient, settings: UiSettings, checked: CheckedFile, digest: str, name: str) -> ScoredFile | None:
+def _score(
+    client: ApiClient, settings: UiSettings, checked: CheckedFile, digest: str, name: str, explain: bool
+) -> ScoredFile | None:
     bar = st.progress(0.0, text="scoring…")
     try:
         results, versions = score(
@@ -242,6 +314,7 @@ def _score(client: ApiClient, settings: UiSettings, checked: CheckedFile, digest
             checked,
             settings.batch_chunk_rows,
             lambda done, total: bar.progress(done / total, f"{done:,} of {total:,}"),
+            explain=explain,
         )
     except ApiProblem as problem:
         _show_problem(problem, settings)
@@ -297,25 +370,102 @@ def _show_outcomes(comparison: OutcomeComparison) -> None:
 
 
 def model_page(client: ApiClient, settings: UiSettings) -> None:
+    """The served model: headline figures, its metrics named and explained (validation beside test), the
+    evaluation plots and feature importance of its run, and the registry's version history. Each section that
+    MLflow feeds says so on its own when it cannot be shown; the rest still is."""
     try:
         info = client.model()
     except ApiProblem as problem:
         _show_problem(problem, settings)
         return
-    cols = st.columns(3)
-    cols[0].metric("Model", f"{info['name']} v{info['version']}")
-    cols[1].metric("Alias", info["alias"])
-    cols[2].metric("Loaded at", pd.Timestamp(info["loaded_at"]).strftime("%Y-%m-%d %H:%M:%S UTC"))
-    st.caption(f"MLflow run `{info['run_id']}`; prediction path: {info['prediction_path']}.")
-    table: dict[str, dict[str, float]] = {}
-    for key, value in info["metrics"].items():
-        split, _, name = key.partition("_")
-        if split in ("validation", "test"):
-            table.setdefault(name, {})[split] = value
+    metrics: dict[str, float] = info["metrics"]
+    cols = st.columns(4)
+    cols[0].metric("Version", f"v{info['version']}")
+    cols[1].metric("Alias", info["alias"] or "none", help=info.get("registry_message"))
+    for col, (label, value, meaning) in zip(cols[2:], model_view.headline(metrics), strict=False):
+        col.metric(label, value, help=meaning)
+    loaded = pd.Timestamp(info["loaded_at"]).strftime("%Y-%m-%d %H:%M UTC")
+    st.caption(
+        f"**{info['name']} v{info['version']}**, MLflow run `{info['run_id']}`, loaded {loaded}; "
+        f"prediction path: {info['prediction_path']}."
+    )
+    st.subheader("Metrics")
+    st.caption("Validation: the split the model and its threshold were chosen on. Test: held out, scored once.")
+    st.table(model_view.split_metrics_table(metrics), hide_index=True)
+    figures = model_view.run_figures_table(metrics)
+    if not figures.empty:
+        st.table(figures, hide_index=True, width="content")
+    _model_plots(client, settings, info["run_id"])
+    _model_importance(client, settings, info["run_id"])
+    _model_history(client, settings)
+
+
+# A run's plots and importance never change: fetched once per run (the API keeps them too). The history moves
+# with the registry: fetched again after a minute. ``_client`` is not hashed; ``url`` stands for it.
+@st.cache_data(max_entries=32, show_spinner=False)
+def _plots_of(_client: ApiClient, url: str, run_id: str) -> dict[str, bool]:
+    return _client.model_plots()
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _plot(_client: ApiClient, url: str, run_id: str, name: str) -> bytes:
+    return _client.model_plot(name)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _importance_of(_client: ApiClient, url: str, run_id: str) -> dict[str, Any]:
+    return _client.model_importance()
+
+
+@st.cache_data(ttl=60, max_entries=4, show_spinner=False)
+def _history(_client: ApiClient, url: str) -> dict[str, Any]:
+    return _client.model_versions(limit=model_view.HISTORY_ROWS)
+
+
+def _model_plots(client: ApiClient, settings: UiSettings, run_id: str) -> None:
+    st.subheader("Evaluation plots")
+    try:
+        logged = _plots_of(client, settings.api_url, run_id)
+        images = {name: _plot(client, settings.api_url, run_id, name) for name in model_view.PLOTS if logged.get(name)}
+    except ApiProblem as problem:
+        st.warning(f"**The plots cannot be shown now.** {problem}", icon="📉")
+        return
+    for col, (name, caption) in zip(st.columns(len(model_view.PLOTS)), model_view.PLOTS.items(), strict=True):
+        if name in images:
+            col.image(images[name], caption=caption, width="stretch")
         else:
-            table.setdefault(key, {})["value"] = value
-    metrics = pd.DataFrame.from_dict(table, orient="index").rename_axis("metric").reset_index()
-    st.dataframe(metrics.sort_values("metric"), hide_index=True, width="stretch")
+            col.info(f"{caption}: not logged by this version's run (trained before the plot was added).")
+
+
+def _model_importance(client: ApiClient, settings: UiSettings, run_id: str) -> None:
+    st.subheader("Global feature importance")
+    try:
+        importance = _importance_of(client, settings.api_url, run_id)
+    except ApiProblem as problem:
+        st.warning(f"**The feature importance cannot be shown now.** {problem}", icon="📊")
+        return
+    shown = min(model_view.TOP_FEATURES, len(importance["features"]))
+    st.caption(f"The {shown} most important of {len(importance['features'])} inputs: {importance['measure']}.")
+    st.altair_chart(model_view.importance_chart(importance["features"], importance["measure"]), width="stretch")
+
+
+def _model_history(client: ApiClient, settings: UiSettings) -> None:
+    st.subheader("Version history")
+    try:
+        history = _history(client, settings.api_url)
+    except ApiProblem as problem:
+        st.warning(f"**The version history cannot be shown now.** {problem}", icon="🗂️")
+        return
+    st.caption(
+        f"Every version of {history['name']} the registry holds, newest first, with the promotion gate's decision: "
+        f"a version becomes `champion` only if it beats the champion on the same test split."
+        + (
+            f" The latest {len(history['versions'])} of {history['total']}."
+            if history["total"] > len(history["versions"])
+            else ""
+        )
+    )
+    st.table(model_view.history_table(history["versions"]), hide_index=True)
 
 
 def main() -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from readmission.evaluation import best_f1_threshold, calibration_line, classification_metrics
+from readmission.evaluation import best_f1_threshold, calibration_line, classification_metrics, write_plots
+from readmission.names import PLOT_FILES
 from readmission.schema import TARGET_LABELS
 
 
@@ -54,3 +57,12 @@ def test_best_f1_threshold_separates_a_clean_split() -> None:
     early = np.array([0, 0, 0, 1, 1])
     risk = np.array([0.1, 0.2, 0.3, 0.8, 0.9])
     assert best_f1_threshold(early, risk) == pytest.approx(0.8)
+
+
+def test_write_plots_writes_every_plot_the_api_serves(tmp_path: Path) -> None:
+    """GET /model/plots/{name} reads these files (readmission.names.PLOT_FILES) from the winner's run."""
+    labels, _, risk = _sample(600, seed=3)
+    importance = pd.Series([0.02, 0.01, 0.0], index=["number_inpatient", "age", "race"])
+    paths = write_plots(tmp_path, labels, risk, 0.2, importance)
+    assert sorted(path.name for path in paths) == sorted(PLOT_FILES.values())
+    assert all(path.read_bytes().startswith(b"\x89PNG") for path in paths)

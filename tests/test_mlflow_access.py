@@ -353,3 +353,25 @@ def test_the_api_does_not_vouch_for_a_model_its_user_may_not_read(mlflow_stack: 
     assert ModelSource(mlflow_stack.tracking, MODEL_NAME, CHAMPION).resolve().version == trained
     with pytest.raises(AliasNotFoundError, match=r"may not read model 'diabetes-readmission-renamed' \(403\)"):
         ModelSource(mlflow_stack.tracking, "diabetes-readmission-renamed", CHAMPION).resolve()
+
+
+@pytest.mark.usefixtures("as_inference")
+def test_the_inference_user_reads_the_history_plots_and_importance_the_page_shows(
+    mlflow_stack: Stack, trained: str
+) -> None:
+    """What GET /model/versions, /model/plots/{name} and /model/importance read, through the server's artifact
+    proxy, as the API's read-only user: its READ grants cover the version list and the run's artifacts."""
+    from inference_api.model_details import PLOT_NAMES, ArtifactCache, plot_path, version_history
+    from readmission.names import IMPORTANCE_ARTIFACT
+
+    client = mlflow.MlflowClient(mlflow_stack.tracking, registry_uri=mlflow_stack.tracking)
+    history = version_history(client, MODEL_NAME, trained)
+    served = next(v for v in history if v.version == trained)
+    assert served.serving and CHAMPION in served.aliases and served.decision == "promoted"
+    assert served.reason and served.rollback_reason and served.rollback_reason.startswith("manual rollback")
+    cache = ArtifactCache()
+    assert {plot_path(name) for name in PLOT_NAMES} <= cache.listing(client, served.run_id)
+    for name in PLOT_NAMES:
+        assert cache.read(client, served.run_id, plot_path(name)).startswith(b"\x89PNG")
+    importance = json.loads(cache.read(client, served.run_id, IMPORTANCE_ARTIFACT))
+    assert importance and all(isinstance(v, float) for v in importance.values())

@@ -9,13 +9,14 @@ import gc
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi.concurrency import run_in_threadpool
 
 from inference_api.batcher import Batcher, InFlight
 from inference_api.log_age import PredictionLogAge
 from inference_api.metrics import Metrics
+from inference_api.model_details import ArtifactCache
 from inference_api.model_manager import ModelManager, ModelSource
 from inference_api.prediction_log import PredictionLog
 from inference_api.settings import ApiSettings
@@ -47,6 +48,7 @@ class Components:
     in_flight: InFlight
     batcher: Batcher
     instance_id: str  # INSTANCE_ID, or a random id for this process (/health/live reports it)
+    artifacts: ArtifactCache = field(default_factory=ArtifactCache)  # the served runs' plots (GET /model/plots)
 
     @classmethod
     def build(cls, settings: ApiSettings, source_factory: Callable[[], ModelSource] | None = None) -> Components:

@@ -41,6 +41,48 @@ class ModelRef(BaseModel):
     registry_message: str | None = Field(None, description="Only when the alias is null: what the registry says.")
 
 
+class Contribution(BaseModel):
+    """One feature's part in the 30-day risk."""
+
+    feature: str = Field(
+        description="The contract's field, or a sum the model derives from several fields (visits_last_year, "
+        "medications_changed, medications_taken)."
+    )
+    description: str = Field(description="The feature in words.")
+    value: str | int | float | None = Field(description="The value sent (for a derived sum, the sum).")
+    contribution: float = Field(
+        description="Signed contribution on the explanation's scale: positive raises the 30-day risk."
+    )
+    direction: str = Field(description="raises the risk, lowers the risk or no effect.")
+
+
+class OtherFeatures(BaseModel):
+    """The features not listed, summed."""
+
+    count: int
+    contribution: float
+
+
+class Explanation(BaseModel):
+    """Why this risk: exact contributions (TreeSHAP for trees, linear terms for logistic regression).
+
+    ``base_value + sum(contributions[].contribution) + other_features.contribution == value``.
+    """
+
+    scale: str = Field(
+        description="log-odds (value is the log-odds of P(<30): boosted trees, logistic regression) or "
+        "probability (value is P(<30): a random forest, an average of trees)."
+    )
+    base_value: float = Field(description="The model's average output over its training data, on this scale.")
+    value: float = Field(description="This encounter's output on this scale: base_value plus all contributions.")
+    calibrated: bool = Field(
+        description="True when training recalibrated the model: value is then the model before its "
+        "calibration, and risk_30_days a monotone map of it."
+    )
+    contributions: list[Contribution] = Field(description="The largest contributions first (explain_top of them).")
+    other_features: OtherFeatures
+
+
 class Scores(BaseModel):
     """One encounter's prediction."""
 
@@ -48,6 +90,7 @@ class Scores(BaseModel):
     probabilities: dict[str, float] = Field(description="Probability of each class; they sum to 1.")
     risk_30_days: float = Field(description="P(<30): the 30-day readmission risk.")
     risk_band: str = Field(description="low / medium / high, from RISK_BAND_THRESHOLDS.")
+    explanation: Explanation | None = Field(None, description="Only with explain=true in the query.")
 
 
 class Prediction(Scores):
@@ -88,6 +131,65 @@ class ModelInfo(BaseModel):
     loaded_at: datetime
     prediction_path: str
     metrics: dict[str, float]
+    risk_band_thresholds: list[float] = Field(
+        description="The cut points of risk_band (RISK_BAND_THRESHOLDS): low below the first, high from the second."
+    )
+    explanations: bool = Field(description="Whether explain=true is served for this version.")
+    explain_problem: str | None = Field(description="Why not, when explanations is false.")
+
+
+class ModelVersionInfo(BaseModel):
+    """One registered version and what the promotion gate decided on it (its version tags)."""
+
+    version: str
+    created_at: datetime = Field(description="When the version was registered.")
+    run_id: str
+    family: str | None = Field(description="The model family (tag `model_family`).")
+    aliases: list[str] = Field(description="The registry aliases this version holds now (`champion`, `challenger`).")
+    serving: bool = Field(description="Whether this instance serves this version now.")
+    decision: str | None = Field(
+        description="The gate's decision: `promoted`, `kept previous champion`, `re-gating` (an operator's re-gate "
+        "in progress); null when the gate has not decided (tag `promotion.decision`)."
+    )
+    reason: str | None = Field(description="Why, in the gate's words (tag `promotion.reason`).")
+    previous_champion: str | None = Field(description="The champion the gate compared it with; null when none.")
+    selection_metric: str = Field(description="The metric the gate compares on the same test split.")
+    candidate_score: float | None = Field(description="This version's score on the gate's test split.")
+    champion_score: float | None = Field(description="The previous champion's score on the same split.")
+    rollback_reason: str | None = Field(description="Set when `champion` was rolled back to this version.")
+
+
+class ModelVersions(BaseModel):
+    """Answer of GET /model/versions: the registry's history of the served registered model, newest first."""
+
+    name: str
+    serving_version: str | None = Field(description="The version this instance serves; null when none is loaded.")
+    versions: list[ModelVersionInfo]
+    total: int = Field(description="How many versions the registry holds (the answer lists at most `limit`).")
+
+
+class FeatureImportance(BaseModel):
+    """One input's global importance."""
+
+    feature: str = Field(description="The input's name in the contract.")
+    importance: float
+
+
+class ModelImportance(BaseModel):
+    """Answer of GET /model/importance: the serving version's global feature importance, largest first."""
+
+    version: str
+    run_id: str
+    measure: str = Field(description="What the numbers are.")
+    features: list[FeatureImportance]
+
+
+class ModelPlots(BaseModel):
+    """Answer of GET /model/plots: the plot names the API serves and which of them the serving run logged."""
+
+    version: str
+    run_id: str
+    plots: dict[str, bool] = Field(description="Each allowed plot name: whether the serving version's run has it.")
 
 
 class ErrorItem(BaseModel):

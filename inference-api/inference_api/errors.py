@@ -17,6 +17,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from inference_api.batcher import BatcherFailedError, ModelNotReadyError, PredictionTimeoutError
 from inference_api.contract import BatchTooLargeError, ErrorBody, InvalidBodyError
+from inference_api.explaining import NotExplainableModelError
+from inference_api.model_details import PLOT_NAMES, RegistryUnreachableError, UnknownPlotError
 from inference_api.model_manager import LOADING, STARTING
 
 log = logging.getLogger("inference_api")
@@ -55,6 +57,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorBody, "description": "No model loaded yet (train and promote one), or the batcher stopped."},
     413: {"model": ErrorBody, "description": "Body or batch too large."},
     415: {"model": ErrorBody, "description": "A compressed body or a Content-Type that is not JSON."},
+    409: {"model": ErrorBody, "description": "explain=true, but the served model is served without explanations."},
     500: {"model": ErrorBody, "description": "Unexpected error (the request id identifies it in the logs)."},
     504: {"model": ErrorBody, "description": "The model call took longer than PREDICT_TIMEOUT_SECONDS."},
 }
@@ -102,6 +105,10 @@ async def _media_type(request: Request, exc: Exception) -> JSONResponse:
     return error_response(415, "unsupported_media_type", str(exc), request_id(request))
 
 
+async def _not_explainable(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(409, "not_explainable", str(exc), request_id(request))
+
+
 async def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     error = _HTTP_ERRORS.get(exc.status_code, "http_error")
@@ -109,6 +116,16 @@ async def _http(request: Request, exc: Exception) -> JSONResponse:
     for key, value in (exc.headers or {}).items():
         response.headers[key] = value
     return response
+
+
+async def _registry_unreachable(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(502, "registry_unavailable", str(exc), request_id(request))
+
+
+async def _unknown_plot(request: Request, exc: Exception) -> JSONResponse:
+    message, allowed = str(exc), list(PLOT_NAMES)
+    errors = [{"field": "name", "message": message, "allowed": allowed}]
+    return error_response(404, "not_found", message, request_id(request), errors=errors)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -126,5 +143,8 @@ def register_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(PayloadTooLargeError, _too_large)
     app.add_exception_handler(BatchTooLargeError, _too_large)
     app.add_exception_handler(UnsupportedMediaTypeError, _media_type)
+    app.add_exception_handler(NotExplainableModelError, _not_explainable)
     app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(RegistryUnreachableError, _registry_unreachable)
+    app.add_exception_handler(UnknownPlotError, _unknown_plot)
     app.add_exception_handler(Exception, _unexpected)

@@ -24,6 +24,7 @@ import numpy as np
 
 from inference_api.metrics import Metrics
 from readmission import schema
+from readmission.explanation import Explainer, NotExplainableError
 from readmission.serving import Predictor, Row, rows_to_frame
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ class LoadedModel:
     metrics: dict[str, float] = field(default_factory=dict)
     registry_status: str = "ok"  # ok / alias_missing / version_deleted / alias_moved (REGISTRY_STATUSES)
     registry_message: str | None = None  # what the registry says, when the status is not ok
+    explainer: Explainer | None = None  # None: explanations are not served, ``explain_problem`` says why
+    explain_problem: str | None = None
     # Columns of NO, >30 and <30 in the predictor's probabilities (its ``classes_`` order).
     class_columns: list[int] = field(init=False)
 
@@ -91,6 +94,11 @@ class ModelSource:
         self._client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self.name = name
         self.alias = alias
+
+    @property
+    def client(self) -> Any:
+        """The MLflow client (the service's read-only user): ``model_details`` reads versions and artifacts with it."""
+        return self._client
 
     def resolve(self) -> VersionRef:
         """The version the alias points at.
@@ -207,6 +215,25 @@ def check_fast_path(predictor: Predictor, rows: list[dict[str, Any]]) -> FastPat
     return FastPathCheck(len(rows), worst, bad.tolist())
 
 
+EXPLAIN_TOLERANCE = 1e-6  # largest difference allowed at load between the explained value and the model's output
+
+
+def prove_explainer(model: Any, rows: list[dict[str, Any]]) -> tuple[Explainer | None, str | None]:
+    """(the model's explainer, None) when it explains the check ``rows`` exactly (within ``EXPLAIN_TOLERANCE``
+    of the model's own 30-day output, computed by scikit-learn), else (None, why). Run once per load; its
+    first call also compiles the TreeSHAP kernel, so no request pays for that."""
+    try:
+        explainer = Explainer(model)
+        difference = float(np.max(np.abs(explainer.explain(rows).values - explainer.model_output(rows))))
+    except NotExplainableError as exc:
+        return None, f"this model cannot be explained: {exc}"
+    except Exception as exc:
+        return None, f"the explainer failed on the check rows: {type(exc).__name__}: {str(exc)[:200]}"
+    if not difference <= EXPLAIN_TOLERANCE:
+        return None, f"explanations differ from the model by {difference:.3g} on the check rows; not served"
+    return explainer, None
+
+
 class PipelinePredictor(Predictor):
     """A predictor that always calls the model object itself (``path`` "pipeline"); ``fallback_reason`` says
     why when it stands in for a fast path that failed its check at load."""
@@ -243,6 +270,13 @@ class ModelManager:
         self.not_ready_reason = f"{STARTING}: the registry has not been read yet"
         self.last_error: str | None = None
         self._failed_version: str | None = None
+
+    def registry_source(self) -> ModelSource:
+        """The registry access the poller uses (built now when the first check has not run yet; raises what the
+        factory raises)."""
+        if self._source is None:
+            self._source = self._source_factory()
+        return self._source
 
     def start(self) -> None:
         """Begin polling (the first check runs at once)."""
@@ -357,8 +391,11 @@ class ModelManager:
             model, run_metrics = self._source.load(ref)
             predictor = self._proven(model, ref.version)
             smoke_test(predictor)
+            explainer, explain_problem = prove_explainer(model, fast_path_rows())
         except Exception as exc:
             return self._load_failed(ref, current, exc)
+        if explain_problem:
+            log.warning("version %s: %s; predictions are served without explanations", ref.version, explain_problem)
         loaded = LoadedModel(
             name=self._source.name,
             version=ref.version,
@@ -367,6 +404,8 @@ class ModelManager:
             predictor=predictor,
             loaded_at=datetime.now(UTC),
             metrics=run_metrics,
+            explainer=explainer,
+            explain_problem=explain_problem,
         )
         self._publish(loaded)  # the swap: one reference assignment
         self.last_error = None

@@ -37,12 +37,12 @@ from typing import Any
 
 import orjson
 from prometheus_client import Gauge
-from sqlalchemy import event, func, select
+from sqlalchemy import Table, event, func, select
 from sqlalchemy.engine import Engine
 
 from inference_api.metrics import Metrics
 from readmission.db import create_db_engine
-from readmission.prediction_table import metadata, prediction_log  # shared with the retention purge
+from readmission.prediction_table import metadata, prediction_explanations, prediction_log  # shared with the purge
 
 log = logging.getLogger(__name__)
 
@@ -474,11 +474,16 @@ class _Writer:
         if not self._table_ready:
             metadata.create_all(self._engine, checkfirst=True)
             self._table_ready = True
+        explained = []
         for row in rows:
             if isinstance(row["created_at"], str):  # as the message carried it (RFC 3339)
                 row["created_at"] = dt.datetime.fromisoformat(row["created_at"])
-        with self._engine.begin() as conn:
-            conn.execute(_insert_ignoring_duplicates(conn.dialect.name), rows)
+            if (explanation := row.pop("explanation", None)) is not None:
+                explained.append({"log_id": row["log_id"], "created_at": row["created_at"], "explanation": explanation})
+        with self._engine.begin() as conn:  # a prediction and its explanation are stored together or not at all
+            conn.execute(_insert_ignoring_duplicates(conn.dialect.name, prediction_log), rows)
+            if explained:
+                conn.execute(_insert_ignoring_duplicates(conn.dialect.name, prediction_explanations), explained)
 
     def dispose(self) -> None:
         if self._engine is not None:
@@ -503,15 +508,15 @@ def create_log_engine(url: str) -> Engine:
     return engine
 
 
-def _insert_ignoring_duplicates(dialect: str) -> Any:
-    """INSERT that skips rows whose ``log_id`` is already stored (idempotent retries)."""
+def _insert_ignoring_duplicates(dialect: str, table: Table) -> Any:
+    """INSERT into ``table`` that skips rows whose ``log_id`` is already stored (idempotent retries)."""
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
 
-        return insert(prediction_log).on_conflict_do_nothing(index_elements=["log_id"])
+        return insert(table).on_conflict_do_nothing(index_elements=["log_id"])
     if dialect == "sqlite":
-        return prediction_log.insert().prefix_with("OR IGNORE")
-    return prediction_log.insert().prefix_with("IGNORE")  # MySQL / MariaDB
+        return table.insert().prefix_with("OR IGNORE")
+    return table.insert().prefix_with("IGNORE")  # MySQL / MariaDB
 
 
 def count_rows(url: str) -> int:

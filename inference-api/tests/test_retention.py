@@ -27,7 +27,7 @@ from sqlalchemy.engine import Engine, make_url
 from inference_api.metrics import Metrics
 from inference_api.prediction_log import PredictionLog
 from readmission.db import create_db_engine, normalize_url
-from readmission.prediction_table import prediction_log
+from readmission.prediction_table import prediction_explanations, prediction_log
 from readmission.retention import oldest_row_time, purge_prediction_log, retention_cutoff
 
 REPO = Path(__file__).resolve().parents[2]
@@ -195,3 +195,24 @@ def test_the_cronjob_command_on_mysql_as_a_user_that_may_only_read_and_delete(my
         with admin.begin() as conn:
             conn.execute(text(f"DROP USER '{user}'@'%'"))
         admin.dispose()
+
+
+def test_logged_explanations_go_with_their_predictions(either_log_url: str, engine: Engine) -> None:
+    """The explanations' table is purged by the same cutoff, in chunks; newer explanations stay; a log from
+    before explanations (no such table) is purged as before (the other tests)."""
+    log = PredictionLog(either_log_url, Metrics(), batch_size=50)
+    log.start()
+    ages = [dt.timedelta(days=120, seconds=i) for i in range(30)] + [dt.timedelta(days=2, seconds=i) for i in range(4)]
+    rows = [log_row(NOW - age, i) for i, age in enumerate(ages)]
+    for row in rows[::2]:  # every other prediction was asked with explain=true
+        row["explanation"] = {"base_value": -2.0, "value": -1.5, "contributions": []}
+    log.submit(rows)
+    status = log.close(60)
+    assert (status.written, status.write_errors) == (34, 0)
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(prediction_explanations)).scalar_one() == 17
+    result = purge_prediction_log(engine, 90, chunk_rows=4, pause_seconds=0, now=NOW)
+    assert result.deleted == 30
+    with engine.connect() as conn:
+        left = conn.execute(select(prediction_explanations.c.created_at)).scalars().all()
+    assert len(left) == 2 and _count(engine) == 4

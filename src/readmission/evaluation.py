@@ -18,6 +18,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from readmission.names import PLOT_FILES
 from readmission.schema import POSITIVE_LABEL, TARGET_LABELS
 
 _EPS = 1e-6
@@ -95,7 +96,7 @@ def write_plots(
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC, readmission < 30 days")
     ax.legend()
-    save(fig, "roc_curve.png")
+    save(fig, PLOT_FILES["roc"])
 
     fig, ax = plt.subplots(figsize=(5, 5))
     precision, recall, _ = precision_recall_curve(y_early, risk)
@@ -103,7 +104,7 @@ def write_plots(
     ax.axhline(y_early.mean(), linestyle="--", color="grey", label="prevalence")
     ax.set(xlabel="recall", ylabel="precision", title="Precision-recall, < 30 days")
     ax.legend()
-    save(fig, "precision_recall_curve.png")
+    save(fig, PLOT_FILES["precision-recall"])
 
     fig, ax = plt.subplots(figsize=(5, 5))
     bins = pd.qcut(risk, 10, duplicates="drop")
@@ -114,7 +115,7 @@ def write_plots(
     ax.plot([0, top], [0, top], linestyle="--", color="grey", label="perfect")
     ax.set(xlabel="predicted 30-day risk", ylabel="observed rate", title="Reliability")
     ax.legend()
-    save(fig, "calibration_curve.png")
+    save(fig, PLOT_FILES["reliability"])
 
     fig, ax = plt.subplots(figsize=(4.5, 4))
     matrix = confusion_matrix(y_early, (risk >= threshold).astype(int), labels=[0, 1])
@@ -123,11 +124,11 @@ def write_plots(
         ax.text(j, i, f"{count:,}", ha="center", va="center")
     ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["no", "< 30"], yticklabels=["no", "< 30"])
     ax.set(xlabel="predicted", ylabel="actual", title=f"Confusion at risk >= {threshold:.3f}")
-    save(fig, "confusion_matrix.png")
+    save(fig, PLOT_FILES["confusion-matrix"])
 
     fig, ax = plt.subplots(figsize=(6, 7))
     top_features = importance.sort_values().tail(20)
     ax.barh(top_features.index, top_features.to_numpy())
     ax.set(xlabel="drop in ROC-AUC (<30) when shuffled", title="Permutation importance (top 20)")
-    save(fig, "feature_importance.png")
+    save(fig, PLOT_FILES["feature-importance"])
     return paths

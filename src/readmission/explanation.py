@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 from scipy import sparse
+from scipy.special import logit
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
@@ -270,6 +271,7 @@ class Explainer:
 
     def __init__(self, model: Any) -> None:
         pipeline, self.calibrated = _unwrap(model)
+        self._pipeline = pipeline
         encoder, self._encode = _encoder_of(pipeline)
         self._attribute, self.scale = _attribution(pipeline.steps[2][1])
         columns = encoded_features(encoder)
@@ -283,3 +285,11 @@ class Explainer:
         contributions = phi @ self._groups
         values = base + contributions.sum(axis=1)
         return Explanations(self.features, contributions, base, values, self.scale, self.calibrated)
+
+    def model_output(self, rows: Sequence[Row]) -> np.ndarray:
+        """What ``explain`` decomposes, computed by the model itself (scikit-learn's ``predict_proba`` of the
+        pipeline, before any recalibration): P(<30), or its log-odds on the log-odds scale. Shape (rows,)."""
+        probabilities = self._pipeline.predict_proba(rows_to_frame(rows))
+        early = probabilities[:, list(self._pipeline.classes_).index(schema.POSITIVE_LABEL)].astype(np.float64)
+        result: np.ndarray = logit(early) if self.scale == LOG_ODDS else early
+        return result

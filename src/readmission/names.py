@@ -15,7 +15,21 @@ SELECTION_METRIC = "roc_auc_30"
 TRAINING_KEY_TAG = "training_key"  # one training job (a CLI call or an Airflow DAG run) on its runs and version
 DECISION_TAG = "promotion.decision"  # written last by the gate: a version without it has not been gated
 
+# The evidence training logs to the winner's run (``training.log_evidence_and_register``), read back by the API's
+# GET /model/plots/{name} and /model/importance: the plots folder, each plot's file by the API's name for it, and
+# the global feature importance (JSON object feature -> drop in ROC-AUC of the 30-day risk, largest first).
+PLOTS_FOLDER = "plots"
+PLOT_FILES = {
+    "roc": "roc_curve.png",
+    "precision-recall": "precision_recall_curve.png",
+    "reliability": "calibration_curve.png",
+    "confusion-matrix": "confusion_matrix.png",
+    "feature-importance": "feature_importance.png",
+}
+IMPORTANCE_ARTIFACT = "feature_importance.json"
+
 DEFAULT_BATCH_SIZE = 15_000  # rows per RAW batch, one transaction each (the design brief's 15,000-row batches)
 
 PREDICTION_LOG_TABLE = "prediction_log"  # written by the inference API, purged by its retention job and the CLI
+EXPLANATION_LOG_TABLE = "prediction_explanations"  # the explanations asked for, beside the log (same retention)
 DEFAULT_RETENTION_DAYS = 90  # days a prediction-log row is kept (PREDICTION_LOG_RETENTION_DAYS)

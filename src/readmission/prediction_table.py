@@ -9,7 +9,7 @@ from __future__ import annotations
 from sqlalchemy import JSON, BigInteger, Column, DateTime, Float, Integer, MetaData, String, Table
 from sqlalchemy.dialects import mysql
 
-from readmission.names import PREDICTION_LOG_TABLE
+from readmission.names import EXPLANATION_LOG_TABLE, PREDICTION_LOG_TABLE
 
 metadata = MetaData()
 prediction_log = Table(
@@ -37,3 +37,17 @@ prediction_log = Table(
     Column("risk_band", String(16), nullable=False),
     Column("latency_ms", Float, nullable=False),
 )
+# The explanations asked for (POST /predict?explain=true), one row per explained prediction: a table of its own,
+# so the log of a service from before explanations needs no migration (created beside it on first use), and
+# purged by the same retention.
+prediction_explanations = Table(
+    EXPLANATION_LOG_TABLE,
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("log_id", String(32), nullable=False, unique=True),  # the prediction_log row it explains
+    Column(
+        "created_at", DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql"), nullable=False, index=True
+    ),
+    Column("explanation", JSON, nullable=False),  # the answer's explanation block, as returned
+)
+LOG_TABLES = (prediction_log, prediction_explanations)

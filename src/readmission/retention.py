@@ -22,8 +22,8 @@ from sqlalchemy.engine import Engine, make_url
 
 from readmission.db import create_db_engine, display_url
 from readmission.errors import ReadmissionError
-from readmission.names import PREDICTION_LOG_TABLE
-from readmission.prediction_table import prediction_log
+from readmission.names import EXPLANATION_LOG_TABLE, PREDICTION_LOG_TABLE
+from readmission.prediction_table import prediction_explanations, prediction_log
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,8 @@ def purge_prediction_log(
     cutoff = retention_cutoff(older_than_days, now)
     started = last_line = time.monotonic()
     deleted = chunks = 0
+    if inspect(engine).has_table(EXPLANATION_LOG_TABLE):  # absent until the first explanation is logged
+        _purge_explanations(engine, cutoff, chunk_rows, pause_seconds)
     while ids := _next_chunk(engine, cutoff, chunk_rows):
         deleted += _delete_ids(engine, ids)
         chunks += 1
@@ -109,6 +111,22 @@ def purge_prediction_log(
     return result
 
 
+def _purge_explanations(engine: Engine, cutoff: dt.datetime, chunk_rows: int, pause_seconds: float) -> int:
+    """Delete the logged explanations created before ``cutoff`` (each is as old as its prediction), in
+    chunks as the log itself; the number deleted."""
+    table, deleted = prediction_explanations, 0
+    while True:
+        with engine.begin() as conn:
+            old = select(table.c.id).where(table.c.created_at < cutoff).order_by(table.c.id).limit(chunk_rows)
+            ids = [int(i) for i in conn.execute(old).scalars()]
+            if ids:
+                deleted += int(conn.execute(delete(table).where(table.c.id.in_(ids))).rowcount)
+        if len(ids) < chunk_rows:
+            log.info("purge: %d explanation(s) older than %s deleted", deleted, cutoff.isoformat(timespec="seconds"))
+            return deleted
+        time.sleep(pause_seconds)
+
+
 def _next_chunk(engine: Engine, cutoff: dt.datetime, chunk_rows: int) -> list[int]:
     """Ids of the oldest ``chunk_rows`` rows created before ``cutoff`` (one short read)."""
     query = (
@@ -122,7 +140,7 @@ def _next_chunk(engine: Engine, cutoff: dt.datetime, chunk_rows: int) -> list[in
 
 
 def _delete_ids(engine: Engine, ids: list[int]) -> int:
-    """Delete the rows with these ids in one transaction; the number deleted."""
+    """Delete the log rows with these ids in one transaction; the number deleted."""
     with engine.begin() as conn:
         return int(conn.execute(delete(prediction_log).where(prediction_log.c.id.in_(ids))).rowcount)
 

@@ -28,7 +28,14 @@ from sklearn.metrics import roc_auc_score
 from readmission import __version__, schema
 from readmission.evaluation import best_f1_threshold, classification_metrics, risk_of, write_plots
 from readmission.modeling import FAMILIES, model_input
-from readmission.names import EXPERIMENT_NAME, MODEL_NAME, SELECTION_METRIC, TRAINING_KEY_TAG
+from readmission.names import (
+    EXPERIMENT_NAME,
+    IMPORTANCE_ARTIFACT,
+    MODEL_NAME,
+    PLOTS_FOLDER,
+    SELECTION_METRIC,
+    TRAINING_KEY_TAG,
+)
 
 _TRUSTED_MODULE_PREFIXES = ("sklearn.", "numpy.", "scipy.", "builtins.", "readmission.")
 # sklearn stores functools.partial objects internally; skops still vets the function each one wraps.
@@ -249,8 +256,8 @@ def log_evidence_and_register(
     with mlflow.start_run(run_id=best.run_id), tempfile.TemporaryDirectory() as tmp:
         mlflow.log_metric("chosen_threshold_30", threshold)
         for path in write_plots(Path(tmp), y_test, test_risk, threshold, importance):
-            mlflow.log_artifact(str(path), artifact_path="plots")
-        mlflow.log_dict(importance.sort_values(ascending=False).to_dict(), "feature_importance.json")
+            mlflow.log_artifact(str(path), artifact_path=PLOTS_FOLDER)
+        mlflow.log_dict(importance.sort_values(ascending=False).to_dict(), IMPORTANCE_ARTIFACT)
         model_uri = best.model_uri or _log_model(best.model, "model", input_example=x_test.head(3)).model_uri
     with contextlib.redirect_stderr(io.StringIO()) as said:  # MLflow prints its own "Successfully registered..."
         version = mlflow.register_model(model_uri, MODEL_NAME, tags={"model_family": best.family, **tags})

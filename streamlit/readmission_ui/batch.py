@@ -74,19 +74,39 @@ def check_file(content: bytes, max_rows: int) -> CheckedFile:
     return CheckedFile(frame.reset_index(drop=True), encounters, row_errors)
 
 
+EXPLAINED_FACTORS = 3  # factors per row added to the download when the user asks for explanations
+
+
+def factor_columns(explanation: dict[str, Any]) -> dict[str, Any]:
+    """The download's columns of one row's explanation: for each listed factor k (largest first), its feature,
+    the value sent and the signed contribution (``factor_k_*``), and the scale of the contributions."""
+    out: dict[str, Any] = {"explanation_scale": explanation["scale"]}
+    for k, item in enumerate(explanation["contributions"], start=1):
+        out[f"factor_{k}_feature"] = item["feature"]
+        out[f"factor_{k}_value"] = item["value"]
+        out[f"factor_{k}_contribution"] = item["contribution"]
+    return out
+
+
 def score(
-    client: ApiClient, checked: CheckedFile, chunk_rows: int, progress: Callable[[int, int], None] = lambda d, t: None
+    client: ApiClient,
+    checked: CheckedFile,
+    chunk_rows: int,
+    progress: Callable[[int, int], None] = lambda d, t: None,
+    explain: bool = False,
 ) -> tuple[pd.DataFrame, set[str]]:
     """Score every encounter through POST /predict/batch in chunks; the results beside the file's identifiers
     and recorded outcome (``KEPT_COLUMNS``), and the model versions that answered (a champion may move during a
-    long run)."""
+    long run). With ``explain``, each row also gets its top ``EXPLAINED_FACTORS`` factors (``factor_columns``);
+    ApiFailed (409) when the served model has no explanations."""
     if not checked.valid:
         raise ValueError("the file has invalid rows; nothing is sent")
     rows: list[dict[str, Any]] = []
     versions: set[str] = set()
     total = len(checked.encounters)
     for start in range(0, total, chunk_rows):
-        answer = client.predict_batch(checked.encounters[start : start + chunk_rows])
+        chunk = checked.encounters[start : start + chunk_rows]
+        answer = client.predict_batch(chunk, explain_top=EXPLAINED_FACTORS if explain else None)
         model = answer["model"]
         versions.add(f"{model['name']} v{model['version']} (@{model['alias']})")
         for scores in answer["predictions"]:
@@ -97,6 +117,7 @@ def score(
                     "risk_band": scores["risk_band"],
                     **{f"p_{name}": scores["probabilities"][name] for name in CLASSES},
                     "model_version": model["version"],
+                    **(factor_columns(scores["explanation"]) if explain else {}),
                 }
             )
         progress(min(start + chunk_rows, total), total)

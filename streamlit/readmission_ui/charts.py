@@ -6,7 +6,8 @@ its cut points (``RISK_BAND_THRESHOLDS``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import altair as alt
 import pandas as pd
@@ -66,3 +67,76 @@ def probability_chart(probabilities: Mapping[str, float], band: str) -> alt.Laye
     bars = base.mark_bar().encode(color=colour)
     labels = base.mark_text(align="left", dx=4).encode(text=alt.Text("probability:Q", format=".1%"))
     return alt.LayerChart(layer=[bars, labels], height=260)
+
+
+RAISES_COLOUR, LOWERS_COLOUR = "#c62828", "#2e7d32"  # red raises the 30-day risk, green lowers it
+
+
+def factor_rows(explanation: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per listed contribution of an answer's ``explanation``, largest first: the feature in words with
+    the value sent (``factor``), its signed contribution and its direction."""
+    rows = [
+        {
+            "factor": f"{item['description']} = {_shown(item['value'])}",
+            "contribution": float(item["contribution"]),
+            "effect": "raises the risk" if item["contribution"] > 0 else "lowers the risk",
+        }
+        for item in explanation["contributions"]
+    ]
+    return pd.DataFrame(rows, columns=["factor", "contribution", "effect"])
+
+
+def _shown(value: Any) -> str:
+    return "unknown" if value is None else str(value)
+
+
+def factor_chart(explanation: Mapping[str, Any]) -> alt.Chart:
+    """Horizontal bars of the top contributions (red: raise the 30-day risk, green: lower it), largest on top,
+    on the explanation's scale (log-odds for most models)."""
+    rows = factor_rows(explanation)
+    scale = "log-odds of the 30-day risk" if explanation["scale"] == "log-odds" else "30-day risk (probability)"
+    chart: alt.Chart = (
+        alt.Chart(rows)
+        .mark_bar()
+        .encode(
+            x=alt.X("contribution:Q", title=f"Contribution ({scale})"),
+            y=alt.Y("factor:N", title=None, sort=None, axis=alt.Axis(labelLimit=460, labelOverlap=False)),
+            color=alt.Color(
+                "effect:N",
+                scale=alt.Scale(domain=["raises the risk", "lowers the risk"], range=[RAISES_COLOUR, LOWERS_COLOUR]),
+                legend=alt.Legend(title=None, orient="bottom"),
+            ),
+            tooltip=[alt.Tooltip("factor:N"), alt.Tooltip("contribution:Q", format="+.3f"), alt.Tooltip("effect:N")],
+        )
+        .properties(height=36 * max(len(rows), 1))
+    )
+    return chart
+
+
+def risk_scale_chart(risk: float, base_rate: float | None, thresholds: Sequence[float]) -> alt.LayerChart:
+    """The 30-day risk on a strip coloured by the risk bands (cut points ``thresholds``, as the API uses them),
+    with a black line for this encounter and a dashed one for the population's base rate when known."""
+    top = max(0.6, risk + 0.05, *(t + 0.1 for t in thresholds))
+    edges = [0.0, *thresholds, top]
+    bands = pd.DataFrame({"band": list(RISK_BANDS), "start": edges[:-1], "end": edges[1:]})
+    axis = alt.X("start:Q", title="30-day readmission risk", scale=alt.Scale(domain=[0, top], nice=False),
+                 axis=alt.Axis(format=".0%"))  # fmt: skip
+    colour = alt.Color(
+        "band:N",
+        scale=alt.Scale(domain=list(RISK_BANDS), range=[BAND_COLOURS[b] for b in RISK_BANDS]),
+        legend=alt.Legend(title="risk band", orient="bottom"),
+    )
+    strip = (
+        alt.Chart(bands)
+        .mark_bar(opacity=0.45, height=34)
+        .encode(x=axis, x2="end:Q", color=colour, tooltip=["band:N", alt.Tooltip("start:Q", format=".0%")])
+    )
+    marks = [{"what": "this encounter", "risk": risk}]
+    if base_rate is not None:
+        marks.append({"what": "base rate", "risk": base_rate})
+    ticks = alt.Chart(pd.DataFrame(marks)).encode(x=alt.X("risk:Q", scale=alt.Scale(domain=[0, top], nice=False)))
+    dash = alt.StrokeDash("what:N", scale=alt.Scale(domain=["this encounter", "base rate"], range=[[1, 0], [5, 3]]),
+                          legend=None)  # fmt: skip
+    rules = ticks.mark_rule(strokeWidth=3, color="black").encode(strokeDash=dash)
+    labels = ticks.mark_text(align="left", dx=5, dy=-26, fontSize=12).encode(text=alt.Text("what:N"))
+    return alt.LayerChart(layer=[strip, rules, labels], height=90)

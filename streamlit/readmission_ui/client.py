@@ -60,11 +60,14 @@ class ApiClient:
         self.base_url = base_url
         self._http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport)
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _call(self, method: str, path: str, raw: bool = False, **kwargs: Any) -> Any:
+        """The answer's JSON (``raw``: its bytes, for an image); one of the ApiProblems when it failed."""
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
             raise ApiUnreachable(f"the API at {self.base_url} does not answer ({type(exc).__name__}: {exc})") from exc
+        if raw and response.status_code < 400:
+            return response.content
         try:
             body = response.json()
         except ValueError:
@@ -89,10 +92,40 @@ class ApiClient:
         result: dict[str, Any] = self._call("GET", "/model")
         return result
 
-    def predict(self, encounter: dict[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("POST", "/predict", json=encounter)
+    def model_versions(self, limit: int = 100) -> dict[str, Any]:
+        """The registry's version history with the gate's decisions (``versions``: the latest ``limit``, newest
+        first; ``total``: how many there are)."""
+        result: dict[str, Any] = self._call("GET", "/model/versions", params={"limit": limit})
         return result
 
-    def predict_batch(self, encounters: list[dict[str, Any]]) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("POST", "/predict/batch", json={"encounters": encounters})
+    def model_plots(self) -> dict[str, bool]:
+        """Each plot name the API serves: whether the serving version's run logged it."""
+        result: dict[str, bool] = self._call("GET", "/model/plots")["plots"]
         return result
+
+    def model_plot(self, name: str) -> bytes:
+        """One plot of the serving version's run, as PNG bytes."""
+        result: bytes = self._call("GET", f"/model/plots/{name}", raw=True)
+        return result
+
+    def model_importance(self) -> dict[str, Any]:
+        """The serving version's global feature importance (``features``, largest first)."""
+        result: dict[str, Any] = self._call("GET", "/model/importance")
+        return result
+
+    def predict(self, encounter: dict[str, Any], explain_top: int | None = None) -> dict[str, Any]:
+        """One encounter's answer; with ``explain_top``, its explanation too (ApiFailed 409 when the served
+        model has none)."""
+        params = _explain(explain_top)
+        result: dict[str, Any] = self._call("POST", "/predict", json=encounter, params=params)
+        return result
+
+    def predict_batch(self, encounters: list[dict[str, Any]], explain_top: int | None = None) -> dict[str, Any]:
+        """Several encounters' answers, in order; ``explain_top`` as for ``predict``."""
+        params = _explain(explain_top)
+        result: dict[str, Any] = self._call("POST", "/predict/batch", json={"encounters": encounters}, params=params)
+        return result
+
+
+def _explain(top: int | None) -> dict[str, str] | None:
+    return None if top is None else {"explain": "true", "explain_top": str(top)}

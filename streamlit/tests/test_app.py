@@ -18,7 +18,7 @@ from uisupport import RecordingApi, eligible
 
 from readmission import schema
 from readmission.synthetic import synthetic_encounters
-from readmission_ui.charts import BAND_COLOURS, BAND_TEXT_COLOURS
+from readmission_ui.charts import BAND_COLOURS, BAND_TEXT_COLOURS, LOWERS_COLOUR, RAISES_COLOUR
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 SECOND_EXAMPLE = list(schema.EXAMPLE_ENCOUNTERS)[1]
@@ -45,12 +45,12 @@ def _table_with(at: AppTest, column: str) -> pd.DataFrame:
     return table
 
 
-def _api_predict(api: str, encounter: dict[str, object]) -> dict[str, object]:
+def _api_predict(api: str, encounter: dict[str, object], query: str = "") -> dict[str, Any]:
     request = urllib.request.Request(
-        f"{api}/predict", data=json.dumps(encounter).encode(), headers={"Content-Type": "application/json"}
+        f"{api}/predict{query}", data=json.dumps(encounter).encode(), headers={"Content-Type": "application/json"}
     )
     with urllib.request.urlopen(request, timeout=PATIENCE_SECONDS) as response:
-        result: dict[str, object] = json.loads(response.read())
+        result: dict[str, Any] = json.loads(response.read())
         return result
 
 
@@ -106,7 +106,7 @@ def test_the_form_shows_readable_labels_and_yes_no_but_sends_the_contracts_codes
     assert not at.exception and not at.error
     assert _shown(at, "f_payer_code") == "Medicare (MC)"
     assert _shown(at, "f_medical_specialty") == "Internal Medicine"
-    sent = [body for path, body in recording_api.posted if path == "/predict"]
+    sent = [body for path, body in recording_api.posted if path == "/predict?explain=true&explain_top=8"]
     expected = {
         **schema.EXAMPLE_ENCOUNTERS[SECOND_EXAMPLE],
         "payer_code": "MC",
@@ -116,13 +116,25 @@ def test_the_form_shows_readable_labels_and_yes_no_but_sends_the_contracts_codes
     assert len(sent) == 1 and _typed(sent[0]) == _typed(expected)  # the codes, and No/Yes as the numbers 0/1
 
 
+def _predict_tab_chart(at: AppTest, column: str, mark: str) -> tuple[dict[str, Any], pd.DataFrame]:
+    """The layer drawing ``mark`` of the Predict tab's chart whose data has ``column``, as the browser gets it
+    (Vega-Lite), and the rows of that layer."""
+    for chart in at.tabs[0].get("vega_lite_chart"):
+        spec = json.loads(chart.proto.spec)
+        for layer in spec.get("layer", [spec]):
+            if mark not in str(layer.get("mark")):
+                continue
+            name = layer.get("data", spec.get("data", {})).get("name")
+            for dataset in chart.proto.datasets:
+                rows = pa.ipc.open_stream(dataset.data.data).read_pandas()
+                if column in rows.columns and (name is None or dataset.name == name):
+                    return layer, rows
+    raise AssertionError(f"no {mark} chart of {column!r} on the Predict tab")
+
+
 def _probability_chart(at: AppTest) -> tuple[dict[str, Any], pd.DataFrame]:
-    """The bar layer of the Predict tab's chart as the browser gets it (Vega-Lite), and the rows it draws."""
-    (chart,) = at.get("vega_lite_chart")
-    spec = json.loads(chart.proto.spec)
-    bars = next(layer for layer in spec.get("layer", [spec]) if "bar" in str(layer.get("mark")))
-    rows = pa.ipc.open_stream(chart.proto.datasets[0].data.data).read_pandas()
-    return bars, rows
+    """The bar layer of the Predict tab's outcome chart, and the rows it draws."""
+    return _predict_tab_chart(at, "outcome", "bar")
 
 
 def test_the_chart_orders_outcomes_clinically_on_a_0_to_1_axis_with_the_band_coloured(
@@ -149,6 +161,46 @@ def test_the_chart_orders_outcomes_clinically_on_a_0_to_1_axis_with_the_band_col
     assert drawn[2] == BAND_COLOURS[band] and f"{band} risk" in rows[colour["field"]].iloc[2]
     assert drawn[0] == drawn[1] and drawn[0] not in BAND_COLOURS.values()  # the other outcomes: neutral
     assert {m.label: m.value for m in at.metric}["Risk band"] == f":{BAND_TEXT_COLOURS[band]}[{band.upper()}]"
+
+
+def test_the_answer_shows_why_against_the_base_rate_and_the_bands(
+    monkeypatch: pytest.MonkeyPatch, api_url: str
+) -> None:
+    at = _page(monkeypatch, api_url)
+    at.button(key=f"example {SECOND_EXAMPLE}").click().run()
+    at.get("form_submit_button")[0].click().run()
+    assert not at.exception and not at.error
+    expected = _api_predict(api_url, schema.EXAMPLE_ENCOUNTERS[SECOND_EXAMPLE], "?explain=true&explain_top=8")
+    explanation = expected["explanation"]
+    # The factors: the API's top contributions, largest first, in words with the value sent, red raising the risk.
+    bars, factors = _predict_tab_chart(at, "factor", "bar")
+    listed = explanation["contributions"]
+    assert list(factors["contribution"]) == pytest.approx([c["contribution"] for c in listed], abs=1e-12)
+    assert list(factors["factor"]) == [f"{c['description']} = {c['value']}" for c in listed]
+    scale = bars["encoding"]["color"]["scale"]
+    shade = dict(zip(scale["domain"], scale["range"], strict=True))
+    assert [shade[e] for e in factors["effect"]] == [
+        RAISES_COLOUR if c["contribution"] > 0 else LOWERS_COLOUR for c in listed
+    ]
+    assert bars["encoding"]["x"]["title"] == "Contribution (log-odds of the 30-day risk)"
+    # The risk against the population: the band strip at the API's cut points, this risk and the base rate.
+    _, strip = _predict_tab_chart(at, "band", "rect")
+    assert list(strip["start"])[:3] == [0.0, 0.15, 0.30] and list(strip["band"]) == ["low", "medium", "high"]
+    _, marks = _predict_tab_chart(at, "what", "rule")
+    base_rate = _model_info(api_url)["metrics"]["validation_prevalence_30"]
+    assert dict(zip(marks["what"], marks["risk"], strict=True)) == pytest.approx(
+        {"this encounter": expected["risk_30_days"], "base rate": base_rate}
+    )
+    captions = _texts(at.caption)
+    assert f"against a base rate of {base_rate:.1%}" in captions
+    assert "Bands: low below 15%, medium 15% to 30%, high from 30%" in captions
+    assert f"The {explanation['other_features']['count']} features not shown add" in captions
+
+
+def _model_info(api: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{api}/model", timeout=PATIENCE_SECONDS) as response:
+        result: dict[str, Any] = json.loads(response.read())
+        return result
 
 
 def test_a_field_the_api_refuses_is_named_with_the_reason(monkeypatch: pytest.MonkeyPatch, api_url: str) -> None:
@@ -188,6 +240,31 @@ def test_a_good_file_is_scored_in_chunks_with_a_summary_and_a_download(
     assert results["risk_30_days"].iloc[0] == pytest.approx(first["risk_30_days"])
     assert "Answered by diabetes-readmission v1 (@champion)." in _texts(at.caption)
     assert at.get("download_button")  # the results as CSV
+    assert not any(c.startswith("factor_") for c in results.columns)
+
+
+def test_explained_batch_scoring_adds_the_top_three_factors_to_the_download(
+    monkeypatch: pytest.MonkeyPatch, api_url: str
+) -> None:
+    monkeypatch.setenv("BATCH_CHUNK_ROWS", "25")
+    frame = eligible(synthetic_encounters(60, seed=4))
+    at = _page(monkeypatch, api_url)
+    _upload(at, "ward.csv", frame.to_csv(index=False).encode())
+    at.button(key="score").click().run()
+    assert "factor_1_feature" not in _table_with(at, "risk_30_days").columns
+    at.checkbox(key="explain_batch").check().run()  # asked after scoring: scored again, with the factors
+    at.button(key="score").click().run()
+    assert not at.exception and not at.error
+    results = _table_with(at, "risk_30_days")
+    factors = [f"factor_{k}_{part}" for k in (1, 2, 3) for part in ("feature", "value", "contribution")]
+    assert set(factors) <= set(results.columns) and "factor_4_feature" not in results.columns
+    for i in (0, 59):
+        encounter = schema.raw_to_encounter(frame.iloc[i].to_dict())
+        listed = _api_predict(api_url, encounter, "?explain=true&explain_top=3")["explanation"]["contributions"]
+        assert [results[f"factor_{k}_feature"].iloc[i] for k in (1, 2, 3)] == [c["feature"] for c in listed]
+        got = [results[f"factor_{k}_contribution"].iloc[i] for k in (1, 2, 3)]
+        assert got == pytest.approx([c["contribution"] for c in listed], abs=1e-12)
+    assert set(results["explanation_scale"]) == {"log-odds"}
 
 
 def test_a_file_with_outcomes_keeps_them_and_compares_them_with_the_predicted_risk(
@@ -286,12 +363,89 @@ def test_a_file_that_is_not_encounters_is_refused_as_a_whole(
     assert message in _texts(at.error)
 
 
-def test_the_model_page_shows_the_champion_and_its_metrics(monkeypatch: pytest.MonkeyPatch, api_url: str) -> None:
+def _api_get(api: str, path: str) -> Any:
+    with urllib.request.urlopen(f"{api}{path}", timeout=PATIENCE_SECONDS) as response:
+        return json.loads(response.read())
+
+
+def _model_tab(at: AppTest) -> Any:
+    return next(tab for tab in at.tabs if tab.label == "Model")
+
+
+def test_the_model_page_names_and_explains_every_metric_validation_beside_test(
+    monkeypatch: pytest.MonkeyPatch, api_url: str
+) -> None:
+    """Before: raw keys (`brier_skill_30`), a `value` column that was mostly None, truncated headline values."""
     at = _page(monkeypatch, api_url)
-    metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Model"] == "diabetes-readmission v1" and metrics["Alias"] == "champion"
-    table = next(d.value for d in at.dataframe if "metric" in d.value.columns).set_index("metric")
-    assert 0.5 < table.loc["roc_auc_30", "test"] <= 1 and 0.5 < table.loc["roc_auc_30", "validation"] <= 1
+    tab = _model_tab(at)
+    info = _api_get(api_url, "/model")
+    metrics = {m.label: m.value for m in tab.metric}
+    assert metrics["Version"] == "v1" and metrics["Alias"] == "champion"
+    assert metrics["ROC-AUC (test)"] == f"{info['metrics']['test_roc_auc_30']:.4f}"
+    assert all(len(value) <= 10 for value in metrics.values())  # short enough for a column: never cut
+    assert "diabetes-readmission v1" in _texts(tab.caption)
+    split = next(t.value for t in tab.table if "Validation" in t.value.columns)
+    assert list(split.columns) == ["Metric", "Validation", "Test", "Meaning"]
+    rows = split.set_index("Metric")
+    for key, name in (("roc_auc_30", "ROC-AUC (30-day)"), ("brier_skill_30", "Brier skill (30-day)")):
+        assert rows.loc[name, "Validation"] == f"{info['metrics'][f'validation_{key}']:.4f}"
+        assert rows.loc[name, "Test"] == f"{info['metrics'][f'test_{key}']:.4f}"
+    names = set(rows.index)
+    assert {"Average precision (30-day)", "Calibration slope (30-day)", "Calibration intercept (30-day)"} <= names
+    assert "Prevalence (30-day)" in names and not any("_" in name for name in names)  # no raw key
+    assert split.notna().all().all() and (split != "").all().all() and "None" not in split.to_string()
+    figures = next(t.value for t in tab.table if "Figure" in t.value.columns)
+    threshold = figures.set_index("Figure").loc["Decision threshold (30-day)", "Value"]
+    assert threshold == f"{info['metrics']['chosen_threshold_30']:.1%}"
+
+
+def test_the_model_page_shows_the_plots_importance_and_version_history(
+    monkeypatch: pytest.MonkeyPatch, api_url: str
+) -> None:
+    at = _page(monkeypatch, api_url)
+    tab = _model_tab(at)
+    assert not tab.warning, _texts(tab.warning)
+    captions = [caption for image in tab.image for caption in image.captions]
+    assert captions == [
+        "ROC curve (test split)",
+        "Precision-recall curve (test split)",
+        "Reliability: predicted against observed 30-day rate (test split)",
+    ]
+    assert all(url.endswith(".png") for image in tab.image for url in image.value)
+    (chart,) = tab.get("vega_lite_chart")
+    spec = json.loads(chart.proto.spec)
+    drawn = pa.ipc.open_stream(chart.proto.datasets[0].data.data).read_pandas()
+    importance = _api_get(api_url, "/model/importance")["features"]
+    assert spec["mark"]["type"] == "bar" and spec["encoding"]["y"]["field"] == "feature"
+    assert drawn["name"].tolist() == [f["feature"] for f in importance[:20]]  # the top 20, largest first
+    assert drawn["importance"].tolist() == pytest.approx([f["importance"] for f in importance[:20]])
+    history = next(t.value for t in tab.table if "Decision" in t.value.columns)
+    assert history[["Version", "Aliases", "Decision", "Reason"]].to_dict("records") == [
+        {"Version": "v1", "Aliases": "challenger, champion", "Decision": "promoted", "Reason": "no champion yet"}
+    ]
+    assert history.loc[0, "Note"] == "served here"
+
+
+def test_the_model_page_keeps_its_metrics_when_mlflow_cannot_be_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The API serves the model, but MLflow is down: each MLflow-fed section says so; the metrics still show."""
+    from livesupport import json_stand_in
+
+    down = {"error": "registry_unavailable", "message": "MLflow could not list the versions", "request_id": "r1"}
+    model = {
+        "name": "diabetes-readmission", "version": "4", "alias": "champion", "registry_status": "ok",
+        "registry_message": None, "run_id": "a" * 32, "loaded_at": "2025-01-01T00:00:00Z",
+        "prediction_path": "compiled", "metrics": {"test_roc_auc_30": 0.68, "validation_roc_auc_30": 0.69},
+    }  # fmt: skip
+    ready = {"status": "ready", "model": {"name": "diabetes-readmission", "version": "4", "alias": "champion"}}
+    answers = {"/model": (200, model), "/health/ready": (200, ready)}
+    with json_stand_in(lambda path: answers.get(path.split("?")[0], (502, down))) as url:
+        at = _page(monkeypatch, url)
+    tab = _model_tab(at)
+    warnings = _texts(tab.warning)
+    for section in ("plots", "feature importance", "version history"):
+        assert f"The {section} cannot be shown now" in warnings
+    assert "HTTP 502" in warnings and "MLflow could not" in warnings
+    assert next(t.value for t in tab.table if "Validation" in t.value.columns).shape[0] == 1
 
 
 def test_no_champion_yet_tells_the_user_to_run_the_pipeline(

@@ -28,6 +28,14 @@ from inference_api.contract import (
     request_body,
 )
 from inference_api.errors import ERROR_RESPONSES, FastJSONResponse, UnsupportedMediaTypeError, request_id
+from inference_api.explaining import (
+    EXPLAIN_PARAMETERS,
+    EXPLAINED_EXAMPLE,
+    ExplainRequest,
+    check_explainable,
+    explanation_blocks,
+    parse_explain,
+)
 from inference_api.model_manager import LoadedModel
 from readmission import schema
 
@@ -117,6 +125,7 @@ def _log(
                 "probability_within_30": s["probabilities"]["<30"],
                 "risk_band": s["risk_band"],
                 "latency_ms": latency_ms,
+                **({"explanation": s["explanation"]} if "explanation" in s else {}),
             }
             for i, (row, s) in enumerate(zip(rows, scores, strict=True))
         ]
@@ -124,18 +133,42 @@ def _log(
     return rid
 
 
+def _asked(parts: Components, request: Request) -> ExplainRequest:
+    """The query's explanation request, refused (409) at once when the served model has no explanations."""
+    ask = parse_explain(request.scope["query_string"])
+    if ask.top is not None and (current := parts.manager.current) is not None:
+        check_explainable(current)
+    return ask
+
+
+async def _explain(model: LoadedModel, rows: list[dict[str, Any]], scores: list[dict[str, Any]], top: int) -> None:
+    """Add each row's ``explanation`` block to its scores when the query asked for it (in a worker thread:
+    TreeSHAP releases the GIL, the loop keeps answering)."""
+    blocks = await run_in_threadpool(explanation_blocks, check_explainable(model), rows, top)
+    for score, block in zip(scores, blocks, strict=True):
+        score["explanation"] = block
+
+
+_EXPLAINED: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/json": {"examples": {"explained": {"value": EXPLAINED_EXAMPLE}}}}}
+}
+
+
 @router.post(
     "/predict",
     response_model=Prediction,
-    responses=ERROR_RESPONSES,
-    openapi_extra=request_body(
-        "EncounterFeatures", {name: {"summary": name, "value": value} for name, value in _EXAMPLES}
-    ),
+    responses={**ERROR_RESPONSES, **_EXPLAINED},
+    openapi_extra={
+        **request_body("EncounterFeatures", {name: {"summary": name, "value": value} for name, value in _EXAMPLES}),
+        "parameters": EXPLAIN_PARAMETERS,
+    },
 )
 async def predict(request: Request) -> Response:
-    """Score one encounter: predicted class, class probabilities, 30-day risk and its band."""
+    """Score one encounter: predicted class, class probabilities, 30-day risk and its band; with
+    `explain=true`, the top contributions to the 30-day risk (`explain_top`, default 10)."""
     parts = _parts(request)
     _check_media_type(request)
+    ask = _asked(parts, request)
     raw = await request.body()
     if len(raw) > OFF_LOOP_BYTES:  # far larger than an encounter: whatever it holds, check it off the loop
         encounter = await run_in_threadpool(parse_body, raw, schema.EncounterFeatures)
@@ -145,6 +178,8 @@ async def predict(request: Request) -> Response:
     rows = [encounter.model_dump()]
     model, probabilities = await parts.batcher.predict(rows)
     scores = _scores(parts, model, probabilities)
+    if ask.top is not None:
+        await _explain(model, rows, scores, ask.top)
     rid = _log(parts, request, "predict", model, rows, scores)
     return FastJSONResponse({"request_id": rid, "model": model_ref(model), **scores[0]})
 
@@ -153,15 +188,20 @@ async def predict(request: Request) -> Response:
     "/predict/batch",
     response_model=BatchPrediction,
     responses=ERROR_RESPONSES,
-    openapi_extra=request_body(
-        "BatchRequest",
-        {"three patients": {"summary": "The example patients", "value": {"encounters": [v for _, v in _EXAMPLES]}}},
-    ),
+    openapi_extra={
+        **request_body(
+            "BatchRequest",
+            {"three patients": {"summary": "The example patients", "value": {"encounters": [v for _, v in _EXAMPLES]}}},
+        ),
+        "parameters": EXPLAIN_PARAMETERS,
+    },
 )
 async def predict_batch(request: Request) -> Response:
-    """Score up to MAX_BATCH_SIZE encounters in one call (answers in request order)."""
+    """Score up to MAX_BATCH_SIZE encounters in one call (answers in request order); `explain=true` as for
+    /predict."""
     parts = _parts(request)
     _check_media_type(request)
+    ask = _asked(parts, request)
     raw = await request.body()
     limit = parts.settings.max_batch_size
     # A batch's cost grows with its objects, not its bytes (1,000 empty objects are 3 KB and 180 ms of
@@ -180,5 +220,7 @@ async def predict_batch(request: Request) -> Response:
     rows = [e.model_dump() for e in body.encounters]
     model, probabilities = await parts.batcher.predict(rows, gather=False)
     scores = _scores(parts, model, probabilities)
+    if ask.top is not None:
+        await _explain(model, rows, scores, ask.top)
     rid = _log(parts, request, "predict_batch", model, rows, scores)
     return FastJSONResponse({"request_id": rid, "model": model_ref(model), "predictions": scores})
