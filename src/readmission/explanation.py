@@ -38,7 +38,7 @@ from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, TargetEnco
 from readmission import schema
 from readmission.modeling import DERIVED_NUMERIC, DIAGNOSIS_INPUTS, EarlyReadmissionChain, prepare_features
 from readmission.serving import Row, _compile_encoder, _CompiledTrees, prepare_columns, rows_to_frame
-from readmission.treeshap import Trees, expected_value, tree_shap
+from readmission.treeshap import Trees, expected_value, path_width, tree_shap
 
 LOG_ODDS, PROBABILITY = "log-odds", "probability"
 DERIVED_DESCRIPTIONS: dict[str, str] = {
@@ -180,10 +180,10 @@ def _boosted(model: HistGradientBoostingClassifier) -> Attribute:
     compiled = _CompiledTrees(model)
     trees = compiled.shap_trees()
     base = compiled.baseline + expected_value(trees)
-    columns = compiled.input_columns()
+    columns, width = compiled.input_columns(), path_width(trees)
 
     def attribute(x: np.ndarray) -> tuple[np.ndarray, float]:
-        phi = tree_shap(compiled.recode(x), trees)
+        phi = tree_shap(compiled.recode(x), trees, width)
         out = np.zeros_like(x, dtype=np.float64)
         out[:, columns] = phi
         return out, base
@@ -237,10 +237,10 @@ def forest_trees(model: RandomForestClassifier, label: str) -> Trees:
 
 def _forest(model: RandomForestClassifier) -> Attribute:
     trees = forest_trees(model, schema.POSITIVE_LABEL)
-    base = expected_value(trees)
+    base, width = expected_value(trees), path_width(trees)
 
     def attribute(x: np.ndarray) -> tuple[np.ndarray, float]:
-        return tree_shap(x, trees), base
+        return tree_shap(x, trees, width), base
 
     return attribute
 

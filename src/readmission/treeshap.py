@@ -49,44 +49,48 @@ def _goes_left(v: float, node: int, t: Trees) -> bool:
     return bool(v <= t.threshold[node])
 
 
+# The unique path of one depth lives in columns b .. b + depth of ``paths``: row 0 the features, 1 the zero
+# fractions, 2 the one fractions, 3 the weights. Indexed directly, never sliced: views cost more than the maths.
+_F, _Z, _O, _W = 0, 1, 2, 3
+
+
 @njit(nogil=True, cache=False)
-def _extend(
-    feat: np.ndarray, zero: np.ndarray, one: np.ndarray, w: np.ndarray, depth: int, z: float, o: float, f: int
-) -> None:
-    feat[depth], zero[depth], one[depth] = f, z, o
-    w[depth] = 1.0 if depth == 0 else 0.0
+def _extend(paths: np.ndarray, b: int, depth: int, z: float, o: float, f: int) -> None:
+    paths[_F, b + depth], paths[_Z, b + depth], paths[_O, b + depth] = f, z, o
+    paths[_W, b + depth] = 1.0 if depth == 0 else 0.0
     for i in range(depth - 1, -1, -1):
-        w[i + 1] += o * w[i] * (i + 1) / (depth + 1)
-        w[i] = z * w[i] * (depth - i) / (depth + 1)
+        paths[_W, b + i + 1] += o * paths[_W, b + i] * (i + 1) / (depth + 1)
+        paths[_W, b + i] = z * paths[_W, b + i] * (depth - i) / (depth + 1)
 
 
 @njit(nogil=True, cache=False)
-def _unwind(feat: np.ndarray, zero: np.ndarray, one: np.ndarray, w: np.ndarray, depth: int, k: int) -> None:
-    o, z = one[k], zero[k]
-    next_one = w[depth]
+def _unwind(paths: np.ndarray, b: int, depth: int, k: int) -> None:
+    o, z = paths[_O, b + k], paths[_Z, b + k]
+    next_one = paths[_W, b + depth]
     for i in range(depth - 1, -1, -1):
         if o != 0.0:
-            saved = w[i]
-            w[i] = next_one * (depth + 1) / ((i + 1) * o)
-            next_one = saved - w[i] * z * (depth - i) / (depth + 1)
+            saved = paths[_W, b + i]
+            paths[_W, b + i] = next_one * (depth + 1) / ((i + 1) * o)
+            next_one = saved - paths[_W, b + i] * z * (depth - i) / (depth + 1)
         else:
-            w[i] = w[i] * (depth + 1) / (z * (depth - i))
+            paths[_W, b + i] = paths[_W, b + i] * (depth + 1) / (z * (depth - i))
     for i in range(k, depth):
-        feat[i], zero[i], one[i] = feat[i + 1], zero[i + 1], one[i + 1]
+        for row in range(3):  # features and fractions move down; the weights were recomputed above
+            paths[row, b + i] = paths[row, b + i + 1]
 
 
 @njit(nogil=True, cache=False)
-def _unwound_sum(zero: np.ndarray, one: np.ndarray, w: np.ndarray, depth: int, k: int) -> float:
-    o, z = one[k], zero[k]
-    next_one = w[depth]
+def _unwound_sum(paths: np.ndarray, b: int, depth: int, k: int) -> float:
+    o, z = paths[_O, b + k], paths[_Z, b + k]
+    next_one = paths[_W, b + depth]
     total = 0.0
     for i in range(depth - 1, -1, -1):
         if o != 0.0:
             part = next_one * (depth + 1) / ((i + 1) * o)
             total += part
-            next_one = w[i] - part * z * (depth - i) / (depth + 1)
+            next_one = paths[_W, b + i] - part * z * (depth - i) / (depth + 1)
         elif z != 0.0:
-            total += (w[i] / z) / ((depth - i) / (depth + 1))
+            total += (paths[_W, b + i] / z) / ((depth - i) / (depth + 1))
     return total
 
 
@@ -103,28 +107,29 @@ def _recurse(
     o: float,
     f: int,
 ) -> None:
-    """Add the contributions of the leaves under ``node`` to ``phi``. ``paths`` rows hold the unique path's
-    features, zero fractions, one fractions and weights; the parent's path starts at column ``parent``, and
-    this node's copy is written right after it (so each depth keeps its own), with the new element at
-    ``depth``."""
+    """Add the contributions of the leaves under ``node`` to ``phi``. The parent's path starts at column
+    ``parent`` of ``paths``; this node's copy is written right after it (so each depth keeps its own), with
+    the new element at ``depth``."""
     here = parent + depth + 1
-    paths[:, here : here + depth + 1] = paths[:, parent : parent + depth + 1]
-    feat, zero, one, w = paths[0, here:], paths[1, here:], paths[2, here:], paths[3, here:]
-    _extend(feat, zero, one, w, depth, z, o, f)
+    for i in range(depth + 1):
+        for row in range(4):
+            paths[row, here + i] = paths[row, parent + i]
+    _extend(paths, here, depth, z, o, f)
     if t.is_leaf[node]:
         for i in range(1, depth + 1):
-            phi[np.int64(feat[i])] += _unwound_sum(zero, one, w, depth, i) * (one[i] - zero[i]) * t.value[node]
+            share = _unwound_sum(paths, here, depth, i) * (paths[_O, here + i] - paths[_Z, here + i])
+            phi[np.int64(paths[_F, here + i])] += share * t.value[node]
         return
     split = t.feature[node]
     hot = t.left[node] if _goes_left(x[split], node, t) else t.right[node]
     cold = t.right[node] if hot == t.left[node] else t.left[node]
     incoming_zero, incoming_one = 1.0, 1.0
     k = 1
-    while k <= depth and np.int64(feat[k]) != split:
+    while k <= depth and np.int64(paths[_F, here + k]) != split:
         k += 1
     if k <= depth:  # the feature split before on this path: undo that split, redo it here
-        incoming_zero, incoming_one = zero[k], one[k]
-        _unwind(feat, zero, one, w, depth, k)
+        incoming_zero, incoming_one = paths[_Z, here + k], paths[_O, here + k]
+        _unwind(paths, here, depth, k)
         depth -= 1
     share = incoming_zero / t.cover[node]
     _recurse(x, phi, hot, t, paths, here, depth + 1, share * t.cover[hot], incoming_one, split)
@@ -164,11 +169,18 @@ def expected_value(trees: Trees) -> float:
     return float(np.sum(trees.value[leaves] * cover[leaves] / cover[trees.roots[tree_of[leaves]]]))
 
 
-def tree_shap(x: np.ndarray, trees: Trees) -> np.ndarray:
-    """SHAP values, shape (rows, columns of ``x``), of the sum of the trees' leaf values: each row's values
-    add up to (its sum of leaf values) - ``expected_value(trees)``."""
+def path_width(trees: Trees) -> int:
+    """Columns of the work area ``tree_shap`` needs: every depth's copy of the path, side by side. Worth
+    computing once per model: the walk is in Python (a few ms for hundreds of trees)."""
     depth = tree_depth(trees)
-    width = (depth + 2) * (depth + 3) // 2 + depth + 4  # every depth's copy of the path, side by side
+    return (depth + 2) * (depth + 3) // 2 + depth + 4
+
+
+def tree_shap(x: np.ndarray, trees: Trees, width: int | None = None) -> np.ndarray:
+    """SHAP values, shape (rows, columns of ``x``), of the sum of the trees' leaf values: each row's values
+    add up to (its sum of leaf values) - ``expected_value(trees)``. ``width``: ``path_width(trees)``, computed
+    here when not given."""
+    width = path_width(trees) if width is None else width
     data = np.ascontiguousarray(x, dtype=np.float64)
     result: np.ndarray = _shap_rows(data, trees, width)
     return result
