@@ -12,7 +12,7 @@ from typing import Any
 import altair as alt
 import pandas as pd
 
-from readmission_ui.labels import OUTCOME_LABELS
+from readmission_ui.labels import OUTCOME_LABELS, factor_label
 
 RISK_BANDS = ("low", "medium", "high")
 BAND_COLOURS: dict[str, str] = {"low": "#2e7d32", "medium": "#ef8c00", "high": "#c62828"}  # green, amber, red
@@ -74,20 +74,17 @@ RAISES_COLOUR, LOWERS_COLOUR = "#c62828", "#2e7d32"  # red raises the 30-day ris
 
 def factor_rows(explanation: Mapping[str, Any]) -> pd.DataFrame:
     """One row per listed contribution of an answer's ``explanation``, largest first: the feature in words with
-    the value sent (``factor``), its signed contribution and its direction."""
+    the value sent (``factor``, as the form words it: ``labels.factor_label``), its signed contribution and its
+    direction."""
     rows = [
         {
-            "factor": f"{item['description']} = {_shown(item['value'])}",
+            "factor": factor_label(item["feature"], item["description"], item["value"]),
             "contribution": float(item["contribution"]),
             "effect": "raises the risk" if item["contribution"] > 0 else "lowers the risk",
         }
         for item in explanation["contributions"]
     ]
     return pd.DataFrame(rows, columns=["factor", "contribution", "effect"])
-
-
-def _shown(value: Any) -> str:
-    return "unknown" if value is None else str(value)
 
 
 def factor_chart(explanation: Mapping[str, Any]) -> alt.Chart:
@@ -135,8 +132,9 @@ def risk_scale_chart(risk: float, base_rate: float | None, thresholds: Sequence[
     if base_rate is not None:
         marks.append({"what": "base rate", "risk": base_rate})
     ticks = alt.Chart(pd.DataFrame(marks)).encode(x=alt.X("risk:Q", scale=alt.Scale(domain=[0, top], nice=False)))
-    dash = alt.StrokeDash("what:N", scale=alt.Scale(domain=["this encounter", "base rate"], range=[[1, 0], [5, 3]]),
-                          legend=None)  # fmt: skip
-    rules = ticks.mark_rule(strokeWidth=3, color="black").encode(strokeDash=dash)
+    lines = ticks.mark_tick(thickness=3, size=44, color="black").encode(
+        opacity=alt.Opacity("what:N", scale=alt.Scale(domain=["this encounter", "base rate"], range=[1, 0.5]),
+                            legend=None)
+    )  # fmt: skip
     labels = ticks.mark_text(align="left", dx=5, dy=-26, fontSize=12).encode(text=alt.Text("what:N"))
-    return alt.LayerChart(layer=[strip, rules, labels], height=90)
+    return alt.LayerChart(layer=[strip, lines, labels], height=90)

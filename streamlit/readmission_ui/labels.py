@@ -58,3 +58,22 @@ def outcome_label(code: str) -> str:
 
 # The outcomes in clinical order, which is the contract's order of the levels of `readmitted`.
 OUTCOME_LABELS: dict[str, str] = {code: outcome_label(code) for code in schema.TARGET_LABELS}
+
+
+_HISTORY = {h.name: h for h in schema.HISTORY_FEATURES}
+
+
+def factor_label(feature: str, description: str, value: object) -> str:
+    """One factor of an explanation as the form words it: "Inpatient visits in the year before: 4",
+    "Type of admission: 1: Emergency", "The patient's previous encounter was followed by ...: Yes"; a sum the
+    model derives keeps the API's description. Unknown values read ``UNKNOWN``."""
+    field = schema.COLUMNS_BY_NAME.get(feature) or _HISTORY.get(feature)
+    if field is None:
+        return f"{description}: {UNKNOWN if value is None else value}"
+    if is_flag(field) and value in (0, 1):
+        return f"{flag_label(field)}: {YES_NO[int(value)]}"
+    if value is None:
+        return f"{field_label(field)}: {UNKNOWN}"
+    if isinstance(field, schema.Column) and (field.labels or field.kind is schema.Kind.CODED):
+        return f"{field_label(field)}: {level_label(field, value)}"
+    return f"{field_label(field)}: {value}"

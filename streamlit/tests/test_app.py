@@ -19,6 +19,7 @@ from uisupport import RecordingApi, eligible
 from readmission import schema
 from readmission.synthetic import synthetic_encounters
 from readmission_ui.charts import BAND_COLOURS, BAND_TEXT_COLOURS, LOWERS_COLOUR, RAISES_COLOUR
+from readmission_ui.labels import factor_label
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 SECOND_EXAMPLE = list(schema.EXAMPLE_ENCOUNTERS)[1]
@@ -176,7 +177,8 @@ def test_the_answer_shows_why_against_the_base_rate_and_the_bands(
     bars, factors = _predict_tab_chart(at, "factor", "bar")
     listed = explanation["contributions"]
     assert list(factors["contribution"]) == pytest.approx([c["contribution"] for c in listed], abs=1e-12)
-    assert list(factors["factor"]) == [f"{c['description']} = {c['value']}" for c in listed]
+    assert list(factors["factor"]) == [factor_label(c["feature"], c["description"], c["value"]) for c in listed]
+    assert "Inpatient visits in the year before: 4" in list(factors["factor"])  # the example's 4 inpatient visits
     scale = bars["encoding"]["color"]["scale"]
     shade = dict(zip(scale["domain"], scale["range"], strict=True))
     assert [shade[e] for e in factors["effect"]] == [
@@ -184,9 +186,9 @@ def test_the_answer_shows_why_against_the_base_rate_and_the_bands(
     ]
     assert bars["encoding"]["x"]["title"] == "Contribution (log-odds of the 30-day risk)"
     # The risk against the population: the band strip at the API's cut points, this risk and the base rate.
-    _, strip = _predict_tab_chart(at, "band", "rect")
+    _, strip = _predict_tab_chart(at, "band", "bar")
     assert list(strip["start"])[:3] == [0.0, 0.15, 0.30] and list(strip["band"]) == ["low", "medium", "high"]
-    _, marks = _predict_tab_chart(at, "what", "rule")
+    _, marks = _predict_tab_chart(at, "what", "tick")
     base_rate = _model_info(api_url)["metrics"]["validation_prevalence_30"]
     assert dict(zip(marks["what"], marks["risk"], strict=True)) == pytest.approx(
         {"this encounter": expected["risk_30_days"], "base rate": base_rate}

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from readmission import schema
-from readmission_ui.labels import UNKNOWN, YES_NO, flag_label, is_flag, level_label
+from readmission_ui.labels import UNKNOWN, YES_NO, factor_label, flag_label, is_flag, level_label
 
 CATEGORICAL = [c for c in schema.COLUMNS if c.levels]  # categories, codes and the outcome
 GLUED = re.compile(r"[a-z][A-Z][a-z]")  # 'AfricanAmerican', 'InternalMedicine': a code, not words
@@ -66,3 +66,18 @@ def test_field_labels_drop_a_legend_of_raw_codes_the_choices_no_longer_show() ->
         assert "' = " not in field_label(schema.column(name)), field_label(schema.column(name))
     assert field_label(schema.column("A1Cresult")) == "HbA1c test result"
     assert field_label(schema.column("num_lab_procedures")) == schema.column("num_lab_procedures").description
+
+
+def test_explanation_factors_are_worded_as_the_form_words_them() -> None:
+    assert factor_label("number_inpatient", "Inpatient visits in the year before", 4) == (
+        "Inpatient visits in the year before: 4"
+    )
+    assert factor_label("admission_type_id", "Type of admission", 1) == "Type of admission: 1: Emergency"
+    assert factor_label("previous_early_readmission", "1 if ...", 1) == (
+        "The patient's previous encounter was followed by a readmission within 30 days: Yes"
+    )
+    assert factor_label("race", "Race", "AfricanAmerican") == "Race: African American"
+    assert factor_label("payer_code", "Payer (insurance) code", None) == "Payer (insurance) code: Unknown"
+    assert factor_label("visits_last_year", "Outpatient + emergency + inpatient visits", 7) == (
+        "Outpatient + emergency + inpatient visits: 7"
+    )
