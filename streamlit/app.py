@@ -217,10 +217,19 @@ def _predict_explained(client: ApiClient, encounter: dict[str, Any]) -> dict[str
     """The answer with its explanation; a plain answer, saying why, when the served model has none (409)."""
     try:
         return client.predict(encounter, explain_top=FACTORS_SHOWN)
-    except ApiFailed as problem:
-        if problem.status != 409:
-            raise
-        return {**client.predict(encounter), "explanation_note": f"No explanation: {problem.message}"}
+    except ApiFailed as problem:  # 409: a model without explanations; 503: explanations busy; 5xx: a failure
+        return {**client.predict(encounter), "explanation_note": f"No explanation this time: {problem.message}"}
+
+
+def _explanations_unavailable(client: ApiClient) -> str | None:
+    """Why the served model has no explanations (``GET /model``), or None when it has them (or cannot say)."""
+    try:
+        info = client.model()
+    except ApiProblem:
+        return None
+    if info.get("explanations", True):
+        return None
+    return f"The served model has no explanations: {info.get('explain_problem')}"
 
 
 def _population(client: ApiClient) -> dict[str, Any]:
@@ -265,10 +274,16 @@ def batch_page(client: ApiClient, settings: UiSettings) -> None:
         _show_row_errors(upload.name, checked)
         return
     st.success(f"{upload.name}: {len(checked.encounters):,} valid encounters.")
-    explain = st.checkbox(
-        f"Explain each row: add its top {EXPLAINED_FACTORS} factors to the download",
-        key="explain_batch",
-        help="Exact contributions to the 30-day risk, as the Predict tab shows them; slower on large files.",
+    unavailable = _explanations_unavailable(client)
+    explain = (
+        st.checkbox(
+            f"Explain each row: add its top {EXPLAINED_FACTORS} factors to the download",
+            key="explain_batch",
+            disabled=unavailable is not None,
+            help=unavailable
+            or "Exact contributions to the 30-day risk, as the Predict tab shows them; slower on large files.",
+        )
+        and unavailable is None
     )
     key = f"{digest}:{explain}"  # asking for explanations after scoring scores again, with them
     scored: ScoredFile | None = st.session_state.get("scored")

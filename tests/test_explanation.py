@@ -102,3 +102,24 @@ def test_features_have_words_and_the_values_sent(data: Any) -> None:
     values = feature_values(features, [row])[0]
     assert values["race"] == row["race"] and values["diag_1"] == row["diag_1"]
     assert values["visits_last_year"] == row["number_outpatient"] + row["number_emergency"] + row["number_inpatient"]
+
+
+def test_changing_one_field_moves_only_its_own_contribution_in_the_linear_model(data: Any) -> None:
+    """Additivity cannot catch a column given to the wrong field (the sum is the same); the linear model can:
+    its contributions are per field, so changing one field changes that field's contribution (and the sums
+    derived from it), nothing else."""
+    train, _, test = data
+    explainer = Explainer(_fit(lambda: logistic_regression(), train))
+    row = _rows(test.head(1))[0]
+    changes = {
+        "race": "Asian" if row["race"] != "Asian" else "Hispanic",
+        "diag_1": "V45" if row["diag_1"] != "V45" else "428",
+        "number_emergency": row["number_emergency"] + 3,
+        "insulin": "Up" if row["insulin"] != "Up" else "No",
+    }
+    derived = {"number_emergency": {"visits_last_year"}, "insulin": {"medications_changed", "medications_taken"}}
+    before = explainer.explain([row]).contributions[0]
+    for field, value in changes.items():
+        after = explainer.explain([{**row, field: value}]).contributions[0]
+        moved = {f for f, b, a in zip(explainer.features, before, after, strict=True) if abs(a - b) > 1e-12}
+        assert field in moved and moved <= {field, *derived.get(field, set())}, (field, moved)

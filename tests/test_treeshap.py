@@ -141,8 +141,9 @@ def test_generated_boosted_trees_match_the_definition(seed: int, leaves: int, it
 
 def test_shap_itself_is_wrong_on_native_categorical_splits() -> None:
     """Why the boosted model is explained by our TreeSHAP: shap's tree explainer reads a categorical split
-    as a threshold (shap issue 3436), so its values do not even add up to the model's output. When this
-    test fails, shap has been fixed: use it for the boosted trees too."""
+    as a threshold (shap issue 3436), so its values do not even add up to the model's output. shap is pinned
+    (requirements/dev.txt): when an upgrade makes this test fail, shap has been fixed: use it for the boosted
+    trees too."""
     x, y = _data(1, missing=0.3)
     model = HistGradientBoostingClassifier(max_iter=40, categorical_features=[0, 3], random_state=0).fit(x, y)
     explainer = shap.TreeExplainer(model)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from fastapi.concurrency import run_in_threadpool
 
 from inference_api.batcher import Batcher, InFlight
+from inference_api.explaining import ExplainLimiter
 from inference_api.log_age import PredictionLogAge
 from inference_api.metrics import Metrics
 from inference_api.model_details import ArtifactCache
@@ -49,6 +50,7 @@ class Components:
     batcher: Batcher
     instance_id: str  # INSTANCE_ID, or a random id for this process (/health/live reports it)
     artifacts: ArtifactCache = field(default_factory=ArtifactCache)  # the served runs' plots (GET /model/plots)
+    explain_limiter: ExplainLimiter = field(default_factory=lambda: ExplainLimiter(10.0))  # set by ``build``
 
     @classmethod
     def build(cls, settings: ApiSettings, source_factory: Callable[[], ModelSource] | None = None) -> Components:
@@ -80,7 +82,9 @@ class Components:
             timeout_seconds=settings.predict_timeout_seconds,
         )
         instance_id = settings.instance_id or os.urandom(8).hex()
-        return cls(settings, metrics, manager, prediction_log, log_age, in_flight, batcher, instance_id)
+        parts = cls(settings, metrics, manager, prediction_log, log_age, in_flight, batcher, instance_id)
+        parts.explain_limiter = ExplainLimiter(settings.predict_timeout_seconds)
+        return parts
 
     async def start(self) -> None:
         """Start the log writer, the log-age probe, the registry poller and the batcher (call from the event loop)."""

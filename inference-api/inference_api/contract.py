@@ -77,7 +77,12 @@ class Explanation(BaseModel):
     value: float = Field(description="This encounter's output on this scale: base_value plus all contributions.")
     calibrated: bool = Field(
         description="True when training recalibrated the model: value is then the model before its "
-        "calibration, and risk_30_days a monotone map of it."
+        "calibration (explained_risk), and risk_30_days is recalibrated from all three class probabilities, "
+        "so it is not a function of value alone."
+    )
+    explained_risk: float = Field(
+        description="The P(<30) that value stands for (the inverse logit of value on the log-odds scale): "
+        "risk_30_days itself unless calibrated."
     )
     contributions: list[Contribution] = Field(description="The largest contributions first (explain_top of them).")
     other_features: OtherFeatures

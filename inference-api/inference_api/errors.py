@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from inference_api.batcher import BatcherFailedError, ModelNotReadyError, PredictionTimeoutError
 from inference_api.contract import BatchTooLargeError, ErrorBody, InvalidBodyError
-from inference_api.explaining import NotExplainableModelError
+from inference_api.explaining import ExplanationsBusyError, NotExplainableModelError
 from inference_api.model_details import PLOT_NAMES, RegistryUnreachableError, UnknownPlotError
 from inference_api.model_manager import LOADING, STARTING
 
@@ -54,7 +54,11 @@ def request_id(request: Request) -> str:
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "The body could not be read at all (not UTF-8 text)."},
     422: {"model": ErrorBody, "description": "Invalid input: each bad field with its allowed values or range."},
-    503: {"model": ErrorBody, "description": "No model loaded yet (train and promote one), or the batcher stopped."},
+    503: {
+        "model": ErrorBody,
+        "description": "No model loaded yet (train and promote one), the batcher stopped, or (explain=true) other "
+        "explanations kept the explainer busy past PREDICT_TIMEOUT_SECONDS.",
+    },
     413: {"model": ErrorBody, "description": "Body or batch too large."},
     415: {"model": ErrorBody, "description": "A compressed body or a Content-Type that is not JSON."},
     409: {"model": ErrorBody, "description": "explain=true, but the served model is served without explanations."},
@@ -109,6 +113,12 @@ async def _not_explainable(request: Request, exc: Exception) -> JSONResponse:
     return error_response(409, "not_explainable", str(exc), request_id(request))
 
 
+async def _explanations_busy(request: Request, exc: Exception) -> JSONResponse:
+    response = error_response(503, "explanations_busy", str(exc), request_id(request))
+    response.headers["Retry-After"] = "1"
+    return response
+
+
 async def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     error = _HTTP_ERRORS.get(exc.status_code, "http_error")
@@ -144,6 +154,7 @@ def register_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(BatchTooLargeError, _too_large)
     app.add_exception_handler(UnsupportedMediaTypeError, _media_type)
     app.add_exception_handler(NotExplainableModelError, _not_explainable)
+    app.add_exception_handler(ExplanationsBusyError, _explanations_busy)
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(RegistryUnreachableError, _registry_unreachable)
     app.add_exception_handler(UnknownPlotError, _unknown_plot)

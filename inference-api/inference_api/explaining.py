@@ -8,11 +8,14 @@ parameter nothing here runs: the prediction path is unchanged.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
+
+from fastapi.concurrency import run_in_threadpool
 
 from inference_api.contract import InvalidBodyError
 from inference_api.model_manager import LoadedModel
@@ -24,6 +27,51 @@ log = logging.getLogger("inference_api")
 DEFAULT_TOP = 10  # contributions listed per prediction unless explain_top says otherwise
 MAX_TOP = 100  # the largest explain_top accepted (the models have 56 features: all are then listed)
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no", "")
+
+
+EXPLAIN_MAX_ROWS = (
+    100  # encounters one explained request may hold: a boosted model's row costs ~2-3 ms, a forest's far more
+)
+
+
+class ExplanationsBusyError(Exception):
+    """Another explanation held the explainer longer than this request may wait (503, Retry-After)."""
+
+
+class ExplainLimiter:
+    """One explanation computed at a time, in a worker thread: TreeSHAP holds a core for its whole batch, and
+    on the two cores a replica has the other one keeps serving plain predictions (whose path never waits
+    here). A request waits at most ``wait_seconds`` (PREDICT_TIMEOUT_SECONDS) for its turn, then gets
+    ``ExplanationsBusyError``."""
+
+    def __init__(self, wait_seconds: float) -> None:
+        self.wait_seconds = wait_seconds
+        self._turn = asyncio.Semaphore(1)
+
+    async def run(self, work: Callable[..., Any], *args: Any) -> Any:
+        """``work(*args)`` in a worker thread once it is this request's turn."""
+        try:
+            async with asyncio.timeout(self.wait_seconds):  # a cancelled acquire() gives its turn back
+                await self._turn.acquire()
+        except TimeoutError:
+            raise ExplanationsBusyError(
+                f"other explanations kept the explainer busy for {self.wait_seconds:g} s "
+                "(PREDICT_TIMEOUT_SECONDS); try again shortly, or ask without explain=true"
+            ) from None
+        try:
+            return await run_in_threadpool(work, *args)
+        finally:
+            self._turn.release()
+
+
+def check_rows(count: int) -> None:
+    """Refuse (422, naming ``explain``) an explained request of more than ``EXPLAIN_MAX_ROWS`` encounters."""
+    if count > EXPLAIN_MAX_ROWS:
+        message = (
+            f"explanations are computed for at most {EXPLAIN_MAX_ROWS} encounters per request and this one has "
+            f"{count:,}: split the batch, or ask without explain=true"
+        )
+        raise InvalidBodyError([{"field": "explain", "message": message}])
 
 
 class NotExplainableModelError(Exception):
@@ -103,6 +151,7 @@ def explanation_blocks(explainer: Explainer, rows: Sequence[Row], top: int) -> l
                 "base_value": explained.base_value,
                 "value": float(explained.values[i]),
                 "calibrated": explained.calibrated,
+                "explained_risk": float(explained.risks[i]),
                 "contributions": listed,
                 "other_features": {"count": len(rest), "contribution": float(sum(rest))},
             }

@@ -42,7 +42,7 @@ from sqlalchemy.engine import Engine
 
 from inference_api.metrics import Metrics
 from readmission.db import create_db_engine
-from readmission.prediction_table import metadata, prediction_explanations, prediction_log  # shared with the purge
+from readmission.prediction_table import prediction_explanations, prediction_log  # shared with the purge
 
 log = logging.getLogger(__name__)
 
@@ -460,30 +460,51 @@ class _WriterLoop:
 
 
 class _Writer:
-    """Inserts rows into the log table (created on first use), skipping ``log_id`` values already stored."""
+    """Inserts rows into the log table (created on first use), skipping ``log_id`` values already stored; the
+    explanations some rows carry go to their own table afterwards, best effort (``_write_explanations``)."""
 
     def __init__(self, url: str, engine_factory: Callable[[str], Engine] | None = None) -> None:
         self.url = url
         self._engine_factory = engine_factory or create_log_engine
         self._engine: Engine | None = None
-        self._table_ready = False
+        self._table_ready = self._explanations_ready = False
 
     def write(self, rows: list[dict[str, Any]]) -> None:
+        """Insert ``rows`` in one transaction; raise (rows unchanged, to be retried) when that fails."""
         if self._engine is None:
             self._engine = self._engine_factory(self.url)
         if not self._table_ready:
-            metadata.create_all(self._engine, checkfirst=True)
+            prediction_log.create(self._engine, checkfirst=True)
             self._table_ready = True
-        explained = []
+        plain, explained = [], []
         for row in rows:
             if isinstance(row["created_at"], str):  # as the message carried it (RFC 3339)
                 row["created_at"] = dt.datetime.fromisoformat(row["created_at"])
-            if (explanation := row.pop("explanation", None)) is not None:
-                explained.append({"log_id": row["log_id"], "created_at": row["created_at"], "explanation": explanation})
-        with self._engine.begin() as conn:  # a prediction and its explanation are stored together or not at all
-            conn.execute(_insert_ignoring_duplicates(conn.dialect.name, prediction_log), rows)
-            if explained:
-                conn.execute(_insert_ignoring_duplicates(conn.dialect.name, prediction_explanations), explained)
+            plain.append({k: v for k, v in row.items() if k != "explanation"})  # ``rows`` stays whole for a retry
+            if row.get("explanation") is not None:
+                explained.append(
+                    {"log_id": row["log_id"], "created_at": row["created_at"], "explanation": row["explanation"]}
+                )
+        with self._engine.begin() as conn:
+            conn.execute(_insert_ignoring_duplicates(conn.dialect.name, prediction_log), plain)
+        if explained:
+            self._write_explanations(self._engine, explained)
+
+    def _write_explanations(self, engine: Engine, rows: list[dict[str, Any]]) -> None:
+        """Insert the explanations of predictions just written. A failure here (the table cannot be created, a
+        row too large) is logged and those explanations are dropped: their predictions are stored, and one bad
+        explanation must never hold the prediction log back."""
+        try:
+            if not self._explanations_ready:
+                prediction_explanations.create(engine, checkfirst=True)
+                self._explanations_ready = True
+            with engine.begin() as conn:
+                conn.execute(_insert_ignoring_duplicates(conn.dialect.name, prediction_explanations), rows)
+        except Exception as exc:
+            text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+            log.error(
+                "%d explanation(s) not logged (their predictions are): %s: %s", len(rows), type(exc).__name__, text
+            )
 
     def dispose(self) -> None:
         if self._engine is not None:

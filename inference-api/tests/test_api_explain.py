@@ -14,6 +14,7 @@ from apisupport import Registry, settings_for, wait_until
 from fastapi.testclient import TestClient
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from livesupport import multinomial_champion
 from sqlalchemy import inspect, select
 
 from inference_api.app import create_app
@@ -157,47 +158,8 @@ def test_a_model_without_explanations_answers_409_and_still_predicts(multinomial
 
 @pytest.fixture(scope="module")
 def multinomial_registry(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A registry whose champion is a multinomial logistic regression, as the family was trained before the
-    chain: it predicts, but cannot be explained exactly."""
-    import mlflow
-    import pandas as pd
-
-    from readmission.modeling import logistic_regression, model_input
-    from readmission.store_status import CLEAN_TABLE
-    from readmission.synthetic import build_synthetic_clean
-    from readmission.training import _log_model, prepare_tracking
-
-    folder = tmp_path_factory.mktemp("multinomial")
-    engine = build_synthetic_clean(folder, rows=3_000, seed=3, split_seed=1)
-    clean = pd.read_sql_table(CLEAN_TABLE, engine)
-    engine.dispose()
-    model = logistic_regression()
-    model.steps[-1] = ("model", model.steps[-1][1].early)
-    model.fit(model_input(clean), clean[schema.TARGET].astype(str))
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    prepare_tracking(uri, (folder / "artifacts").as_uri())
-    with mlflow.start_run():
-        logged = _log_model(model, "model")
-    version = mlflow.register_model(logged.model_uri, "diabetes-readmission")
-    mlflow.MlflowClient().set_registered_model_alias("diabetes-readmission", "champion", version.version)
-    return uri
-
-
-def test_the_openapi_document_shows_the_parameters_and_an_explained_answer(tmp_path: Path) -> None:
-    settings = settings_for(f"sqlite:///{tmp_path / 'empty.db'}", f"sqlite:///{tmp_path / 'log.db'}")
-    with TestClient(create_app(settings)) as c:
-        spec = c.get("/openapi.json").json()
-    for path in ("/predict", "/predict/batch"):
-        names = {p["name"]: p for p in spec["paths"][path]["post"]["parameters"]}
-        assert names["explain"]["schema"] == {"type": "boolean", "default": False}
-        assert names["explain_top"]["schema"]["maximum"] == 100
-    answer = spec["paths"]["/predict"]["post"]["responses"]["200"]["content"]["application/json"]
-    example = answer["examples"]["explained"]["value"]["explanation"]
-    listed = sum(c["contribution"] for c in example["contributions"])
-    assert example["base_value"] + listed + example["other_features"]["contribution"] == pytest.approx(
-        example["value"], abs=1e-9
-    )
-    assert "Explanation" in spec["components"]["schemas"] and "409" in spec["paths"]["/predict"]["post"]["responses"]
+    """A registry whose champion cannot be explained (``livesupport.multinomial_champion``)."""
+    return multinomial_champion(tmp_path_factory.mktemp("multinomial"))
 
 
 @settings(max_examples=300, deadline=None)

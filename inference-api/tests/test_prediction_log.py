@@ -19,6 +19,7 @@ from sqlalchemy import select
 from inference_api.metrics import Metrics
 from inference_api.prediction_log import PredictionLog, _Writer, count_rows, create_log_engine, prediction_log
 from readmission import schema
+from readmission.prediction_table import prediction_explanations
 
 
 def _row(inputs: dict[str, Any], item: int = 0) -> dict[str, Any]:
@@ -157,3 +158,42 @@ def test_repeated_write_failures_are_logged_once_per_interval_and_the_recovery_o
     recovered = [line for line in lines if "prediction log writes recovered" in line]
     assert len(failed) == 1, failed[:5]
     assert len(recovered) == 1 and f"after {failures} failed attempt(s)" in recovered[0], recovered
+
+
+def _explained_rows(count: int) -> list[dict[str, Any]]:
+    rows = [log_row(dt.datetime.now(dt.UTC), i) for i in range(count)]
+    for row in rows:
+        row["explanation"] = {"base_value": -2.0, "value": -1.0, "contributions": [{"feature": "race"}]}
+    return rows
+
+
+def test_a_write_leaves_its_rows_whole_so_a_retry_keeps_the_explanations(tmp_path: Path) -> None:
+    """The writer retries a failed batch with the same row objects: they must still hold their explanations
+    (a first version popped them, and a retried batch would have lost them)."""
+    rows = _explained_rows(3)
+    before = orjson.dumps(rows, option=orjson.OPT_SORT_KEYS)
+    writer = _Writer(f"sqlite:///{tmp_path / 'log.db'}")
+    writer.write(rows)
+    assert orjson.dumps(rows, option=orjson.OPT_SORT_KEYS) == before
+    writer.write(rows)  # the retry of a batch whose first insert did commit: nothing doubled
+    with create_log_engine(f"sqlite:///{tmp_path / 'log.db'}").connect() as conn:
+        assert len(conn.execute(select(prediction_explanations.c.log_id)).all()) == 3
+        assert len(conn.execute(select(prediction_log.c.log_id)).all()) == 3
+    writer.dispose()
+
+
+def test_an_explanation_that_cannot_be_stored_never_holds_the_predictions_back(tmp_path: Path) -> None:
+    """A log whose explanations table is unusable (here: made by someone else, without the JSON column) still
+    gets every prediction, with no write error and nothing dropped (the writer process logs the lost
+    explanations)."""
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    engine = create_log_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE prediction_explanations (id INTEGER PRIMARY KEY, log_id TEXT)")
+    log = PredictionLog(url, Metrics(), batch_size=10)
+    log.start()
+    log.submit([*_explained_rows(5), log_row(dt.datetime.now(dt.UTC), 9)])
+    status = log.close(30)
+    assert (status.written, status.write_errors, status.dropped) == (6, 0, 0)
+    assert count_rows(url) == 6
+    engine.dispose()

@@ -212,7 +212,7 @@ def test_logged_explanations_go_with_their_predictions(either_log_url: str, engi
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(prediction_explanations)).scalar_one() == 17
     result = purge_prediction_log(engine, 90, chunk_rows=4, pause_seconds=0, now=NOW)
-    assert result.deleted == 30
+    assert (result.deleted, result.explanations_deleted) == (30, 15)
     with engine.connect() as conn:
         left = conn.execute(select(prediction_explanations.c.created_at)).scalars().all()
     assert len(left) == 2 and _count(engine) == 4

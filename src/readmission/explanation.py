@@ -14,8 +14,9 @@ quantity the model computes for P(<30):
 
 Encoded columns that come from the same input (an ICD-9 code's group and its target encodings, the one-hot
 columns of a category) are summed, which keeps the additivity. A model recalibrated by training
-(``CalibratedClassifierCV``) is explained before its calibration: ``calibrated`` says so, and the served
-risk is then a monotone map of the explained value, not equal to it.
+(``CalibratedClassifierCV``) is explained before its calibration: ``calibrated`` says so. The served risk is
+then recalibrated from all three class probabilities (a sigmoid per class, then each row normalised), so it
+is not a function of the explained value alone.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 
 import numpy as np
 from scipy import sparse
-from scipy.special import logit
+from scipy.special import expit, logit
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
@@ -73,6 +74,13 @@ class Explanations:
     scale: str
     calibrated: bool
 
+    @property
+    def risks(self) -> np.ndarray:
+        """The P(<30) each row's value stands for (the inverse logit of a log-odds): the served 30-day risk
+        unless ``calibrated``."""
+        result: np.ndarray = expit(self.values) if self.scale == LOG_ODDS else self.values
+        return result
+
 
 def describe(feature: str) -> str:
     """A model feature in words: the contract's description of the field, or what a derived sum counts."""
@@ -80,7 +88,7 @@ def describe(feature: str) -> str:
         return DERIVED_DESCRIPTIONS[feature]
     if feature in schema.COLUMNS_BY_NAME:
         return schema.COLUMNS_BY_NAME[feature].description
-    return next(h.description for h in schema.HISTORY_FEATURES if h.name == feature)
+    return next((h.description for h in schema.HISTORY_FEATURES if h.name == feature), feature)
 
 
 def feature_values(features: Sequence[str], rows: Sequence[Row]) -> list[dict[str, Any]]:
@@ -240,7 +248,8 @@ def _forest(model: RandomForestClassifier) -> Attribute:
     base, width = expected_value(trees), path_width(trees)
 
     def attribute(x: np.ndarray) -> tuple[np.ndarray, float]:
-        return tree_shap(x, trees, width), base
+        # scikit-learn's trees compare float32 values with their thresholds: round the same way.
+        return tree_shap(x.astype(np.float32).astype(np.float64), trees, width), base
 
     return attribute
 

@@ -45,6 +45,7 @@ class PurgeResult:
     deleted: int
     chunks: int
     seconds: float
+    explanations_deleted: int = 0  # logged explanations of the same period (table prediction_explanations)
 
 
 def retention_cutoff(days: int, now: dt.datetime | None = None) -> dt.datetime:
@@ -89,8 +90,6 @@ def purge_prediction_log(
     cutoff = retention_cutoff(older_than_days, now)
     started = last_line = time.monotonic()
     deleted = chunks = 0
-    if inspect(engine).has_table(EXPLANATION_LOG_TABLE):  # absent until the first explanation is logged
-        _purge_explanations(engine, cutoff, chunk_rows, pause_seconds)
     while ids := _next_chunk(engine, cutoff, chunk_rows):
         deleted += _delete_ids(engine, ids)
         chunks += 1
@@ -100,12 +99,16 @@ def purge_prediction_log(
         if len(ids) < chunk_rows:
             break  # that was the last chunk: no need to ask again
         time.sleep(pause_seconds)
-    result = PurgeResult(cutoff, deleted, chunks, time.monotonic() - started)
+    # After the log itself, so a failure here never keeps predictions past their retention.
+    explained = inspect(engine).has_table(EXPLANATION_LOG_TABLE)  # absent in a log from before explanations
+    explanations = _purge_explanations(engine, cutoff, chunk_rows, pause_seconds) if explained else 0
+    result = PurgeResult(cutoff, deleted, chunks, time.monotonic() - started, explanations)
     log.info(
-        "purge: %d row(s) older than %s deleted in %d chunk(s) (%.1f s)",
+        "purge: %d row(s) older than %s deleted in %d chunk(s), and %d explanation(s) (%.1f s)",
         deleted,
         cutoff.isoformat(timespec="seconds"),
         chunks,
+        explanations,
         result.seconds,
     )
     return result
@@ -122,7 +125,6 @@ def _purge_explanations(engine: Engine, cutoff: dt.datetime, chunk_rows: int, pa
             if ids:
                 deleted += int(conn.execute(delete(table).where(table.c.id.in_(ids))).rowcount)
         if len(ids) < chunk_rows:
-            log.info("purge: %d explanation(s) older than %s deleted", deleted, cutoff.isoformat(timespec="seconds"))
             return deleted
         time.sleep(pause_seconds)
 

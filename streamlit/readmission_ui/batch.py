@@ -75,6 +75,7 @@ def check_file(content: bytes, max_rows: int) -> CheckedFile:
 
 
 EXPLAINED_FACTORS = 3  # factors per row added to the download when the user asks for explanations
+EXPLAIN_MAX_ROWS = 100  # the API's limit of explained encounters per request (inference_api.explaining)
 
 
 def factor_columns(explanation: dict[str, Any]) -> dict[str, Any]:
@@ -104,6 +105,8 @@ def score(
     rows: list[dict[str, Any]] = []
     versions: set[str] = set()
     total = len(checked.encounters)
+    if explain:  # the API explains at most this many encounters per request
+        chunk_rows = min(chunk_rows, EXPLAIN_MAX_ROWS)
     for start in range(0, total, chunk_rows):
         chunk = checked.encounters[start : start + chunk_rows]
         answer = client.predict_batch(chunk, explain_top=EXPLAINED_FACTORS if explain else None)

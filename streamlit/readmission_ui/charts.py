@@ -1,7 +1,8 @@
-"""The Predict tab's chart: the three outcome probabilities of one answer, the 30-day bar in its risk band's colour.
+"""The Predict tab's charts: the three outcome probabilities of one answer (the 30-day bar in its risk band's
+colour), the risk on the band strip beside the base rate, and the top contributions of its explanation.
 
-The band is the one the API returned (``risk_band``); the page never recomputes it, since only the API knows
-its cut points (``RISK_BAND_THRESHOLDS``).
+The band is the one the API returned (``risk_band``) and the strip's cut points are the API's
+(``risk_band_thresholds`` of ``GET /model``); the page never recomputes them.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def probability_chart(probabilities: Mapping[str, float], band: str) -> alt.Laye
 
 
 RAISES_COLOUR, LOWERS_COLOUR = "#c62828", "#2e7d32"  # red raises the 30-day risk, green lowers it
+NO_EFFECT_COLOUR = "#9e9e9e"
 
 
 def factor_rows(explanation: Mapping[str, Any]) -> pd.DataFrame:
@@ -80,7 +82,7 @@ def factor_rows(explanation: Mapping[str, Any]) -> pd.DataFrame:
         {
             "factor": factor_label(item["feature"], item["description"], item["value"]),
             "contribution": float(item["contribution"]),
-            "effect": "raises the risk" if item["contribution"] > 0 else "lowers the risk",
+            "effect": item["direction"],  # the API's words: raises the risk, lowers the risk, no effect
         }
         for item in explanation["contributions"]
     ]
@@ -100,7 +102,10 @@ def factor_chart(explanation: Mapping[str, Any]) -> alt.Chart:
             y=alt.Y("factor:N", title=None, sort=None, axis=alt.Axis(labelLimit=460, labelOverlap=False)),
             color=alt.Color(
                 "effect:N",
-                scale=alt.Scale(domain=["raises the risk", "lowers the risk"], range=[RAISES_COLOUR, LOWERS_COLOUR]),
+                scale=alt.Scale(
+                    domain=["raises the risk", "lowers the risk", "no effect"],
+                    range=[RAISES_COLOUR, LOWERS_COLOUR, NO_EFFECT_COLOUR],
+                ),
                 legend=alt.Legend(title=None, orient="bottom"),
             ),
             tooltip=[alt.Tooltip("factor:N"), alt.Tooltip("contribution:Q", format="+.3f"), alt.Tooltip("effect:N")],
@@ -112,7 +117,7 @@ def factor_chart(explanation: Mapping[str, Any]) -> alt.Chart:
 
 def risk_scale_chart(risk: float, base_rate: float | None, thresholds: Sequence[float]) -> alt.LayerChart:
     """The 30-day risk on a strip coloured by the risk bands (cut points ``thresholds``, as the API uses them),
-    with a black line for this encounter and a dashed one for the population's base rate when known."""
+    with a black tick for this encounter and a paler one for the population's base rate when known."""
     top = max(0.6, risk + 0.05, *(t + 0.1 for t in thresholds))
     edges = [0.0, *thresholds, top]
     bands = pd.DataFrame({"band": list(RISK_BANDS), "start": edges[:-1], "end": edges[1:]})

@@ -199,6 +199,25 @@ def test_the_answer_shows_why_against_the_base_rate_and_the_bands(
     assert f"The {explanation['other_features']['count']} features not shown add" in captions
 
 
+def test_a_model_without_explanations_still_answers_and_says_why(
+    monkeypatch: pytest.MonkeyPatch, unexplained_api_url: str
+) -> None:
+    at = _page(monkeypatch, unexplained_api_url)
+    at.button(key=f"example {SECOND_EXAMPLE}").click().run()
+    at.get("form_submit_button")[0].click().run()
+    assert not at.exception and not at.error
+    expected = _api_predict(unexplained_api_url, schema.EXAMPLE_ENCOUNTERS[SECOND_EXAMPLE])
+    assert {m.label: m.value for m in at.metric}["30-day readmission risk"] == f"{expected['risk_30_days']:.1%}"
+    note = _texts(at.info)
+    assert "No explanation this time:" in note and "is served without explanations" in note
+    assert "LogisticRegression" in note and "train and promote a new version" in note
+    # Batch scoring offers no explanations it cannot give, and says why.
+    frame = eligible(synthetic_encounters(5, seed=6))
+    _upload(at, "ward.csv", frame.to_csv(index=False).encode())
+    box = at.checkbox(key="explain_batch")
+    assert box.disabled and "has no explanations" in str(box.help)
+
+
 def _model_info(api: str) -> dict[str, Any]:
     with urllib.request.urlopen(f"{api}/model", timeout=PATIENCE_SECONDS) as response:
         result: dict[str, Any] = json.loads(response.read())

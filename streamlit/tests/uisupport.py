@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from livesupport import free_port, start_api, train_champion
+from livesupport import free_port, multinomial_champion, start_api, train_champion
 
 from readmission import schema
 from readmission.training import prepare_tracking
@@ -35,6 +35,14 @@ def registry_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
 def api_url(registry_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The real API serving champion v1."""
     yield from start_api(tmp_path_factory.mktemp("api"), registry_uri)
+
+
+@pytest.fixture(scope="session")
+def unexplained_api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The real API serving a champion it cannot explain (a multinomial logistic regression, as trained
+    before #21): it predicts, and answers explain=true with 409 not_explainable."""
+    folder = tmp_path_factory.mktemp("unexplained")
+    yield from start_api(folder, multinomial_champion(folder))
 
 
 @pytest.fixture(scope="session")

@@ -115,6 +115,31 @@ def train_champion(folder: Path, rows: int = 4_000) -> Champion:
     return Champion(uri, f"sqlite:///{folder / 'clean.db'}")
 
 
+def multinomial_champion(folder: Path, rows: int = 3_000) -> str:
+    """A local registry (its tracking URI) whose champion is a multinomial logistic regression, as that family
+    was trained before it became a chain (#21): it predicts, but cannot be explained exactly."""
+    import mlflow
+    import pandas as pd
+
+    from readmission.modeling import logistic_regression, model_input
+    from readmission.store_status import CLEAN_TABLE
+    from readmission.training import _log_model
+
+    engine = build_synthetic_clean(folder, rows=rows, seed=3, split_seed=1)
+    clean = pd.read_sql_table(CLEAN_TABLE, engine)
+    engine.dispose()
+    model = logistic_regression()
+    model.steps[-1] = ("model", model.steps[-1][1].early)
+    model.fit(model_input(clean), clean["readmitted"].astype(str))
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    prepare_tracking(uri, (folder / "artifacts").as_uri())
+    with mlflow.start_run():
+        logged = _log_model(model, "model")
+    version = mlflow.register_model(logged.model_uri, "diabetes-readmission")
+    mlflow.MlflowClient().set_registered_model_alias("diabetes-readmission", "champion", version.version)
+    return uri
+
+
 def start_api(folder: Path, tracking_uri: str, want: int = 200, **settings: str) -> Iterator[str]:
     """`python -m inference_api` on a free port until /health/ready answers ``want``; yields its URL."""
     port = free_port()

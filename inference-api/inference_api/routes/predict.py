@@ -33,6 +33,7 @@ from inference_api.explaining import (
     EXPLAINED_EXAMPLE,
     ExplainRequest,
     check_explainable,
+    check_rows,
     explanation_blocks,
     parse_explain,
 )
@@ -141,10 +142,12 @@ def _asked(parts: Components, request: Request) -> ExplainRequest:
     return ask
 
 
-async def _explain(model: LoadedModel, rows: list[dict[str, Any]], scores: list[dict[str, Any]], top: int) -> None:
-    """Add each row's ``explanation`` block to its scores when the query asked for it (in a worker thread:
-    TreeSHAP releases the GIL, the loop keeps answering)."""
-    blocks = await run_in_threadpool(explanation_blocks, check_explainable(model), rows, top)
+async def _explain(
+    parts: Components, model: LoadedModel, rows: list[dict[str, Any]], scores: list[dict[str, Any]], top: int
+) -> None:
+    """Add each row's ``explanation`` block to its scores (one explanation at a time, in a worker thread:
+    ``ExplainLimiter``; TreeSHAP releases the GIL, the loop keeps answering)."""
+    blocks = await parts.explain_limiter.run(explanation_blocks, check_explainable(model), rows, top)
     for score, block in zip(scores, blocks, strict=True):
         score["explanation"] = block
 
@@ -179,7 +182,7 @@ async def predict(request: Request) -> Response:
     model, probabilities = await parts.batcher.predict(rows)
     scores = _scores(parts, model, probabilities)
     if ask.top is not None:
-        await _explain(model, rows, scores, ask.top)
+        await _explain(parts, model, rows, scores, ask.top)
     rid = _log(parts, request, "predict", model, rows, scores)
     return FastJSONResponse({"request_id": rid, "model": model_ref(model), **scores[0]})
 
@@ -217,10 +220,12 @@ async def predict_batch(request: Request) -> Response:
             raise ModelNotReadyError(parts.manager.not_ready_reason)
         return FastJSONResponse({"request_id": request_id(request), "model": model_ref(current), "predictions": []})
     check_eligible(body.encounters, "encounters")
+    if ask.top is not None:
+        check_rows(len(body.encounters))
     rows = [e.model_dump() for e in body.encounters]
     model, probabilities = await parts.batcher.predict(rows, gather=False)
     scores = _scores(parts, model, probabilities)
     if ask.top is not None:
-        await _explain(model, rows, scores, ask.top)
+        await _explain(parts, model, rows, scores, ask.top)
     rid = _log(parts, request, "predict_batch", model, rows, scores)
     return FastJSONResponse({"request_id": rid, "model": model_ref(model), "predictions": scores})

@@ -45,7 +45,8 @@ def register_log_commands(
         result = _purge(settings.log_url, kept, chunk_rows, console)
         out.print(
             f"purge-predictions: {result.deleted:,} row(s) older than {kept} day(s) (before "
-            f"{result.cutoff:%Y-%m-%d %H:%M} UTC) deleted in {result.chunks} chunk(s) ({result.seconds:.1f} s)"
+            f"{result.cutoff:%Y-%m-%d %H:%M} UTC) deleted in {result.chunks} chunk(s), and "
+            f"{result.explanations_deleted:,} logged explanation(s) ({result.seconds:.1f} s)"
         )
 
 
