@@ -419,7 +419,8 @@ def model_page(client: ApiClient, settings: UiSettings) -> None:
 # with the registry: fetched again after a minute. ``_client`` is not hashed; ``url`` stands for it.
 @st.cache_data(max_entries=32, show_spinner=False)
 def _plots_of(_client: ApiClient, url: str, run_id: str) -> dict[str, bool]:
-    return _client.model_plots()
+    listed: dict[str, bool] = model_view.same_run(_client.model_plots_answer(), run_id)["plots"]
+    return listed
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
@@ -429,7 +430,7 @@ def _plot(_client: ApiClient, url: str, run_id: str, name: str) -> bytes:
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def _importance_of(_client: ApiClient, url: str, run_id: str) -> dict[str, Any]:
-    return _client.model_importance()
+    return model_view.same_run(_client.model_importance(), run_id)
 
 
 @st.cache_data(ttl=60, max_entries=4, show_spinner=False)

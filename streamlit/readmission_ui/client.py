@@ -100,7 +100,12 @@ class ApiClient:
 
     def model_plots(self) -> dict[str, bool]:
         """Each plot name the API serves: whether the serving version's run logged it."""
-        result: dict[str, bool] = self._call("GET", "/model/plots")["plots"]
+        result: dict[str, bool] = self.model_plots_answer()["plots"]
+        return result
+
+    def model_plots_answer(self) -> dict[str, Any]:
+        """The whole ``GET /model/plots`` answer: ``plots`` with the ``version`` and ``run_id`` it is about."""
+        result: dict[str, Any] = self._call("GET", "/model/plots")
         return result
 
     def model_plot(self, name: str) -> bytes:

@@ -12,6 +12,7 @@ from typing import Any
 import altair as alt
 import pandas as pd
 
+from readmission_ui.client import ApiProblem
 from readmission_ui.model_labels import RUN_FIGURES, SPLIT_METRICS, SPLITS, MetricLabel, feature_label
 
 # The plots the tab shows, in this order, by the API's names, with their captions.
@@ -125,3 +126,12 @@ def importance_chart(features: Sequence[Mapping[str, Any]], measure: str, top: i
         )
     )
     return chart
+
+
+def same_run(answer: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """``answer`` if it is about ``run_id``, else ``ApiProblem``: the API answers for the version serving at the
+    moment of the call, so a swap between ``GET /model`` and this call must not cache the new run's figures
+    under the old run's id."""
+    if answer.get("run_id") != run_id:
+        raise ApiProblem("the served model changed while the page was loading it: reload the page")
+    return answer

@@ -12,6 +12,8 @@ from mlflow import MlflowClient
 from readmission import schema
 from readmission.evaluation import classification_metrics
 from readmission.names import EXPERIMENT_NAME
+from readmission_ui import model_view
+from readmission_ui.client import ApiProblem
 from readmission_ui.model_labels import RUN_FIGURES, SPLIT_METRICS, feature_label, metric_label
 from readmission_ui.model_view import (
     HISTORY_COLUMNS,
@@ -132,3 +134,12 @@ def test_the_importance_chart_shows_the_top_inputs_largest_first_in_words() -> N
 def test_each_label_formats_any_value_whole(label: object) -> None:
     assert label.format(None) == "–" and label.format(float("nan")) == "–"  # type: ignore[attr-defined]
     assert "e" not in label.format(1e-9) and label.format(123456.0)  # type: ignore[attr-defined]
+
+
+def test_figures_of_another_run_are_refused_not_cached() -> None:
+    """The plots and importance answers are about whatever version serves at the moment of the call: one
+    about another run than the page asked for (a swap in between) must not be kept under the old run's id."""
+    answer = {"run_id": "b" * 32, "plots": {"roc": True}}
+    assert model_view.same_run(answer, "b" * 32) is answer
+    with pytest.raises(ApiProblem, match="the served model changed while the page was loading it"):
+        model_view.same_run(answer, "a" * 32)
