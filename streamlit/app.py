@@ -28,7 +28,7 @@ from readmission_ui.batch import (
     score,
     summary,
 )
-from readmission_ui.charts import BAND_TEXT_COLOURS, factor_chart, probability_chart, risk_scale_chart
+from readmission_ui.charts import BAND_TEXT_COLOURS, explanation_note, factor_chart, probability_chart, risk_scale_chart
 from readmission_ui.client import ApiClient, ApiFailed, ApiNotReady, ApiProblem, ApiRejected, ApiUnreachable
 from readmission_ui.labels import OUTCOME_LABELS, UNKNOWN, YES_NO, field_label, flag_label, is_flag, level_label
 from readmission_ui.settings import UiSettings
@@ -170,17 +170,7 @@ def _show_factors(result: dict[str, Any]) -> None:
         st.info(result.get("explanation_note") or "No explanation was returned for this answer.")
         return
     st.altair_chart(factor_chart(explanation), width="stretch")
-    other = explanation["other_features"]
-    scale = "log-odds" if explanation["scale"] == "log-odds" else "probability"
-    note = (
-        f"Exact contributions ({'TreeSHAP' if scale == 'log-odds' else 'TreeSHAP on the probability'}, or the "
-        f"linear terms of a logistic regression) on the {scale} scale: the model's average "
-        f"{explanation['base_value']:+.3f}, plus every feature's contribution, gives this encounter's "
-        f"{explanation['value']:+.3f}. The {other['count']} features not shown add {other['contribution']:+.3f}."
-    )
-    if explanation["calibrated"]:
-        note += " This model was recalibrated after training: the bars explain it before its calibration."
-    st.caption(note)
+    st.caption(explanation_note(explanation, result["risk_30_days"]))
 
 
 def predict_page(client: ApiClient, settings: UiSettings) -> None:
@@ -281,7 +271,9 @@ def batch_page(client: ApiClient, settings: UiSettings) -> None:
             key="explain_batch",
             disabled=unavailable is not None,
             help=unavailable
-            or "Exact contributions to the 30-day risk, as the Predict tab shows them; slower on large files.",
+            or "Exact contributions to the 30-day risk, as the Predict tab shows them; slower on large files. A "
+            "file in the raw format has no history columns: each row is sent as a first visit (history features "
+            "0), and its factors may cite those zeros.",
         )
         and unavailable is None
     )

@@ -12,11 +12,12 @@ from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from inference_api.batcher import BatcherFailedError, ModelNotReadyError, PredictionTimeoutError
-from inference_api.contract import BatchTooLargeError, ErrorBody, InvalidBodyError
+from inference_api.contract import MAX_LISTED_ERRORS, BatchTooLargeError, ErrorBody, InvalidBodyError
 from inference_api.explaining import ExplanationsBusyError, NotExplainableModelError
 from inference_api.model_details import PLOT_NAMES, RegistryUnreachableError, UnknownPlotError
 from inference_api.model_manager import LOADING, STARTING
@@ -109,6 +110,20 @@ async def _media_type(request: Request, exc: Exception) -> JSONResponse:
     return error_response(415, "unsupported_media_type", str(exc), request_id(request))
 
 
+async def _parameters_invalid(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's own validation (query and path parameters of the read endpoints) in the same shape as ours."""
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"field": ".".join(str(p) for p in e.get("loc", ()) if p not in ("query", "path", "body")) or "request",
+         "message": f"{e.get('input')!r:.40} is not allowed: {e.get('msg', 'invalid')}"}
+        for e in exc.errors()
+    ][:MAX_LISTED_ERRORS]  # fmt: skip
+    fields = ", ".join(dict.fromkeys(e["field"] for e in errors))
+    return error_response(
+        422, "invalid_input", f"{len(errors)} invalid field(s): {fields}", request_id(request), errors=errors
+    )
+
+
 async def _not_explainable(request: Request, exc: Exception) -> JSONResponse:
     return error_response(409, "not_explainable", str(exc), request_id(request))
 
@@ -147,6 +162,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 def register_error_handlers(app: FastAPI) -> None:
     """Map every exception to its status code and ``ErrorBody`` (anything unexpected: 500, logged)."""
     app.add_exception_handler(InvalidBodyError, _invalid)
+    app.add_exception_handler(RequestValidationError, _parameters_invalid)
     app.add_exception_handler(ModelNotReadyError, _not_ready)
     app.add_exception_handler(PredictionTimeoutError, _timeout)
     app.add_exception_handler(BatcherFailedError, _batcher_failed)

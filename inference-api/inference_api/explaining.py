@@ -26,12 +26,10 @@ log = logging.getLogger("inference_api")
 
 DEFAULT_TOP = 10  # contributions listed per prediction unless explain_top says otherwise
 MAX_TOP = 100  # the largest explain_top accepted (the models have 56 features: all are then listed)
-_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no", "")
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")  # as OpenAPI/pydantic booleans read
 
 
-EXPLAIN_MAX_ROWS = (
-    100  # encounters one explained request may hold: a boosted model's row costs ~2-3 ms, a forest's far more
-)
+EXPLAIN_MAX_ROWS = 100  # encounters one explained request may hold: a boosted row costs ~2-3 ms, a forest's far more
 
 
 class ExplanationsBusyError(Exception):
@@ -106,14 +104,31 @@ def _flag(text: str) -> bool:
     raise InvalidBodyError([{"field": "explain", "message": f"{text[:40]!r} is not allowed: send true or false"}])
 
 
+def _parameters(query_string: bytes) -> dict[str, str]:
+    """The query's explain parameters; ``InvalidBodyError`` naming one that is given twice (which one counts
+    is a guess no client should depend on)."""
+    pairs = [(k, v) for k, v in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True) if k in _NAMES]
+    names = [k for k, _ in pairs]
+    if twice := sorted({k for k in names if names.count(k) > 1}):
+        raise InvalidBodyError([{"field": k, "message": "given more than once: send it once"} for k in twice])
+    return dict(pairs)
+
+
+_NAMES = ("explain", "explain_top")
+
+
 def parse_explain(query_string: bytes) -> ExplainRequest:
-    """``explain`` (true/false, default false) and ``explain_top`` (1 to ``MAX_TOP``; all the model's features
-    are listed when it has fewer) of a raw query string. Raises ``InvalidBodyError`` (422) naming the bad
-    parameter; other parameters are ignored, as before."""
+    """``explain`` (true/false, 1/0, yes/no, on/off; default false) and ``explain_top`` (1 to ``MAX_TOP``; all
+    the model's features are listed when it has fewer; only with explain=true) of a raw query string. Raises
+    ``InvalidBodyError`` (422) naming the bad parameter: another value, an empty one, one given twice.
+    Other parameters are ignored, as before."""
     if not query_string:
         return NO_EXPLANATION
-    params = dict(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
+    params = _parameters(query_string)
     if not _flag(params.get("explain", "false")):
+        if "explain_top" in params:  # a client that sends it expects explanations: say why there are none
+            message = "explain_top is only read with explain=true: send explain=true with it, or leave it out"
+            raise InvalidBodyError([{"field": "explain_top", "message": message}])
         return NO_EXPLANATION
     top = params.get("explain_top", str(DEFAULT_TOP))
     if not (top.isascii() and top.isdigit()) or not 1 <= int(top) <= MAX_TOP:  # '²' is a digit int() refuses

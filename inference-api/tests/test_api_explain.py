@@ -95,6 +95,10 @@ def test_batch_explanations_equal_the_single_ones(client: TestClient) -> None:
     ("query", "field"),
     [
         ("explain=maybe", "explain"),
+        ("explain", "explain"),
+        ("explain=", "explain"),
+        ("explain_top=5", "explain_top"),
+        ("explain=true&explain=false", "explain"),
         ("explain=true&explain_top=0", "explain_top"),
         ("explain=true&explain_top=101", "explain_top"),
         ("explain=true&explain_top=ten", "explain_top"),
@@ -163,18 +167,24 @@ def multinomial_registry(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @settings(max_examples=300, deadline=None)
-@example(explain="true", top="²", other="")  # str.isdigit() says yes, int() says no: was a 500
-@example(explain="yes", top="٣", other="")
+@example(explain="true", top="²", other="", twice=False)  # str.isdigit() says yes, int() says no: was a 500
+@example(explain="yes", top="٣", other="", twice=False)
+@example(explain="", top=None, other="", twice=False)  # `?explain=`: was read as false, silently
+@example(explain="false", top="5", other="", twice=False)  # explain_top without explain: was ignored
+@example(explain="true", top=None, other="", twice=True)  # explain=true&explain=true: the last one won
 @given(
     explain=st.one_of(st.none(), st.text(max_size=12), st.sampled_from(["true", "TRUE", "1", "yes", "false", "0"])),
     top=st.one_of(st.none(), st.text(max_size=6), st.integers(-5, 200).map(str)),
     other=st.text(max_size=10),
+    twice=st.booleans(),
 )
-def test_any_query_string_is_read_or_refused_naming_the_parameter(explain: Any, top: Any, other: str) -> None:
+def test_any_query_string_is_read_or_refused_naming_the_parameter(
+    explain: Any, top: Any, other: str, twice: bool
+) -> None:
     """The whole kind: whatever the query holds, the answer is an explanation request or a 422 naming
     `explain` or `explain_top`, never an error of another kind; other parameters are ignored."""
     pairs = [("other", other)] + [(k, v) for k, v in (("explain", explain), ("explain_top", top)) if v is not None]
-    query = urlencode(pairs).encode()
+    query = urlencode(pairs + ([("explain", explain)] if twice and explain is not None else [])).encode()
     try:
         asked = parse_explain(query)
     except InvalidBodyError as exc:
@@ -184,7 +194,10 @@ def test_any_query_string_is_read_or_refused_naming_the_parameter(explain: Any, 
     if refused is not None:
         assert refused["field"] in {"explain", "explain_top"} and "send" in refused["message"]
         return
-    wanted = explain is not None and explain.lower() in ("true", "1", "yes")
+    assert not (twice and explain is not None), "a parameter given twice must be refused"
+    wanted = explain is not None and explain.lower() in ("true", "1", "yes", "on")
     assert (asked.top is not None) == wanted
+    assert wanted or top is None, "explain_top without explain=true must be refused"
+    assert explain is None or explain.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off")
     if wanted:
         assert 1 <= asked.top <= MAX_TOP and asked.top == (DEFAULT_TOP if top is None else int(top))

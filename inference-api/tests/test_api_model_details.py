@@ -66,6 +66,11 @@ def test_the_history_lists_every_version_newest_first_with_the_gates_decision(
     assert second["previous_champion"] == "1" and second["champion_score"] == pytest.approx(first["candidate_score"])
     limited = client.get("/model/versions", params={"limit": 1}).json()
     assert [v["version"] for v in limited["versions"]] == ["2"] and limited["total"] == 2
+    for bad in ("0", "abc", "1001"):  # was FastAPI's own {"detail": [...]}, not the project's error body
+        refused = client.get("/model/versions", params={"limit": bad})
+        answer = refused.json()
+        assert refused.status_code == 422 and answer["error"] == "invalid_input" and answer["request_id"]
+        assert answer["errors"][0]["field"] == "limit" and repr(bad) in answer["errors"][0]["message"]
 
 
 def test_each_allowed_plot_is_the_serving_runs_png(client: TestClient, registry: Registry, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import altair as alt
 import pandas as pd
+from scipy.special import expit
 
 from readmission_ui.labels import OUTCOME_LABELS, factor_label
 
@@ -143,3 +144,26 @@ def risk_scale_chart(risk: float, base_rate: float | None, thresholds: Sequence[
     )  # fmt: skip
     labels = ticks.mark_text(align="left", dx=5, dy=-26, fontSize=12).encode(text=alt.Text("what:N"))
     return alt.LayerChart(layer=[strip, lines, labels], height=90)
+
+
+def explanation_note(explanation: Mapping[str, Any], risk: float) -> str:
+    """How the bars add up, in words and, on the log-odds scale, in percentages too: the model's average
+    log-odds is an average of log-odds, so its percentage sits below the population's base rate."""
+    base, value, other = explanation["base_value"], explanation["value"], explanation["other_features"]
+    if explanation["scale"] == "log-odds":
+        start = f"the model's average log-odds {base:+.3f} ({expit(base):.1%}; an average of log-odds, so below the base rate)"
+        end = f"this encounter's {value:+.3f} ({explanation['explained_risk']:.1%})"
+        how = "Exact contributions on the log-odds scale (TreeSHAP for trees, linear terms for a logistic regression)"
+    else:
+        start, end = f"the model's average risk {base:.1%}", f"this encounter's {value:.1%}"
+        how = "Exact contributions to the probability (TreeSHAP over the forest's trees)"
+    note = (
+        f"{how}: starting from {start}, every feature's contribution adds up to {end}. "
+        f"The {other['count']} features not shown add {other['contribution']:+.3f}."
+    )
+    if explanation["calibrated"]:
+        note += (
+            f" This model was recalibrated after training: the bars explain it before its calibration "
+            f"({explanation['explained_risk']:.1%}); the risk served after calibration is {risk:.1%}."
+        )
+    return note

@@ -197,6 +197,9 @@ def test_the_answer_shows_why_against_the_base_rate_and_the_bands(
     assert f"against a base rate of {base_rate:.1%}" in captions
     assert "Bands: low below 15%, medium 15% to 30%, high from 30%" in captions
     assert f"The {explanation['other_features']['count']} features not shown add" in captions
+    assert f"this encounter's {explanation['value']:+.3f} ({explanation['explained_risk']:.1%})" in captions
+    if explanation["calibrated"]:  # the test registry's champion is recalibrated: both risks, told apart
+        assert f"the risk served after calibration is {expected['risk_30_days']:.1%}" in captions
 
 
 def test_a_model_without_explanations_still_answers_and_says_why(
