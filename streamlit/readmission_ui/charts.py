@@ -7,12 +7,12 @@ The band is the one the API returned (``risk_band``) and the strip's cut points 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import altair as alt
 import pandas as pd
-from scipy.special import expit
 
 from readmission_ui.labels import OUTCOME_LABELS, factor_label
 
@@ -151,7 +151,10 @@ def explanation_note(explanation: Mapping[str, Any], risk: float) -> str:
     log-odds is an average of log-odds, so its percentage sits below the population's base rate."""
     base, value, other = explanation["base_value"], explanation["value"], explanation["other_features"]
     if explanation["scale"] == "log-odds":
-        start = f"the model's average log-odds {base:+.3f} ({expit(base):.1%}; an average of log-odds, so below the base rate)"
+        average = 1 / (1 + math.exp(-base))  # the page's image has no scipy: the logistic function by hand
+        start = (
+            f"the model's average log-odds {base:+.3f} ({average:.1%}; an average of log-odds, so below the base rate)"
+        )
         end = f"this encounter's {value:+.3f} ({explanation['explained_risk']:.1%})"
         how = "Exact contributions on the log-odds scale (TreeSHAP for trees, linear terms for a logistic regression)"
     else:
