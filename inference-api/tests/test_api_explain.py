@@ -201,3 +201,42 @@ def test_any_query_string_is_read_or_refused_naming_the_parameter(
     assert explain is None or explain.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off")
     if wanted:
         assert 1 <= asked.top <= MAX_TOP and asked.top == (DEFAULT_TOP if top is None else int(top))
+
+
+def test_explanations_run_one_at_a_time_and_a_waiter_gives_up_with_503() -> None:
+    """The limiter itself, on a real event loop and worker threads: a second explanation waits for the first;
+    one that would wait longer than its limit is refused (ExplanationsBusyError, answered 503 with Retry-After)."""
+    import asyncio
+    import threading
+
+    from inference_api.explaining import ExplainLimiter, ExplanationsBusyError
+
+    release, running = threading.Event(), []
+
+    def slow(name: str) -> str:
+        running.append(name)
+        release.wait(10)
+        return name
+
+    async def scenario() -> tuple[str, str]:
+        limiter = ExplainLimiter(wait_seconds=0.3)
+        first = asyncio.create_task(limiter.run(slow, "first"))
+        await asyncio.sleep(0.1)
+        with pytest.raises(ExplanationsBusyError, match=r"kept the explainer busy for 0\.3 s"):
+            await limiter.run(slow, "refused")
+        assert "refused" not in running  # it never ran
+        release.set()
+        return await first, await limiter.run(slow, "after")  # the turn was given back
+
+    assert asyncio.run(scenario()) == ("first", "after")
+
+
+def test_an_explained_batch_over_100_encounters_is_refused_naming_explain(registry: Registry, tmp_path: Path) -> None:
+    settings = settings_for(registry.uri, f"sqlite:///{tmp_path / 'log.db'}", max_batch_size=200)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        wait_until(lambda: c.get("/health/ready").status_code == 200, what="the model to load")
+        body = {"encounters": EXAMPLES * 34}  # 102 encounters
+        refused = c.post("/predict/batch?explain=true", json=body)
+        assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "explain"
+        assert "at most 100 encounters per request and this one has 102" in refused.json()["errors"][0]["message"]
+        assert c.post("/predict/batch", json=body).status_code == 200  # without explanations: as before
