@@ -119,22 +119,18 @@ _NAMES = ("explain", "explain_top")
 
 def parse_explain(query_string: bytes) -> ExplainRequest:
     """``explain`` (true/false, 1/0, yes/no, on/off; default false) and ``explain_top`` (1 to ``MAX_TOP``; all
-    the model's features are listed when it has fewer; only with explain=true) of a raw query string. Raises
+    the model's features are listed when it has fewer; read only with explain=true) of a raw query string. Raises
     ``InvalidBodyError`` (422) naming the bad parameter: another value, an empty one, one given twice.
     Other parameters are ignored, as before."""
     if not query_string:
         return NO_EXPLANATION
     params = _parameters(query_string)
-    if not _flag(params.get("explain", "false")):
-        if "explain_top" in params:  # a client that sends it expects explanations: say why there are none
-            message = "explain_top is only read with explain=true: send explain=true with it, or leave it out"
-            raise InvalidBodyError([{"field": "explain_top", "message": message}])
-        return NO_EXPLANATION
-    top = params.get("explain_top", str(DEFAULT_TOP))
+    explain = _flag(params.get("explain", "false"))
+    top = params.get("explain_top", str(DEFAULT_TOP))  # checked even alone, as the OpenAPI document says
     if not (top.isascii() and top.isdigit()) or not 1 <= int(top) <= MAX_TOP:  # '²' is a digit int() refuses
         message = f"{top[:40]!r} is not allowed: send a whole number from 1 to {MAX_TOP}"
         raise InvalidBodyError([{"field": "explain_top", "message": message, "minimum": 1, "maximum": MAX_TOP}])
-    return ExplainRequest(int(top))
+    return ExplainRequest(int(top)) if explain else NO_EXPLANATION
 
 
 def _direction(contribution: float) -> str:
