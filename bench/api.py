@@ -188,7 +188,7 @@ def real_encounters(clean_url: str, n: int) -> list[dict[str, Any]]:
         {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
         for r in frame.to_dict("records")
     ]
-    return [schema.EncounterFeatures.model_validate(r).model_dump() for r in records]
+    return [schema.EncounterFeatures.model_validate(r).model_dump(exclude={schema.ENCOUNTER_ID}) for r in records]
 
 
 def main() -> None:

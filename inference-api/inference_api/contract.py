@@ -382,11 +382,16 @@ def _accepts(col: schema.Column) -> _Accepts:
     if col.kind is schema.Kind.DIAGNOSIS:
         code = f"an ICD-9 code like '428', '250.13', 'V45' or 'E888' (pattern {schema.DIAGNOSIS_PATTERN})"
         return _Accepts(code + (", or null when unknown" if col.may_be_missing else ""), {}, numeric=False)
+    if col.kind is schema.Kind.IDENTIFIER:  # encounter_id: optional, never a model input
+        limits: dict[str, Any] = {"minimum": 1, "maximum": schema.MAX_ENCOUNTER_ID}
+        return _Accepts(f"a whole number from 1 to {schema.MAX_ENCOUNTER_ID}, or leave it out", limits, numeric=True)
     bounds = {"minimum": col.minimum, "maximum": col.maximum}
     return _Accepts(f"a whole number from {col.minimum} to {col.maximum}", bounds, numeric=True)
 
 
-_ACCEPTS: dict[str, _Accepts] = {c.name: _accepts(c) for c in (*schema.FEATURE_COLUMNS, *schema.HISTORY_COLUMNS)}
+_ACCEPTS: dict[str, _Accepts] = {
+    c.name: _accepts(c) for c in (*schema.FEATURE_COLUMNS, *schema.HISTORY_COLUMNS, schema.column(schema.ENCOUNTER_ID))
+}
 
 
 def _shown(value: Any) -> str:

@@ -186,7 +186,7 @@ def fast_path_rows() -> list[dict[str, Any]]:
 
     raw = synthetic_encounters(FAST_PATH_SAMPLE_ROWS, seed=20_240_611).to_dict("records")
     encounters = [*schema.EXAMPLE_ENCOUNTERS.values(), *(schema.raw_to_encounter(r) for r in raw)]
-    return [schema.EncounterFeatures.model_validate(e).model_dump() for e in encounters]
+    return [schema.EncounterFeatures.model_validate(e).model_dump(exclude={schema.ENCOUNTER_ID}) for e in encounters]
 
 
 @dataclass(frozen=True)

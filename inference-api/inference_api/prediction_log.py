@@ -42,7 +42,7 @@ from sqlalchemy.engine import Engine
 
 from inference_api.metrics import Metrics
 from readmission.db import create_db_engine
-from readmission.prediction_table import prediction_explanations, prediction_log  # shared with the purge
+from readmission.prediction_table import ensure_log_columns, prediction_explanations, prediction_log  # shared
 
 log = logging.getLogger(__name__)
 
@@ -475,6 +475,7 @@ class _Writer:
             self._engine = self._engine_factory(self.url)
         if not self._table_ready:
             prediction_log.create(self._engine, checkfirst=True)
+            ensure_log_columns(self._engine)  # a log made before a column was added gets it
             self._table_ready = True
         plain, explained = [], []
         for row in rows:

@@ -108,7 +108,9 @@ def test_any_repeated_key_in_any_layout_is_named_and_none_is_invented(
 # --- every field's 422 message agrees with its error item, said once (issue #23) ---------------------------
 
 ABSENT = object()  # a wrong "value": the field left out of the body
-FIELDS: dict[str, schema.Column] = {c.name: c for c in (*schema.FEATURE_COLUMNS, *schema.HISTORY_COLUMNS)}
+FIELDS: dict[str, schema.Column] = {
+    c.name: c for c in (*schema.FEATURE_COLUMNS, *schema.HISTORY_COLUMNS, schema.column(schema.ENCOUNTER_ID))
+}
 DEATH = schema.DEATH_OR_HOSPICE_DISCHARGE_IDS
 NULLABLE = {c.name for c in schema.FEATURE_COLUMNS if c.may_be_missing}
 JSON_SCALARS = st.one_of(
@@ -176,8 +178,9 @@ def test_a_wrong_value_is_told_what_its_field_allows_once(data: st.DataObject, n
     elif col.kind is schema.Kind.DIAGNOSIS:
         assert re.search(r"\bnull\b", message.rpartition(schema.DIAGNOSIS_PATTERN)[2]), message
     else:
-        assert (item["minimum"], item["maximum"]) == (col.minimum, col.maximum)
-        assert message.count(f"from {col.minimum} to {col.maximum}") == 1, message
+        bounds = (1, schema.MAX_ENCOUNTER_ID) if col.name == schema.ENCOUNTER_ID else (col.minimum, col.maximum)
+        assert (item["minimum"], item["maximum"]) == bounds
+        assert message.count(f"from {bounds[0]} to {bounds[1]}") == 1, message
     if col.kind is schema.Kind.CODED:  # numbers; the death or hospice codes are answered not_eligible instead
         codes = [int(v) for v in col.levels]
         assert item["allowed"] == [c for c in codes if col.name != schema.ELIGIBILITY_FIELD or c not in DEATH]

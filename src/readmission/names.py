@@ -32,4 +32,7 @@ DEFAULT_BATCH_SIZE = 15_000  # rows per RAW batch, one transaction each (the des
 
 PREDICTION_LOG_TABLE = "prediction_log"  # written by the inference API, purged by its retention job and the CLI
 EXPLANATION_LOG_TABLE = "prediction_explanations"  # the explanations asked for, beside the log (same retention)
+OUTCOME_TABLE = "prediction_outcomes"  # observed readmissions by encounter (the outcome feed), beside the log
+MONITORING_TABLE = "model_monitoring"  # the monitor's results: one row per run and served model version
+REFERENCE_PROFILE_ARTIFACT = "reference_profile.json"  # the training inputs' distributions, on the version's run
 DEFAULT_RETENTION_DAYS = 90  # days a prediction-log row is kept (PREDICTION_LOG_RETENTION_DAYS)

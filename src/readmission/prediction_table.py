@@ -6,10 +6,12 @@ without importing the API (``readmission`` never imports ``inference_api``; the 
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Float, Integer, MetaData, String, Table
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Float, Integer, MetaData, String, Table, inspect, text
 from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 
-from readmission.names import EXPLANATION_LOG_TABLE, PREDICTION_LOG_TABLE
+from readmission.names import EXPLANATION_LOG_TABLE, MONITORING_TABLE, OUTCOME_TABLE, PREDICTION_LOG_TABLE
 
 metadata = MetaData()
 prediction_log = Table(
@@ -36,6 +38,9 @@ prediction_log = Table(
     Column("probability_within_30", Float, nullable=False),
     Column("risk_band", String(16), nullable=False),
     Column("latency_ms", Float, nullable=False),
+    # The caller's encounter id, when it sent one (never a model input): the key outcomes are joined on. Added
+    # to a log made before it by ``ensure_log_columns`` (ALTER TABLE ... ADD COLUMN, nullable).
+    Column("encounter_id", BigInteger, nullable=True, index=True),
 )
 # The explanations asked for (POST /predict?explain=true), one row per explained prediction: a table of its own,
 # so the log of a service from before explanations needs no migration (created beside it on first use), and
@@ -50,4 +55,59 @@ prediction_explanations = Table(
     ),
     Column("explanation", JSON, nullable=False),  # the answer's explanation block, as returned
 )
+_UTC = DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql")
+# The outcome feed: the observed readmission of an encounter, recorded once (``readmission outcomes FILE``,
+# POST /outcomes); a second, different label for the same encounter is refused, never overwrites the first.
+prediction_outcomes = Table(
+    OUTCOME_TABLE,
+    metadata,
+    Column("encounter_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("readmitted", String(4), nullable=False),  # the contract's target: NO, >30 or <30
+    Column("observed_at", _UTC, nullable=False),  # when the outcome was known (UTC), as the feed says
+    Column("recorded_at", _UTC, nullable=False, index=True),  # when this platform stored it (UTC)
+    Column("source", String(16), nullable=False),  # "file" or "api"
+)
+# The monitor's results (``readmission monitor``, the CronJob ``python -m inference_api.monitor``): one row per
+# run and model version served in the run's window. The API serves the latest run's rows as Prometheus metrics.
+model_monitoring = Table(
+    MONITORING_TABLE,
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("run_id", String(32), nullable=False, index=True),  # one monitor run (all its versions share it)
+    Column("run_at", _UTC, nullable=False, index=True),
+    Column("model_name", String(128), nullable=False),
+    Column("model_version", String(32), nullable=False),
+    Column("window_start", _UTC, nullable=False),
+    Column("window_end", _UTC, nullable=False),
+    Column("predictions", Integer, nullable=False),  # logged predictions of the version in the window
+    Column("with_encounter", Integer, nullable=False),  # ... of distinct encounters (an encounter_id was sent)
+    Column("matured", Integer, nullable=False),  # ... of those, encounters whose outcome is recorded
+    Column("roc_auc", Float, nullable=True),  # ROC-AUC of the 30-day risk on the matured ones (None: one class)
+    Column("brier", Float, nullable=True),  # Brier score of the 30-day risk on the matured ones
+    Column("test_roc_auc", Float, nullable=True),  # the version's ROC-AUC on its test split (registry tag)
+    Column("calibration", JSON, nullable=False),  # [{band, outcomes, predicted, observed}] per risk band
+    Column("drift", JSON, nullable=False),  # {model input: PSI against the version's reference profile}
+    Column("drift_problem", String(512), nullable=True),  # why drift was not measured (no profile, ...)
+    Column("thresholds", JSON, nullable=False),  # {auc_drop, min_outcomes, psi, outcomes_stall_seconds}
+    Column("action", String(512), nullable=True),  # what the monitor did: retraining triggered (run id) or why not
+)
 LOG_TABLES = (prediction_log, prediction_explanations)
+
+
+def ensure_log_columns(engine: Engine) -> None:
+    """Add to an existing prediction log the columns added after it was made (today ``encounter_id``, nullable,
+    indexed): ``ALTER TABLE ... ADD COLUMN``, no rewrite of the rows on MySQL 8 / MariaDB 10.3+ / PostgreSQL /
+    SQLite. Safe when two processes do it at once (the loser finds the column there). The table must exist."""
+    if "encounter_id" in {c["name"] for c in inspect(engine).get_columns(PREDICTION_LOG_TABLE)}:
+        return
+    column = prediction_log.c.encounter_id
+    kind = column.type.compile(dialect=engine.dialect)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(f"ALTER TABLE {PREDICTION_LOG_TABLE} ADD COLUMN encounter_id {kind} NULL"))
+        for index in prediction_log.indexes:
+            if [c.name for c in index.columns] == ["encounter_id"]:
+                index.create(engine, checkfirst=True)
+    except DBAPIError:
+        if "encounter_id" not in {c["name"] for c in inspect(engine).get_columns(PREDICTION_LOG_TABLE)}:
+            raise

@@ -650,6 +650,22 @@ for _history in HISTORY_FEATURES:
         Field(0, ge=0, le=_history.maximum, alias=_history.name, description=_history.description),
     )
 
+# The caller's own id of the encounter, optional: stored in the prediction log so that an outcome fed later
+# (``readmission outcomes``, POST /outcomes) is joined to the prediction; never a model input.
+ENCOUNTER_ID = "encounter_id"
+MAX_ENCOUNTER_ID = 10**18 - 1  # IDENTIFIER_PATTERN: at most 18 digits, so it always fits the log's BIGINT
+_ENCOUNTER_FIELDS[ENCOUNTER_ID] = (
+    Optional[JsonInt],  # noqa: UP045 - runtime construction
+    Field(
+        None,
+        ge=1,
+        le=MAX_ENCOUNTER_ID,
+        alias=ENCOUNTER_ID,
+        description="Your id of this encounter (optional; never a model input): stored with the prediction so "
+        "that its observed outcome, sent later to POST /outcomes, is joined to it for live model quality.",
+    ),
+)
+
 EncounterFeatures: type[BaseModel] = create_model(
     "EncounterFeatures",
     __base__=_EncounterBase,

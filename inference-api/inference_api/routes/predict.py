@@ -96,6 +96,12 @@ def _scores(parts: Components, model: LoadedModel, probabilities: np.ndarray) ->
     return out
 
 
+def _model_rows(encounters: list[Any]) -> tuple[list[dict[str, Any]], list[int | None]]:
+    """The model's input rows of validated encounters, and the caller's encounter ids apart (never an input)."""
+    rows = [e.model_dump() for e in encounters]
+    return rows, [row.pop(schema.ENCOUNTER_ID) for row in rows]
+
+
 def _log(
     parts: Components,
     request: Request,
@@ -103,6 +109,7 @@ def _log(
     model: LoadedModel,
     rows: list[dict[str, Any]],
     scores: list[dict[str, Any]],
+    encounter_ids: list[int | None],
 ) -> str:
     """Queue one prediction-log row per scored encounter; returns the request id."""
     rid = request_id(request)
@@ -126,9 +133,10 @@ def _log(
                 "probability_within_30": s["probabilities"]["<30"],
                 "risk_band": s["risk_band"],
                 "latency_ms": latency_ms,
+                "encounter_id": encounter_id,
                 **({"explanation": s["explanation"]} if "explanation" in s else {}),
             }
-            for i, (row, s) in enumerate(zip(rows, scores, strict=True))
+            for i, (row, s, encounter_id) in enumerate(zip(rows, scores, encounter_ids, strict=True))
         ]
     )
     return rid
@@ -178,12 +186,12 @@ async def predict(request: Request) -> Response:
     else:
         encounter = parse_body(raw, schema.EncounterFeatures)
     check_eligible([encounter])
-    rows = [encounter.model_dump()]
+    rows, encounter_ids = _model_rows([encounter])
     model, probabilities = await parts.batcher.predict(rows)
     scores = _scores(parts, model, probabilities)
     if ask.top is not None:
         await _explain(parts, model, rows, scores, ask.top)
-    rid = _log(parts, request, "predict", model, rows, scores)
+    rid = _log(parts, request, "predict", model, rows, scores, encounter_ids)
     return FastJSONResponse({"request_id": rid, "model": model_ref(model), **scores[0]})
 
 
@@ -222,10 +230,10 @@ async def predict_batch(request: Request) -> Response:
     check_eligible(body.encounters, "encounters")
     if ask.top is not None:
         check_rows(len(body.encounters))
-    rows = [e.model_dump() for e in body.encounters]
+    rows, encounter_ids = _model_rows(body.encounters)
     model, probabilities = await parts.batcher.predict(rows, gather=False)
     scores = _scores(parts, model, probabilities)
     if ask.top is not None:
         await _explain(parts, model, rows, scores, ask.top)
-    rid = _log(parts, request, "predict_batch", model, rows, scores)
+    rid = _log(parts, request, "predict_batch", model, rows, scores, encounter_ids)
     return FastJSONResponse({"request_id": rid, "model": model_ref(model), "predictions": scores})
