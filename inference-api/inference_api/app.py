@@ -21,7 +21,7 @@ from inference_api.contract import with_request_models
 from inference_api.errors import register_error_handlers
 from inference_api.middleware import EdgeMiddleware
 from inference_api.model_manager import ModelSource
-from inference_api.routes import health, model, predict
+from inference_api.routes import health, model, outcomes, predict
 from inference_api.settings import ApiSettings
 
 DESCRIPTION = (
@@ -37,12 +37,14 @@ def create_app(settings: ApiSettings | None = None, source_factory: Callable[[],
     """A complete service; ``source_factory`` replaces the registry access (default: MLflow)."""
     settings = settings or ApiSettings()
     parts = Components.build(settings, source_factory)
+    outcome_store = outcomes.OutcomeStore(settings.log_url)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await parts.start()
         yield
         await parts.stop()
+        outcome_store.dispose()
 
     # /docs and /redoc with the Swagger UI and ReDoc files of the fastapi-offline package, served by the app
     # itself (FastAPI's own pages load them from a CDN: blank offline); no validator badge (it would send the
@@ -61,11 +63,12 @@ def create_app(settings: ApiSettings | None = None, source_factory: Callable[[],
     app.state.prediction_log = parts.prediction_log
     app.state.batcher = parts.batcher
     app.state.metrics = parts.metrics
+    app.state.outcome_store = outcome_store
     app.add_middleware(
         EdgeMiddleware, metrics=parts.metrics, max_body_bytes=settings.max_body_bytes, in_flight=parts.in_flight
     )
     register_error_handlers(app)
-    for router in (predict.router, model.router, health.router):
+    for router in (predict.router, model.router, outcomes.router, health.router):
         # The routes themselves, not the routers: an included router is one more dispatch layer per request
         # in this FastAPI (8 us, 4 % of a request at 64 clients; bench/request_overhead.py).
         app.router.routes.extend(router.routes)

@@ -5,9 +5,12 @@ They are ``async`` so FastAPI calls them on the event loop instead of sending th
 
 from __future__ import annotations
 
+import hmac
 from typing import Annotated
 
 from fastapi import Depends, Request
+from pydantic import SecretStr
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from inference_api.components import Components
 
@@ -19,3 +22,16 @@ async def components(request: Request) -> Components:
 
 
 ComponentsDep = Annotated[Components, Depends(components)]
+
+
+def require_token(request: Request, token: SecretStr | None) -> None:
+    """Refuse (401) a request without ``Authorization: Bearer <token>``; ``token`` None (DEVELOPMENT_MODE
+    without RELOAD_TOKEN) lets every request in. The scheme is case-insensitive (RFC 9110 11.1); the token is
+    compared in constant time."""
+    if token is None:
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
+        raise StarletteHTTPException(
+            401, "a valid token is required (Authorization: Bearer <RELOAD_TOKEN>)", {"WWW-Authenticate": "Bearer"}
+        )

@@ -4,7 +4,6 @@ GET /model/plots and /model/plots/{name} (the serving run's evaluation plots), G
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -16,7 +15,7 @@ from inference_api import model_details
 from inference_api.batcher import ModelNotReadyError
 from inference_api.components import Components
 from inference_api.contract import ErrorBody, ModelImportance, ModelInfo, ModelPlots, ModelVersions
-from inference_api.deps import ComponentsDep
+from inference_api.deps import ComponentsDep, require_token
 from inference_api.errors import ERROR_RESPONSES
 from inference_api.model_manager import LoadedModel
 
@@ -51,15 +50,7 @@ async def model_info(parts: ComponentsDep) -> ModelInfo:
 @router.post("/model/reload", responses={401: {"model": ErrorBody}})
 async def reload(request: Request, parts: ComponentsDep) -> dict[str, Any]:
     """Check the registry alias now and swap if it moved (needs `Authorization: Bearer <RELOAD_TOKEN>` when set)."""
-    token = parts.settings.reload_token
-    if token is not None:
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        expected = token.get_secret_value()
-        # The scheme is case-insensitive (RFC 9110 11.1); the token is compared in constant time.
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), expected.encode()):
-            raise StarletteHTTPException(
-                401, "a valid reload token is required (Authorization: Bearer ...)", {"WWW-Authenticate": "Bearer"}
-            )
+    require_token(request, parts.settings.reload_token)
     manager = parts.manager
     outcome = await run_in_threadpool(manager.check)
     model = manager.current
