@@ -323,7 +323,7 @@ def _register(best: CandidateSummary, clean_url: str, training_key: str, config:
     )
     tags = {**lineage, **{f"test_{k}": f"{v:.6f}" for k, v in best["test"].items()}, TRAINING_KEY_TAG: training_key}
     splits = _splits(frame)
-    return log_evidence_and_register(winner, splits["test"], splits["validation"], config, tags, log)
+    return log_evidence_and_register(winner, splits["train"], splits["test"], splits["validation"], config, tags, log)
 
 
 def _gate(client: Any, version: str, best: CandidateSummary, clean_url: str, min_improvement: float) -> Any:

@@ -33,6 +33,7 @@ from readmission.names import (
     IMPORTANCE_ARTIFACT,
     MODEL_NAME,
     PLOTS_FOLDER,
+    REFERENCE_PROFILE_ARTIFACT,
     SELECTION_METRIC,
     TRAINING_KEY_TAG,
 )
@@ -229,6 +230,7 @@ def _log_model(model: Any, name: str, input_example: pd.DataFrame | None = None)
 
 def log_evidence_and_register(
     best: Candidate,
+    train: pd.DataFrame,
     test: pd.DataFrame,
     validation: pd.DataFrame,
     config: TrainConfig,
@@ -238,10 +240,16 @@ def log_evidence_and_register(
     """Log the winner's threshold, plots and importance (and its model unless already logged) to its run, then
     register it with ``tags`` in the same registry call (a version never exists without them).
 
+    The run also gets the reference profile of ``train``'s model inputs (``drift.build_profile``, the monitor's
+    baseline of input drift), the train split's rows also when the model was refitted on train + validation: the
+    patient-grouped split draws both from the same population.
+
     Returns the new version number. ``validation`` is read only for a candidate logged before thresholds were
     chosen with the trial (no ``chosen_threshold_30`` on its run): its threshold is chosen there.
     """
     import mlflow
+
+    from readmission.drift import build_profile
 
     x_test, y_test = model_input(test), test[schema.TARGET].astype(str)
     threshold = best.threshold
@@ -258,6 +266,7 @@ def log_evidence_and_register(
         for path in write_plots(Path(tmp), y_test, test_risk, threshold, importance):
             mlflow.log_artifact(str(path), artifact_path=PLOTS_FOLDER)
         mlflow.log_dict(importance.sort_values(ascending=False).to_dict(), IMPORTANCE_ARTIFACT)
+        mlflow.log_dict(build_profile(model_input(train)), REFERENCE_PROFILE_ARTIFACT)
         model_uri = best.model_uri or _log_model(best.model, "model", input_example=x_test.head(3)).model_uri
     with contextlib.redirect_stderr(io.StringIO()) as said:  # MLflow prints its own "Successfully registered..."
         version = mlflow.register_model(model_uri, MODEL_NAME, tags={"model_family": best.family, **tags})
