@@ -253,9 +253,15 @@ def sample_encounters(engine: Engine, rows: int, seed: int = 0, split: str = "te
     frame = read_clean(engine, split)
     if frame.empty:
         raise EmptyStoreError(f"the CLEAN {split} split holds no rows: run `readmission build-clean` first.")
-    sample = frame.sample(n=rows, replace=len(frame) < rows, random_state=seed)[list(schema.MODEL_INPUT_NAMES)]
+    return encounter_requests(frame.sample(n=rows, replace=len(frame) < rows, random_state=seed))
+
+
+def encounter_requests(frame: pd.DataFrame, with_ids: bool = False) -> list[dict[str, object]]:
+    """The CLEAN rows of ``frame`` as API request bodies: the model inputs (None for missing) and, with
+    ``with_ids``, the row's ``encounter_id`` (which the API logs, never feeds the model)."""
+    names = list(schema.MODEL_INPUT_NAMES) + ([schema.ENCOUNTER_ID] if with_ids else [])
     return [
         {name: (None if pd.isna(value) else int(value) if isinstance(value, (int, np.integer)) else str(value))
          for name, value in record.items()}
-        for record in sample.to_dict(orient="records")
+        for record in frame[names].to_dict(orient="records")
     ]  # fmt: skip

@@ -27,6 +27,7 @@ from .data_commands import (
     register_data_commands,
 )
 from .log_commands import register_log_commands
+from .loop_commands import register_loop_commands
 from .model_commands import register_model_commands, train_models
 from .quality_commands import register_quality_commands
 
@@ -115,6 +116,7 @@ def run(data_path: DataPathOption = None, batches: BatchesOption = None) -> None
 register_data_commands(app, _settings, out, console)
 register_model_commands(app, _settings, out, console)
 register_quality_commands(app, _settings, out, console)
+register_loop_commands(app, _settings, out, console)
 register_log_commands(app, _settings, out, console)
 
 

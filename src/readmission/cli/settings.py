@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from readmission.mlflow_credentials import MlflowCredentials
@@ -81,7 +81,35 @@ class Settings(MlflowCredentials):
         DEFAULT_RETENTION_DAYS, ge=1, description="Days `purge-predictions` keeps (same variable as the API's)."
     )
 
+    monitor_window_days: float = Field(
+        30.0, gt=0, description="`monitor`: days of predictions each run looks at (their outcomes may come later)."
+    )
+    monitor_auc_drop: float = Field(
+        0.05, gt=0, lt=1, description="`monitor`: live ROC-AUC points below the test ROC-AUC that count as degraded."
+    )
+    monitor_min_outcomes: int = Field(
+        200, ge=1, description="`monitor`: matured outcomes needed before the live ROC-AUC is judged."
+    )
+    monitor_psi_threshold: float = Field(
+        0.25, gt=0, description="`monitor`: PSI of a model input above which it has drifted (Siddiqi 2006: 0.25)."
+    )
+    monitor_outcomes_stall_hours: float = Field(
+        72.0, gt=0, description="Hours without a recorded outcome after which the alert OutcomeFeedStalled fires."
+    )
+    monitor_trigger_cooldown_hours: float = Field(
+        24.0, ge=0, description="`monitor`: hours after a triggered retraining before it triggers another."
+    )
+    airflow_api_url: str | None = Field(
+        None,
+        description="`monitor`: Airflow's API server (e.g. http://airflow-vm:8080); set it to let the monitor "
+        "trigger the training DAG when quality or drift crosses its threshold. Empty: never triggers (default).",
+    )
+    airflow_username: str = Field("admin", description="`monitor`: Airflow user allowed to trigger the DAG.")
+    airflow_password: SecretStr | None = Field(None, description="`monitor`: that user's password (a Secret).")
+    airflow_dag_id: str = Field("1-diabetes-training-pipeline", description="`monitor`: the DAG it triggers.")
+
     @field_validator(
+        "airflow_api_url",
         "raw_database_url",
         "clean_database_url",
         "data_path",

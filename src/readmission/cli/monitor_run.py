@@ -1,0 +1,68 @@
+"""`readmission monitor`'s work: the settings turned into a monitor run (engine, registry reference, trigger)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from readmission.monitoring import MonitorReport
+
+    from .settings import Settings
+
+
+def thresholds(settings: Settings):  # type: ignore[no-untyped-def]
+    """The monitor's thresholds from the MONITOR_* settings."""
+    from readmission.monitoring import Thresholds
+
+    return Thresholds(
+        auc_drop=settings.monitor_auc_drop,
+        min_outcomes=settings.monitor_min_outcomes,
+        psi=settings.monitor_psi_threshold,
+        outcomes_stall_seconds=settings.monitor_outcomes_stall_hours * 3600.0,
+    )
+
+
+def retraining_trigger(settings: Settings) -> Callable[[str], str] | None:
+    """A function starting the training DAG with a reason (returns its dag run id), or None when
+    AIRFLOW_API_URL is not set (the default: the monitor never triggers)."""
+    if not settings.airflow_api_url:
+        return None
+    from readmission.retraining import AirflowTarget
+
+    password = settings.airflow_password.get_secret_value() if settings.airflow_password else ""
+    target = AirflowTarget(settings.airflow_api_url, settings.airflow_username, password, settings.airflow_dag_id)
+
+    def trigger(reason: str) -> str:
+        return target.trigger({"reason": reason, "source": "monitor"}, reason[:1000])
+
+    return trigger
+
+
+def run(settings: Settings, console: Console) -> MonitorReport:
+    """One monitor run on the prediction log of ``settings``, against the registry of ``settings``."""
+    from mlflow import MlflowClient
+
+    from readmission.db import create_db_engine
+    from readmission.monitoring import registry_reference, run_monitor
+    from readmission.training import prepare_tracking
+
+    prepare_tracking(settings.tracking_uri, settings.artifact_location)
+    client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
+    engine = create_db_engine(settings.log_url)
+    try:
+        with console.status("reading the window's predictions and outcomes"):
+            return run_monitor(
+                engine,
+                registry_reference(client),
+                thresholds(settings),
+                dt.timedelta(days=settings.monitor_window_days),
+                retraining_trigger(settings),
+                dt.timedelta(hours=settings.monitor_trigger_cooldown_hours),
+            )
+    finally:
+        engine.dispose()
