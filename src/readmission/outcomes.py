@@ -201,13 +201,24 @@ def _logged_ids(conn: Any, ids: Sequence[int]) -> set[int]:
     return found
 
 
+def _insert_new(dialect: str) -> Any:
+    """INSERT into the outcome table that skips an encounter already stored (a concurrent feed's)."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+
+        return insert(prediction_outcomes).on_conflict_do_nothing(index_elements=["encounter_id"])
+    prefix = "OR IGNORE" if dialect == "sqlite" else "IGNORE"  # SQLite; MySQL / MariaDB
+    return prediction_outcomes.insert().prefix_with(prefix)
+
+
 def record_outcomes(
     engine: Engine, outcomes: Sequence[Outcome], source: str, now: dt.datetime | None = None
 ) -> FeedReport:
     """Record checked ``outcomes`` (``check_outcomes``) in one transaction; ``source`` is ``file`` or ``api``.
 
     Creates the outcome table on first use (and the log's ``encounter_id`` column on a log from before it).
-    Never changes a stored outcome. Raises SQLAlchemy's errors (the transaction is rolled back: nothing stored).
+    Never changes a stored outcome (one stored by a concurrent feed between the read and the write is skipped).
+    Raises SQLAlchemy's errors (the transaction is rolled back: nothing stored; a resend is safe).
     """
     now = now or dt.datetime.now(dt.UTC)
     report = FeedReport(received=len(outcomes))
@@ -215,32 +226,28 @@ def record_outcomes(
     ensure_log_columns(engine)
     prediction_outcomes.create(engine, checkfirst=True)
     ids = [o.encounter_id for o in outcomes]
-    with engine.begin() as conn:
-        stored, logged = _stored_labels(conn, ids), _logged_ids(conn, ids)
-        new = []
-        for o in outcomes:
-            if o.encounter_id in stored:
-                same = stored[o.encounter_id] == o.readmitted
-                report.already_recorded += same
-                if not same:
-                    report.conflicting += 1
-                    report.conflicting_ids.append(o.encounter_id)
-            elif o.encounter_id not in logged:
-                report.unknown_encounter += 1
-                report.unknown_ids.append(o.encounter_id)
-            else:
-                new.append(
-                    {
-                        "encounter_id": o.encounter_id,
-                        "readmitted": o.readmitted,
-                        "observed_at": o.observed_at,
-                        "recorded_at": now,
-                        "source": source,
-                    }
-                )
-        if new:
-            conn.execute(prediction_outcomes.insert(), new)
-        report.recorded = len(new)
+    with engine.connect() as conn:  # read first, then write in a transaction of its own: SQLite cannot turn a
+        stored, logged = _stored_labels(conn, ids), _logged_ids(conn, ids)  # read lock into a write lock
+    new = []
+    for o in outcomes:
+        if o.encounter_id in stored:
+            same = stored[o.encounter_id] == o.readmitted
+            report.already_recorded += same
+            if not same:
+                report.conflicting += 1
+                report.conflicting_ids.append(o.encounter_id)
+        elif o.encounter_id not in logged:
+            report.unknown_encounter += 1
+            report.unknown_ids.append(o.encounter_id)
+        else:
+            new.append(
+                {"encounter_id": o.encounter_id, "readmitted": o.readmitted, "observed_at": o.observed_at,
+                 "recorded_at": now, "source": source}
+            )  # fmt: skip
+    if new:
+        with engine.begin() as conn:  # a row another feed stored meanwhile is skipped, never overwritten
+            conn.execute(_insert_new(conn.dialect.name), new)
+    report.recorded = len(new)
     return report
 
 
