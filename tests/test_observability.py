@@ -1,12 +1,14 @@
 """Monitoring, checked with the real tools: promtool on the scrape config and the rules, promtool's unit tests
 of every alert, the generated PrometheusRule kept in step with the rule files, the Grafana dashboards' JSON,
 and a real Prometheus (Debian's package) scraping the real API with the project's own files and answering
-every PromQL expression of every dashboard and rule."""
+every PromQL expression of every dashboard and rule (the model-quality ones on a monitor result and an outcome
+seeded into the API's log database, as the monitor and the outcome feed write them)."""
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import datetime as dt
 import json
 import os
 import shutil
@@ -23,6 +25,9 @@ from typing import Any
 import pytest
 import yaml
 from livesupport import free_port, http_status, serve, start_api, train_champion
+
+from readmission.db import create_db_engine
+from readmission.prediction_table import metadata, model_monitoring, prediction_outcomes
 
 REPO = Path(__file__).resolve().parents[1]
 PROMETHEUS = REPO / "prometheus"
@@ -173,10 +178,37 @@ def test_dashboards_are_valid_grafana_json(path: Path) -> None:
 # --- a real Prometheus scraping the real API -----------------------------------------------------------------
 
 
+def _seed_healthy_monitoring(log_url: str) -> None:
+    """A monitor run of the champion (version 1) made just now and an outcome recorded just now, both healthy (live
+    ROC-AUC near test on enough outcomes, no drift): the model-quality metrics exist only once the monitor wrote
+    rows, and every model-quality alert must stay silent on them."""
+    now = dt.datetime.now(dt.UTC)
+    bands = [("low", 250, 0.08, 0.07), ("medium", 100, 0.21, 0.2), ("high", 50, 0.38, 0.36)]
+    run = {
+        "run_id": "live-test", "run_at": now, "model_name": "diabetes-readmission", "model_version": "1",
+        "window_start": now - dt.timedelta(days=30), "window_end": now,
+        "predictions": 1200, "with_encounter": 1000, "matured": 400, "roc_auc": 0.66, "brier": 0.09,
+        "test_roc_auc": 0.68, "drift": {"age": 0.02, "number_inpatient": 0.04}, "drift_problem": None,
+        "calibration": [{"band": b, "outcomes": n, "predicted": p, "observed": o} for b, n, p, o in bands],
+        "thresholds": {"auc_drop": 0.05, "min_outcomes": 200, "psi": 0.2, "outcomes_stall_seconds": 172800.0},
+        "action": "none: live ROC-AUC within 0.05 of test",
+    }  # fmt: skip
+    outcome = {"encounter_id": 1, "readmitted": "NO", "observed_at": now, "recorded_at": now, "source": "api"}
+    engine = create_db_engine(log_url)
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(model_monitoring.insert(), [run])
+        conn.execute(prediction_outcomes.insert(), [outcome])
+    engine.dispose()
+
+
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     champion = train_champion(tmp_path_factory.mktemp("registry"))
-    yield from start_api(tmp_path_factory.mktemp("api"), champion.tracking_uri, MODEL_POLL_INTERVAL_SECONDS="2")
+    folder = tmp_path_factory.mktemp("api")
+    log_url = f"sqlite:///{folder / 'predictions.db'}"
+    _seed_healthy_monitoring(log_url)  # before the API starts: its first read of the results finds them
+    yield from start_api(folder, champion.tracking_uri, MODEL_POLL_INTERVAL_SECONDS="2", PREDICTION_LOG_URL=log_url)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """The parts of one service instance, built from its settings: metrics, model manager, prediction log (and
-the probe of its oldest row), micro-batcher. ``create_app`` builds them, stores them on ``app.state`` and
-starts/stops them in its lifespan; endpoints reach them through ``deps``.
+the probe of its oldest row, the reader of the model-quality results beside it), micro-batcher. ``create_app``
+builds them, stores them on ``app.state`` and starts/stops them in its lifespan; endpoints reach them through
+``deps``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from inference_api.metrics import Metrics
 from inference_api.model_details import ArtifactCache
 from inference_api.model_manager import ModelManager, ModelSource
 from inference_api.prediction_log import PredictionLog
+from inference_api.quality_metrics import ModelQualityMetrics
 from inference_api.settings import ApiSettings
 from readmission.db import display_url
 
@@ -46,6 +48,7 @@ class Components:
     manager: ModelManager
     prediction_log: PredictionLog
     log_age: PredictionLogAge
+    quality: ModelQualityMetrics  # the monitor's latest results and the outcome feed, from the log's database
     in_flight: InFlight
     batcher: Batcher
     instance_id: str  # INSTANCE_ID, or a random id for this process (/health/live reports it)
@@ -70,6 +73,7 @@ class Components:
             buffer_bytes=settings.prediction_log_buffer_bytes,
         )
         log_age = PredictionLogAge(settings.log_url, metrics.registry, settings.prediction_log_retention_days)
+        quality = ModelQualityMetrics(settings.log_url, metrics.registry, settings.quality_metrics_interval_seconds)
         in_flight = InFlight()
         metrics.in_flight.set_function(lambda: in_flight.count)
         batcher = Batcher(
@@ -82,12 +86,12 @@ class Components:
             timeout_seconds=settings.predict_timeout_seconds,
         )
         instance_id = settings.instance_id or os.urandom(8).hex()
-        parts = cls(settings, metrics, manager, prediction_log, log_age, in_flight, batcher, instance_id)
+        parts = cls(settings, metrics, manager, prediction_log, log_age, quality, in_flight, batcher, instance_id)
         parts.explain_limiter = ExplainLimiter(settings.predict_timeout_seconds)
         return parts
 
     async def start(self) -> None:
-        """Start the log writer, the log-age probe, the registry poller and the batcher (call from the event loop)."""
+        """Start the log writer, the log-age and quality readers, the registry poller and the batcher (event loop)."""
         s = self.settings
         log.info(
             "starting: model %s@%s from %s; prediction log %s; micro-batching %s",
@@ -102,6 +106,7 @@ class Components:
             log.log(level, "DEVELOPMENT_MODE without RELOAD_TOKEN: POST /model/reload is open on %s:%s", s.host, s.port)
         self.prediction_log.start()
         self.log_age.start()
+        self.quality.start()
         self.manager.start()
         self.batcher.start()
         # Everything imported so far (MLflow, sklearn, pandas) lives as long as the process: keep it out of
@@ -117,4 +122,5 @@ class Components:
         await self.batcher.stop()
         self.manager.stop(wait=False)  # a registry call in progress may take MLFLOW_HTTP_REQUEST_TIMEOUT
         self.log_age.stop()
+        self.quality.stop()
         await run_in_threadpool(self.prediction_log.close, self.settings.prediction_log_flush_seconds)

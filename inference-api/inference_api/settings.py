@@ -37,6 +37,12 @@ class PredictionLogSettings(BaseSettings):
         description="Days a prediction-log row is kept; older rows are deleted by the scheduled purge (the "
         "CronJob in the cluster, `readmission purge-predictions` embedded).",
     )
+    quality_metrics_interval_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="How often the monitor's latest results and the outcome feed's last arrival are read from the "
+        "log's database for /metrics (the monitor runs hourly; a minute's delay costs nothing).",
+    )
 
     @field_validator("prediction_log_url", mode="before")
     @classmethod
