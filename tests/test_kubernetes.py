@@ -156,7 +156,7 @@ def test_referenced_secrets_and_config_maps_exist(rendered: list[dict[str, Any]]
                     wanted.add(("ConfigMap", source["configMapRef"]["name"]))
             for env in container.get("env", []):
                 ref = env.get("valueFrom", {})
-                if "secretKeyRef" in ref:
+                if "secretKeyRef" in ref and not ref["secretKeyRef"].get("optional"):  # optional: may be absent
                     wanted.add(("Secret", ref["secretKeyRef"]["name"]))
                 if "configMapKeyRef" in ref:
                     wanted.add(("ConfigMap", ref["configMapKeyRef"]["name"]))
@@ -413,7 +413,7 @@ def test_databases_accept_only_their_clients(rendered: list[dict[str, Any]]) -> 
         p["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
         for p in policies["mysql"]["spec"]["ingress"][0]["from"]
     }
-    assert mysql_clients == {"mlflow", "inference-api", "prediction-log-purge"}
+    assert mysql_clients == {"mlflow", "inference-api", "prediction-log-purge", "model-monitor"}
     nodeports = {o["metadata"]["name"] for o in rendered if o["kind"] == "Service" and o["spec"]["type"] == "NodePort"}
     assert "mysql" not in " ".join(nodeports) and "minio" not in " ".join(nodeports)
 

@@ -468,6 +468,7 @@ class _Writer:
         self._engine_factory = engine_factory or create_log_engine
         self._engine: Engine | None = None
         self._table_ready = self._explanations_ready = False
+        self._encounter_ids = True  # False while the log lacks the column and cannot be given it
 
     def write(self, rows: list[dict[str, Any]]) -> None:
         """Insert ``rows`` in one transaction; raise (rows unchanged, to be retried) when that fails."""
@@ -475,13 +476,16 @@ class _Writer:
             self._engine = self._engine_factory(self.url)
         if not self._table_ready:
             prediction_log.create(self._engine, checkfirst=True)
-            ensure_log_columns(self._engine)  # a log made before a column was added gets it
+            self._encounter_ids = _add_encounter_column(self._engine)
             self._table_ready = True
         plain, explained = [], []
         for row in rows:
             if isinstance(row["created_at"], str):  # as the message carried it (RFC 3339)
                 row["created_at"] = dt.datetime.fromisoformat(row["created_at"])
-            plain.append({k: v for k, v in row.items() if k != "explanation"})  # ``rows`` stays whole for a retry
+            # ``rows`` stays whole for a retry; an encounter id goes only where the log has its column
+            plain.append(
+                {k: v for k, v in row.items() if k != "explanation" and (self._encounter_ids or k != "encounter_id")}
+            )
             if row.get("explanation") is not None:
                 explained.append(
                     {"log_id": row["log_id"], "created_at": row["created_at"], "explanation": row["explanation"]}
@@ -510,6 +514,22 @@ class _Writer:
     def dispose(self) -> None:
         if self._engine is not None:
             self._engine.dispose()
+
+
+def _add_encounter_column(engine: Engine) -> bool:
+    """Give a log made before ``encounter_id`` existed its column; False (logged: predictions are still written,
+    without their encounter ids) when the database user may not ALTER the table."""
+    try:
+        ensure_log_columns(engine)
+        return True
+    except Exception as exc:
+        log.error(
+            "the prediction log has no encounter_id column and it cannot be added (%s): predictions are logged "
+            "without encounter ids, so outcomes cannot be joined to them; GRANT ALTER ON inference.* TO the log's "
+            "user (mysql/init-databases.sh does for new installs), then restart the API",
+            str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__,
+        )
+        return False
 
 
 def create_log_engine(url: str) -> Engine:

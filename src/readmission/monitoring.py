@@ -324,3 +324,25 @@ def registry_reference(client: Any) -> Reference:
         return cache[name, version]
 
     return reference
+
+
+def report_lines(report: MonitorReport) -> list[str]:
+    """The report as plain log lines (the CronJob's log): one per version, its calibration, top drift, action."""
+    lines = [
+        f"monitor run {report.run_id}: {len(report.versions)} version(s) served since {report.window_start:%Y-%m-%d %H:%M} UTC"
+    ]
+    for v in report.versions:
+        live = "-" if v.roc_auc is None else f"{v.roc_auc:.4f}"
+        test = "-" if v.test_roc_auc is None else f"{v.test_roc_auc:.4f}"
+        lines.append(
+            f"version {v.model_version}: {v.predictions} predictions, {v.matured}/{v.with_encounter} matured, "
+            f"live ROC-AUC {live} (test {test}), Brier {'-' if v.brier is None else f'{v.brier:.4f}'}"
+        )
+        lines.extend(
+            f"  band {b['band']}: {b['outcomes']} matured, predicted {b['predicted']}, observed {b['observed']}"
+            for b in v.calibration
+        )
+        top = sorted(v.drift.items(), key=lambda kv: kv[1], reverse=True)[:5]
+        lines.append(f"  top PSI: {', '.join(f'{k} {x:.3f}' for k, x in top) or v.drift_problem or '-'}")
+    lines.append(f"action: {report.action or 'none (no threshold crossed)'}")
+    return lines

@@ -60,7 +60,8 @@ def register_loop_commands(
         from .monitor_run import run
 
         settings = settings_factory(prediction_log_url=log_url, monitor_window_days=window_days)
-        report = run(settings, console)
+        with console.status("reading the window's predictions and outcomes"):
+            report = run(settings)
         print_report(out, report)
 
     @app.command("replay", rich_help_panel=PANEL)

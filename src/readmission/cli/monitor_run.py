@@ -1,11 +1,13 @@
-"""`readmission monitor`'s work: the settings turned into a monitor run (engine, registry reference, trigger)."""
+"""`readmission monitor`'s work: the settings turned into a monitor run (engine, registry reference, trigger).
+
+Also run by the cluster's CronJob (``python -m inference_api.monitor``, in the API's image, which has neither
+typer nor rich): nothing here imports them.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 from typing import TYPE_CHECKING
-
-from rich.console import Console
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -43,7 +45,7 @@ def retraining_trigger(settings: Settings) -> Callable[[str], str] | None:
     return trigger
 
 
-def run(settings: Settings, console: Console) -> MonitorReport:
+def run(settings: Settings) -> MonitorReport:
     """One monitor run on the prediction log of ``settings``, against the registry of ``settings``."""
     from mlflow import MlflowClient
 
@@ -55,14 +57,13 @@ def run(settings: Settings, console: Console) -> MonitorReport:
     client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
     engine = create_db_engine(settings.log_url)
     try:
-        with console.status("reading the window's predictions and outcomes"):
-            return run_monitor(
-                engine,
-                registry_reference(client),
-                thresholds(settings),
-                dt.timedelta(days=settings.monitor_window_days),
-                retraining_trigger(settings),
-                dt.timedelta(hours=settings.monitor_trigger_cooldown_hours),
-            )
+        return run_monitor(
+            engine,
+            registry_reference(client),
+            thresholds(settings),
+            dt.timedelta(days=settings.monitor_window_days),
+            retraining_trigger(settings),
+            dt.timedelta(hours=settings.monitor_trigger_cooldown_hours),
+        )
     finally:
         engine.dispose()

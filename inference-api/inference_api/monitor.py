@@ -1,0 +1,45 @@
+"""The monitor as a job: ``python -m inference_api.monitor`` (the CronJob model-monitor, hourly).
+
+The same run as ``readmission monitor`` (``readmission.cli.monitor_run``), with the same settings (PREDICTION_LOG_URL,
+MLFLOW_TRACKING_URI and its credentials, MONITOR_*, AIRFLOW_*), in the API's image, which has no typer or rich:
+it logs plain lines instead of tables. Exit status: 0 done; 1 the database or the registry failed (the Job
+retries; nothing half-written: the results of one run are one transaction); 2 invalid settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from pydantic import ValidationError
+
+log = logging.getLogger("inference_api.monitor")
+
+
+def main() -> int:
+    """Run the monitor once; the exit status."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from readmission.cli.monitor_run import run
+    from readmission.cli.settings import Settings
+    from readmission.errors import short_reason
+    from readmission.monitoring import report_lines
+
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        log.error("invalid setting (%s)", problems)
+        return 2
+    settings.export_mlflow_credentials()
+    try:
+        report = run(settings)
+    except Exception as exc:  # the database or the registry: the Job's retry may succeed
+        log.error("monitor run failed: %s", short_reason(exc))
+        return 1
+    for line in report_lines(report):
+        log.info("%s", line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
