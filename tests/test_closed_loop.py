@@ -122,6 +122,7 @@ def test_live_roc_auc_equals_the_auc_computed_directly_and_coverage_matches(
     print(f"live ROC-AUC {version.roc_auc!r}, direct {direct!r}; matured {version.matured}/{version.with_encounter}")
     print(json.dumps(version.calibration, indent=1))
     assert version.roc_auc is not None and abs(version.roc_auc - direct) < 1e-9
+    assert version.test_roc_auc is not None and abs(version.test_roc_auc - version.roc_auc) < 0.05  # its registry tag
     assert (version.matured, version.with_encounter, version.predictions) == (fed, predicted, predicted)
     assert version.coverage == pytest.approx(0.6, abs=1 / predicted)
     assert sum(b["outcomes"] for b in version.calibration) == fed
