@@ -127,13 +127,22 @@ def test_serving_requirements_are_enough_for_the_api(tmp_path: Path) -> None:
     python, env = _clean_venv(tmp_path, "serve.txt", ROOT, ROOT / "inference-api")
     probe = (
         "import importlib.util as u; from inference_api.app import create_app; from inference_api.settings import ApiSettings;"
-        "import inference_api.retention, readmission.serving, mlflow.sklearn, skops.io;"
+        "import inference_api.retention, inference_api.monitor, readmission.serving, mlflow.sklearn, skops.io;"
         "app = create_app(ApiSettings(_env_file=None, development_mode=True)); assert '/predict' in app.openapi()['paths'];"
         "print(sorted(m for m in ('pyarrow', 'matplotlib', 'flask', 'typer', 'pip') if u.find_spec(m)))"
     )
     result = subprocess.run([python, "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path)
     # pip: uv's venv has none; the image removes its own (tests/test_images.py runs the image itself).
     assert result.stdout.strip() == "[]", result.stderr[-3000:]
+    # The monitor CronJob's command runs in the same image (no typer, no rich): one run on an empty log.
+    monitor = subprocess.run(
+        [python, "-m", "inference_api.monitor"],
+        capture_output=True,
+        text=True,
+        env={**env, "DATA_DIR": str(tmp_path / "data"), "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"},
+        cwd=tmp_path,
+    )
+    assert monitor.returncode == 0 and "action: none" in monitor.stderr, monitor.stderr[-3000:]
 
 
 def test_serving_image_uses_the_tracking_servers_mlflow_version() -> None:

@@ -51,9 +51,8 @@ def run(settings: Settings) -> MonitorReport:
 
     from readmission.db import create_db_engine
     from readmission.monitoring import registry_reference, run_monitor
-    from readmission.training import prepare_tracking
-
-    prepare_tracking(settings.tracking_uri, settings.artifact_location)
+    # Only reads (the MLflow user `inference` in the cluster may not create the experiment, as training does);
+    # the registry is asked only about versions the window served.
     client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
     engine = create_db_engine(settings.log_url)
     try:
