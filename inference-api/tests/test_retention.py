@@ -27,7 +27,13 @@ from sqlalchemy.engine import Engine, make_url
 from inference_api.metrics import Metrics
 from inference_api.prediction_log import PredictionLog
 from readmission.db import create_db_engine, normalize_url
-from readmission.prediction_table import prediction_explanations, prediction_log
+from readmission.prediction_table import (
+    metadata,
+    model_monitoring,
+    prediction_explanations,
+    prediction_log,
+    prediction_outcomes,
+)
 from readmission.retention import oldest_row_time, purge_prediction_log, retention_cutoff
 
 REPO = Path(__file__).resolve().parents[2]
@@ -216,3 +222,26 @@ def test_logged_explanations_go_with_their_predictions(either_log_url: str, engi
     with engine.connect() as conn:
         left = conn.execute(select(prediction_explanations.c.created_at)).scalars().all()
     assert len(left) == 2 and _count(engine) == 4
+
+
+def test_outcomes_and_monitor_results_past_the_retention_are_purged(engine: Engine) -> None:
+    """Outcomes (by when they were recorded) and monitor results (by run) older than the cutoff go with the log,
+    in chunks; newer ones stay."""
+    metadata.create_all(engine)
+    old, new = NOW - dt.timedelta(days=120), NOW - dt.timedelta(days=2)
+    outcome = {"readmitted": "NO", "observed_at": old, "source": "file"}
+    run = {
+        "run_id": "r", "model_name": "m", "model_version": "1", "window_start": old, "window_end": old,
+        "predictions": 0, "with_encounter": 0, "matured": 0, "calibration": [], "drift": {}, "thresholds": {},
+    }  # fmt: skip
+    with engine.begin() as conn:
+        conn.execute(
+            prediction_outcomes.insert(),
+            [{**outcome, "encounter_id": i, "recorded_at": old if i < 9 else new} for i in range(1, 12)],
+        )
+        conn.execute(model_monitoring.insert(), [{**run, "run_at": old if i < 5 else new} for i in range(7)])
+    result = purge_prediction_log(engine, 90, chunk_rows=4, pause_seconds=0, now=NOW)
+    assert (result.outcomes_deleted, result.monitoring_deleted) == (8, 5)
+    with engine.connect() as conn:
+        assert conn.execute(select(prediction_outcomes.c.encounter_id)).scalars().all() == [9, 10, 11]
+        assert conn.execute(select(func.count()).select_from(model_monitoring)).scalar_one() == 2

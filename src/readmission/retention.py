@@ -17,13 +17,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import delete, func, inspect, select
+from sqlalchemy import Table, delete, func, inspect, select
 from sqlalchemy.engine import Engine, make_url
 
 from readmission.db import create_db_engine, display_url
 from readmission.errors import ReadmissionError
-from readmission.names import EXPLANATION_LOG_TABLE, PREDICTION_LOG_TABLE
-from readmission.prediction_table import prediction_explanations, prediction_log
+from readmission.names import PREDICTION_LOG_TABLE
+from readmission.prediction_table import model_monitoring, prediction_explanations, prediction_log, prediction_outcomes
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,8 @@ class PurgeResult:
     chunks: int
     seconds: float
     explanations_deleted: int = 0  # logged explanations of the same period (table prediction_explanations)
+    outcomes_deleted: int = 0  # outcomes recorded before the cutoff (table prediction_outcomes)
+    monitoring_deleted: int = 0  # monitor results of runs before the cutoff (table model_monitoring)
 
 
 def retention_cutoff(days: int, now: dt.datetime | None = None) -> dt.datetime:
@@ -99,31 +101,43 @@ def purge_prediction_log(
         if len(ids) < chunk_rows:
             break  # that was the last chunk: no need to ask again
         time.sleep(pause_seconds)
-    # After the log itself, so a failure here never keeps predictions past their retention.
-    explained = inspect(engine).has_table(EXPLANATION_LOG_TABLE)  # absent in a log from before explanations
-    explanations = _purge_explanations(engine, cutoff, chunk_rows, pause_seconds) if explained else 0
-    result = PurgeResult(cutoff, deleted, chunks, time.monotonic() - started, explanations)
+    # After the log itself, so a failure here never keeps predictions past their retention. Each of these tables
+    # is absent in a log from before its feature.
+    others = [
+        _purge_table(engine, table, stamp, key, cutoff, chunk_rows, pause_seconds)
+        if inspect(engine).has_table(table.name)
+        else 0
+        for table, stamp, key in (
+            (prediction_explanations, "created_at", "id"),
+            (prediction_outcomes, "recorded_at", "encounter_id"),
+            (model_monitoring, "run_at", "id"),
+        )
+    ]
+    result = PurgeResult(cutoff, deleted, chunks, time.monotonic() - started, *others)
     log.info(
-        "purge: %d row(s) older than %s deleted in %d chunk(s), and %d explanation(s) (%.1f s)",
+        "purge: %d row(s) older than %s deleted in %d chunk(s), and %d explanation(s), %d outcome(s), %d monitor "
+        "result(s) (%.1f s)",
         deleted,
         cutoff.isoformat(timespec="seconds"),
         chunks,
-        explanations,
+        *others,
         result.seconds,
     )
     return result
 
 
-def _purge_explanations(engine: Engine, cutoff: dt.datetime, chunk_rows: int, pause_seconds: float) -> int:
-    """Delete the logged explanations created before ``cutoff`` (each is as old as its prediction), in
-    chunks as the log itself; the number deleted."""
-    table, deleted = prediction_explanations, 0
+def _purge_table(
+    engine: Engine, table: Table, stamp: str, key: str, cutoff: dt.datetime, chunk_rows: int, pause_seconds: float
+) -> int:
+    """Delete the rows of ``table`` whose ``stamp`` column is before ``cutoff``, in chunks of ``key`` values as
+    the log itself; the number deleted."""
+    deleted, when, ids_of = 0, table.c[stamp], table.c[key]
     while True:
         with engine.begin() as conn:
-            old = select(table.c.id).where(table.c.created_at < cutoff).order_by(table.c.id).limit(chunk_rows)
+            old = select(ids_of).where(when < cutoff).order_by(ids_of).limit(chunk_rows)
             ids = [int(i) for i in conn.execute(old).scalars()]
             if ids:
-                deleted += int(conn.execute(delete(table).where(table.c.id.in_(ids))).rowcount)
+                deleted += int(conn.execute(delete(table).where(ids_of.in_(ids))).rowcount)
         if len(ids) < chunk_rows:
             return deleted
         time.sleep(pause_seconds)

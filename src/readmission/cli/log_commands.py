@@ -46,7 +46,8 @@ def register_log_commands(
         out.print(
             f"purge-predictions: {result.deleted:,} row(s) older than {kept} day(s) (before "
             f"{result.cutoff:%Y-%m-%d %H:%M} UTC) deleted in {result.chunks} chunk(s), and "
-            f"{result.explanations_deleted:,} logged explanation(s) ({result.seconds:.1f} s)"
+            f"{result.explanations_deleted:,} logged explanation(s), {result.outcomes_deleted:,} outcome(s) and "
+            f"{result.monitoring_deleted:,} monitor result(s) of the same age ({result.seconds:.1f} s)"
         )
 
 
