@@ -126,15 +126,20 @@ def test_encounter_model_forbids_unknown_fields_and_takes_hyphenated_names() -> 
     encounter = schema.EncounterFeatures.model_validate(base)
     assert encounter.model_dump()["glyburide-metformin"] == "No"
     assert encounter.model_dump()[schema.PRIOR_ENCOUNTERS] == 0
+    # The caller's encounter_id is accepted (#22: stored with the prediction, never an input); patient_nbr is not.
+    assert schema.EncounterFeatures.model_validate({**base, "encounter_id": 5}).model_dump()["encounter_id"] == 5
     with pytest.raises(ValidationError, match="encounter_id"):
-        schema.EncounterFeatures.model_validate({**base, "encounter_id": 5})
+        schema.EncounterFeatures.model_validate({**base, "encounter_id": 0})
+    with pytest.raises(ValidationError, match="patient_nbr"):
+        schema.EncounterFeatures.model_validate({**base, "patient_nbr": 5})
 
 
 def test_example_encounters_pass_the_request_model_and_cover_every_input() -> None:
     assert len(schema.EXAMPLE_ENCOUNTERS) >= 3
     for name, example in schema.EXAMPLE_ENCOUNTERS.items():
         assert tuple(example) == schema.MODEL_INPUT_NAMES, name
-        assert schema.EncounterFeatures.model_validate(example).model_dump() == example, name
+        dumped = schema.EncounterFeatures.model_validate(example).model_dump(exclude={schema.ENCOUNTER_ID})
+        assert dumped == example, name
 
 
 @pytest.mark.parametrize(

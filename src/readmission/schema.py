@@ -654,12 +654,13 @@ for _history in HISTORY_FEATURES:
 # (``readmission outcomes``, POST /outcomes) is joined to the prediction; never a model input.
 ENCOUNTER_ID = "encounter_id"
 MAX_ENCOUNTER_ID = 10**18 - 1  # IDENTIFIER_PATTERN: at most 18 digits, so it always fits the log's BIGINT
+# The bounds sit on the integer inside the Optional: put on the Optional they are enforced too, but the JSON
+# schema then shows pydantic's "ge"/"le", not minimum/maximum, and an OpenAPI client takes 0 as valid.
+_ENCOUNTER_INT = Annotated[int, Field(ge=1, le=MAX_ENCOUNTER_ID), BeforeValidator(_json_integer)]
 _ENCOUNTER_FIELDS[ENCOUNTER_ID] = (
-    Optional[JsonInt],  # noqa: UP045 - runtime construction
+    Optional[_ENCOUNTER_INT],  # noqa: UP045 - runtime construction
     Field(
         None,
-        ge=1,
-        le=MAX_ENCOUNTER_ID,
         alias=ENCOUNTER_ID,
         description="Your id of this encounter (optional; never a model input): stored with the prediction so "
         "that its observed outcome, sent later to POST /outcomes, is joined to it for live model quality.",
