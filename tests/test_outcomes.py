@@ -177,3 +177,47 @@ def test_any_sequence_of_feeds_keeps_each_first_label(
                 expected.setdefault(outcome.encounter_id, outcome.readmitted)
     assert _stored(engine) == expected
     engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        ("²", "is not a whole number"),
+        ("١٢", "is not a whole number"),
+        ("9" * 5000, "out of range"),
+        (10**18, "out of range"),
+    ],
+)
+def test_odd_encounter_ids_are_refused_not_crashed_on(value: Any, said: str) -> None:
+    """Before: "²" and 5,000 digits raised ValueError inside the check (500 from POST /outcomes), and "١٢" was
+    read as encounter 12."""
+    with pytest.raises(OutcomeFeedError, match=said):
+        check_outcomes(_feed((value, "NO", "2026-11-01")), "feed", now=NOW)
+
+
+@pytest.mark.parametrize("when", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:00-01:00"])
+def test_a_time_whose_offset_leaves_the_calendar_is_refused(when: str) -> None:
+    """Before: OverflowError from astimezone (500 from POST /outcomes)."""
+    with pytest.raises(OutcomeFeedError, match="observed_at"):
+        check_outcomes(_feed((101, "NO", when)), "feed", now=NOW)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    values=st.fixed_dictionaries(
+        {
+            "encounter_id": st.one_of(st.text(max_size=30), st.integers(), st.none()),
+            "readmitted": st.text(max_size=5),
+            "observed_at": st.one_of(st.text(max_size=40), st.datetimes(timezones=st.timezones())),
+        }
+    )
+)
+def test_any_outcome_is_accepted_or_refused_with_a_reason(values: dict[str, Any]) -> None:
+    """Generated: whatever a feed holds, checking it returns outcomes or raises OutcomeFeedError, never anything else."""
+    problems: list[dict[str, Any]] = []
+    try:
+        checked = check_outcomes([values], "feed", now=NOW)
+    except OutcomeFeedError as exc:
+        checked, problems = [], exc.problems
+    assert bool(problems) != bool(checked)
+    assert all(1 <= o.encounter_id < 10**18 and o.readmitted in ("NO", ">30", "<30") for o in checked)

@@ -42,7 +42,14 @@ from sqlalchemy.engine import Engine
 
 from inference_api.metrics import Metrics
 from readmission.db import create_db_engine
-from readmission.prediction_table import ensure_log_columns, prediction_explanations, prediction_log  # shared
+from readmission.prediction_table import (  # shared with the purge
+    ADD_ENCOUNTER_COLUMN,
+    ADD_ENCOUNTER_INDEX,
+    create_tables,
+    ensure_log_columns,
+    prediction_explanations,
+    prediction_log,
+)
 
 log = logging.getLogger(__name__)
 
@@ -469,15 +476,19 @@ class _Writer:
         self._engine: Engine | None = None
         self._table_ready = self._explanations_ready = False
         self._encounter_ids = True  # False while the log lacks the column and cannot be given it
+        self._next_column_check = 0.0
 
     def write(self, rows: list[dict[str, Any]]) -> None:
         """Insert ``rows`` in one transaction; raise (rows unchanged, to be retried) when that fails."""
         if self._engine is None:
             self._engine = self._engine_factory(self.url)
         if not self._table_ready:
-            prediction_log.create(self._engine, checkfirst=True)
-            self._encounter_ids = _add_encounter_column(self._engine)
+            create_tables(self._engine, prediction_log)
             self._table_ready = True
+        first = self._next_column_check == 0.0
+        if (first or not self._encounter_ids) and time.monotonic() >= self._next_column_check:
+            self._encounter_ids = _add_encounter_column(self._engine)
+            self._next_column_check = time.monotonic() + COLUMN_RECHECK_SECONDS
         plain, explained = [], []
         for row in rows:
             if isinstance(row["created_at"], str):  # as the message carried it (RFC 3339)
@@ -501,7 +512,7 @@ class _Writer:
         explanation must never hold the prediction log back."""
         try:
             if not self._explanations_ready:
-                prediction_explanations.create(engine, checkfirst=True)
+                create_tables(engine, prediction_explanations)
                 self._explanations_ready = True
             with engine.begin() as conn:
                 conn.execute(_insert_ignoring_duplicates(conn.dialect.name, prediction_explanations), rows)
@@ -516,18 +527,25 @@ class _Writer:
             self._engine.dispose()
 
 
+COLUMN_RECHECK_SECONDS = 600.0  # while the log lacks encounter_id: how often the writer tries again
+
+
 def _add_encounter_column(engine: Engine) -> bool:
-    """Give a log made before ``encounter_id`` existed its column; False (logged: predictions are still written,
-    without their encounter ids) when the database user may not ALTER the table."""
+    """Give a log made before ``encounter_id`` existed its column (and index); False (logged: predictions are
+    still written, without their encounter ids) when the database user may not. The writer tries again every
+    ``COLUMN_RECHECK_SECONDS``, so the column an administrator adds is used without a restart."""
     try:
         ensure_log_columns(engine)
         return True
     except Exception as exc:
         log.error(
-            "the prediction log has no encounter_id column and it cannot be added (%s): predictions are logged "
-            "without encounter ids, so outcomes cannot be joined to them; GRANT ALTER ON inference.* TO the log's "
-            "user (mysql/init-databases.sh does for new installs), then restart the API",
+            "the prediction log has no encounter_id column (or its index) and this user cannot add it (%s): "
+            "predictions are logged without encounter ids, so outcomes cannot be joined to them; run as an "
+            "administrator: %s; %s (README, Operations); checked again every %.0f s",
             str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__,
+            ADD_ENCOUNTER_COLUMN,
+            ADD_ENCOUNTER_INDEX,
+            COLUMN_RECHECK_SECONDS,
         )
         return False
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,9 +49,20 @@ def create_db_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN")
 
     return engine
+
+
+_WRITE = "readmission_write"  # execution option: this transaction writes (SQLite: take the write lock first)
+
+
+def write_transaction(engine: Engine) -> AbstractContextManager[Connection]:
+    """``engine.begin()`` for a transaction that writes. On SQLite it starts with ``BEGIN IMMEDIATE``: a plain
+    BEGIN reads first (even CREATE ... IF NOT EXISTS reads the schema), and a transaction that has read cannot
+    then take the write lock while another process writes: "database is locked" at once, without waiting for the
+    busy timeout. Taking the lock at BEGIN waits for it (up to the 60 s timeout) instead. Elsewhere: ``begin()``."""
+    return engine.execution_options(**{_WRITE: True}).begin()
 
 
 def is_postgres(engine: Engine | Connection) -> bool:

@@ -25,14 +25,23 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 
 from readmission import schema
-from readmission.errors import ReadmissionError
-from readmission.prediction_table import ensure_log_columns, prediction_log, prediction_outcomes
+from readmission.db import write_transaction
+from readmission.errors import ReadmissionError, short_reason
+from readmission.prediction_table import (
+    ADD_ENCOUNTER_COLUMN,
+    ADD_ENCOUNTER_INDEX,
+    create_tables,
+    ensure_log_columns,
+    prediction_log,
+    prediction_outcomes,
+)
 
 OUTCOME_COLUMNS = ("encounter_id", "readmitted", "observed_at")
 MAX_LISTED = 20  # problems and encounter ids listed in a message or an answer (all are counted)
-_CHUNK = 1_000  # ids per IN (...) query
+_CHUNK = 500  # ids per IN (...) query (SQLite before 3.32 takes at most 999 parameters)
 
 
 class OutcomeFeedError(ReadmissionError):
@@ -91,14 +100,19 @@ def _problem(row: int | str, name: str, message: str) -> dict[str, Any]:
 
 
 def _encounter_id(value: Any) -> int | str:
-    """The id, or why it is not one (a whole number 1 .. 2**63-1; a string of digits, as CSV gives, is fine)."""
-    text = str(value).strip() if not isinstance(value, bool) else ""
+    """The id, or why it is not one: a whole number 1 .. 10**18 - 1, as a JSON number or as ASCII digits (what
+    a CSV file gives); no other digits (``int`` would read Arabic-Indic ones), at most 18 of them."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:  # 12.0, as /predict accepts
+        value = int(value)
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
-    elif text.isdigit():
+    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        text = value.strip().lstrip("0") or "0"
+        if len(text) > len(str(schema.MAX_ENCOUNTER_ID)):
+            return f"{text[:20]}... is out of range: encounter ids are 1 to {schema.MAX_ENCOUNTER_ID}"
         number = int(text)
     else:
-        return f"{value!r} is not a whole number: give the encounter_id you sent with the prediction"
+        return f"{str(value)[:40]!r} is not a whole number: give the encounter_id you sent with the prediction"
     if not 1 <= number <= schema.MAX_ENCOUNTER_ID:
         return f"{number} is out of range: encounter ids are 1 to {schema.MAX_ENCOUNTER_ID}"
     return number
@@ -108,9 +122,9 @@ def _observed_at(value: Any, now: dt.datetime) -> dt.datetime | str:
     """The time (UTC), or why it is not one: ISO 8601, not in the future (UTC assumed without an offset)."""
     try:
         when = value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(str(value).strip())
-    except ValueError:
-        return f"{value!r} is not an ISO 8601 time: write e.g. 2026-11-30 or 2026-11-30T14:00:00Z"
-    when = when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
+        when = when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
+    except (ValueError, OverflowError):  # OverflowError: an offset that moves year 1 or 9999 out of range
+        return f"{str(value)[:40]!r} is not an ISO 8601 time: write e.g. 2026-11-30 or 2026-11-30T14:00:00Z"
     if when > now + dt.timedelta(minutes=5):
         return f"{when.isoformat()} is in the future: give when the outcome was observed"
     return when
@@ -149,7 +163,7 @@ def check_outcomes(
     """The outcomes of ``rows`` (mappings with ``encounter_id``, ``readmitted``, ``observed_at``), one per
     encounter (an exact repeat within the feed is kept once).
 
-    Raises ``OutcomeFeedError`` (rows numbered from ``first_row``) when any row is malformed or one encounter is
+    Raises ``OutcomeFeedError`` (rows named as ``row_names`` says) when any row is malformed or one encounter is
     given two different labels: then nothing may be recorded. Rows are named by ``row_names`` (a file's
     ``"line 7"``) or numbered from 1.
     """
@@ -211,23 +225,29 @@ def _insert_new(dialect: str) -> Any:
     return prediction_outcomes.insert().prefix_with(prefix)
 
 
-def record_outcomes(
-    engine: Engine, outcomes: Sequence[Outcome], source: str, now: dt.datetime | None = None
-) -> FeedReport:
-    """Record checked ``outcomes`` (``check_outcomes``) in one transaction; ``source`` is ``file`` or ``api``.
+class LogNotReadyError(ReadmissionError):
+    """The prediction log has no ``encounter_id`` column and this user may not add it: outcomes cannot be joined."""
 
-    Creates the outcome table on first use (and the log's ``encounter_id`` column on a log from before it).
-    Never changes a stored outcome (one stored by a concurrent feed between the read and the write is skipped).
-    Raises SQLAlchemy's errors (the transaction is rolled back: nothing stored; a resend is safe).
-    """
-    now = now or dt.datetime.now(dt.UTC)
-    report = FeedReport(received=len(outcomes))
-    prediction_log.create(engine, checkfirst=True)
-    ensure_log_columns(engine)
-    prediction_outcomes.create(engine, checkfirst=True)
-    ids = [o.encounter_id for o in outcomes]
-    with engine.connect() as conn:  # read first, then write in a transaction of its own: SQLite cannot turn a
-        stored, logged = _stored_labels(conn, ids), _logged_ids(conn, ids)  # read lock into a write lock
+
+def prepare_log(engine: Engine) -> None:
+    """Make the tables the feed needs (the log, the outcomes) and the log's ``encounter_id`` column on a log from
+    before it. Raises ``LogNotReadyError`` (with the statements an administrator runs) when the column is
+    missing and this user may not add it."""
+    create_tables(engine, prediction_log, prediction_outcomes)
+    try:
+        ensure_log_columns(engine)
+    except DBAPIError as exc:
+        raise LogNotReadyError(
+            f"the prediction log has no encounter_id column and this database user may not add it "
+            f"({short_reason(exc)}): run as an administrator {ADD_ENCOUNTER_COLUMN}; {ADD_ENCOUNTER_INDEX} "
+            "(README, Operations); the API uses the column within 10 minutes"
+        ) from None
+
+
+def _classify(
+    outcomes: Sequence[Outcome], stored: dict[int, str], logged: set[int], report: FeedReport
+) -> list[Outcome]:
+    """Count each outcome already stored (same label or conflicting) or unknown; the ones to insert."""
     new = []
     for o in outcomes:
         if o.encounter_id in stored:
@@ -240,14 +260,43 @@ def record_outcomes(
             report.unknown_encounter += 1
             report.unknown_ids.append(o.encounter_id)
         else:
-            new.append(
-                {"encounter_id": o.encounter_id, "readmitted": o.readmitted, "observed_at": o.observed_at,
-                 "recorded_at": now, "source": source}
-            )  # fmt: skip
+            new.append(o)
+    return new
+
+
+def record_outcomes(
+    engine: Engine, outcomes: Sequence[Outcome], source: str, now: dt.datetime | None = None, prepared: bool = False
+) -> FeedReport:
+    """Record checked ``outcomes`` (``check_outcomes``); ``source`` is ``file`` or ``api``.
+
+    Prepares the log first (``prepare_log``) unless ``prepared``. Never changes a stored outcome: the stored
+    labels are read, the new outcomes inserted in a write transaction of their own with insert-or-skip, and
+    the labels read again, so an outcome a concurrent feed stored in between is counted as already recorded
+    or conflicting, not as recorded. Raises SQLAlchemy's errors (nothing of this feed stored; a resend is
+    safe) and ``LogNotReadyError``.
+    """
+    now = now or dt.datetime.now(dt.UTC)
+    report = FeedReport(received=len(outcomes))
+    if not prepared:
+        prepare_log(engine)
+    ids = [o.encounter_id for o in outcomes]
+    with engine.connect() as conn:
+        stored, logged = _stored_labels(conn, ids), _logged_ids(conn, ids)
+    new = _classify(outcomes, stored, logged, report)
     if new:
-        with engine.begin() as conn:  # a row another feed stored meanwhile is skipped, never overwritten
-            conn.execute(_insert_new(conn.dialect.name), new)
-    report.recorded = len(new)
+        rows = [
+            {"encounter_id": o.encounter_id, "readmitted": o.readmitted, "observed_at": o.observed_at,
+             "recorded_at": now, "source": source}
+            for o in new
+        ]  # fmt: skip
+        with write_transaction(engine) as conn:
+            conn.execute(_insert_new(conn.dialect.name), rows)
+        with engine.connect() as conn:
+            after = _stored_labels(conn, [o.encounter_id for o in new])
+        raced = [o for o in new if after.get(o.encounter_id) != o.readmitted]  # a concurrent feed's label won
+        report.conflicting += len(raced)
+        report.conflicting_ids.extend(o.encounter_id for o in raced)
+        report.recorded = len(new) - len(raced)
     return report
 
 

@@ -10,7 +10,9 @@ from sqlalchemy import JSON, BigInteger, Column, DateTime, Float, Integer, MetaD
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.schema import CreateIndex, CreateTable
 
+from readmission.db import write_transaction
 from readmission.names import EXPLANATION_LOG_TABLE, MONITORING_TABLE, OUTCOME_TABLE, PREDICTION_LOG_TABLE
 
 metadata = MetaData()
@@ -94,20 +96,51 @@ model_monitoring = Table(
 LOG_TABLES = (prediction_log, prediction_explanations)
 
 
+def has_encounter_column(engine: Engine) -> bool:
+    """Whether the log (which must exist) has the ``encounter_id`` column (a log made before #22 has not)."""
+    return "encounter_id" in {c["name"] for c in inspect(engine).get_columns(PREDICTION_LOG_TABLE)}
+
+
+ADD_ENCOUNTER_COLUMN = "ALTER TABLE prediction_log ADD COLUMN encounter_id BIGINT NULL"
+ADD_ENCOUNTER_INDEX = "CREATE INDEX ix_prediction_log_encounter_id ON prediction_log (encounter_id)"
+
+
 def ensure_log_columns(engine: Engine) -> None:
-    """Add to an existing prediction log the columns added after it was made (today ``encounter_id``, nullable,
-    indexed): ``ALTER TABLE ... ADD COLUMN``, no rewrite of the rows on MySQL 8 / MariaDB 10.3+ / PostgreSQL /
-    SQLite. Safe when two processes do it at once (the loser finds the column there). The table must exist."""
-    if "encounter_id" in {c["name"] for c in inspect(engine).get_columns(PREDICTION_LOG_TABLE)}:
-        return
-    column = prediction_log.c.encounter_id
-    kind = column.type.compile(dialect=engine.dialect)
-    try:
-        with engine.begin() as conn:
-            conn.execute(text(f"ALTER TABLE {PREDICTION_LOG_TABLE} ADD COLUMN encounter_id {kind} NULL"))
-        for index in prediction_log.indexes:
-            if [c.name for c in index.columns] == ["encounter_id"]:
-                index.create(engine, checkfirst=True)
-    except DBAPIError:
-        if "encounter_id" not in {c["name"] for c in inspect(engine).get_columns(PREDICTION_LOG_TABLE)}:
-            raise
+    """Give an existing prediction log the columns added after it was made (today ``encounter_id``, nullable),
+    then the column's index, each on its own (an index missing after an interrupted upgrade is made next time):
+    ``ALTER TABLE ... ADD COLUMN``, no rewrite of the rows. Safe when two processes do it at once (the loser finds
+    the column there). Raises the database's error when the user may not (MySQL: ALTER and INDEX privileges;
+    README, Operations, gives the statements to run as an administrator instead)."""
+    if not has_encounter_column(engine):
+        try:
+            with write_transaction(engine) as conn:
+                conn.execute(text(ADD_ENCOUNTER_COLUMN))
+        except DBAPIError:
+            if not has_encounter_column(engine):
+                raise
+    if "ix_prediction_log_encounter_id" not in {i["name"] for i in inspect(engine).get_indexes(PREDICTION_LOG_TABLE)}:
+        try:
+            with write_transaction(engine) as conn:
+                conn.execute(text(ADD_ENCOUNTER_INDEX))
+        except DBAPIError:
+            names = {i["name"] for i in inspect(engine).get_indexes(PREDICTION_LOG_TABLE)}
+            if "ix_prediction_log_encounter_id" not in names:
+                raise
+
+
+def create_tables(engine: Engine, *tables: Table) -> None:
+    """Create ``tables`` unless they exist, with their indexes, except indexes on columns an older table lacks
+    (``ensure_log_columns`` adds those). On SQLite as ``CREATE ... IF NOT EXISTS`` in a write transaction
+    (``db.write_transaction``: a check-then-create would read first and then fail to take the write lock while the
+    API's log writer holds it); elsewhere with ``checkfirst`` (MySQL has no ``CREATE INDEX IF NOT EXISTS``)."""
+    for table in tables:
+        if engine.dialect.name != "sqlite":
+            table.create(engine, checkfirst=True)
+            continue
+        with write_transaction(engine) as conn:
+            conn.execute(CreateTable(table, if_not_exists=True))
+        present = {c["name"] for c in inspect(engine).get_columns(table.name)}
+        with write_transaction(engine) as conn:
+            for index in table.indexes:
+                if {c.name for c in index.columns} <= present:
+                    conn.execute(CreateIndex(index, if_not_exists=True))
