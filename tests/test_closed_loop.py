@@ -34,7 +34,7 @@ from readmission.training import TrainConfig, prepare_tracking
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-TOKEN = "closed-loop-test-token-0123456789"
+TOKEN = os.urandom(16).hex()  # the API's RELOAD_TOKEN for this test
 SHIFT = ["admission_type_id=1", "age=[70-80)"]  # only emergency admissions of one age band
 WINDOW = pd.Timedelta(days=1).to_pytimedelta()
 

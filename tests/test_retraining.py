@@ -9,6 +9,7 @@ passwords are written beforehand, then `airflow api-server --apps core`. The fai
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -24,8 +25,17 @@ from urllib.parse import quote
 import pytest
 import requests
 from livesupport import free_port, serve
+from logsupport import log_row
+from pydantic import SecretStr
+from sqlalchemy.engine import Engine
 
+from readmission.cli.monitor_run import retraining_trigger
+from readmission.cli.settings import Settings
+from readmission.db import create_db_engine
 from readmission.errors import ReadmissionError
+from readmission.monitoring import Thresholds, last_trigger, run_monitor
+from readmission.outcomes import check_outcomes, record_outcomes
+from readmission.prediction_table import prediction_log
 from readmission.retraining import AirflowTarget, trigger_dag_run
 from testsupport import _unavailable
 
@@ -139,6 +149,50 @@ def test_the_target_says_what_it_did_and_an_unpaused_dag_gives_no_warning(
     assert done.endswith(f"of DAG {DAG_ID} at {airflow_api.url}") and "paused" not in caplog.text
     run_id = done.split()[1]
     assert _as_admin(airflow_api, "GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}")["note"] == "second"
+
+
+def _dag_run(airflow: Airflow, run_id: str) -> Any:
+    return _as_admin(airflow, "GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}")
+
+
+def _log_ranked_backwards(path: Path, n: int = 20) -> Engine:
+    """A SQLite log whose version 1 answered ``n`` matured encounters in reverse order of their risk (live ROC-AUC 0)."""
+    engine = create_db_engine(f"sqlite:///{path}")
+    prediction_log.create(engine)
+    at = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    rows = [{**log_row(at, i), "encounter_id": i + 1, "probability_within_30": i / n} for i in range(n)]
+    with engine.begin() as conn:
+        conn.execute(prediction_log.insert(), rows)
+    labels = ["<30" if i < n // 2 else "NO" for i in range(n)]
+    feed = [{"encounter_id": i + 1, "readmitted": r, "observed_at": "2025-05-01"} for i, r in enumerate(labels)]
+    record_outcomes(engine, check_outcomes(feed, "test"), "file")
+    return engine
+
+
+def _test_auc_only(_name: str, _version: str) -> tuple[float | None, dict[str, Any] | None, str | None]:
+    return 0.9, None, "no reference profile in this test"
+
+
+def test_the_monitors_trigger_from_the_settings_starts_a_dag_run_and_the_monitor_stores_it(
+    airflow_api: Airflow, tmp_path: Path
+) -> None:
+    password = SecretStr(ADMIN_PASSWORD)
+    trigger = retraining_trigger(
+        Settings(airflow_api_url=airflow_api.url, airflow_username="admin", airflow_password=password)
+    )
+    assert trigger is not None and retraining_trigger(Settings(airflow_api_url="")) is None
+    said = trigger("called directly")
+    run = _dag_run(airflow_api, said.split()[1])
+    assert said.startswith(f"run {run['dag_run_id']} of DAG {DAG_ID} at {airflow_api.url}")
+    assert (run["conf"], run["note"]) == ({"reason": "called directly", "source": "monitor"}, "called directly")
+    engine = _log_ranked_backwards(tmp_path / "predictions.db")
+    report = run_monitor(engine, _test_auc_only, Thresholds(min_outcomes=20), dt.timedelta(days=1), trigger)
+    assert report.action is not None and report.action.startswith("triggered run manual__"), report.action
+    run = _dag_run(airflow_api, report.action.split()[2])
+    assert run["note"] == "version 7: live ROC-AUC 0.0000 is 0.9000 below the test ROC-AUC 0.9000 (20 matured outcomes)"
+    assert run["conf"] == {"reason": run["note"], "source": "monitor"} and report.action.endswith(f": {run['note']}")
+    assert last_trigger(engine) == report.run_at  # stored: the next run within the cooldown will not trigger
+    engine.dispose()
 
 
 def test_a_wrong_password_is_refused_naming_the_credentials(airflow_api: Airflow) -> None:

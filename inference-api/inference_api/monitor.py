@@ -2,13 +2,15 @@
 
 The same run as ``readmission monitor`` (``readmission.cli.monitor_run``), with the same settings (PREDICTION_LOG_URL,
 MLFLOW_TRACKING_URI and its credentials, MONITOR_*, AIRFLOW_*), in the API's image, which has no typer or rich:
-it logs plain lines instead of tables. Exit status: 0 done; 1 the database or the registry failed (the Job
-retries; nothing half-written: the results of one run are one transaction); 2 invalid settings.
+it logs plain lines instead of tables. Exit status: 0 done; 1 the database failed (the Job retries; the results
+of one run are one transaction), or the registry could not be read for a served version (the results without
+its test ROC-AUC and drift are stored, and the Job fails so that it is seen); 2 invalid settings.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from pydantic import ValidationError
@@ -19,6 +21,7 @@ log = logging.getLogger("inference_api.monitor")
 def main() -> int:
     """Run the monitor once; the exit status."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a job's log, not a terminal
     from readmission.cli.monitor_run import run
     from readmission.cli.settings import Settings
     from readmission.errors import short_reason
@@ -38,6 +41,10 @@ def main() -> int:
         return 1
     for line in report_lines(report):
         log.info("%s", line)
+    unread = [v.model_version for v in report.versions if (v.drift_problem or "").startswith("cannot read version")]
+    if unread:  # stored, but without test ROC-AUC or drift: the alerts that need them cannot fire
+        log.error("the registry could not be read for version(s) %s: the Job fails so that it is seen", unread)
+        return 1
     return 0
 
 

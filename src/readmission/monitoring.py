@@ -32,12 +32,21 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import func, select
+from sqlalchemy import String, func, null, or_, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 
 from readmission import schema
+from readmission.db import write_transaction
 from readmission.drift import DEFAULT_PSI_THRESHOLD
-from readmission.prediction_table import ensure_log_columns, model_monitoring, prediction_log, prediction_outcomes
+from readmission.errors import short_reason
+from readmission.prediction_table import (
+    create_tables,
+    ensure_log_columns,
+    model_monitoring,
+    prediction_log,
+    prediction_outcomes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +62,17 @@ class Thresholds:
     test ROC-AUC over patient-grouped splits times five, `readmission evaluate`); ``min_outcomes``: matured
     outcomes needed before the live ROC-AUC is judged (200: its standard error is then about 0.02-0.03,
     Hanley & McNeil 1982, at this outcome's 11 % prevalence); ``psi``: 0.25, the "significant shift" rule of
-    thumb (Siddiqi 2006); ``outcomes_stall_seconds``: the feed is called stalled after this long without one.
+    thumb (Siddiqi 2006); ``outcomes_stall_seconds``: the feed is called stalled after this long without one;
+    ``min_drift_predictions``: served predictions of a version below which its PSI is not measured (PSI is
+    biased upward on small samples, by about (bins - 1)(1/n + 1/N), Yurdakul 2018: with 100 rows from the
+    training distribution itself, several inputs passed 0.25; with 1,000, none).
     """
 
     auc_drop: float = 0.05
     min_outcomes: int = 200
     psi: float = DEFAULT_PSI_THRESHOLD
     outcomes_stall_seconds: float = 3 * 86_400.0
+    min_drift_predictions: int = 1_000
 
 
 @dataclass
@@ -105,6 +118,21 @@ class VersionQuality:
         return found
 
 
+@dataclass(frozen=True)
+class Windows:
+    """A run's two windows, [start, end) in UTC: ``drift``, the last ``window`` (what is served now), and
+    ``quality``, the same length ending ``horizon`` earlier (predictions whose outcomes have had time to come:
+    a readmission within 30 days is known early, "no readmission" only after the horizon, so younger matured
+    outcomes would be mostly the early ones)."""
+
+    drift: tuple[dt.datetime, dt.datetime]
+    quality: tuple[dt.datetime, dt.datetime]
+
+    @classmethod
+    def ending(cls, now: dt.datetime, window: dt.timedelta, horizon: dt.timedelta) -> Windows:
+        return cls((now - window, now), (now - horizon - window, now - horizon))
+
+
 @dataclass
 class MonitorReport:
     """One monitor run: its window, thresholds, the versions served in the window, and what it did."""
@@ -116,29 +144,39 @@ class MonitorReport:
     thresholds: Thresholds
     versions: list[VersionQuality]
     action: str | None = None
+    windows: Windows | None = None
+    problem: str | None = None  # outcomes could not be joined (quality not measured); drift still is
 
 
-def read_window(engine: Engine, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
-    """The predictions logged in [start, end) with their outcomes (``readmitted`` NA when none): one row per
-    prediction, columns model_name, model_version, encounter_id, created_at, risk, risk_band, inputs,
-    readmitted. Tables a log has not made yet (no outcomes so far) read as empty."""
+def read_window(engine: Engine, start: dt.datetime, end: dt.datetime) -> tuple[pd.DataFrame, str | None]:
+    """The predictions logged in [start, end) with their outcomes (``readmitted`` None when none), in the order
+    they were made: one row per prediction, columns model_name, model_version, encounter_id, created_at (UTC),
+    risk, risk_band, inputs, readmitted (object columns: ids above 2**53 stay exact). And why outcomes could not
+    be joined (a log without the ``encounter_id`` column that this user may not add), else None."""
     log_t, out_t = prediction_log, prediction_outcomes
-    prediction_log.create(engine, checkfirst=True)
-    ensure_log_columns(engine)
-    prediction_outcomes.create(engine, checkfirst=True)
+    create_tables(engine, prediction_log, prediction_outcomes)
+    problem = None
+    try:
+        ensure_log_columns(engine)
+    except DBAPIError as exc:  # drift is still measured; quality needs the ids
+        problem = f"the log has no encounter_id column and this user may not add it ({short_reason(exc)})"
+    encounter = log_t.c.encounter_id if problem is None else null().label("encounter_id")
+    joined = log_t.outerjoin(out_t, log_t.c.encounter_id == out_t.c.encounter_id) if problem is None else log_t
+    outcome = out_t.c.readmitted if problem is None else null().label("readmitted")
     query = (
         select(
-            log_t.c.model_name, log_t.c.model_version, log_t.c.encounter_id, log_t.c.created_at,
-            log_t.c.probability_within_30.label("risk"), log_t.c.risk_band, log_t.c.inputs, out_t.c.readmitted,
+            log_t.c.model_name, log_t.c.model_version, encounter, log_t.c.created_at,
+            log_t.c.probability_within_30.label("risk"), log_t.c.risk_band, log_t.c.inputs, outcome,
         )
-        .select_from(log_t.outerjoin(out_t, log_t.c.encounter_id == out_t.c.encounter_id))
+        .select_from(joined)
         .where(log_t.c.created_at >= _naive(engine, start), log_t.c.created_at < _naive(engine, end))
-        .order_by(log_t.c.id)
+        .order_by(log_t.c.created_at, log_t.c.id)  # by time: replicas' writers flush out of order
     )  # fmt: skip
-    with engine.connect() as conn:
-        frame = pd.DataFrame(conn.execute(query).mappings().all())
     columns = ["model_name", "model_version", "encounter_id", "created_at", "risk", "risk_band", "inputs", "readmitted"]
-    return frame if not frame.empty else pd.DataFrame(columns=columns)
+    with engine.connect() as conn:
+        frame = pd.DataFrame(conn.execute(query).mappings().all(), columns=columns, dtype=object)
+    frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
+    return frame, problem
 
 
 def _naive(engine: Engine, when: dt.datetime) -> dt.datetime:
@@ -185,22 +223,28 @@ Reference = Callable[[str, str], tuple[float | None, dict[str, Any] | None, str 
 """(model name, version) -> (test ROC-AUC, reference profile, why there is no profile)."""
 
 
-def version_quality(rows: pd.DataFrame, reference: Reference) -> VersionQuality:
-    """The quality and drift of one version's predictions (``read_window`` rows of one version)."""
+def version_quality(rows: pd.DataFrame, reference: Reference, windows: Windows, limits: Thresholds) -> VersionQuality:
+    """The quality and drift of one version's predictions (``read_window`` rows of one version): quality on the
+    predictions made in ``windows.quality`` (old enough for their outcomes), drift on those in ``windows.drift``
+    (the recent ones), measured only from ``limits.min_drift_predictions`` of them."""
     from readmission.drift import DriftError, psi, served_frame
 
     name, version = str(rows["model_name"].iloc[-1]), str(rows["model_version"].iloc[-1])
-    with_encounter, matured, auc, brier, bands = live_quality(rows)
+    mature = rows[(rows["created_at"] >= windows.quality[0]) & (rows["created_at"] < windows.quality[1])]
+    recent = rows[rows["created_at"] >= windows.drift[0]]
+    with_encounter, matured, auc, brier, bands = live_quality(mature)
     test_auc, profile, problem = reference(name, version)
     drift: dict[str, float] = {}
-    if profile is not None:
+    if profile is not None and len(recent) < limits.min_drift_predictions:
+        problem = f"{len(recent)} predictions in the window; drift is measured from {limits.min_drift_predictions}"
+    elif profile is not None:
         try:
-            drift = psi(profile, served_frame([_inputs(v) for v in rows["inputs"]]))
+            drift = psi(profile, served_frame([_inputs(v) for v in recent["inputs"]]))
         except DriftError as exc:  # e.g. a logged row from before an input existed: quality is still reported
-            problem = f"drift of version {version} not measured: {exc}"
+            problem = str(exc)
     return VersionQuality(
-        name, version, len(rows), with_encounter, matured, auc, brier, test_auc, bands, drift, problem,
-        pd.Timestamp(rows["created_at"].iloc[-1]).to_pydatetime(),
+        name, version, len(recent), with_encounter, matured, auc, brier, test_auc, bands, drift, problem,
+        rows["created_at"].iloc[-1].to_pydatetime(),
     )  # fmt: skip
 
 
@@ -222,28 +266,42 @@ def run_monitor(
     trigger: Callable[[str], str] | None = None,
     cooldown: dt.timedelta = dt.timedelta(hours=24),
     now: dt.datetime | None = None,
+    *,
+    horizon: dt.timedelta = dt.timedelta(0),
 ) -> MonitorReport:
-    """One monitor run over the ``window`` before ``now``: computes, decides, stores the results.
+    """One monitor run before ``now`` (``Windows.ending(now, window, horizon)``): computes, stores, decides.
 
     ``trigger(reason)`` starts retraining and returns what it did (None: retraining is off); it is called only
-    when the version served last breaches a threshold and no run has triggered within ``cooldown``. A trigger
-    that fails is reported in ``action`` (and stored), never raised: the results are stored either way.
+    when the version served last breaches a threshold and no run has triggered (or started triggering) within
+    ``cooldown``. The results are stored before the trigger is called (its action "triggering ...", then what
+    it did), so a run that fails after triggering still holds the cooldown. A trigger that fails is reported
+    in ``action``, never raised. ``horizon`` 0 (the default) judges every outcome fed: what a replay needs.
     """
-    now = now or dt.datetime.now(dt.UTC)
-    start = now - window
-    rows = read_window(engine, start, now)
-    versions = [version_quality(group, reference) for _, group in rows.groupby("model_version", sort=False)]
-    versions.sort(key=lambda v: v.last_served or start)
-    report = MonitorReport(os.urandom(16).hex(), now, start, now, limits, versions)
-    report.action = _act(engine, report, trigger, cooldown)
-    store_report(engine, report)
+    now = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)  # stored as UTC (SQLite and MySQL keep no offset)
+    windows = Windows.ending(now, window, horizon)
+    rows, problem = read_window(engine, windows.quality[0], now)
+    versions = [
+        version_quality(group, reference, windows, limits) for _, group in rows.groupby("model_version", sort=False)
+    ]
+    versions.sort(key=lambda v: v.last_served or windows.quality[0])
+    report = MonitorReport(os.urandom(16).hex(), now, windows.quality[0], now, limits, versions, None, windows, problem)
+    report.action = _decide(engine, report, trigger, cooldown)
+    row_id = store_report(engine, report)
+    if report.action is not None and report.action.startswith(TRIGGERING):
+        assert trigger is not None
+        report.action = _trigger(trigger, report.action.split(": ", 1)[1])
+        update_action(engine, row_id, report.action)
     return report
 
 
-def _act(
+TRIGGERING = "triggering"  # stored before the trigger is called: the cooldown counts it
+
+
+def _decide(
     engine: Engine, report: MonitorReport, trigger: Callable[[str], str] | None, cooldown: dt.timedelta
 ) -> str | None:
-    """Trigger retraining when the version served last breaches a threshold; what was done, in words."""
+    """What to do about the version served last: None (no breach), "not triggered (why): reason", or
+    "triggering: reason" (the caller stores the results, then triggers)."""
     if not report.versions:
         return None
     latest = report.versions[-1]
@@ -256,6 +314,11 @@ def _act(
     since = last_trigger(engine)
     if since is not None and report.run_at - since < cooldown:
         return f"not triggered (one was triggered at {since:%Y-%m-%d %H:%M} UTC, within the cooldown): {reason}"
+    return f"{TRIGGERING}: {reason}"
+
+
+def _trigger(trigger: Callable[[str], str], reason: str) -> str:
+    """Call the trigger; what it did (or why it failed), in words."""
     try:
         return f"{TRIGGERED} {trigger(reason)}: {reason}"
     except Exception as exc:  # the results are stored whatever the trigger does
@@ -263,36 +326,63 @@ def _act(
         return f"trigger failed ({str(exc)[:200]}): {reason}"
 
 
+def update_action(engine: Engine, row_id: int | None, action: str) -> None:
+    """Replace the stored action of the run's last row (``store_report``'s id) with what the trigger did."""
+    if row_id is None:
+        return
+    with write_transaction(engine) as conn:
+        conn.execute(
+            model_monitoring.update().where(model_monitoring.c.id == row_id).values(action=_fit(action, "action"))
+        )
+
+
 def last_trigger(engine: Engine) -> dt.datetime | None:
-    """When a monitor run last triggered retraining (UTC), if ever."""
+    """When a monitor run last triggered retraining, or began to (UTC), if ever."""
     table = model_monitoring
+    create_tables(engine, table)  # the first run of a log: no results yet
+    began = or_(table.c.action.like(f"{TRIGGERED} %"), table.c.action.like(f"{TRIGGERING}:%"))
     with engine.connect() as conn:
-        when = conn.execute(select(func.max(table.c.run_at)).where(table.c.action.like(f"{TRIGGERED} %"))).scalar()
+        when = conn.execute(select(func.max(table.c.run_at)).where(began)).scalar()
     return None if when is None else when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when
 
 
-def store_report(engine: Engine, report: MonitorReport) -> None:
+def store_report(engine: Engine, report: MonitorReport) -> int | None:
     """Write one ``model_monitoring`` row per version of ``report`` (none: nothing was served in the window,
-    then one row without a version keeps the run's time for the metrics)."""
-    model_monitoring.create(engine, checkfirst=True)
+    then one row without a version keeps the run's time for the metrics), in one transaction; the id of the
+    last version's row (which holds the action), None without versions."""
+    create_tables(engine, model_monitoring)
+    horizon = report.windows.drift[1] - report.windows.quality[1] if report.windows else dt.timedelta(0)
     common = {
         "run_id": report.run_id, "run_at": report.run_at, "window_start": report.window_start,
-        "window_end": report.window_end, "thresholds": asdict(report.thresholds),
+        "window_end": report.window_end,
+        "thresholds": {**asdict(report.thresholds), "outcome_horizon_seconds": horizon.total_seconds()},
     }  # fmt: skip
     rows = [
         {
             **common, "model_name": v.model_name, "model_version": v.model_version, "predictions": v.predictions,
             "with_encounter": v.with_encounter, "matured": v.matured, "roc_auc": v.roc_auc, "brier": v.brier,
             "test_roc_auc": v.test_roc_auc, "calibration": v.calibration, "drift": v.drift,
-            "drift_problem": v.drift_problem, "action": report.action if v is report.versions[-1] else None,
+            "drift_problem": _fit(v.drift_problem or report.problem, "drift_problem"),
+            "action": _fit(report.action, "action") if v is report.versions[-1] else None,
         }
         for v in report.versions
     ]  # fmt: skip
     if not rows:
         rows = [{**common, "model_name": "", "model_version": "", "predictions": 0, "with_encounter": 0,
                  "matured": 0, "calibration": [], "drift": {}, "action": None}]  # fmt: skip
-    with engine.begin() as conn:
-        conn.execute(model_monitoring.insert(), rows)
+    with write_transaction(engine) as conn:
+        if len(rows) > 1:
+            conn.execute(model_monitoring.insert(), rows[:-1])
+        last = conn.execute(model_monitoring.insert(), rows[-1]).inserted_primary_key
+    return int(last[0]) if report.versions and last else None
+
+
+def _fit(text: str | None, column: str) -> str | None:
+    """``text`` cut to the length of ``model_monitoring``'s ``column`` ("..." at the cut; the start, which says what
+    was done, kept): PostgreSQL and MySQL refuse a longer one, and the run's results with it."""
+    kind = model_monitoring.c[column].type
+    assert isinstance(kind, String) and kind.length is not None
+    return text if text is None or len(text) <= kind.length else text[: kind.length - 3] + "..."
 
 
 def registry_reference(client: Any) -> Reference:
@@ -339,10 +429,15 @@ def report_lines(report: MonitorReport) -> list[str]:
             f"live ROC-AUC {live} (test {test}), Brier {'-' if v.brier is None else f'{v.brier:.4f}'}"
         )
         lines.extend(
-            f"  band {b['band']}: {b['outcomes']} matured, predicted {b['predicted']}, observed {b['observed']}"
+            f"  band {b['band']}: {b['outcomes']} matured, mean predicted risk {_rate(b['predicted'])}, "
+            f"observed <30 rate {_rate(b['observed'])}"
             for b in v.calibration
         )
         top = sorted(v.drift.items(), key=lambda kv: kv[1], reverse=True)[:5]
         lines.append(f"  top PSI: {', '.join(f'{k} {x:.3f}' for k, x in top) or v.drift_problem or '-'}")
     lines.append(f"action: {report.action or 'none (no threshold crossed)'}")
     return lines
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"

@@ -54,12 +54,23 @@ def register_loop_commands(
         window_days: Annotated[
             float | None, typer.Option("--window-days", help="Days of predictions (env MONITOR_WINDOW_DAYS, 30).")
         ] = None,
+        horizon_days: Annotated[
+            float | None,
+            typer.Option(
+                "--horizon-days",
+                min=0,
+                help="Judge quality on predictions at least this old (env MONITOR_OUTCOME_HORIZON_DAYS, 30; 0 after "
+                "a replay, whose outcomes are all known at once).",
+            ),
+        ] = None,
     ) -> None:
         """Live ROC-AUC, Brier score, calibration and input drift per served version; stores them for the API's
         metrics and, when set up (AIRFLOW_API_URL), triggers retraining on degradation."""
         from .monitor_run import run
 
-        settings = settings_factory(prediction_log_url=log_url, monitor_window_days=window_days)
+        settings = settings_factory(
+            prediction_log_url=log_url, monitor_window_days=window_days, monitor_outcome_horizon_days=horizon_days
+        )
         with console.status("reading the window's predictions and outcomes"):
             report = run(settings)
         print_report(out, report)
@@ -117,7 +128,7 @@ def print_report(out: Console, report: MonitorReport) -> None:
             )
         out.print(bands)
         if v.drift_problem:
-            out.print(f"drift of version {v.model_version}: not measured: {v.drift_problem}")
+            out.print(f"drift of version {v.model_version} not measured: {v.drift_problem}")
         top = sorted(v.drift.items(), key=lambda kv: kv[1], reverse=True)[:10]
         if top:
             drift = Table("input", "PSI", "drifted", title=f"Top drifting inputs, version {v.model_version}")

@@ -26,6 +26,7 @@ def thresholds(settings: Settings):  # type: ignore[no-untyped-def]
         min_outcomes=settings.monitor_min_outcomes,
         psi=settings.monitor_psi_threshold,
         outcomes_stall_seconds=settings.monitor_outcomes_stall_hours * 3600.0,
+        min_drift_predictions=settings.monitor_min_drift_predictions,
     )
 
 
@@ -51,6 +52,7 @@ def run(settings: Settings) -> MonitorReport:
 
     from readmission.db import create_db_engine
     from readmission.monitoring import registry_reference, run_monitor
+
     # Only reads (the MLflow user `inference` in the cluster may not create the experiment, as training does);
     # the registry is asked only about versions the window served.
     client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
@@ -63,6 +65,7 @@ def run(settings: Settings) -> MonitorReport:
             dt.timedelta(days=settings.monitor_window_days),
             retraining_trigger(settings),
             dt.timedelta(hours=settings.monitor_trigger_cooldown_hours),
+            horizon=dt.timedelta(days=settings.monitor_outcome_horizon_days),
         )
     finally:
         engine.dispose()

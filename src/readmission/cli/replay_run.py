@@ -39,12 +39,10 @@ class ReplayOptions:
 
 def _post(url: str, body: dict[str, Any], token: str | None) -> dict[str, Any]:
     """POST ``body`` as JSON; the answer's JSON, or ``ReadmissionError`` naming the URL, status and error."""
-    if not url.startswith(("http://", "https://")):
-        raise ReadmissionError(f"--api-url must be an http:// or https:// address, got {url!r}")
     headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
-    request = urllib.request.Request(url, json.dumps(body).encode(), headers, method="POST")  # noqa: S310 - http(s) only
+    request = urllib.request.Request(url, json.dumps(body).encode(), headers, method="POST")  # noqa: S310 - http(s) only: run_replay checks
     try:
-        with urllib.request.urlopen(request, timeout=120) as answer:  # noqa: S310 - http(s) only, checked above
+        with urllib.request.urlopen(request, timeout=120) as answer:  # noqa: S310 - http(s) only: run_replay checks
             parsed: dict[str, Any] = json.loads(answer.read())
             return parsed
     except urllib.error.HTTPError as exc:
@@ -100,6 +98,9 @@ def run_replay(clean_url: str, options: ReplayOptions, console: Console) -> str:
     """Replay the CLEAN test split (filtered) through the API at ``options.api_url``; a one-line summary."""
     from readmission.clean import encounter_requests, read_clean
     from readmission.db import create_db_engine
+
+    if not options.api_url.startswith(("http://", "https://")):
+        raise ReadmissionError(f"--api-url must be an http:// or https:// address, got {options.api_url!r}")
 
     engine = create_db_engine(clean_url)
     try:

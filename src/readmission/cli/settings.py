@@ -84,6 +84,15 @@ class Settings(MlflowCredentials):
     monitor_window_days: float = Field(
         30.0, gt=0, description="`monitor`: days of predictions each run looks at (their outcomes may come later)."
     )
+    monitor_outcome_horizon_days: float = Field(
+        30.0,
+        ge=0,
+        description="`monitor`: live quality is judged on predictions at least this old, whose outcomes have had time "
+        "to come (30: the readmission window; add the feed's lag). 0 judges every outcome fed (a replay).",
+    )
+    monitor_min_drift_predictions: int = Field(
+        1_000, ge=1, description="`monitor`: served predictions of a version below which its drift is not measured."
+    )
     monitor_auc_drop: float = Field(
         0.05, gt=0, lt=1, description="`monitor`: live ROC-AUC points below the test ROC-AUC that count as degraded."
     )
