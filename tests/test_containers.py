@@ -134,7 +134,7 @@ def test_serving_requirements_are_enough_for_the_api(tmp_path: Path) -> None:
     result = subprocess.run([python, "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path)
     # pip: uv's venv has none; the image removes its own (tests/test_images.py runs the image itself).
     assert result.stdout.strip() == "[]", result.stderr[-3000:]
-    # The monitor CronJob's command runs in the same image (no typer, no rich): one run on an empty log.
+    # The monitor CronJob's command runs in the same image (no typer, no rich): one run before any prediction.
     monitor = subprocess.run(
         [python, "-m", "inference_api.monitor"],
         capture_output=True,
@@ -142,7 +142,9 @@ def test_serving_requirements_are_enough_for_the_api(tmp_path: Path) -> None:
         env={**env, "DATA_DIR": str(tmp_path / "data"), "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"},
         cwd=tmp_path,
     )
-    assert monitor.returncode == 0 and "action: none" in monitor.stderr, monitor.stderr[-3000:]
+    assert monitor.returncode == 0 and "nothing to monitor: no prediction log at" in monitor.stderr, monitor.stderr[
+        -3000:
+    ]
 
 
 def test_serving_image_uses_the_tracking_servers_mlflow_version() -> None:

@@ -26,6 +26,7 @@ def main() -> int:
     from readmission.cli.settings import Settings
     from readmission.errors import short_reason
     from readmission.monitoring import report_lines
+    from readmission.retention import PredictionLogMissingError
 
     try:
         settings = Settings()
@@ -36,6 +37,9 @@ def main() -> int:
     settings.export_mlflow_credentials()
     try:
         report = run(settings)
+    except PredictionLogMissingError as exc:  # a new install before its first prediction: nothing to watch
+        log.info("nothing to monitor: %s", exc)
+        return 0
     except Exception as exc:  # the database or the registry: the Job's retry may succeed
         log.error("monitor run failed: %s", short_reason(exc))
         return 1

@@ -36,18 +36,25 @@ def register_loop_commands(
         log_url: LogUrlOption = None,
     ) -> None:
         """Record observed readmissions (idempotent); a malformed file records nothing and names each bad row."""
-        from readmission.db import create_db_engine
         from readmission.outcomes import read_outcome_file, record_outcomes
+        from readmission.retention import open_prediction_log
 
         settings = settings_factory(prediction_log_url=log_url)
         checked = read_outcome_file(path)
-        engine = create_db_engine(settings.log_url)
+        engine = open_prediction_log(settings.log_url)  # a mistyped URL is refused, not a new empty log
         try:
             report = record_outcomes(engine, checked, "file")
         finally:
             engine.dispose()
         out.print(f"outcomes: {report.summary()}")
 
+    _register_monitor(app, settings_factory, out, console)
+    _register_replay(app, settings_factory, out, console)
+
+
+def _register_monitor(
+    app: typer.Typer, settings_factory: Callable[..., Settings], out: Console, console: Console
+) -> None:
     @app.command("monitor", rich_help_panel=PANEL)
     def monitor(
         log_url: LogUrlOption = None,
@@ -75,6 +82,10 @@ def register_loop_commands(
             report = run(settings)
         print_report(out, report)
 
+
+def _register_replay(
+    app: typer.Typer, settings_factory: Callable[..., Settings], out: Console, console: Console
+) -> None:
     @app.command("replay", rich_help_panel=PANEL)
     def replay(
         api_url: Annotated[str, typer.Option("--api-url", help="The inference API.")] = "http://127.0.0.1:8000",

@@ -50,13 +50,13 @@ def run(settings: Settings) -> MonitorReport:
     """One monitor run on the prediction log of ``settings``, against the registry of ``settings``."""
     from mlflow import MlflowClient
 
-    from readmission.db import create_db_engine
     from readmission.monitoring import registry_reference, run_monitor
+    from readmission.retention import open_prediction_log
 
     # Only reads (the MLflow user `inference` in the cluster may not create the experiment, as training does);
     # the registry is asked only about versions the window served.
     client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
-    engine = create_db_engine(settings.log_url)
+    engine = open_prediction_log(settings.log_url)  # PredictionLogMissingError: nothing logged there yet
     try:
         return run_monitor(
             engine,
