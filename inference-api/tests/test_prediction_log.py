@@ -197,3 +197,56 @@ def test_an_explanation_that_cannot_be_stored_never_holds_the_predictions_back(t
     assert (status.written, status.write_errors, status.dropped) == (6, 0, 0)
     assert count_rows(url) == 6
     engine.dispose()
+
+
+def _old_log_and_limited_user(mysql_log_url: str) -> tuple[str, Any]:
+    """The log as it was before #22 (no encounter_id), and a URL of a user with the API's grant (SELECT, INSERT,
+    CREATE, INDEX as mysql/init-databases.sh gives, no ALTER); the admin engine to clean up with."""
+    import uuid
+
+    from sqlalchemy import MetaData, Table, create_engine, text
+    from sqlalchemy.engine import make_url
+
+    url = make_url(mysql_log_url)
+    admin = create_engine(mysql_log_url)
+    columns = [column._copy() for column in prediction_log.columns if column.name != "encounter_id"]
+    old = Table(prediction_log.name, MetaData(), *columns)  # the pre-#22 definition
+    old.create(admin)
+    user, password = f"api_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE USER '{user}'@'%' IDENTIFIED BY '{password}'"))
+        conn.execute(text(f"GRANT SELECT, INSERT, CREATE, INDEX ON {url.database}.* TO '{user}'@'%'"))
+    return url.set(username=user, password=password).render_as_string(hide_password=False), admin
+
+
+def test_a_user_that_may_not_alter_an_old_log_still_logs_without_encounter_ids(
+    mysql_log_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A deployed log from before #22, the API's user without ALTER: predictions are written (without their ids),
+    the error says which statements an administrator runs; once they are run, ids are stored."""
+    from sqlalchemy import text
+
+    from readmission.outcomes import LogNotReadyError, prepare_log
+    from readmission.prediction_table import ADD_ENCOUNTER_COLUMN, ADD_ENCOUNTER_INDEX
+
+    limited, admin = _old_log_and_limited_user(mysql_log_url)
+    try:
+        writer = _Writer(limited)
+        with caplog.at_level(logging.ERROR):
+            writer.write([{**_row({"a": 1}, 0), "encounter_id": 7}])
+        assert count_rows(mysql_log_url) == 1 and ADD_ENCOUNTER_COLUMN in caplog.text
+        with pytest.raises(LogNotReadyError, match="ALTER TABLE prediction_log ADD COLUMN encounter_id"):
+            prepare_log(create_log_engine(limited))
+        with admin.begin() as conn:  # what README, Operations, tells the administrator to run
+            conn.execute(text(ADD_ENCOUNTER_COLUMN))
+            conn.execute(text(ADD_ENCOUNTER_INDEX))
+        writer._next_column_check = 0.0  # the writer's next check (every 10 minutes) is now
+        writer.write([{**_row({"a": 2}, 1), "encounter_id": 8}])
+        writer.dispose()
+        with admin.connect() as conn:
+            ids = conn.execute(text("SELECT encounter_id FROM prediction_log ORDER BY item")).scalars().all()
+        assert ids == [None, 8]
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP USER '{limited.split('://')[1].split(':')[0]}'@'%'"))
+        admin.dispose()
