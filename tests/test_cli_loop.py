@@ -142,7 +142,7 @@ def test_monitor_on_the_embedded_log_prints_the_tables_and_the_action(tmp_path: 
         (["--where", "age"], "error: --where 'age': write FIELD=VALUE with a CLEAN column, e.g. age=[70-80)"),
         (["--where", "age=[200-300)"], "error: no test encounter matches age=[200-300)"),
         (["--api-url", "ftp://api"], "error: --api-url must be an http:// or https:// address, got 'ftp://api'"),
-        (["--api-url", "http://127.0.0.1:{port}"], "error: cannot reach http://127.0.0.1:{port}/predict/batch: "),
+        (["--api-url", "http://127.0.0.1:{port}"], "error: cannot reach http://127.0.0.1:{port}/outcomes: "),
     ],
     ids=["unknown-column", "no-equals-sign", "no-match", "not-http", "unreachable-api"],
 )
@@ -177,3 +177,14 @@ def test_the_monitor_job_exits_2_on_an_invalid_setting_1_on_a_dead_log_and_0_on_
     assert done.returncode == 0, done.stderr[-3000:]
     assert "version 1: 40 predictions, 40/40 matured, live ROC-AUC 0.0000 (test 0.69" in done.stderr
     assert "action: not triggered (retraining trigger off: set AIRFLOW_API_URL): version 1: " in done.stderr
+
+
+def test_monitor_refuses_an_empty_window_and_an_airflow_url_without_its_password(tmp_path: Path) -> None:
+    """Before: --window-days 0 ran and stored an empty run (the API then exported no quality at all), and an
+    AIRFLOW_API_URL without AIRFLOW_PASSWORD tried to sign in with an empty password at every breach."""
+    empty = _cli("monitor", "--window-days", "0", cwd=tmp_path)
+    assert empty.returncode == 2 and "--window-days" in empty.stderr and "more than 0" in empty.stderr, empty.stderr
+    log = _seed(tmp_path, [0.1])
+    env = {"PREDICTION_LOG_URL": log, "AIRFLOW_API_URL": "http://127.0.0.1:9", "AIRFLOW_PASSWORD": ""}
+    error = _one_line_error(_cli("monitor", cwd=tmp_path, env=env))
+    assert "AIRFLOW_API_URL is set (http://127.0.0.1:9) but AIRFLOW_PASSWORD is empty" in error, error

@@ -378,7 +378,7 @@ def test_a_trigger_that_raises_is_stored_as_failed_with_the_results(log_engine: 
         "establish a new connection: [Errno 111] Connection refused)): check the URL and that the API server runs"
     )
     failed = _monitor(log_engine, reference, limits=limits, trigger=Trigger(down))
-    assert failed.action is not None and failed.action.startswith(f"trigger failed ({str(down)[:200]}): version 1: ")
+    assert failed.action is not None and failed.action.startswith(f"trigger failed ({str(down)[:400]}): version 1: ")
     (row,) = _stored(log_engine)
     assert _kept(row["action"], failed.action) and (row["matured"], row["roc_auc"]) == (40, 0.0) and row["drift"]
     retried = _monitor(log_engine, reference, limits=limits, trigger=trigger, now=NOW + HOUR)

@@ -221,3 +221,22 @@ def test_any_outcome_is_accepted_or_refused_with_a_reason(values: dict[str, Any]
         checked, problems = [], exc.problems
     assert bool(problems) != bool(checked)
     assert all(1 <= o.encounter_id < 10**18 and o.readmitted in ("NO", ">30", "<30") for o in checked)
+
+
+def test_a_header_alone_holds_no_outcome_and_unreadable_records_are_named_with_the_bad_fields(tmp_path: Path) -> None:
+    """Before: a header alone, or a file whose every record had the wrong field count, raised pandas'
+    EmptyDataError (a traceback); one unreadable record hid the bad fields of the others until the next try;
+    a pipe-separated file was told to use the header of diabetic_data.csv."""
+    header_only = tmp_path / "header.csv"
+    header_only.write_text("encounter_id,readmitted,observed_at\n")
+    assert read_outcome_file(header_only) == []
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text("encounter_id,readmitted,observed_at\n1,NO,2026-11-01,extra\n2,maybe,2026-11-01\n")
+    with pytest.raises(OutcomeFeedError) as caught:
+        read_outcome_file(mixed)
+    assert [(p["row"], p["field"]) for p in caught.value.problems] == [("line 2", "record"), ("line 3", "readmitted")]
+    piped = tmp_path / "piped.csv"
+    piped.write_text("encounter_id|readmitted|observed_at\n1|NO|2026-11-01\n")
+    with pytest.raises(SourceFormatError, match="with the header encounter_id,readmitted,observed_at") as said:
+        read_outcome_file(piped)
+    assert "diabetic_data.csv" not in str(said.value)

@@ -29,7 +29,7 @@ _CANDIDATES = ",;\t|:^~"  # what the sniffer may report; only ACCEPTED_DELIMITER
 _NAMES = {**ACCEPTED_DELIMITERS, "|": "'|'", ":": "':'", "^": "'^'", "~": "'~'"}
 _SNIFF_LINES = 20
 _SNIFF_BYTES = 8_192  # the contract's header is about 1 KB
-_FIX = "Save it as CSV (comma-, semicolon- or tab-separated, UTF-8) with the header of diabetic_data.csv."
+SOURCE_FIX = "Save it as CSV (comma-, semicolon- or tab-separated, UTF-8) with the header of diabetic_data.csv."
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def read_records(data: bytes, source: str) -> CsvRecords:
     data = _as_utf8(data, source)
     numbered = [(n, line) for n, line in enumerate(data.splitlines(), start=1) if line.strip()]
     if not numbered:
-        raise SourceFormatError(f"{source} is empty. {_FIX}")
+        raise SourceFormatError(f"{source} is empty. {SOURCE_FIX}")
     delimiter = _delimiter([line for _, line in numbered[:_SNIFF_LINES]], source)
     if delimiter == "," and b'"' not in data and _is_utf8(data):  # the common case: already canonical
         header = numbered[0][1].decode("utf-8", "replace").split(",")
@@ -66,7 +66,7 @@ def read_records(data: bytes, source: str) -> CsvRecords:
         records = _transcode(numbered, delimiter)
     repeated = sorted({name for name in records.header if records.header.count(name) > 1})
     if repeated:
-        raise SourceFormatError(f"{source} names the column(s) {', '.join(repeated)} more than once. {_FIX}")
+        raise SourceFormatError(f"{source} names the column(s) {', '.join(repeated)} more than once. {SOURCE_FIX}")
     return records
 
 
@@ -96,9 +96,11 @@ def _as_utf8(data: bytes, source: str) -> bytes:
         try:
             return data.decode("utf-16").encode("utf-8")
         except UnicodeDecodeError:
-            raise SourceFormatError(f"{source} starts with a UTF-16 mark but is not UTF-16 text. {_FIX}") from None
+            raise SourceFormatError(
+                f"{source} starts with a UTF-16 mark but is not UTF-16 text. {SOURCE_FIX}"
+            ) from None
     if b"\x00" in data[:4096]:
-        raise SourceFormatError(f"{source} is not a text file (it holds NUL bytes). {_FIX}")
+        raise SourceFormatError(f"{source} is not a text file (it holds NUL bytes). {SOURCE_FIX}")
     return data
 
 
@@ -116,9 +118,9 @@ def _delimiter(first_lines: list[bytes], source: str) -> str:
     if not found:
         if len(first_lines[0].split(b",")) > 1 or not any(c.encode() in first_lines[0] for c in _CANDIDATES):
             return ","  # a header-only or single-column file: let the header check name what is missing
-        raise SourceFormatError(f"{source}: cannot tell how its fields are separated. {_FIX}") from None
+        raise SourceFormatError(f"{source}: cannot tell how its fields are separated. {SOURCE_FIX}") from None
     if found not in ACCEPTED_DELIMITERS:
-        raise SourceFormatError(f"{source} is separated by {_NAMES.get(found, repr(found))}. {_FIX}")
+        raise SourceFormatError(f"{source} is separated by {_NAMES.get(found, repr(found))}. {SOURCE_FIX}")
     return found
 
 
@@ -173,6 +175,8 @@ def parse_records(header: list[str], lines: list[bytes]) -> tuple[pd.DataFrame, 
             good.append(i)
         else:
             bad[i] = f"record has {count} fields, expected {expected}"
+    if not good:  # no record to parse (a header alone, or every record malformed): pandas would raise
+        return pd.DataFrame({name: pd.Series(dtype=str) for name in header}), bad
     payload = b"\n".join([_canonical(header), *(lines[i] for i in good)])
     frame = pd.read_csv(io.BytesIO(payload), dtype=str, keep_default_na=False, na_values=[], engine="pyarrow")
     if len(frame) != len(good):

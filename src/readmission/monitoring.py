@@ -323,7 +323,7 @@ def _trigger(trigger: Callable[[str], str], reason: str) -> str:
         return f"{TRIGGERED} {trigger(reason)}: {reason}"
     except Exception as exc:  # the results are stored whatever the trigger does
         log.error("retraining trigger failed: %s", exc)
-        return f"trigger failed ({str(exc)[:200]}): {reason}"
+        return f"trigger failed ({str(exc)[:400]}): {reason}"
 
 
 def update_action(engine: Engine, row_id: int | None, action: str) -> None:

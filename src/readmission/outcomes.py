@@ -300,28 +300,38 @@ def record_outcomes(
     return report
 
 
+OUTCOME_FIX = (
+    f"Save it as CSV (comma-, semicolon- or tab-separated, UTF-8) with the header {','.join(OUTCOME_COLUMNS)}."
+)
+
+
 def read_outcome_file(path: Path) -> list[Outcome]:
     """The checked outcomes of the CSV file ``path`` (columns ``encounter_id``, ``readmitted``, ``observed_at``;
-    others ignored; any dialect ``readmission.csvfile`` reads). Raises ``SourceFormatError`` when the file
-    cannot be read or lacks a column, ``OutcomeFeedError`` (rows numbered as lines of the file) when any
-    record is malformed: nothing may then be recorded."""
-    from readmission.csvfile import parse_records, read_records
+    others ignored; any dialect ``readmission.csvfile`` reads; a header alone holds no outcome). Raises
+    ``SourceFormatError`` when the file cannot be read or lacks a column, ``OutcomeFeedError`` naming every bad
+    record and field by its line when any is malformed: nothing may then be recorded."""
+    from readmission.csvfile import SOURCE_FIX, parse_records, read_records
     from readmission.errors import SourceFormatError
 
     try:
-        data = path.read_bytes()
+        records = read_records(path.read_bytes(), str(path))
     except OSError as exc:
         raise SourceFormatError(f"cannot read {path}: {exc.strerror or exc}") from None
-    records = read_records(data, str(path))
+    except SourceFormatError as exc:  # the loader's advice names diabetic_data.csv: give this file's
+        raise SourceFormatError(str(exc).replace(SOURCE_FIX, OUTCOME_FIX)) from None
     missing = [name for name in OUTCOME_COLUMNS if name not in records.header]
     if missing:
         raise SourceFormatError(
-            f"{path} has no column {', '.join(missing)}: an outcome file has the header "
-            f"{','.join(OUTCOME_COLUMNS)} (found: {','.join(records.header)})"
+            f"{path} has no column {', '.join(missing)} (found: {','.join(records.header)}). {OUTCOME_FIX}"
         )
     frame, bad = parse_records(records.header, records.lines)
-    if bad:
-        problems = [_problem(f"line {records.line_numbers[i]}", "record", why) for i, why in sorted(bad.items())]
-        raise OutcomeFeedError(str(path), problems, len(problems))
+    unreadable = [_problem(f"line {records.line_numbers[i]}", "record", why) for i, why in sorted(bad.items())]
     rows = frame[list(OUTCOME_COLUMNS)].to_dict(orient="records")
-    return check_outcomes(rows, str(path), [f"line {records.line_numbers[i]}" for i in frame.index])
+    try:
+        checked = check_outcomes(rows, str(path), [f"line {records.line_numbers[i]}" for i in frame.index])
+    except OutcomeFeedError as exc:  # every problem at once: the unreadable records and the bad fields
+        problems = sorted([*unreadable, *exc.problems], key=lambda p: int(str(p["row"]).split()[-1]))
+        raise OutcomeFeedError(str(path), problems, len(problems)) from None
+    if unreadable:
+        raise OutcomeFeedError(str(path), unreadable, len(unreadable))
+    return checked

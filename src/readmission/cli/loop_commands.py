@@ -75,6 +75,8 @@ def _register_monitor(
         metrics and, when set up (AIRFLOW_API_URL), triggers retraining on degradation."""
         from .monitor_run import run
 
+        if window_days is not None and window_days <= 0:
+            raise typer.BadParameter("must be more than 0 (days of predictions)", param_hint="--window-days")
         settings = settings_factory(
             prediction_log_url=log_url, monitor_window_days=window_days, monitor_outcome_horizon_days=horizon_days
         )
@@ -90,7 +92,7 @@ def _register_replay(
     def replay(
         api_url: Annotated[str, typer.Option("--api-url", help="The inference API.")] = "http://127.0.0.1:8000",
         token: Annotated[
-            str | None, typer.Option("--token", envvar="RELOAD_TOKEN", help="The API's token (POST /outcomes).")
+            str | None, typer.Option("--token", help="The API's token for POST /outcomes (default: RELOAD_TOKEN).")
         ] = None,
         fraction: Annotated[
             float, typer.Option("--fraction", min=0.0, max=1.0, help="Share of the outcomes fed (random).")
@@ -107,6 +109,7 @@ def _register_replay(
         from .replay_run import ReplayOptions, run_replay
 
         settings = settings_factory()
+        token = token or (settings.reload_token.get_secret_value() if settings.reload_token else None)
         options = ReplayOptions(api_url, token, fraction, delay, list(where or []), limit, seed)
         summary = run_replay(settings.clean_url, options, console)
         out.print(f"replay: {summary}")

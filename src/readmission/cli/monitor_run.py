@@ -35,9 +35,15 @@ def retraining_trigger(settings: Settings) -> Callable[[str], str] | None:
     AIRFLOW_API_URL is not set (the default: the monitor never triggers)."""
     if not settings.airflow_api_url:
         return None
+    from readmission.errors import ReadmissionError
     from readmission.retraining import AirflowTarget
 
     password = settings.airflow_password.get_secret_value() if settings.airflow_password else ""
+    if not password:
+        raise ReadmissionError(
+            f"AIRFLOW_API_URL is set ({settings.airflow_api_url}) but AIRFLOW_PASSWORD is empty: set the password of "
+            f"AIRFLOW_USERNAME ({settings.airflow_username}), or empty AIRFLOW_API_URL to keep retraining off"
+        )
     target = AirflowTarget(settings.airflow_api_url, settings.airflow_username, password, settings.airflow_dag_id)
 
     def trigger(reason: str) -> str:

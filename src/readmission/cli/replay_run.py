@@ -108,6 +108,7 @@ def run_replay(clean_url: str, options: ReplayOptions, console: Console) -> str:
     finally:
         engine.dispose()
     api = options.api_url.rstrip("/")
+    _post(f"{api}/outcomes", {"outcomes": []}, options.token)  # the token, before anything is predicted
     requests = encounter_requests(frame, with_ids=True)
     with console.status(f"sending {len(requests):,} test encounters to {api}/predict/batch"):
         for start in range(0, len(requests), BATCH):

@@ -108,6 +108,9 @@ class Settings(MlflowCredentials):
     monitor_trigger_cooldown_hours: float = Field(
         24.0, ge=0, description="`monitor`: hours after a triggered retraining before it triggers another."
     )
+    reload_token: SecretStr | None = Field(
+        None, description="`replay`: the API's RELOAD_TOKEN (same variable), sent to POST /outcomes; --token wins."
+    )
     airflow_api_url: str | None = Field(
         None,
         description="`monitor`: Airflow's API server (e.g. http://airflow-vm:8080); set it to let the monitor "
@@ -119,6 +122,7 @@ class Settings(MlflowCredentials):
 
     @field_validator(
         "airflow_api_url",
+        "reload_token",
         "raw_database_url",
         "clean_database_url",
         "data_path",
