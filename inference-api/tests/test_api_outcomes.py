@@ -289,6 +289,17 @@ def test_more_than_ten_thousand_outcomes_are_refused(client: TestClient, log_url
     assert _stored(log_url) == {1: "NO"}
 
 
+def test_an_unreachable_log_database_is_503_and_a_resend_works(registry: Registry, unreachable_mysql_url: str) -> None:
+    """Before: a database that is down answered 500 internal_error; the feed is then refused whole (nothing can
+    have been recorded) with what to do, as a 503."""
+    app_settings = settings_for(registry.uri, unreachable_mysql_url, max_batch_size=20, reload_token=TOKEN)
+    with TestClient(create_app(app_settings), raise_server_exceptions=False) as c:
+        answer = c.post("/outcomes", json={"outcomes": [{"encounter_id": 1, "readmitted": "NO", "observed_at": WHEN}]},
+                        headers=AUTH)  # fmt: skip
+    assert answer.status_code == 503, answer.text
+    assert "the prediction log's database cannot be reached" in answer.json()["message"]
+
+
 # --- POST /outcomes: generated feeds -----------------------------------------------------------------------
 
 PREDICTED = [51, 52, 53, 54]

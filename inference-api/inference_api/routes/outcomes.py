@@ -19,6 +19,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from inference_api.contract import ErrorBody, InvalidBodyError, parse_body
@@ -26,6 +27,7 @@ from inference_api.deps import ComponentsDep, require_token
 from inference_api.errors import ERROR_RESPONSES
 from readmission import schema
 from readmission.db import create_db_engine
+from readmission.errors import short_reason
 from readmission.outcomes import LogNotReadyError, OutcomeFeedError, check_outcomes, prepare_log, record_outcomes
 
 router = APIRouter(tags=["outcomes"])
@@ -99,11 +101,16 @@ class OutcomeStore:
 
 
 def _record(store: OutcomeStore, checked: list[Any]) -> Any:
-    """Record the checked feed (a worker thread); 503 naming the fix while the log cannot take outcomes."""
+    """Record the checked feed (a worker thread); 503 naming the fix while the log cannot take outcomes or its
+    database cannot be reached."""
     try:
         return record_outcomes(store.engine(), checked, "api", prepared=True)
     except LogNotReadyError as exc:
         raise StarletteHTTPException(503, str(exc)) from None
+    except OperationalError as exc:  # the database is down or refuses the connection: nothing was recorded
+        raise StarletteHTTPException(
+            503, f"the prediction log's database cannot be reached ({short_reason(exc)}): nothing recorded; send again"
+        ) from None
 
 
 _EXAMPLE = {"outcomes": [{"encounter_id": 123, "readmitted": "<30", "observed_at": "2026-11-30"}]}
