@@ -87,6 +87,9 @@ def test_training_registers_and_promotes_and_the_champion_round_trips(clean_db: 
     expected, _ = risk_of(mlflow.sklearn.load_model(best["model_uri"]), model_input(test))
     served, _ = risk_of(loaded, model_input(test))
     np.testing.assert_allclose(served, expected, rtol=0, atol=1e-12)
+    # What `mlflow models serve` answers (the pyfunc flavour): probabilities, not class labels (issue #24).
+    generic = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@{CHAMPION}").predict(model_input(test.head(50)))
+    np.testing.assert_array_equal(generic, loaded.predict_proba(model_input(test.head(50))))
 
     tags = client.get_model_version(MODEL_NAME, "1").tags
     assert float(tags["test_roc_auc_30"]) == pytest.approx(best["test"]["roc_auc_30"], abs=1e-6)

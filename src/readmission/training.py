@@ -195,7 +195,10 @@ def _trusted_types(model: Any) -> list[str]:
     return list(found)
 
 
-def _signature() -> Any:
+def _signature(classes: int) -> Any:
+    """Inputs: the contract's 53 model inputs. Output: ``predict_proba``'s (rows, ``classes``) float64 array,
+    columns in the model's ``classes_`` order: what the pyfunc flavour (and `mlflow models serve`) answers."""
+    import numpy as np
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema, TensorSpec
 
@@ -204,7 +207,7 @@ def _signature() -> Any:
         col = schema.COLUMNS_BY_NAME.get(name)
         kind = "long" if col is None or col.is_integer or col.kind is schema.Kind.INTEGER else "string"
         inputs.append(ColSpec(kind, name, required=not (col is not None and col.may_be_missing)))
-    return ModelSignature(inputs=Schema(inputs), outputs=Schema([ColSpec("string", schema.TARGET)]))
+    return ModelSignature(inputs=Schema(inputs), outputs=Schema([TensorSpec(np.dtype("float64"), (-1, classes))]))
 
 
 def _pip_requirements() -> list[str]:
@@ -214,7 +217,11 @@ def _pip_requirements() -> list[str]:
 
 
 def _log_model(model: Any, name: str, input_example: pd.DataFrame | None = None) -> Any:
-    """Log ``model`` to the active run in skops format with the reviewed trusted types; its ModelInfo."""
+    """Log ``model`` to the active run in skops format with the reviewed trusted types; its ModelInfo.
+
+    Its pyfunc flavour predicts with ``predict_proba`` (MLflow's default, ``predict``, answers class labels): a
+    generic MLflow consumer (`mlflow models serve`, ``mlflow.pyfunc.load_model``) gets the same probabilities
+    as this project's API."""
     import mlflow
 
     return mlflow.sklearn.log_model(
@@ -222,7 +229,8 @@ def _log_model(model: Any, name: str, input_example: pd.DataFrame | None = None)
         name=name,
         serialization_format="skops",
         skops_trusted_types=_trusted_types(model),
-        signature=_signature(),
+        signature=_signature(len(model.classes_)),
+        pyfunc_predict_fn="predict_proba",
         input_example=input_example,
         pip_requirements=_pip_requirements(),
     )
