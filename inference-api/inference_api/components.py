@@ -34,7 +34,10 @@ def mlflow_source_factory(settings: ApiSettings) -> Callable[[], ModelSource]:
 
     def build() -> ModelSource:
         settings.apply_mlflow_client_environment()
-        return ModelSource(settings.tracking_uri, settings.model_name, settings.model_alias)
+        from readmission.threads import available_cpus
+
+        threads = settings.model_threads or available_cpus()
+        return ModelSource(settings.tracking_uri, settings.model_name, settings.model_alias, threads)
 
     return build
 

@@ -100,6 +100,14 @@ class Metrics:
             "load (what the alert watches: a counter's first sample may already hold the failure).",
             registry=r,
         )
+        self.prediction_path = Gauge(
+            "inference_model_prediction_path",
+            "How the served version computes its answers (value 1 on its path): compiled, compiled-calibrated, "
+            "compiled-input, compiled-input-calibrated, or pipeline (the scikit-learn pipeline on a DataFrame: "
+            "several times slower per request; a family without a compiled path, or a fallback).",
+            ["path"],
+            registry=r,
+        )
         self.prediction_timeouts = Counter(
             "inference_prediction_timeouts",
             "Requests answered 504 because the model call exceeded PREDICT_TIMEOUT_SECONDS.",

@@ -25,7 +25,7 @@ import numpy as np
 from inference_api.metrics import Metrics
 from readmission import schema
 from readmission.explanation import Explainer, NotExplainableError
-from readmission.serving import Predictor, Row, rows_to_frame
+from readmission.serving import PREDICTION_PATHS, Predictor, Row, rows_to_frame
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class AliasNotFoundError(LookupError):
 class ModelSource:
     """Registry access through the MLflow client (kept behind a small interface for clarity)."""
 
-    def __init__(self, tracking_uri: str, name: str, alias: str) -> None:
+    def __init__(self, tracking_uri: str, name: str, alias: str, threads: int | None = None) -> None:
         import mlflow
         from mlflow import MlflowClient
 
@@ -94,6 +94,7 @@ class ModelSource:
         self._client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self.name = name
         self.alias = alias
+        self.threads = threads  # cap of scikit-learn's thread pools in model calls (``readmission.threads``)
 
     @property
     def client(self) -> Any:
@@ -155,7 +156,7 @@ class ModelSource:
 
     def predictor(self, model: Any) -> Predictor:
         """The predictor of a loaded model (compiles the fast path when the model allows it)."""
-        return Predictor(model)
+        return Predictor(model, self.threads)
 
 
 def smoke_test(predictor: Predictor) -> None:
@@ -240,12 +241,12 @@ class PipelinePredictor(Predictor):
     """A predictor that always calls the model object itself (``path`` "pipeline"); ``fallback_reason`` says
     why when it stands in for a fast path that failed its check at load."""
 
-    def __init__(self, model: Any, fallback_reason: str | None = None) -> None:
-        super().__init__(model)
+    def __init__(self, model: Any, fallback_reason: str | None = None, threads: int | None = None) -> None:
+        super().__init__(model, threads)
         self.path = "pipeline"
         self.fallback_reason = fallback_reason
 
-    def predict_proba(self, rows: Sequence[Row]) -> np.ndarray:
+    def _predict(self, rows: Sequence[Row]) -> np.ndarray:
         result: np.ndarray = self.model.predict_proba(rows_to_frame(rows))
         return result
 
@@ -419,6 +420,12 @@ class ModelManager:
             loaded.name, loaded.version, loaded.alias, loaded.run_id, predictor.path,
             time.perf_counter() - started, f"; replaced version {current.version}" if current else "",
         )  # fmt: skip
+        if predictor.path == "pipeline" and not getattr(predictor, "fallback_reason", None):
+            log.warning(
+                "version %s (%s) has no compiled path: every request runs the scikit-learn pipeline, several "
+                "times slower per request than a compiled champion (README, Operations: serving paths); its thread "
+                "pools are capped at %s", loaded.version, type(model).__name__, predictor.threads or "(no cap)",
+            )  # fmt: skip
         return "swapped"
 
     def _load_failed(self, ref: VersionRef, current: LoadedModel | None, exc: Exception) -> str:
@@ -470,7 +477,7 @@ class ModelManager:
     def _pipeline_instead(self, model: Any, version: str, reason: str) -> Predictor:
         self._metrics.fast_path_mismatches.inc()
         log.error("version %s: %s; serving the pipeline path instead", version, reason)
-        return PipelinePredictor(model, fallback_reason=reason)
+        return PipelinePredictor(model, fallback_reason=reason, threads=getattr(self._source, "threads", None))
 
     def _publish(self, model: LoadedModel) -> None:
         """Make ``model`` the served one (one reference assignment) and update the model metrics."""
@@ -482,6 +489,8 @@ class ModelManager:
         m.model_version.set(float(model.version) if model.version.isdigit() else 0)
         m.model_alias_current.set(1 if model.registry_status == REGISTRY_OK else 0)
         m.pipeline_fallback.set(1 if getattr(model.predictor, "fallback_reason", None) else 0)
+        for path in PREDICTION_PATHS:
+            m.prediction_path.labels(path).set(1 if path == model.predictor.path else 0)
         for status in REGISTRY_STATUSES:
             m.model_registry_status.labels(status).set(1 if status == model.registry_status else 0)
 

@@ -130,6 +130,13 @@ class ApiSettings(PredictionLogSettings, MlflowCredentials):
         description="Longest wait for a model call (a MAX_BATCH_SIZE batch on a slow machine takes well under it); "
         "beyond: 504 prediction_timeout, and not ready while the call still runs.",
     )
+    model_threads: int | None = Field(
+        None,
+        ge=1,
+        description="Most threads scikit-learn's own pools (OpenMP, BLAS) may use in a model call on the pipeline "
+        "and compiled-input paths; default: the CPUs this process may use (affinity, lowered to the cgroup CPU "
+        "limit), where the libraries' default is every CPU of the node.",
+    )
     microbatch_enabled: bool = Field(True, description="Gather concurrent requests and predict them as one batch.")
     microbatch_max_rows: int = Field(256, ge=1, description="Most rows predicted together.")
     microbatch_max_wait_ms: float = Field(

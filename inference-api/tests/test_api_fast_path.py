@@ -4,6 +4,8 @@ serves the pipeline path instead and counts the mismatch (real registry, real uv
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,9 +14,10 @@ import httpx
 import numpy as np
 import pytest
 from apisupport import ApiServer, Registry, settings_for, wait_until
+from threadpoolctl import threadpool_info
 
 from inference_api.app import create_app
-from inference_api.model_manager import ModelSource
+from inference_api.model_manager import ModelSource, PipelinePredictor
 from readmission import schema
 from readmission.serving import Predictor, rows_to_frame
 
@@ -72,6 +75,7 @@ def test_a_fast_path_that_disagrees_with_the_pipeline_is_not_served(
         metrics = httpx.get(f"{api.url}/metrics").text
         assert "inference_model_fast_path_mismatch_total 1.0" in metrics
         assert "inference_model_pipeline_fallback 1.0" in metrics
+        assert 'inference_model_prediction_path{path="pipeline"} 1.0' in metrics
         example = next(iter(schema.EXAMPLE_ENCOUNTERS.values()))
         served = httpx.post(f"{api.url}/predict", json=example).json()["probabilities"]
         model = api.app.state.manager.current.predictor.model
@@ -94,6 +98,7 @@ def test_an_untouched_model_keeps_its_fast_path(registry: Registry, tmp_path: Pa
         metrics = httpx.get(f"{api.url}/metrics").text
         assert "inference_model_fast_path_mismatch_total 0.0" in metrics
         assert "inference_model_pipeline_fallback 0.0" in metrics
+        assert 'inference_model_prediction_path{path="pipeline"} 0.0' in metrics
 
 
 class BrokenCompilerSource(ModelSource):
@@ -110,3 +115,40 @@ def test_a_fast_path_that_cannot_be_built_falls_back_to_the_pipeline(registry: R
         assert httpx.post(f"{api.url}/predict", json=example).status_code == 200
         metrics = httpx.get(f"{api.url}/metrics").text
         assert "inference_model_pipeline_fallback 1.0" in metrics
+
+
+class NoCompiledPathSource(ModelSource):
+    """A champion whose family has no compiled path: the predictor runs the pipeline itself (no fallback)."""
+
+    def predictor(self, model: Any) -> Predictor:
+        return PipelinePredictor(model, threads=self.threads)
+
+
+def _openmp_threads() -> list[int]:
+    return [int(pool["num_threads"]) for pool in threadpool_info() if pool["user_api"] == "openmp"]
+
+
+def test_a_champion_without_a_compiled_path_is_shown_and_its_thread_pools_capped(
+    registry: Registry, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue #24: such a champion served like a peer (several times slower) with nothing saying so, and its
+    OpenMP pool sized to every CPU of the node instead of the pod's."""
+    settings = settings_for(registry.uri, f"sqlite:///{tmp_path / 'log.db'}")
+    app = create_app(settings, lambda: NoCompiledPathSource(registry.uri, settings.model_name, settings.model_alias, 1))
+    with caplog.at_level(logging.WARNING, logger="inference_api"), ApiServer(settings, app=app) as api:
+        wait_until(lambda: httpx.get(f"{api.url}/health/ready").status_code == 200, 120, "the model to load")
+        assert httpx.get(f"{api.url}/model").json()["prediction_path"] == "pipeline"
+        metrics = httpx.get(f"{api.url}/metrics").text
+        assert 'inference_model_prediction_path{path="pipeline"} 1.0' in metrics
+        assert 'inference_model_prediction_path{path="compiled"} 0.0' in metrics
+        assert "inference_model_pipeline_fallback 0.0" in metrics  # not a failed check: the family has none
+        model = api.app.state.manager.current.predictor.model
+        seen: list[list[int]] = []
+        original = model.predict_proba
+        model.predict_proba = lambda frame: (seen.append(_openmp_threads()), original(frame))[1]
+        example = next(iter(schema.EXAMPLE_ENCOUNTERS.values()))
+        assert httpx.post(f"{api.url}/predict", json=example).status_code == 200
+    assert seen and all(threads == [1] * len(threads) for threads in seen), seen
+    assert seen[0], "no OpenMP pool loaded: the cap was not exercised"
+    assert any("has no compiled path" in r.getMessage() and "capped at 1" in r.getMessage() for r in caplog.records)
+    assert _openmp_threads() != [1] * len(_openmp_threads()) or os.cpu_count() == 1  # the cap ended with the call

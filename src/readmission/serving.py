@@ -46,6 +46,7 @@ from readmission.modeling import (
     EarlyReadmissionChain,
     prepare_features,
 )
+from readmission.threads import thread_cap
 from readmission.treeshap import Trees
 
 Row = Mapping[str, Any]
@@ -420,16 +421,25 @@ def _calibrated(
     return lambda x: calibrate(estimate(x))
 
 
+PREDICTION_PATHS = ("compiled", "compiled-calibrated", "compiled-input", "compiled-input-calibrated", "pipeline")
+
+
 class Predictor:
     """Class probabilities of validated rows (dicts keyed by the contract's raw names).
 
     ``path`` says how: ``compiled`` (all steps compiled), ``compiled-input`` (features compiled, estimator
     called as is), either with ``-calibrated`` (a sigmoid calibration of the probabilities, compiled:
     ``_sigmoid_calibration``) or ``pipeline`` (the model object itself, on a DataFrame).
+
+    ``threads``: the most threads scikit-learn's own pools (OpenMP, BLAS) may use while the estimator or the
+    pipeline runs (``readmission.threads``; None: their defaults, the machine's CPUs). The compiled path runs
+    no such pool.
     """
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, threads: int | None = None) -> None:
         self.model = model
+        self.threads = threads
+        self._cap = thread_cap(threads)  # raises ValueError below 1
         self.classes_: np.ndarray = np.asarray(model.classes_, dtype=object)
         self._encode: Block | None = None
         self._estimate: Callable[[np.ndarray], np.ndarray] | None = None
@@ -450,6 +460,12 @@ class Predictor:
 
     def predict_proba(self, rows: Sequence[Row]) -> np.ndarray:
         """Probabilities, one row per input row, columns in ``classes_`` order."""
+        if self.path.startswith("compiled") and not self.path.startswith("compiled-input"):
+            return self._predict(rows)  # numba and numpy only: no thread pool to cap
+        with self._cap():
+            return self._predict(rows)
+
+    def _predict(self, rows: Sequence[Row]) -> np.ndarray:
         if self._encode is None or self._estimate is None:
             result: np.ndarray = self.model.predict_proba(rows_to_frame(rows))
             return result
