@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import text
 
 from readmission import schema
@@ -179,7 +184,43 @@ def test_full_data_into_separate_raw_and_clean_databases(db_url_factory: UrlFact
     assert test_rows["encounter_id"].is_monotonic_increasing
     assert str(test_rows["number_inpatient"].dtype) == "Int64"
 
-    # A rebuild is a full replacement, not an append.
-    build_clean(create_db_engine(raw_url), clean_engine, SplitSpec(seed=42))
+    # The table before issue #24's partitioned build, to the bit (hash of every value, encounter order).
+    assert _table_checksum(clean_engine) == REAL_FILE_CLEAN_CHECKSUM
+
+    # A rebuild is a full replacement, not an append; in 7 patient partitions it is the same table.
+    partitioned = build_clean(create_db_engine(raw_url), clean_engine, SplitSpec(seed=42), partition_rows=15_000)
     with clean_engine.connect() as conn:
         assert conn.execute(text("SELECT COUNT(*) FROM clean_encounters")).scalar_one() == 99_343
+    assert _table_checksum(clean_engine) == REAL_FILE_CLEAN_CHECKSUM
+    assert (partitioned.split_rows, partitioned.split_patients) == (report.split_rows, report.split_patients)
+
+
+# sha256 of pandas' row hashes of read_clean() on the UCI file, split seed 42, as built before issue #24
+REAL_FILE_CLEAN_CHECKSUM = "9db5b982d623d499e056652006d4d4eeda98506eaa7751abcd59466e497d2e70"
+
+
+def _table_checksum(engine: Any) -> str:
+    frame = read_clean(engine)
+    return hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes()).hexdigest()
+
+
+@settings(max_examples=12, deadline=None)
+@given(rows=st.integers(1, 400), patients=st.integers(1, 150), seed=st.integers(0, 2**16), part=st.integers(1, 500))
+def test_any_partitioning_builds_the_same_table(rows: int, patients: int, seed: int, part: int) -> None:
+    """Issue #24: the build reads RAW in patient partitions to bound memory; the table must not notice."""
+    with tempfile.TemporaryDirectory() as folder:
+        source = Path(folder) / "s.csv"
+        synthetic_encounters(rows, seed, patients).to_csv(source, index=False)
+        raw = create_db_engine(f"sqlite:///{folder}/raw.db")
+        load_raw_batches(raw, SourceFile.read(source))
+        whole, parts = (create_db_engine(f"sqlite:///{folder}/{n}.db") for n in ("whole", "parts"))
+        one = build_clean(raw, whole, SplitSpec(seed=seed % 7))
+        many = build_clean(raw, parts, SplitSpec(seed=seed % 7), partition_rows=part)
+        assert _table_checksum(whole) == _table_checksum(parts)
+        assert (one.clean_rows, one.split_rows, one.split_patients) == (
+            many.clean_rows,
+            many.split_rows,
+            many.split_patients,
+        )
+        for engine in (raw, whole, parts):
+            engine.dispose()

@@ -1,6 +1,9 @@
 """CLEAN store: model-ready encounters with a deterministic patient-grouped split.
 
-Built from the whole RAW table each time (a full, atomic rebuild), so it always matches what RAW holds.
+Built from the whole RAW table each time (a full, atomic rebuild), so it always matches what RAW holds. A
+large RAW table is cleaned in patient partitions (``patient_nbr % parts``), each read, cleaned and written
+in turn inside the one transaction: every feature of a row depends on its own patient's rows only, so the
+table is the same as one pass would make, and memory is bounded by the partition, not the table.
 """
 
 from __future__ import annotations
@@ -171,6 +174,18 @@ clean_builds = Table(
 
 _INTEGER_COLUMNS = {c.name for c in schema.COLUMNS if c.is_integer} | {*schema.HISTORY_FEATURE_NAMES, "batch_number"}
 _RAW_DTYPES = {c.name: ("int64" if c.is_integer else "string") for c in schema.COLUMNS}
+_CLEAN_COLUMNS = [  # the CLEAN table's columns, in ``clean_frame``'s order
+    *schema.COLUMN_NAMES,
+    "batch_number",
+    schema.PRIOR_ENCOUNTERS,
+    "prior_readmissions",
+    "previous_readmission",
+    "prior_early_readmissions",
+    "previous_early_readmission",
+    "previous_number_inpatient",
+    *(f"diag_{n}_group" for n in (1, 2, 3)),
+    "split",
+]
 
 
 @dataclass(frozen=True)
@@ -186,8 +201,12 @@ class CleanReport:
     seconds: float
 
 
-def read_raw(raw_engine: Engine) -> pd.DataFrame:
-    """Every RAW row: contract columns (integers as int64, the rest as strings) and ``batch_number``.
+CLEAN_PARTITION_ROWS = 150_000  # RAW rows cleaned at once, about (the UCI file, 101,766 rows, is one partition)
+
+
+def read_raw(raw_engine: Engine, part: tuple[int, int] | None = None) -> pd.DataFrame:
+    """Every RAW row: contract columns (integers as int64, the rest as strings) and ``batch_number``; with
+    ``part`` = (k, parts), only the rows of the patients with ``patient_nbr % parts == k``.
 
     Raises ``EmptyStoreError`` (with the command to run) when RAW has no table or no rows.
     """
@@ -195,31 +214,54 @@ def read_raw(raw_engine: Engine) -> pd.DataFrame:
         if not inspect(conn).has_table(RAW_TABLE):
             raise EmptyStoreError("the RAW database has no data yet: run `readmission load-raw` first.")
         cols = ", ".join(quote(conn, c) for c in [*schema.COLUMN_NAMES, "batch_number"])
-        raw = read_query(conn, f"SELECT {cols} FROM {RAW_TABLE}", {**_RAW_DTYPES, "batch_number": "int64"})
-    if raw.empty:
+        where = f" WHERE patient_nbr % {int(part[1])} = {int(part[0])}" if part and part[1] > 1 else ""
+        sql = f"SELECT {cols} FROM {RAW_TABLE}{where}"
+        raw = read_query(conn, sql, {**_RAW_DTYPES, "batch_number": "int64"})
+    if raw.empty and part is None:
         raise EmptyStoreError("the RAW database has no rows yet: run `readmission load-raw` first.")
     return raw
 
 
-def build_clean(raw_engine: Engine, clean_engine: Engine, spec: SplitSpec) -> CleanReport:
-    """Rebuild the CLEAN table from everything in RAW, atomically (readers see old or new, never half)."""
+def _raw_summary(raw_engine: Engine) -> tuple[int, list[int]]:
+    """RAW's row count and batch numbers, without reading its rows (``EmptyStoreError`` when there are none)."""
+    with raw_engine.connect() as conn:
+        if not inspect(conn).has_table(RAW_TABLE):
+            raise EmptyStoreError("the RAW database has no data yet: run `readmission load-raw` first.")
+        rows = int(conn.exec_driver_sql(f"SELECT COUNT(*) FROM {RAW_TABLE}").scalar_one())
+        batches = [int(b) for (b,) in conn.exec_driver_sql(f"SELECT DISTINCT batch_number FROM {RAW_TABLE}")]
+    if rows == 0:
+        raise EmptyStoreError("the RAW database has no rows yet: run `readmission load-raw` first.")
+    return rows, sorted(batches)
+
+
+def build_clean(
+    raw_engine: Engine, clean_engine: Engine, spec: SplitSpec, partition_rows: int = CLEAN_PARTITION_ROWS
+) -> CleanReport:
+    """Rebuild the CLEAN table from everything in RAW, atomically (readers see old or new, never half), in
+    ``ceil(raw rows / partition_rows)`` patient partitions (module docstring); the table does not depend on it."""
     started = time.perf_counter()
-    raw = read_raw(raw_engine)
-    frame = clean_frame(raw, spec)
-    table = _clean_table([str(c) for c in frame.columns], _INTEGER_COLUMNS)
-    split_rows = {s: int((frame["split"] == s).sum()) for s in SPLITS}
-    batches = sorted(int(b) for b in raw["batch_number"].unique())
+    raw_rows, batches = _raw_summary(raw_engine)
+    parts = max(1, -(-raw_rows // partition_rows))
+    table = _clean_table(_CLEAN_COLUMNS, _INTEGER_COLUMNS)
+    split_rows = dict.fromkeys(SPLITS, 0)
+    patients = dict.fromkeys(SPLITS, 0)
     with clean_engine.begin() as conn:
         table.drop(conn, checkfirst=True)
         table.create(conn)
-        write_frame(conn, CLEAN_TABLE, frame)
+        for k in range(parts):
+            frame = clean_frame(read_raw(raw_engine, (k, parts)), spec)
+            write_frame(conn, CLEAN_TABLE, frame[_CLEAN_COLUMNS])
+            for s in SPLITS:  # a patient is in one partition: patient counts add up
+                split_rows[s] += int((frame["split"] == s).sum())
+                patients[s] += int(frame.loc[frame["split"] == s, "patient_nbr"].nunique())
+        clean_rows = sum(split_rows.values())
         clean_builds.create(conn, checkfirst=True)
         conn.execute(
             clean_builds.insert().values(
                 built_at=datetime.now(UTC),
-                raw_rows=len(raw),
-                excluded_rows=len(raw) - len(frame),
-                clean_rows=len(frame),
+                raw_rows=raw_rows,
+                excluded_rows=raw_rows - clean_rows,
+                clean_rows=clean_rows,
                 raw_batches=",".join(map(str, batches)),
                 split_seed=spec.seed,
                 split_fractions=f"validation={spec.validation},test={spec.test}",
@@ -228,10 +270,8 @@ def build_clean(raw_engine: Engine, clean_engine: Engine, spec: SplitSpec) -> Cl
                 test_rows=split_rows["test"],
             )
         )
-    patients = {s: int(frame.loc[frame["split"] == s, "patient_nbr"].nunique()) for s in SPLITS}
-    return CleanReport(
-        len(raw), len(raw) - len(frame), len(frame), split_rows, patients, batches, time.perf_counter() - started
-    )
+    elapsed = time.perf_counter() - started
+    return CleanReport(raw_rows, raw_rows - clean_rows, clean_rows, split_rows, patients, batches, elapsed)
 
 
 def read_clean(engine: Engine, split: str | None = None) -> pd.DataFrame:
