@@ -1,0 +1,194 @@
+"""How the pipeline's cost grows with the data: load-raw, build-clean and train on 1x, 3x and 10x the real file,
+on PostgreSQL (as deployed) and on the embedded default (SQLite), each stage the real `readmission` command in a
+process of its own. Prints per stage: seconds, peak RSS (the process's own, from wait4), rows/s, and the growth
+from the smallest to the largest factor (linear: growth <= the data's growth), then each run's champion.
+
+The larger sets follow the real file (readmission.upsample: the file itself, then patient-bootstrap replicas
+with new patient and encounter ids), written once into --work and reused:
+
+    python bench/scale.py --data ../shared/data/diabetic_data.csv            # 1x, 3x, 10x; both stores
+    python bench/scale.py --factors 1 10 --stores sqlite --budget 60          # quicker look
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from readmission.db import normalize_url
+from readmission.upsample import write_upsampled_csv
+
+STAGES = ("load-raw", "build-clean", "train")
+PEAK_RSS_GOAL_GB = 4.0
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage's run: wall seconds and the process's peak resident set."""
+
+    store: str
+    factor: int
+    stage: str
+    rows: int
+    seconds: float
+    peak_rss_mb: float
+    output: str
+
+
+def run_stage(command: list[str], env: dict[str, str]) -> tuple[float, float, str]:
+    """Run ``command``; its wall seconds, peak RSS in MB (ru_maxrss of this child alone, via wait4), output."""
+    with tempfile.TemporaryFile() as out:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        output = out.read().decode(errors="replace")
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}):\n{output[-3000:]}")
+    return seconds, usage.ru_maxrss / 1024, output  # ru_maxrss is in KiB on Linux
+
+
+def data_file(source: Path, work: Path, factor: int) -> tuple[Path, int]:
+    """The ``factor``-times file in ``work`` (written once) and its data rows."""
+    target = work / f"diabetic_data_x{factor}.csv"
+    if not target.exists():
+        partial = target.with_suffix(".partial")
+        write_upsampled_csv(source, partial, factor)
+        partial.rename(target)
+    with target.open("rb") as handle:
+        rows = sum(1 for _ in handle) - 1
+    return target, rows
+
+
+class Stores:
+    """Fresh RAW and CLEAN databases per run: SQLite files, or databases on a PostgreSQL server (dropped)."""
+
+    def __init__(self, postgres_admin: str) -> None:
+        self.admin = normalize_url(postgres_admin)
+        self.created: list[str] = []
+
+    def urls(self, store: str, folder: Path) -> dict[str, str]:
+        if store == "sqlite":
+            return {}  # the CLI's embedded default: DATA_DIR/raw.db and DATA_DIR/clean.db
+        urls = {}
+        for role in ("raw", "clean"):
+            name = f"bench_scale_{role}_{uuid.uuid4().hex[:8]}"
+            self._execute(f"CREATE DATABASE {name}")
+            self.created.append(name)
+            urls[f"{role.upper()}_DATABASE_URL"] = make_url(self.admin).set(database=name).render_as_string(False)
+        return urls
+
+    def drop_all(self) -> None:
+        for name in self.created:
+            self._execute(f"DROP DATABASE IF EXISTS {name}")
+
+    def _execute(self, sql: str) -> None:
+        engine = create_engine(self.admin, isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as conn:
+                conn.execute(text(sql))
+        finally:
+            engine.dispose()
+
+
+def run_pipeline(
+    store: str, factor: int, data: Path, rows: int, stores: Stores, args: argparse.Namespace
+) -> list[Stage]:
+    """The three stages of one (store, factor), each a `readmission` process, in a fresh folder."""
+    folder = Path(tempfile.mkdtemp(prefix=f"scale-{store}-x{factor}-", dir=args.work))
+    env = {**os.environ, "DATA_DIR": str(folder), "DATA_PATH": str(data), **stores.urls(store, folder)}
+    env.pop("MLFLOW_TRACKING_URI", None)  # the folder's own local store
+    if args.budget is not None:
+        env["TRAIN_TIME_BUDGET_SECONDS"] = str(args.budget)
+    cli = str(Path(sys.executable).with_name("readmission"))
+    results = []
+    try:
+        for stage in args.stages:
+            seconds, peak, output = run_stage([cli, stage], env)
+            results.append(Stage(store, factor, stage, rows, seconds, peak, output))
+            print(f"  {store:8} x{factor:<3} {stage:12} {seconds:8.1f} s  peak RSS {peak:7.0f} MB", flush=True)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return results
+
+
+def champion_line(output: str) -> str:
+    """The train command's champion/promotion lines, condensed."""
+    lines = [line.strip() for line in output.splitlines() if re.search(r"champion|promot", line)]
+    return " | ".join(lines[-2:]) if lines else "(no champion line printed)"
+
+
+def report(results: list[Stage]) -> None:
+    """The per-stage table, the growth from the smallest to the largest factor, and each run's champion."""
+    print(f"\n{'store':9} {'factor':>6} {'rows':>10} {'stage':12} {'seconds':>8} {'rows/s':>9} {'peak RSS MB':>11}")
+    for r in results:
+        print(f"{r.store:9} {r.factor:>5}x {r.rows:10,} {r.stage:12} {r.seconds:8.1f} {r.rows / r.seconds:9,.0f} "
+              f"{r.peak_rss_mb:11,.0f}")  # fmt: skip
+    factors = sorted({r.factor for r in results})
+    if len(factors) > 1:
+        low, high = factors[0], factors[-1]
+        print(f"\ngrowth from {low}x to {high}x (linear: time grows at most as the rows do)")
+        for store in sorted({r.store for r in results}):
+            for stage in STAGES:
+                small, large = (next((r for r in results if (r.store, r.stage, r.factor) == (store, stage, f)), None)
+                                for f in (low, high))  # fmt: skip
+                if small and large:
+                    data, time_growth = large.rows / small.rows, large.seconds / small.seconds
+                    verdict = "linear or better" if time_growth <= data * 1.1 else "SUPERLINEAR"
+                    print(f"  {store:8} {stage:12} rows x{data:5.2f}  time x{time_growth:5.2f}  "
+                          f"peak RSS x{large.peak_rss_mb / small.peak_rss_mb:4.2f}  {verdict}")  # fmt: skip
+    worst = max(results, key=lambda r: r.peak_rss_mb)
+    verdict = "under" if worst.peak_rss_mb < PEAK_RSS_GOAL_GB * 1024 else "OVER"
+    print(f"\nlargest peak RSS: {worst.peak_rss_mb:,.0f} MB ({worst.store} x{worst.factor} {worst.stage}), {verdict} "
+          f"the {PEAK_RSS_GOAL_GB:g} GB goal")  # fmt: skip
+    for r in results:
+        if r.stage == "train":
+            print(f"champion {r.store} x{r.factor}: {champion_line(r.output)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--data", type=Path, default=Path(os.environ.get("DATA_PATH", "../shared/data/diabetic_data.csv"))
+    )
+    parser.add_argument("--factors", type=int, nargs="+", default=[1, 3, 10])
+    parser.add_argument("--stores", nargs="+", choices=("postgres", "sqlite"), default=["postgres", "sqlite"])
+    parser.add_argument(
+        "--postgres-url", default=os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    )
+    parser.add_argument("--budget", type=float, default=None, help="TRAIN_TIME_BUDGET_SECONDS (default: the CLI's)")
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="a prefix of the stages")
+    parser.add_argument("--work", type=Path, default=Path("var/bench-scale"), help="data sets and run folders")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    stores = Stores(args.postgres_url)
+    results: list[Stage] = []
+    try:
+        for factor in args.factors:
+            data, rows = data_file(args.data, args.work, factor)
+            print(f"== {factor}x: {rows:,} encounters ({data})", flush=True)
+            for store in args.stores:
+                results += run_pipeline(store, factor, data, rows, stores, args)
+    finally:
+        stores.drop_all()
+    report(results)
+
+
+if __name__ == "__main__":
+    main()
