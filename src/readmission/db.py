@@ -110,8 +110,16 @@ def write_frame(conn: Connection, table: str, frame: pd.DataFrame) -> None:
     insert_rows(conn, table, columns, list(native.itertuples(index=False, name=None)))
 
 
+READ_CHUNK_ROWS = 50_000  # rows fetched at once from SQLite (read_query)
+
+
 def read_query(conn: Connection, sql: str, dtypes: dict[str, Any]) -> pd.DataFrame:
-    """Rows of ``sql`` as a frame with ``dtypes``; PostgreSQL streams them with COPY TO (much faster)."""
+    """Rows of ``sql`` as a frame with ``dtypes``; PostgreSQL streams them with COPY TO (much faster).
+
+    Text columns hold one object per distinct value, not one per cell: pandas' CSV parser shares repeated
+    strings, and the SQLite path, whose driver makes a new ``str`` per cell, fetches ``READ_CHUNK_ROWS`` rows at
+    a time and folds each chunk's repeats into one object (a category) before the next. A million CLEAN rows
+    read in 4.5 GB one cell per object; folded, the frame is a fraction of it (bench/scale.py)."""
     import pandas as pd
 
     if is_postgres(conn):
@@ -125,5 +133,11 @@ def read_query(conn: Connection, sql: str, dtypes: dict[str, Any]) -> pd.DataFra
                 buffer.write(block)
         buffer.seek(0)
         return pd.read_csv(buffer, dtype=dtypes, keep_default_na=False, na_values=[""])
-    frame = pd.read_sql_query(sql, conn.connection.driver_connection)
+    chunks = [
+        chunk.astype({name: "category" for name, kind in dtypes.items() if kind == "string" and name in chunk})
+        for chunk in pd.read_sql_query(sql, conn.connection.driver_connection, chunksize=READ_CHUNK_ROWS)
+    ]
+    if not chunks:  # no rows: the driver's empty frame keeps the column names
+        return pd.read_sql_query(sql, conn.connection.driver_connection).astype(dtypes)
+    frame = pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0]
     return frame.astype(dtypes)
