@@ -99,15 +99,21 @@ def _splitmix64(values: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
+def patient_draw(patient_nbr: pd.Series, seed: int) -> np.ndarray:
+    """A uniform draw in [0, 1) per row that depends only on (seed, patient_nbr): every row of a patient gets
+    the same draw, on any machine, however the rows arrive (splitmix64, Steele et al. 2014)."""
+    with np.errstate(over="ignore"):
+        mixed = _splitmix64(patient_nbr.to_numpy(dtype=np.uint64) ^ _splitmix64(np.array([seed]))[0])
+    return (mixed >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
 def assign_split(patient_nbr: pd.Series, spec: SplitSpec) -> pd.Series:
     """Split of each row, decided by its patient alone, so no patient is on two sides.
 
     A patient keeps its split when more batches arrive, because the draw depends only on
     (seed, patient_nbr).
     """
-    with np.errstate(over="ignore"):
-        mixed = _splitmix64(patient_nbr.to_numpy(dtype=np.uint64) ^ _splitmix64(np.array([spec.seed]))[0])
-    unit = (mixed >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    unit = patient_draw(patient_nbr, spec.seed)
     labels = np.where(unit < spec.test, "test", np.where(unit < spec.test + spec.validation, "validation", "train"))
     return pd.Series(labels, index=patient_nbr.index, dtype="string")
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 from readmission.clean import SplitSpec
 from readmission.clean import build_clean as _build_clean
 from readmission.db import create_db_engine, display_url
-from readmission.names import DEFAULT_BATCH_SIZE
+from readmission.names import DEFAULT_BATCH_SIZE, DEFAULT_MAX_FIT_ROWS
 from readmission.raw import SourceFile, load_raw_batches
 from readmission.source import UCI_ZIP_URL, resolve_dataset
 from readmission.store_status import raw_status
@@ -224,6 +224,20 @@ def _splits(frame: Any) -> dict[str, Any]:
     return {s: frame[frame["split"] == s] for s in ("train", "validation", "test")}
 
 
+def _fitted_splits(
+    frame: Any, lineage: dict[str, str], config: TrainConfig, log: Log
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The splits the models are fitted and chosen on (``training.fit_sample``) and the lineage tags, with
+    ``data.fit_sample`` when train and validation were cut."""
+    from readmission.training import fit_sample
+
+    splits, note = fit_sample(_splits(frame), config.max_fit_rows, config.seed)
+    if not note:
+        return splits, lineage
+    log(f"  fitting on a patient sample: {note} (TRAIN_MAX_FIT_ROWS {config.max_fit_rows:,})")
+    return splits, {**lineage, "data.fit_sample": note}
+
+
 def _candidate_runs(client: Any, training_key: str, family: str) -> list[Any]:
     """Finished candidate runs (with a logged model) of ``family`` in the job ``training_key``, newest first."""
     from readmission.names import EXPERIMENT_NAME, TRAINING_KEY_TAG
@@ -255,9 +269,11 @@ def train_family(
     artifact_location: str | None = None,
     max_trials: int | None = None,
     log: Log = print,
+    max_fit_rows: int | None = DEFAULT_MAX_FIT_ROWS,
 ) -> CandidateSummary:
     """Fit one model family on CLEAN within ``time_budget_seconds`` (at most ``max_trials`` trials) and track it
-    (with its model) in MLflow; a finished run of the same job and family is reused."""
+    (with its model) in MLflow; a finished run of the same job and family is reused. Train and validation are
+    cut to a patient sample when train holds more than ``max_fit_rows`` rows (``training.fit_sample``)."""
     from mlflow import MlflowClient
 
     from readmission.modeling import model_input
@@ -265,7 +281,11 @@ def train_family(
     from readmission.training import TrainConfig, fit_family, log_candidate, prepare_tracking
 
     config = TrainConfig(
-        families=(family,), time_budget_seconds=time_budget_seconds, max_trials=max_trials or None, seed=seed
+        families=(family,),
+        time_budget_seconds=time_budget_seconds,
+        max_trials=max_trials or None,
+        seed=seed,
+        max_fit_rows=max_fit_rows,
     )
     prepare_tracking(tracking_uri, artifact_location)
     client = MlflowClient()
@@ -273,7 +293,9 @@ def train_family(
     if done:
         return _candidate_summary(done[0], reused=True)
     frame, lineage = _clean_with_lineage(clean_url, config)
-    xy = {s: (model_input(f), f[TARGET].astype(str)) for s, f in _splits(frame).items()}
+    splits, lineage = _fitted_splits(frame, lineage, config, log)
+    del frame
+    xy = {s: (model_input(f), f[TARGET].astype(str)) for s, f in splits.items()}
     candidate = fit_family(family, xy["train"], xy["validation"], config, time_budget_seconds, log)
     log_candidate(candidate, xy["test"], lineage, training_key=training_key, log_model=True)
     return _candidate_summary(client.get_run(candidate.run_id), reused=False)
@@ -309,6 +331,7 @@ def _register(best: CandidateSummary, clean_url: str, training_key: str, config:
     from readmission.training import Candidate, log_evidence_and_register
 
     frame, lineage = _clean_with_lineage(clean_url, config)
+    splits, lineage = _fitted_splits(frame, lineage, config, lambda _line: None)
     winner = Candidate(
         best["family"],
         {},
@@ -322,7 +345,6 @@ def _register(best: CandidateSummary, clean_url: str, training_key: str, config:
         model_uri=best["model_uri"],  # registered as the training task logged it, not logged again
     )
     tags = {**lineage, **{f"test_{k}": f"{v:.6f}" for k, v in best["test"].items()}, TRAINING_KEY_TAG: training_key}
-    splits = _splits(frame)
     return log_evidence_and_register(winner, splits["train"], splits["test"], splits["validation"], config, tags, log)
 
 
@@ -364,6 +386,7 @@ def select_and_promote(
     seed: int = 0,
     artifact_location: str | None = None,
     log: Log = print,
+    max_fit_rows: int | None = DEFAULT_MAX_FIT_ROWS,
 ) -> PromotionSummary:
     """Register the best of the job's candidates (by validation) once, and move `champion` only if it is better.
 
@@ -384,7 +407,9 @@ def select_and_promote(
     log(
         f"select: {best['family']} is best on validation ({SELECTION_METRIC} {best['validation'][SELECTION_METRIC]:.4f})"
     )
-    config = TrainConfig(families=(best["family"],), seed=seed, min_improvement=min_improvement)
+    config = TrainConfig(
+        families=(best["family"],), seed=seed, min_improvement=min_improvement, max_fit_rows=max_fit_rows
+    )
     started = time.perf_counter()
     version = _job_version(client, training_key) or _register(best, clean_url, training_key, config, log)
     log(f"register: {MODEL_NAME} v{version} ({time.perf_counter() - started:.1f} s)")
@@ -436,13 +461,23 @@ def train_job(
     )
     candidates = [
         train_family(
-            clean_url, tracking_uri, family, key, share, config.seed, artifact_location, config.max_trials, log
+            clean_url,
+            tracking_uri,
+            family,
+            key,
+            share,
+            config.seed,
+            artifact_location,
+            config.max_trials,
+            log,
+            max_fit_rows=config.max_fit_rows,
         )
         for family in config.families
     ]
     promotion = select_and_promote(
-        clean_url, tracking_uri, key, list(config.families), config.min_improvement, config.seed, artifact_location, log
-    )
+        clean_url, tracking_uri, key, list(config.families), config.min_improvement, config.seed, artifact_location, log,
+        max_fit_rows=config.max_fit_rows,
+    )  # fmt: skip
     best = next(c for c in candidates if c["family"] == promotion["family"])
     return {
         "training_key": key,

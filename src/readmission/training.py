@@ -29,6 +29,7 @@ from readmission import __version__, schema
 from readmission.evaluation import best_f1_threshold, classification_metrics, risk_of, write_plots
 from readmission.modeling import FAMILIES, model_input
 from readmission.names import (
+    DEFAULT_MAX_FIT_ROWS,
     EXPERIMENT_NAME,
     IMPORTANCE_ARTIFACT,
     MODEL_NAME,
@@ -41,6 +42,29 @@ from readmission.names import (
 _TRUSTED_MODULE_PREFIXES = ("sklearn.", "numpy.", "scipy.", "builtins.", "readmission.")
 # sklearn stores functools.partial objects internally; skops still vets the function each one wraps.
 _TRUSTED_NAMES = frozenset({"functools.partial"})
+
+
+FIT_SAMPLE_SALT = 0x5A3F  # the sample's draw is independent of the split's (different seed)
+
+
+def fit_sample(splits: dict[str, pd.DataFrame], max_rows: int | None, seed: int) -> tuple[dict[str, pd.DataFrame], str]:
+    """``splits`` with train and validation cut to the same share of their patients when train holds more than
+    ``max_rows`` rows (whole patients, drawn by ``clean.patient_draw``: the same patients on every run with
+    ``seed``); the test split is never cut (the champion gate compares on all of it). Also a one-line note of
+    the sample for the run's tags ("" when nothing was cut)."""
+    from readmission.clean import patient_draw
+
+    train = splits["train"]
+    if max_rows is None or len(train) <= max_rows:
+        return splits, ""
+    share = max_rows / len(train)
+    cut = {
+        name: frame[patient_draw(frame["patient_nbr"], seed ^ FIT_SAMPLE_SALT) < share]
+        for name, frame in splits.items()
+        if name != "test"
+    }
+    note = ", ".join(f"{name} {len(cut[name]):,} of {len(splits[name]):,} rows" for name in cut)
+    return {**splits, **cut}, f"{note} (patients drawn at {share:.3f}, seed {seed}; test split whole)"
 
 
 @dataclass(frozen=True)
@@ -57,6 +81,7 @@ class TrainConfig:
     importance_rows: int = 3_000  # permutation-importance sample at most...
     importance_seconds: float = 20.0  # ...cut so that the importance takes about this long (``importance_sample``;
     # on the full data it took 41 s against a target of 30 s: the estimate is low by about a third)
+    max_fit_rows: int | None = DEFAULT_MAX_FIT_ROWS  # train rows fitted at most (``fit_sample``); None: all
     code_version: str = __version__
 
     def __post_init__(self) -> None:

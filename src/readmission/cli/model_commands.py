@@ -45,6 +45,7 @@ def training_config(settings: Settings) -> TrainConfig:
             max_trials=settings.train_max_trials,
             seed=settings.train_seed,
             min_improvement=settings.promotion_min_improvement,
+            max_fit_rows=settings.train_max_fit_rows,
         )
     except ValueError as exc:
         raise ReadmissionError(f"invalid setting TRAIN_FAMILIES: {exc}") from None

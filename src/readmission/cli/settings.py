@@ -12,7 +12,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from readmission.mlflow_credentials import MlflowCredentials
-from readmission.names import DEFAULT_BATCH_SIZE, DEFAULT_RETENTION_DAYS
+from readmission.names import DEFAULT_BATCH_SIZE, DEFAULT_MAX_FIT_ROWS, DEFAULT_RETENTION_DAYS
 from readmission.source import UCI_ZIP_URL
 
 
@@ -63,6 +63,13 @@ class Settings(MlflowCredentials):
         ge=1,
         description="Hyper-parameter trials per family at most; empty: as many as the time budget allows. Set it "
         "for runs that do not depend on the machine's speed.",
+    )
+    train_max_fit_rows: int = Field(
+        DEFAULT_MAX_FIT_ROWS,
+        ge=1_000,
+        description="Train rows fitted at most: when the train split holds more, train and validation are cut to "
+        "the same share of their patients (drawn by a hash of patient_nbr: the same on every run) and the run is "
+        "tagged data.fit_sample; the test split is never cut. The UCI file (69,641 train rows) is fitted whole.",
     )
     train_families: str = Field(
         "logistic_regression,hist_gradient_boosting,random_forest",
