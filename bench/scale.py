@@ -48,9 +48,10 @@ class Stage:
     output: str
 
 
-def run_stage(command: list[str], env: dict[str, str]) -> tuple[float, float, str]:
-    """Run ``command``; its wall seconds, peak RSS in MB (ru_maxrss of this child alone, via wait4), output."""
-    with tempfile.TemporaryFile() as out:
+def run_stage(command: list[str], env: dict[str, str], log: Path) -> tuple[float, float, str]:
+    """Run ``command`` (output to ``log`` as it comes); its wall seconds, peak RSS in MB (ru_maxrss of this child
+    alone, via wait4) and output."""
+    with log.open("w+b") as out:
         started = time.perf_counter()
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(process.pid, 0)
@@ -119,7 +120,7 @@ def run_pipeline(
     results = []
     try:
         for stage in args.stages:
-            seconds, peak, output = run_stage([cli, stage], env)
+            seconds, peak, output = run_stage([cli, stage], env, args.work / f"{store}-x{factor}-{stage}.log")
             results.append(Stage(store, factor, stage, rows, seconds, peak, output))
             print(f"  {store:8} x{factor:<3} {stage:12} {seconds:8.1f} s  peak RSS {peak:7.0f} MB", flush=True)
     finally:
