@@ -143,7 +143,7 @@ class ApiSettings(PredictionLogSettings, MlflowCredentials):
         2.0, ge=0, description="How long a batch may wait for more requests once the model is free (milliseconds)."
     )
 
-    @field_validator("mlflow_tracking_uri", "reload_token", mode="before")
+    @field_validator("mlflow_tracking_uri", "reload_token", "model_threads", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value  # blanks count as empty too

@@ -37,6 +37,18 @@ def test_bad_band_thresholds_name_the_setting() -> None:
         ApiSettings(_env_file=None, risk_band_thresholds="high", development_mode=True)  # type: ignore[call-arg]
 
 
+@pytest.mark.parametrize(("value", "threads"), [("", None), ("  ", None), ("3", 3)])
+def test_model_threads_empty_means_the_pods_cpus_and_a_number_is_taken(value: str, threads: int | None) -> None:
+    with mock.patch.dict(os.environ, {"MODEL_THREADS": value}):
+        assert ApiSettings(_env_file=None, development_mode=True).model_threads == threads  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two"])
+def test_a_bad_model_threads_names_the_setting(value: str) -> None:
+    with mock.patch.dict(os.environ, {"MODEL_THREADS": value}), pytest.raises(ValidationError, match="model_threads"):
+        ApiSettings(_env_file=None, development_mode=True)  # type: ignore[call-arg]
+
+
 @pytest.mark.parametrize("blank", [None, "", " " * 20, "\t\n"])
 def test_an_empty_reload_token_is_refused_outside_development(blank: str | None) -> None:
     with pytest.raises(ValidationError) as refused:
