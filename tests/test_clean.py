@@ -224,3 +224,21 @@ def test_any_partitioning_builds_the_same_table(rows: int, patients: int, seed: 
         )
         for engine in (raw, whole, parts):
             engine.dispose()
+
+
+def test_ids_beyond_32_bits_reach_clean(db_url_factory: UrlFactory, tmp_path: Path) -> None:
+    """Issue #24: CLEAN stored the ids as 32-bit INTEGER on PostgreSQL (RAW: BIGINT); an id above 2**31 - 1 (the
+    10x data's, or any real system's past 2.1 billion) failed the build with NumericValueOutOfRange."""
+    _, new_url = db_url_factory
+    frame = synthetic_encounters(300, 4)
+    for name in ("encounter_id", "patient_nbr"):
+        frame[name] = (frame[name].astype("int64") + 9_000_000_000).astype(str)
+    source = tmp_path / "large-ids.csv"
+    frame.to_csv(source, index=False)
+    raw, clean = create_db_engine(new_url()), create_db_engine(new_url())
+    load_raw_batches(raw, SourceFile.read(source))
+    report = build_clean(raw, clean, SplitSpec(seed=42), partition_rows=100)
+    stored = read_clean(clean)
+    assert report.clean_rows == len(stored) > 0
+    assert set(stored["encounter_id"].astype("int64")) <= set(frame["encounter_id"].astype("int64"))
+    assert stored["patient_nbr"].min() > 2**31

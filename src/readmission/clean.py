@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Column, DateTime, Engine, Integer, MetaData, String, Table, Text, inspect
+from sqlalchemy import BigInteger, Column, DateTime, Engine, Integer, MetaData, String, Table, Text, inspect
 
 from readmission import schema
 from readmission.db import quote, read_query, write_frame
@@ -152,7 +152,7 @@ def _clean_table(columns: list[str], integer_columns: set[str]) -> Table:
         *(
             Column(
                 name,
-                Integer if name in integer_columns else Text,
+                BigInteger if name in _IDENTIFIERS else Integer if name in integer_columns else Text,
                 primary_key=name == "encounter_id",
                 autoincrement=False,
             )
@@ -179,6 +179,7 @@ clean_builds = Table(
 )
 
 _INTEGER_COLUMNS = {c.name for c in schema.COLUMNS if c.is_integer} | {*schema.HISTORY_FEATURE_NAMES, "batch_number"}
+_IDENTIFIERS = {c.name for c in schema.COLUMNS if c.kind is schema.Kind.IDENTIFIER}  # 64-bit, as in RAW
 _RAW_DTYPES = {c.name: ("int64" if c.is_integer else "string") for c in schema.COLUMNS}
 _CLEAN_COLUMNS = [  # the CLEAN table's columns, in ``clean_frame``'s order
     *schema.COLUMN_NAMES,
