@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 from threadpoolctl import threadpool_info
 
 from readmission.serving import Predictor
-from readmission.threads import available_cpus, cgroup_cpu_limit
+from readmission.threads import available_cpus, cgroup_cpu_limit, limit_n_jobs, thread_cap
 
 
 def _cgroup(root: Path, v2: str | None = None, v1: tuple[str, str] | None = None) -> Path:
@@ -76,11 +77,14 @@ class _RecordingModel:
 def test_the_pipeline_path_runs_with_the_cap_and_only_during_the_call(example_row: dict[str, Any]) -> None:
     import sklearn.ensemble  # noqa: F401  (loads scikit-learn's OpenMP runtime, as a loaded model has)
 
+    ambient = [int(p["num_threads"]) for p in threadpool_info() if p["user_api"] == "openmp"]
     capped, free = _RecordingModel(), _RecordingModel()
     Predictor(capped, threads=1).predict_proba([example_row])
     Predictor(free).predict_proba([example_row])
     assert capped.seen[0] and capped.seen[0] == [1] * len(capped.seen[0])
-    assert free.seen[0] == [len(os.sched_getaffinity(0))] * len(free.seen[0])  # libgomp's default: every CPU
+    assert free.seen[0] == ambient  # no cap: the pools as they were (libgomp's default: every CPU)
+    if os.environ.get("OMP_NUM_THREADS") is None and len(os.sched_getaffinity(0)) > 1:
+        assert ambient != capped.seen[0]  # so the cap above changed something
     with pytest.raises(ValueError, match="at least 1"):
         Predictor(capped, threads=0)
 
@@ -91,3 +95,31 @@ def example_row() -> dict[str, Any]:
 
     example = next(iter(schema.EXAMPLE_ENCOUNTERS.values()))
     return schema.EncounterFeatures.model_validate(example).model_dump(exclude={schema.ENCOUNTER_ID})
+
+
+def test_joblib_users_inside_a_calibrated_pipeline_get_the_cap_and_answer_the_same() -> None:
+    """Review of #24: the random forest (n_jobs=-1) predicts on joblib threads, which threadpoolctl does not
+    cap; the cap is set on the estimator itself, wherever it sits (here behind a frozen calibration)."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.frozen import FrozenEstimator
+    from sklearn.pipeline import Pipeline
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((300, 4)), rng.integers(0, 2, 300)
+    forest = RandomForestClassifier(n_estimators=8, n_jobs=-1, random_state=0)
+    model = CalibratedClassifierCV(FrozenEstimator(Pipeline([("model", forest)]).fit(x, y))).fit(x, y)
+    before = model.predict_proba(x)
+    assert limit_n_jobs(model, 1) == ["RandomForestClassifier"] and forest.n_jobs == 1
+    np.testing.assert_array_equal(model.predict_proba(x), before)
+    assert limit_n_jobs(model, 1) == []  # already within the cap
+
+
+def test_a_cap_at_or_above_every_pool_costs_nothing_per_call() -> None:
+    import sklearn.ensemble  # noqa: F401
+
+    largest = max(int(p["num_threads"]) for p in threadpool_info())
+    assert thread_cap(largest)().__class__ is nullcontext
+    assert thread_cap(None)().__class__ is nullcontext
+    if largest > 1:
+        assert thread_cap(1)().__class__ is not nullcontext

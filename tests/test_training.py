@@ -338,9 +338,25 @@ def test_a_large_train_split_is_fitted_on_a_tagged_patient_sample(clean_db: Any,
     config = replace(FAST, families=("logistic_regression",), max_fit_rows=1_500)
     job = train_job(str(clean_db.url), tracking, config, log=lines.append)
     assert any("fitting on a patient sample: train" in line for line in lines), lines
+    refit = next(line for line in lines if "refitted on train + validation" in line)
+    fitted = int(re.search(r"\(([\d,]+) rows", refit).group(1).replace(",", ""))  # type: ignore[union-attr]
+    whole = sum(int(t) for t in (len(read_clean(clean_db, "train")), len(read_clean(clean_db, "validation"))))
+    assert fitted < 0.6 * whole, (fitted, whole)  # the sample was fitted, not every row
     client = MlflowClient(tracking, tracking)
     note = client.get_run(job["best"]["run_id"]).data.tags["data.fit_sample"]
     train_rows = int(client.get_model_version(MODEL_NAME, "1").tags["data.train_rows"])
     assert note.startswith("train ") and f"of {train_rows:,} rows" in note
     assert client.get_model_version(MODEL_NAME, "1").tags["data.fit_sample"] == note
     assert job["best"]["test"]  # scored on the whole test split
+
+
+@pytest.mark.parametrize("seed", [3 ^ 0x5A3F, 42 ^ 0x5A3F, 0, 3])
+def test_no_train_seed_makes_the_fit_sample_the_splits_own_draw(sample_frame: pd.DataFrame, seed: int) -> None:
+    """Review of #24: the sample's draw used ``seed ^ 0x5A3F``; with the split seed (3 for this CLEAN) as that
+    value it was the split's own draw, and train (split draws above 0.3) came out nearly empty."""
+    splits = {s: sample_frame[sample_frame["split"] == s] for s in ("train", "validation", "test")}
+    cut, _ = fit_sample(splits, len(splits["train"]) // 2, seed)
+    assert len(cut["train"]) == pytest.approx(len(splits["train"]) / 2, rel=0.15)
+    assert len(cut["validation"]) == pytest.approx(len(splits["validation"]) / 2, rel=0.25)
+    with pytest.raises(ValueError, match="at least 1"):
+        fit_sample(splits, 0, seed)

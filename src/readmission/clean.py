@@ -246,6 +246,8 @@ def build_clean(
 ) -> CleanReport:
     """Rebuild the CLEAN table from everything in RAW, atomically (readers see old or new, never half), in
     ``ceil(raw rows / partition_rows)`` patient partitions (module docstring); the table does not depend on it."""
+    if partition_rows < 1:
+        raise ValueError(f"partition_rows must be at least 1, got {partition_rows}")
     started = time.perf_counter()
     raw_rows, batches = _raw_summary(raw_engine)
     parts = max(1, -(-raw_rows // partition_rows))

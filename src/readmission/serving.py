@@ -46,7 +46,7 @@ from readmission.modeling import (
     EarlyReadmissionChain,
     prepare_features,
 )
-from readmission.threads import thread_cap
+from readmission.threads import limit_n_jobs, thread_cap
 from readmission.treeshap import Trees
 
 Row = Mapping[str, Any]
@@ -440,6 +440,8 @@ class Predictor:
         self.model = model
         self.threads = threads
         self._cap = thread_cap(threads)  # raises ValueError below 1
+        if threads is not None:
+            limit_n_jobs(model, threads)
         self.classes_: np.ndarray = np.asarray(model.classes_, dtype=object)
         self._encode: Block | None = None
         self._estimate: Callable[[np.ndarray], np.ndarray] | None = None

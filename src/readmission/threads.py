@@ -12,7 +12,6 @@ import math
 import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -49,18 +48,40 @@ def available_cpus(root: Path = CGROUP_ROOT) -> int:
     return min(affinity, limit) if limit else affinity
 
 
-@lru_cache(maxsize=1)
-def _controller() -> Any:
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController()  # inspects the loaded libraries once: create it after the model is loaded
-
-
 def thread_cap(threads: int | None) -> Callable[[], AbstractContextManager[Any]]:
     """A factory of context managers that limit the OpenMP and BLAS pools to ``threads`` while open (in the
-    thread that opens it); with None, of no-op context managers."""
+    thread that opens it). It knows the libraries loaded when it is made (make it once the model is loaded);
+    with None, or when no pool is larger than ``threads`` (nothing to cap), it makes no-op context managers,
+    which cost nothing per call. Raises ``ValueError`` below 1."""
     if threads is None:
         return nullcontext
     if threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")
-    return lambda: _controller().limit(limits=threads)
+    from threadpoolctl import ThreadpoolController
+
+    controller = ThreadpoolController()
+    if all(pool.num_threads <= threads for pool in controller.lib_controllers):
+        return nullcontext
+    return lambda: controller.limit(limits=threads)
+
+
+def limit_n_jobs(model: Any, threads: int) -> list[str]:
+    """Set ``n_jobs`` to ``threads`` on every estimator inside ``model`` that asks for more (-1: every CPU, as
+    the random forest does): joblib's threads, which threadpoolctl does not cap. Returns the classes changed."""
+    changed: list[str] = []
+    seen: set[int] = set()
+    stack = [model]
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, (list, tuple)) and len(obj) < 64:  # pipeline steps, calibrated copies; not forests' trees
+            stack.extend(obj)
+            continue
+        if id(obj) in seen or not type(obj).__module__.startswith(("sklearn.", "readmission.")):
+            continue
+        seen.add(id(obj))
+        jobs = getattr(obj, "n_jobs", None)
+        if isinstance(jobs, int) and (jobs < 0 or jobs > threads):
+            obj.n_jobs = threads  # set directly: FrozenEstimator refuses set_params; results do not depend on it
+            changed.append(type(obj).__name__)
+        stack.extend(getattr(obj, "__dict__", {}).values())
+    return changed

@@ -44,22 +44,31 @@ _TRUSTED_MODULE_PREFIXES = ("sklearn.", "numpy.", "scipy.", "builtins.", "readmi
 _TRUSTED_NAMES = frozenset({"functools.partial"})
 
 
-FIT_SAMPLE_SALT = 0x5A3F  # the sample's draw is independent of the split's (different seed)
+FIT_SAMPLE_SALT = 0x5A3F
+
+
+def fit_sample_seed(seed: int) -> int:
+    """The 64-bit seed of the fit sample's patient draw: ``seed`` and a salt through numpy's SeedSequence, so no
+    split seed a user sets (a small integer) makes the sample's draw the split's own (``seed ^ salt`` could)."""
+    return int(np.random.SeedSequence([seed, FIT_SAMPLE_SALT]).generate_state(1, np.uint64)[0])
 
 
 def fit_sample(splits: dict[str, pd.DataFrame], max_rows: int | None, seed: int) -> tuple[dict[str, pd.DataFrame], str]:
     """``splits`` with train and validation cut to the same share of their patients when train holds more than
-    ``max_rows`` rows (whole patients, drawn by ``clean.patient_draw``: the same patients on every run with
-    ``seed``); the test split is never cut (the champion gate compares on all of it). Also a one-line note of
-    the sample for the run's tags ("" when nothing was cut)."""
+    ``max_rows`` rows (whole patients, drawn by ``clean.patient_draw``: about ``max_rows`` train rows, the same
+    patients on every run with ``seed``); the test split is never cut (the champion gate compares on all of
+    it). Also a one-line note of the sample for the run's tags ("" when nothing was cut). Raises ``ValueError``
+    for ``max_rows`` below 1."""
     from readmission.clean import patient_draw
 
+    if max_rows is not None and max_rows < 1:
+        raise ValueError(f"max_rows must be at least 1 (None: no sample), got {max_rows}")
     train = splits["train"]
     if max_rows is None or len(train) <= max_rows:
         return splits, ""
     share = max_rows / len(train)
     cut = {
-        name: frame[patient_draw(frame["patient_nbr"], seed ^ FIT_SAMPLE_SALT) < share]
+        name: frame[patient_draw(frame["patient_nbr"], fit_sample_seed(seed)) < share]
         for name, frame in splits.items()
         if name != "test"
     }
@@ -85,6 +94,8 @@ class TrainConfig:
     code_version: str = __version__
 
     def __post_init__(self) -> None:
+        if self.max_fit_rows is not None and self.max_fit_rows < 1:
+            raise ValueError(f"max_fit_rows must be at least 1 (None: fit every row), got {self.max_fit_rows}")
         unknown = [f for f in self.families if f not in FAMILIES]
         if unknown or not self.families:
             raise ValueError(f"unknown model families {unknown}; choose from {', '.join(FAMILIES)}")
