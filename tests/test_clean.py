@@ -242,3 +242,23 @@ def test_ids_beyond_32_bits_reach_clean(db_url_factory: UrlFactory, tmp_path: Pa
     assert report.clean_rows == len(stored) > 0
     assert set(stored["encounter_id"].astype("int64")) <= set(frame["encounter_id"].astype("int64"))
     assert stored["patient_nbr"].min() > 2**31
+
+
+def test_rows_no_partition_reads_stop_the_build_and_keep_the_old_table(
+    db_url_factory: UrlFactory, tmp_path: Path
+) -> None:
+    """Review of #24: a row outside every partition (a negative patient_nbr written around `load-raw`) would have
+    been left out of CLEAN in silence; the count of RAW is checked against the rows the partitions read."""
+    _, new_url = db_url_factory
+    source = tmp_path / "s.csv"
+    synthetic_encounters(400, 2).to_csv(source, index=False)
+    raw, clean = create_db_engine(new_url()), create_db_engine(new_url())
+    load_raw_batches(raw, SourceFile.read(source))
+    before = build_clean(raw, clean, SplitSpec(seed=42), partition_rows=100)
+    checksum = _table_checksum(clean)
+    with raw.begin() as conn:
+        conn.execute(text("UPDATE raw_encounters SET patient_nbr = -patient_nbr WHERE encounter_id = "
+                          "(SELECT MIN(encounter_id) FROM raw_encounters)"))  # fmt: skip
+    with pytest.raises(RuntimeError, match=r"read 399 rows of 400"):
+        build_clean(raw, clean, SplitSpec(seed=42), partition_rows=100)
+    assert _table_checksum(clean) == checksum and clean_status(clean).clean_rows == before.clean_rows

@@ -9,12 +9,15 @@ table is the same as one pass would make, and memory is bounded by the partition
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
 from sqlalchemy import BigInteger, Column, DateTime, Engine, Integer, MetaData, String, Table, Text, inspect
+from sqlalchemy.engine import Connection
 
 from readmission import schema
 from readmission.db import quote, read_query, write_frame
@@ -211,59 +214,100 @@ class CleanReport:
 CLEAN_PARTITION_ROWS = 150_000  # RAW rows cleaned at once, about (the UCI file, 101,766 rows, is one partition)
 
 
-def read_raw(raw_engine: Engine, part: tuple[int, int] | None = None) -> pd.DataFrame:
-    """Every RAW row: contract columns (integers as int64, the rest as strings) and ``batch_number``; with
-    ``part`` = (k, parts), only the rows of the patients with ``patient_nbr % parts == k``.
+_NO_RAW_TABLE = "the RAW database has no data yet: run `readmission load-raw` first."
+_NO_RAW_ROWS = "the RAW database has no rows yet: run `readmission load-raw` first."
+
+
+def read_raw(raw_engine: Engine) -> pd.DataFrame:
+    """Every RAW row: contract columns (integers as int64, the rest as strings) and ``batch_number``.
 
     Raises ``EmptyStoreError`` (with the command to run) when RAW has no table or no rows.
     """
     with raw_engine.connect() as conn:
-        if not inspect(conn).has_table(RAW_TABLE):
-            raise EmptyStoreError("the RAW database has no data yet: run `readmission load-raw` first.")
-        cols = ", ".join(quote(conn, c) for c in [*schema.COLUMN_NAMES, "batch_number"])
-        where = f" WHERE patient_nbr % {int(part[1])} = {int(part[0])}" if part and part[1] > 1 else ""
-        sql = f"SELECT {cols} FROM {RAW_TABLE}{where}"
-        raw = read_query(conn, sql, {**_RAW_DTYPES, "batch_number": "int64"})
-    if raw.empty and part is None:
-        raise EmptyStoreError("the RAW database has no rows yet: run `readmission load-raw` first.")
+        _require_raw_table(conn)
+        raw = _raw_rows(conn)
+    if raw.empty:
+        raise EmptyStoreError(_NO_RAW_ROWS)
     return raw
 
 
-def _raw_summary(raw_engine: Engine) -> tuple[int, list[int]]:
+def _require_raw_table(conn: Connection) -> None:
+    if not inspect(conn).has_table(RAW_TABLE):
+        raise EmptyStoreError(_NO_RAW_TABLE)
+
+
+def _raw_rows(conn: Connection, partition: tuple[int, int] | None = None) -> pd.DataFrame:
+    """RAW rows; with ``partition`` = (k, parts), those of the patients with ``patient_nbr % parts == k``."""
+    cols = ", ".join(quote(conn, c) for c in [*schema.COLUMN_NAMES, "batch_number"])
+    k, parts = partition or (0, 1)
+    where = f" WHERE patient_nbr % {int(parts)} = {int(k)}" if parts > 1 else ""
+    return read_query(conn, f"SELECT {cols} FROM {RAW_TABLE}{where}", {**_RAW_DTYPES, "batch_number": "int64"})
+
+
+@contextmanager
+def _raw_snapshot(raw_engine: Engine) -> Iterator[Connection]:
+    """One read transaction over RAW, so that the count and every partition see the same rows while a loader
+    writes (REPEATABLE READ on PostgreSQL; on SQLite in WAL mode a read transaction is a snapshot)."""
+    options = {"isolation_level": "REPEATABLE READ"} if raw_engine.dialect.name == "postgresql" else {}
+    with raw_engine.connect().execution_options(**options) as conn, conn.begin():
+        _require_raw_table(conn)
+        yield conn
+
+
+def _raw_summary(conn: Connection) -> tuple[int, list[int]]:
     """RAW's row count and batch numbers, without reading its rows (``EmptyStoreError`` when there are none)."""
-    with raw_engine.connect() as conn:
-        if not inspect(conn).has_table(RAW_TABLE):
-            raise EmptyStoreError("the RAW database has no data yet: run `readmission load-raw` first.")
-        rows = int(conn.exec_driver_sql(f"SELECT COUNT(*) FROM {RAW_TABLE}").scalar_one())
-        batches = [int(b) for (b,) in conn.exec_driver_sql(f"SELECT DISTINCT batch_number FROM {RAW_TABLE}")]
+    rows = int(conn.exec_driver_sql(f"SELECT COUNT(*) FROM {RAW_TABLE}").scalar_one())
     if rows == 0:
-        raise EmptyStoreError("the RAW database has no rows yet: run `readmission load-raw` first.")
-    return rows, sorted(batches)
+        raise EmptyStoreError(_NO_RAW_ROWS)
+    return rows, sorted(int(b) for (b,) in conn.exec_driver_sql(f"SELECT DISTINCT batch_number FROM {RAW_TABLE}"))
+
+
+@dataclass
+class _Tally:
+    raw_rows: int = 0
+    split_rows: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
+    patients: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
+
+
+def _write_partitions(raw: Connection, clean: Connection, parts: int, spec: SplitSpec) -> _Tally:
+    """Clean each patient partition of RAW and append it to the CLEAN table; what was read and written."""
+    tally = _Tally()
+    for k in range(parts):
+        part = _raw_rows(raw, (k, parts))
+        frame = clean_frame(part, spec)
+        if set(frame.columns) != set(_CLEAN_COLUMNS):  # a column added to clean_frame must be added there too
+            raise RuntimeError(
+                f"clean_frame's columns differ from the table's: {set(frame.columns) ^ set(_CLEAN_COLUMNS)}"
+            )
+        write_frame(clean, CLEAN_TABLE, frame[_CLEAN_COLUMNS])
+        tally.raw_rows += len(part)
+        for s in SPLITS:  # a patient is in one partition: patient counts add up
+            tally.split_rows[s] += int((frame["split"] == s).sum())
+            tally.patients[s] += int(frame.loc[frame["split"] == s, "patient_nbr"].nunique())
+    return tally
 
 
 def build_clean(
     raw_engine: Engine, clean_engine: Engine, spec: SplitSpec, partition_rows: int = CLEAN_PARTITION_ROWS
 ) -> CleanReport:
     """Rebuild the CLEAN table from everything in RAW, atomically (readers see old or new, never half), in
-    ``ceil(raw rows / partition_rows)`` patient partitions (module docstring); the table does not depend on it."""
+    ``ceil(raw rows / partition_rows)`` patient partitions (module docstring); the table does not depend on it.
+
+    Raises ``EmptyStoreError`` when RAW is empty, ``ValueError`` for ``partition_rows`` below 1, and
+    ``RuntimeError`` (nothing replaced) if the partitions did not read every RAW row once."""
     if partition_rows < 1:
         raise ValueError(f"partition_rows must be at least 1, got {partition_rows}")
     started = time.perf_counter()
-    raw_rows, batches = _raw_summary(raw_engine)
-    parts = max(1, -(-raw_rows // partition_rows))
-    table = _clean_table(_CLEAN_COLUMNS, _INTEGER_COLUMNS)
-    split_rows = dict.fromkeys(SPLITS, 0)
-    patients = dict.fromkeys(SPLITS, 0)
-    with clean_engine.begin() as conn:
+    with _raw_snapshot(raw_engine) as raw, clean_engine.begin() as conn:
+        raw_rows, batches = _raw_summary(raw)
+        parts = max(1, -(-raw_rows // partition_rows))
+        table = _clean_table(_CLEAN_COLUMNS, _INTEGER_COLUMNS)
         table.drop(conn, checkfirst=True)
         table.create(conn)
-        for k in range(parts):
-            frame = clean_frame(read_raw(raw_engine, (k, parts)), spec)
-            write_frame(conn, CLEAN_TABLE, frame[_CLEAN_COLUMNS])
-            for s in SPLITS:  # a patient is in one partition: patient counts add up
-                split_rows[s] += int((frame["split"] == s).sum())
-                patients[s] += int(frame.loc[frame["split"] == s, "patient_nbr"].nunique())
-        clean_rows = sum(split_rows.values())
+        tally = _write_partitions(raw, conn, parts, spec)
+        if tally.raw_rows != raw_rows:
+            raise RuntimeError(f"the {parts} partitions of RAW read {tally.raw_rows:,} rows of {raw_rows:,}")
+        clean_rows = sum(tally.split_rows.values())
         clean_builds.create(conn, checkfirst=True)
         conn.execute(
             clean_builds.insert().values(
@@ -274,13 +318,11 @@ def build_clean(
                 raw_batches=",".join(map(str, batches)),
                 split_seed=spec.seed,
                 split_fractions=f"validation={spec.validation},test={spec.test}",
-                train_rows=split_rows["train"],
-                validation_rows=split_rows["validation"],
-                test_rows=split_rows["test"],
+                **{f"{s}_rows": tally.split_rows[s] for s in SPLITS},
             )
         )
     elapsed = time.perf_counter() - started
-    return CleanReport(raw_rows, raw_rows - clean_rows, clean_rows, split_rows, patients, batches, elapsed)
+    return CleanReport(raw_rows, raw_rows - clean_rows, clean_rows, tally.split_rows, tally.patients, batches, elapsed)
 
 
 def read_clean(engine: Engine, split: str | None = None) -> pd.DataFrame:
