@@ -28,6 +28,7 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from readmission.cli.settings import Settings
 from readmission.db import normalize_url
 from readmission.upsample import write_upsampled_csv
 
@@ -48,12 +49,12 @@ class Stage:
     output: str
 
 
-def run_stage(command: list[str], env: dict[str, str], log: Path) -> tuple[float, float, str]:
+def run_stage(command: list[str], env: dict[str, str], log: Path, cwd: Path) -> tuple[float, float, str]:
     """Run ``command`` (output to ``log`` as it comes); its wall seconds, peak RSS in MB (ru_maxrss of this child
     alone, via wait4) and output."""
     with log.open("w+b") as out:
         started = time.perf_counter()
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(process.pid, 0)
         seconds = time.perf_counter() - started
         process.returncode = os.waitstatus_to_exitcode(status)
@@ -110,17 +111,24 @@ class Stores:
 def run_pipeline(
     store: str, factor: int, data: Path, rows: int, stores: Stores, args: argparse.Namespace
 ) -> list[Stage]:
-    """The three stages of one (store, factor), each a `readmission` process, in a fresh folder."""
-    folder = Path(tempfile.mkdtemp(prefix=f"scale-{store}-x{factor}-", dir=args.work))
-    env = {**os.environ, "DATA_DIR": str(folder), "DATA_PATH": str(data), **stores.urls(store, folder)}
-    env.pop("MLFLOW_TRACKING_URI", None)  # the folder's own local store
+    """The stages of one (store, factor), each a `readmission` process in a fresh folder, with the CLI's defaults
+    (no setting of this shell or of a .env reaches it: it never touches a configured database or registry). A
+    stage that fails is printed with its log and ends this pipeline; the others go on."""
+    folder = Path(tempfile.mkdtemp(prefix=f"scale-{store}-x{factor}-", dir=args.work)).resolve()
+    env = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
+    env |= {"DATA_DIR": str(folder), "DATA_PATH": str(data.resolve()), **stores.urls(store, folder)}
     if args.budget is not None:
         env["TRAIN_TIME_BUDGET_SECONDS"] = str(args.budget)
     cli = str(Path(sys.executable).with_name("readmission"))
     results = []
     try:
         for stage in args.stages:
-            seconds, peak, output = run_stage([cli, stage], env, args.work / f"{store}-x{factor}-{stage}.log")
+            log = (args.work / f"{store}-x{factor}-{stage}.log").resolve()
+            try:
+                seconds, peak, output = run_stage([cli, stage], env, log, cwd=folder)
+            except RuntimeError as exc:
+                print(f"  {store:8} x{factor:<3} {stage:12} FAILED (log: {log}): {str(exc)[-500:]}", flush=True)
+                break
             results.append(Stage(store, factor, stage, rows, seconds, peak, output))
             print(f"  {store:8} x{factor:<3} {stage:12} {seconds:8.1f} s  peak RSS {peak:7.0f} MB", flush=True)
     finally:
@@ -174,8 +182,11 @@ def main() -> None:
     )
     parser.add_argument("--budget", type=float, default=None, help="TRAIN_TIME_BUDGET_SECONDS (default: the CLI's)")
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="a prefix of the stages")
+    parser.epilog = "Peak RSS is each `readmission` process's own; PostgreSQL's server processes are not counted."
     parser.add_argument("--work", type=Path, default=Path("var/bench-scale"), help="data sets and run folders")
     args = parser.parse_args()
+    if list(args.stages) != list(STAGES[: len(args.stages)]):
+        parser.error(f"--stages must be a prefix of {' '.join(STAGES)} (each stage needs the one before)")
     args.work.mkdir(parents=True, exist_ok=True)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     stores = Stores(args.postgres_url)
