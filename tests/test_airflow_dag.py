@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from readmission.names import DEFAULT_MAX_FIT_ROWS
 from testsupport import _unavailable
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,10 +83,12 @@ def test_the_dag_folder_loads_without_errors_and_the_graph_is_as_designed(airflo
         "families",
         "train_time_budget_seconds",
         "max_trials",
+        "max_fit_rows",
         "min_improvement",
     }
     assert params["max_batches"]["default"] is None and params["data_path"]["default"] is None
     assert params["max_trials"]["default"] is None
+    assert params["max_fit_rows"]["default"] == DEFAULT_MAX_FIT_ROWS  # the CLI's TRAIN_MAX_FIT_ROWS
     assert params["families"]["default"] == ["logistic_regression", "hist_gradient_boosting", "random_forest"]
     assert all(p["description"] for p in params.values())
 

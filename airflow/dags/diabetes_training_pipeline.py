@@ -92,6 +92,14 @@ NETWORK = {"retries": 3, "retry_delay": timedelta(seconds=20), "retry_exponentia
             description="Caps each family's hyper-parameter trials; empty: as many as the time budget allows. Set it "
             "for a run that does not depend on the machine's speed.",
         ),
+        "max_fit_rows": Param(
+            100_000,
+            type="integer",
+            minimum=1_000,
+            title="Train rows fitted at most",
+            description="A larger train split is fitted, with validation, on a patient sample of about this many rows "
+            "(tagged data.fit_sample; the test split is never cut). TRAIN_MAX_FIT_ROWS of the CLI.",
+        ),
         "min_improvement": Param(
             0.0,
             type="number",
@@ -132,22 +140,30 @@ def diabetes_training_pipeline() -> None:
         training_key: str,
         budget: float,
         max_trials: int | None,
+        max_fit_rows: int,
         families: list,
         clean: dict,
     ) -> dict:
         from readmission import steps
 
         share = steps.trial_share(float(budget), len(families))
-        return steps.train_family(clean_url, tracking_uri, family, training_key, share, max_trials=max_trials)
+        return steps.train_family(
+            clean_url, tracking_uri, family, training_key, share, max_trials=max_trials, max_fit_rows=int(max_fit_rows)
+        )
 
     @task.external_python(**PROJECT, **NETWORK)
     def select_and_promote(
-        families: list, clean_url: str, tracking_uri: str, training_key: str, min_improvement: float
+        families: list, clean_url: str, tracking_uri: str, training_key: str, min_improvement: float, max_fit_rows: int
     ) -> dict:
         from readmission import steps
 
         return steps.select_and_promote(
-            clean_url, tracking_uri, training_key, list(families), min_improvement=float(min_improvement)
+            clean_url,
+            tracking_uri,
+            training_key,
+            list(families),
+            min_improvement=float(min_improvement),
+            max_fit_rows=int(max_fit_rows),
         )
 
     @task.external_python(**PROJECT)
@@ -168,11 +184,14 @@ def diabetes_training_pipeline() -> None:
         training_key=TRAINING_KEY,
         budget="{{ params.train_time_budget_seconds }}",
         max_trials="{{ params.max_trials }}",
+        max_fit_rows="{{ params.max_fit_rows }}",
         families=families,
         clean=clean,
     ).expand(family=families)
     # The candidates reach the selection through MLflow (their runs carry the DAG run id), not XCom.
-    promotion = select_and_promote(families, CLEAN_URL, TRACKING_URI, TRAINING_KEY, "{{ params.min_improvement }}")
+    promotion = select_and_promote(
+        families, CLEAN_URL, TRACKING_URI, TRAINING_KEY, "{{ params.min_improvement }}", "{{ params.max_fit_rows }}"
+    )
     candidates >> promotion
     report(loaded, clean, promotion)
 

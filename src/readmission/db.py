@@ -116,10 +116,10 @@ READ_CHUNK_ROWS = 50_000  # rows fetched at once from SQLite (read_query)
 def read_query(conn: Connection, sql: str, dtypes: dict[str, Any]) -> pd.DataFrame:
     """Rows of ``sql`` as a frame with ``dtypes``; PostgreSQL streams them with COPY TO (much faster).
 
-    Text columns hold one object per distinct value, not one per cell: pandas' CSV parser shares repeated
-    strings, and the SQLite path, whose driver makes a new ``str`` per cell, fetches ``READ_CHUNK_ROWS`` rows at
-    a time and folds each chunk's repeats into one object (a category) before the next. A million CLEAN rows
-    read in 4.5 GB one cell per object; folded, the frame is a fraction of it (bench/scale.py)."""
+    On SQLite, whose driver makes a new ``str`` per cell, rows are fetched ``READ_CHUNK_ROWS`` at a time and each
+    chunk's text folded into categories (one object per distinct value) before the next is fetched, so the
+    driver's rows are never all held at once: a million CLEAN rows fetched whole took 4.5 GB (bench/scale.py).
+    The frame's ``string`` columns are pandas' own (Arrow-backed with pandas 3)."""
     import pandas as pd
 
     if is_postgres(conn):
@@ -137,7 +137,5 @@ def read_query(conn: Connection, sql: str, dtypes: dict[str, Any]) -> pd.DataFra
         chunk.astype({name: "category" for name, kind in dtypes.items() if kind == "string" and name in chunk})
         for chunk in pd.read_sql_query(sql, conn.connection.driver_connection, chunksize=READ_CHUNK_ROWS)
     ]
-    if not chunks:  # no rows: the driver's empty frame keeps the column names
-        return pd.read_sql_query(sql, conn.connection.driver_connection).astype(dtypes)
     frame = pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0]
     return frame.astype(dtypes)
