@@ -90,6 +90,10 @@ class Cell:
         return self.rps * self.rows_per_request
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The docstring as written, and each option's default."""
+
+
 def _ms(value: str, unit: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
 
@@ -359,11 +363,17 @@ def in_process(model: Any, encounters: list[dict[str, Any]]) -> list[tuple[str, 
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
     parser.add_argument(
-        "--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///var/mlflow/mlflow.db")
+        "--tracking-uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///var/mlflow/mlflow.db"),
+        help="the registry holding the champion (`make run` makes one; env MLFLOW_TRACKING_URI)",
     )
-    parser.add_argument("--mysql-url", default=os.environ.get("BENCH_MYSQL_URL", "mysql://root@127.0.0.1:3306/"))
+    parser.add_argument(
+        "--mysql-url",
+        default=os.environ.get("BENCH_MYSQL_URL", "mysql://root@127.0.0.1:3306/"),
+        help="a MariaDB/MySQL whose user may create databases, for our prediction log (env BENCH_MYSQL_URL)",
+    )
     parser.add_argument("--clean-url", default="sqlite:///var/clean.db", help="CLEAN database: real batch bodies")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each wrk run")
     parser.add_argument(

@@ -13,6 +13,7 @@ with new patient and encounter ids), written once into --work and reused:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import re
 import resource
@@ -29,10 +30,16 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from readmission.cli.settings import Settings
-from readmission.db import normalize_url
-from readmission.upsample import write_upsampled_csv
+from readmission.db import display_url, normalize_url
+from readmission.upsample import GENERATOR_VERSION, write_upsampled_csv
 
 STAGES = ("load-raw", "build-clean", "train")
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The docstring as written, and each option's default."""
+
+
 PEAK_RSS_GOAL_GB = 4.0
 
 
@@ -66,8 +73,10 @@ def run_stage(command: list[str], env: dict[str, str], log: Path, cwd: Path) -> 
 
 
 def data_file(source: Path, work: Path, factor: int) -> tuple[Path, int]:
-    """The ``factor``-times file in ``work`` (written once) and its data rows."""
-    target = work / f"diabetic_data_x{factor}.csv"
+    """The ``factor``-times file of ``source`` in ``work`` (written once: its name carries the source's checksum
+    and the generator's version, so another source or generator never reuses it) and its data rows."""
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
+    target = work / f"{source.stem}-{digest}-g{GENERATOR_VERSION}-x{factor}.csv"
     if not target.exists():
         partial = target.with_suffix(".partial")
         write_upsampled_csv(source, partial, factor)
@@ -94,6 +103,14 @@ class Stores:
             self.created.append(name)
             urls[f"{role.upper()}_DATABASE_URL"] = make_url(self.admin).set(database=name).render_as_string(False)
         return urls
+
+    def unreachable(self) -> str:
+        """'' when the server answers, else why not (one line)."""
+        try:
+            self._execute("SELECT 1")
+        except Exception as exc:
+            return f"no PostgreSQL at {display_url(self.admin)} ({str(exc).splitlines()[0][:200]})"
+        return ""
 
     def drop_all(self) -> None:
         for name in self.created:
@@ -127,13 +144,20 @@ def run_pipeline(
             try:
                 seconds, peak, output = run_stage([cli, stage], env, log, cwd=folder)
             except RuntimeError as exc:
-                print(f"  {store:8} x{factor:<3} {stage:12} FAILED (log: {log}): {str(exc)[-500:]}", flush=True)
+                print(f"  {store:8} x{factor:<3} {stage:12} FAILED (log: {log}): {_error_line(str(exc))}", flush=True)
                 break
             results.append(Stage(store, factor, stage, rows, seconds, peak, output))
             print(f"  {store:8} x{factor:<3} {stage:12} {seconds:8.1f} s  peak RSS {peak:7.0f} MB", flush=True)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return results
+
+
+def _error_line(failure: str) -> str:
+    """The CLI's own error line of a failed stage's output (its last line starting with 'error'), else the last."""
+    lines = [line.strip() for line in failure.splitlines() if line.strip()]
+    errors = [line for line in lines if line.lower().startswith("error")]
+    return (errors or lines or ["(no output)"])[-1][:300]
 
 
 def champion_line(output: str) -> str:
@@ -161,6 +185,9 @@ def report(results: list[Stage]) -> None:
                     verdict = "linear or better" if time_growth <= data * 1.1 else "SUPERLINEAR"
                     print(f"  {store:8} {stage:12} rows x{data:5.2f}  time x{time_growth:5.2f}  "
                           f"peak RSS x{large.peak_rss_mb / small.peak_rss_mb:4.2f}  {verdict}")  # fmt: skip
+    if not results:
+        print("\nno stage completed: see the FAILED lines above")
+        return
     worst = max(results, key=lambda r: r.peak_rss_mb)
     verdict = "under" if worst.peak_rss_mb < PEAK_RSS_GOAL_GB * 1024 else "OVER"
     print(f"\nlargest peak RSS: {worst.peak_rss_mb:,.0f} MB ({worst.store} x{worst.factor} {worst.stage}), {verdict} "
@@ -171,22 +198,36 @@ def report(results: list[Stage]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
     parser.add_argument(
-        "--data", type=Path, default=Path(os.environ.get("DATA_PATH", "../shared/data/diabetic_data.csv"))
+        "--data",
+        type=Path,
+        default=Path(os.environ.get("DATA_PATH", "../shared/data/diabetic_data.csv")),
+        help="the real file (env DATA_PATH)",
     )
-    parser.add_argument("--factors", type=int, nargs="+", default=[1, 3, 10])
+    parser.add_argument("--factors", type=int, nargs="+", default=[1, 3, 10], help="sizes, in copies of the file")
     parser.add_argument("--stores", nargs="+", choices=("postgres", "sqlite"), default=["postgres", "sqlite"])
     parser.add_argument(
-        "--postgres-url", default=os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+        "--postgres-url",
+        default=os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
+        help="a PostgreSQL whose user may create databases, for --stores postgres (env BENCH_POSTGRES_URL)",
     )
-    parser.add_argument("--budget", type=float, default=None, help="TRAIN_TIME_BUDGET_SECONDS (default: the CLI's)")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="TRAIN_TIME_BUDGET_SECONDS, a target the job runs past on small or busy runs (None: the CLI's, 240)",
+    )
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="a prefix of the stages")
     parser.epilog = "Peak RSS is each `readmission` process's own; PostgreSQL's server processes are not counted."
     parser.add_argument("--work", type=Path, default=Path("var/bench-scale"), help="data sets and run folders")
     args = parser.parse_args()
     if list(args.stages) != list(STAGES[: len(args.stages)]):
         parser.error(f"--stages must be a prefix of {' '.join(STAGES)} (each stage needs the one before)")
+    if not args.data.is_file():
+        parser.error(f"no data file at {args.data}: pass --data (or DATA_PATH) the UCI diabetic_data.csv")
+    if "postgres" in args.stores and (problem := Stores(args.postgres_url).unreachable()):
+        parser.error(f"{problem}; pass --postgres-url (or BENCH_POSTGRES_URL), or --stores sqlite")
     args.work.mkdir(parents=True, exist_ok=True)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     stores = Stores(args.postgres_url)

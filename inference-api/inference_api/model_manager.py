@@ -251,6 +251,16 @@ class PipelinePredictor(Predictor):
         return result
 
 
+def _warn_if_uncompiled(version: str, model: Any, predictor: Predictor) -> None:
+    """Say so when a version has no compiled path (not a fallback: that one is logged as an error already)."""
+    if predictor.path == "pipeline" and not getattr(predictor, "fallback_reason", None):
+        log.warning(
+            "version %s (%s) has no compiled path: every request runs the scikit-learn pipeline, several times "
+            "slower per request than a compiled champion (README: serving paths); its thread pools are capped at %s",
+            version, type(model).__name__, predictor.threads or "(no cap)",
+        )  # fmt: skip
+
+
 class ModelManager:
     """Holds the served model and keeps it in step with the registry alias."""
 
@@ -420,12 +430,7 @@ class ModelManager:
             loaded.name, loaded.version, loaded.alias, loaded.run_id, predictor.path,
             time.perf_counter() - started, f"; replaced version {current.version}" if current else "",
         )  # fmt: skip
-        if predictor.path == "pipeline" and not getattr(predictor, "fallback_reason", None):
-            log.warning(
-                "version %s (%s) has no compiled path: every request runs the scikit-learn pipeline, several "
-                "times slower per request than a compiled champion (README, Operations: serving paths); its thread "
-                "pools are capped at %s", loaded.version, type(model).__name__, predictor.threads or "(no cap)",
-            )  # fmt: skip
+        _warn_if_uncompiled(loaded.version, model, predictor)
         return "swapped"
 
     def _load_failed(self, ref: VersionRef, current: LoadedModel | None, exc: Exception) -> str:
