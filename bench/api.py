@@ -25,7 +25,7 @@ variant of each peer (its stock path and with our compiled predictor), the ratio
     make run   # once: trains and promotes a champion in var/ (Ctrl-C after it starts serving)
     python bench/api.py --seconds 10
     python bench/api.py --seconds 2 --rounds 1 --only ours litserve   # ours and LitServe's variants only
-    python bench/api.py --peers                                      # no peers
+    python bench/api.py --no-peers                                   # no peers
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests" / "support"))  # the process helpers the tests use (dev tooling, as this is)
 from livesupport import free_port, serve  # noqa: E402
 
+import cli  # noqa: E402
 from peers.catalog import PEERS, Variant, variants  # noqa: E402
 from peers.venvs import HOME as PEER_HOME  # noqa: E402
 from peers.venvs import PeerUnavailableError, ensure, installed_version  # noqa: E402
@@ -69,6 +70,7 @@ BATCH_ROWS = 100
 OURS_PATHS = {"single": "/predict", "batch": "/predict/batch"}
 # With explanations (issue #21): the same bodies, each answer with its top 10 contributions (TreeSHAP).
 EXPLAIN_PATHS = {**OURS_PATHS, "explain": "/predict?explain=true", "explain-batch": "/predict/batch?explain=true"}
+OUR_SERVERS = ("ours", "ours-nobatch", "mlflow-serve", "naive", "constant")  # our_targets(), in its order
 GOALS = {"stock": 10.0, "compiled": 3.0}  # ours / the best peer, on its stock path and with our predictor
 
 
@@ -88,10 +90,6 @@ class Cell:
     @property
     def rows_per_second(self) -> float:
         return self.rps * self.rows_per_request
-
-
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The docstring as written, and each option's default."""
 
 
 def _ms(value: str, unit: str) -> float:
@@ -363,7 +361,7 @@ def in_process(model: Any, encounters: list[dict[str, Any]]) -> list[tuple[str, 
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
+    parser = cli.parser(__doc__)
     parser.add_argument(
         "--tracking-uri",
         default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///var/mlflow/mlflow.db"),
@@ -377,11 +375,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--clean-url", default="sqlite:///var/clean.db", help="CLEAN database: real batch bodies")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each wrk run")
     parser.add_argument(
-        "--only", nargs="*", default=None, help="run only these servers (a peer's name runs all its variants)"
+        "--only",
+        nargs="+",
+        default=None,
+        metavar="SERVER",
+        help=f"run only these servers ({', '.join(OUR_SERVERS)}, a peer: all its variants, or one variant as "
+        "peer/variant, e.g. litserve/stock-batching)",
     )
     parser.add_argument(
-        "--peers", nargs="*", default=list(PEERS), choices=list(PEERS), help="serving peers to run (default: all)"
+        "--peers", nargs="+", default=list(PEERS), choices=list(PEERS), help="serving peers to run (default: all)"
     )
+    parser.add_argument("--no-peers", action="store_true", help="run no serving peer")
     parser.add_argument(
         "--peer-omp-threads",
         type=int,
@@ -398,9 +402,21 @@ def parse_args() -> argparse.Namespace:
         "measured alternately at 64 clients",
     )
     args = parser.parse_args()
+    unknown = sorted(set(args.only or ()) - known_servers())
+    if unknown:
+        parser.error(
+            f"--only: unknown server(s) {', '.join(unknown)}; choose from {', '.join(sorted(known_servers()))}"
+        )
+    if args.no_peers:
+        args.peers = []
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk (or brew install wrk)")
     return args
+
+
+def known_servers() -> set[str]:
+    """Every name --only takes: our servers, each peer and each peer variant."""
+    return {*OUR_SERVERS, *PEERS, *(v.name for peer in PEERS.values() for v in variants(peer))}
 
 
 def selected(name: str, only: list[str] | None) -> bool:

@@ -29,15 +29,12 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+import cli  # bench/cli.py (the script's folder is on the path)
 from readmission.cli.settings import Settings
 from readmission.db import display_url, normalize_url
 from readmission.upsample import GENERATOR_VERSION, write_upsampled_csv
 
 STAGES = ("load-raw", "build-clean", "train")
-
-
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The docstring as written, and each option's default."""
 
 
 PEAK_RSS_GOAL_GB = 4.0
@@ -198,7 +195,7 @@ def report(results: list[Stage]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
+    parser = cli.parser(__doc__)
     parser.add_argument(
         "--data",
         type=Path,

@@ -117,9 +117,9 @@ def read_query(conn: Connection, sql: str, dtypes: dict[str, Any]) -> pd.DataFra
     """Rows of ``sql`` as a frame with ``dtypes``; PostgreSQL streams them with COPY TO (much faster).
 
     On SQLite, whose driver makes a new ``str`` per cell, rows are fetched ``READ_CHUNK_ROWS`` at a time and each
-    chunk's text folded into categories (one object per distinct value) before the next is fetched, so the
-    driver's rows are never all held at once: a million CLEAN rows fetched whole took 4.5 GB (bench/scale.py).
-    The frame's ``string`` columns are pandas' own (Arrow-backed with pandas 3)."""
+    chunk cast to ``dtypes`` (text into pandas' compact ``string`` columns, Arrow-backed with pandas 3) before the
+    next is fetched, so the driver's rows are never all held at once: a million CLEAN rows fetched whole took
+    4.5 GB (bench/scale.py)."""
     import pandas as pd
 
     if is_postgres(conn):
@@ -134,8 +134,7 @@ def read_query(conn: Connection, sql: str, dtypes: dict[str, Any]) -> pd.DataFra
         buffer.seek(0)
         return pd.read_csv(buffer, dtype=dtypes, keep_default_na=False, na_values=[""])
     chunks = [
-        chunk.astype({name: "category" for name, kind in dtypes.items() if kind == "string" and name in chunk})
+        chunk.astype(dtypes)
         for chunk in pd.read_sql_query(sql, conn.connection.driver_connection, chunksize=READ_CHUNK_ROWS)
     ]
-    frame = pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0]
-    return frame.astype(dtypes)
+    return pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0]

@@ -397,7 +397,6 @@ def select_and_promote(
     from mlflow import MlflowClient
 
     from readmission.names import MODEL_NAME, SELECTION_METRIC
-    from readmission.registry import champion_version
     from readmission.training import TrainConfig, prepare_tracking
 
     prepare_tracking(tracking_uri, artifact_location)
@@ -417,6 +416,16 @@ def select_and_promote(
     decision = _gate(client, version, best, clean_url, min_improvement)
     verdict = "promoted to champion" if decision.promoted else "champion unchanged"
     log(f"gate: v{version} {verdict}: {decision.reason} ({time.perf_counter() - started:.1f} s)")
+    return _promotion_summary(client, version, best, decision, candidates)
+
+
+def _promotion_summary(
+    client: Any, version: str, best: CandidateSummary, decision: Any, candidates: list[CandidateSummary]
+) -> PromotionSummary:
+    """What ``select_and_promote`` reports: the registered version, the gate's decision and the champion now."""
+    from readmission.names import MODEL_NAME, SELECTION_METRIC
+    from readmission.registry import champion_version
+
     return {
         "model": MODEL_NAME,
         "version": version,
@@ -439,6 +448,15 @@ def trial_share(budget_seconds: float, families: int) -> float:
     return (budget_seconds - reserve) / families
 
 
+def _log_plan(config: TrainConfig, share: float, log: Log) -> None:
+    """The job's first line: the families, each one's seconds of trials, the trial cap and the budget."""
+    cap = f", at most {config.max_trials} trial(s) each" if config.max_trials else ""
+    log(
+        f"train: {len(config.families)} famil{'y' if len(config.families) == 1 else 'ies'} "
+        f"({', '.join(config.families)}), {share:.0f} s of trials each{cap}; budget {config.time_budget_seconds:.0f} s"
+    )
+
+
 def train_job(
     clean_url: str,
     tracking_uri: str,
@@ -454,26 +472,14 @@ def train_job(
     started = time.perf_counter()
     key = training_key or new_training_key()
     share = trial_share(config.time_budget_seconds, len(config.families))
-    cap = f", at most {config.max_trials} trial(s) each" if config.max_trials else ""
-    log(
-        f"train: {len(config.families)} famil{'y' if len(config.families) == 1 else 'ies'} "
-        f"({', '.join(config.families)}), {share:.0f} s of trials each{cap}; budget {config.time_budget_seconds:.0f} s"
-    )
+    _log_plan(config, share, log)
     candidates = [
         train_family(
-            clean_url,
-            tracking_uri,
-            family,
-            key,
-            share,
-            config.seed,
-            artifact_location,
-            config.max_trials,
-            log,
+            clean_url, tracking_uri, family, key, share, config.seed, artifact_location, config.max_trials, log,
             max_fit_rows=config.max_fit_rows,
         )
         for family in config.families
-    ]
+    ]  # fmt: skip
     promotion = select_and_promote(
         clean_url, tracking_uri, key, list(config.families), config.min_improvement, config.seed, artifact_location, log,
         max_fit_rows=config.max_fit_rows,

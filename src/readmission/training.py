@@ -115,6 +115,7 @@ class Candidate:
     calibrated: bool = False
     threshold: float = math.nan  # F1-best risk threshold for the 30-day class, chosen on validation
     refit: bool = False  # fitted again on train + validation after everything was chosen
+    fit_rows: int = 0  # rows the kept model was fitted on (train, or train + validation when refitted)
     run_id: str = ""
     model_uri: str = ""  # set when the model is already logged (a candidate run of an Airflow task)
 
@@ -160,7 +161,7 @@ def _best_trial(
             f"  {name} trial {trial} {params}: validation {SELECTION_METRIC} {metrics[SELECTION_METRIC]:.4f} ({seconds:.1f} s)"
         )
         if winner is None or metrics[SELECTION_METRIC] > winner.validation[SELECTION_METRIC]:
-            winner = Candidate(name, params, pipeline, metrics, fit_seconds=seconds)
+            winner = Candidate(name, params, pipeline, metrics, fit_seconds=seconds, fit_rows=len(x_train))
         winner.trials = trial
         slowest = max(slowest, seconds)
         if trial == config.max_trials:
@@ -203,6 +204,7 @@ def fit_family(
         started = time.perf_counter()
         both = pd.concat([x_train, x_val]), pd.concat([y_train, y_val])
         winner.model, winner.refit = FAMILIES[name].build(**winner.params).fit(*both), True
+        winner.fit_rows = len(both[0])
         log(f"  {name}: refitted on train + validation ({len(both[0]):,} rows, {time.perf_counter() - started:.1f} s)")
     return winner
 
@@ -429,6 +431,7 @@ def log_candidate(
                 **{f"validation_{k}": v for k, v in candidate.validation.items()},
                 **{f"test_{k}": v for k, v in candidate.test.items()},
                 "fit_seconds": candidate.fit_seconds,
+                "fit_rows": candidate.fit_rows,
                 **({} if math.isnan(candidate.threshold) else {"chosen_threshold_30": candidate.threshold}),
             }
         )

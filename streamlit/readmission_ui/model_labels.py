@@ -18,7 +18,7 @@ SPLITS = ("validation", "test")  # the prefixes of the per-split metrics, in the
 
 @dataclass(frozen=True)
 class MetricLabel:
-    """A metric's name, its meaning in one line, and how its value is written (``kind``: score, percent, seconds)."""
+    """A metric's name, its meaning in one line, and how its value is written (``kind``: score, percent, seconds, count)."""
 
     name: str
     meaning: str
@@ -32,6 +32,8 @@ class MetricLabel:
             return f"{value:.1%}"
         if self.kind == "seconds":
             return f"{value:,.1f} s"
+        if self.kind == "count":
+            return f"{value:,.0f}"
         return f"{value:.4f}"
 
 
@@ -81,6 +83,12 @@ RUN_FIGURES: dict[str, MetricLabel] = {
         "percent",
     ),
     "fit_seconds": MetricLabel("Fit time", "Seconds the final fit of this model took.", "seconds"),
+    "fit_rows": MetricLabel(
+        "Rows fitted",
+        "Encounters the model was fitted on: train, or train + validation when refitted (a patient sample of them "
+        "above TRAIN_MAX_FIT_ROWS).",
+        "count",
+    ),
 }
 
 

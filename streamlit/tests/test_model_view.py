@@ -34,6 +34,7 @@ METRICS = {
     "test_calibration_intercept_30": -0.0123456,
     "chosen_threshold_30": 0.1375,
     "fit_seconds": 1234.56,
+    "fit_rows": 89654.0,
 }
 
 
@@ -77,8 +78,8 @@ def test_validation_and_test_sit_side_by_side_and_the_rest_has_its_own_table() -
     assert rows.loc["Calibration intercept (30-day)", "Test"] == "-0.0123"
     assert table.notna().all().all() and (table != "").all().all() and (table != "None").all().all()
     figures = run_figures_table(METRICS)
-    assert figures.to_dict("list")["Figure"] == ["Decision threshold (30-day)", "Fit time"]
-    assert figures.to_dict("list")["Value"] == ["13.8%", "1,234.6 s"]
+    assert figures.to_dict("list")["Figure"] == ["Decision threshold (30-day)", "Fit time", "Rows fitted"]
+    assert figures.to_dict("list")["Value"] == ["13.8%", "1,234.6 s", "89,654"]
 
 
 def test_an_unnamed_key_is_shown_under_its_own_name_not_dropped() -> None:
