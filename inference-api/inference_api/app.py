@@ -2,7 +2,8 @@
 prediction log, batcher and metrics registry); uvicorn runs it with ``--factory`` (see ``__main__``).
 
 Where things are: ``routes/`` (one router per resource), ``errors`` (the one error map), ``middleware`` (the
-edge: request id, body limit, request metrics), ``components`` (the parts, started in the lifespan),
+edge: request id, body limit, request metrics), ``direct`` (the prediction routes' path past the framework's
+layers), ``components`` (the parts, started in the lifespan),
 ``deps`` (how endpoints reach them), ``contract`` (request/response models and raw-body validation).
 """
 
@@ -15,7 +16,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from inference_api import __version__
+from inference_api import __version__, direct
 from inference_api.components import Components
 from inference_api.contract import with_request_models
 from inference_api.errors import register_error_handlers
@@ -68,6 +69,12 @@ def create_app(settings: ApiSettings | None = None, source_factory: Callable[[],
         EdgeMiddleware, metrics=parts.metrics, max_body_bytes=settings.max_body_bytes, in_flight=parts.in_flight
     )
     register_error_handlers(app)
+    # POST /predict and /predict/batch skip the framework's per-request layers (``direct``); same edge, same errors.
+    direct.install(
+        app,
+        {"/predict": predict.predict, "/predict/batch": predict.predict_batch},
+        lambda endpoint: EdgeMiddleware(endpoint, parts.metrics, settings.max_body_bytes, parts.in_flight),
+    )
     for router in (predict.router, model.router, outcomes.router, health.router):
         # The routes themselves, not the routers: an included router is one more dispatch layer per request
         # in this FastAPI (8 us, 4 % of a request at 64 clients; bench/request_overhead.py).

@@ -1,0 +1,151 @@
+"""POST /predict and /predict/batch take the direct path (``inference_api.direct``), past the framework's
+per-request layers; whatever is sent, the answer must be the one FastAPI's full path gives (real registry,
+real model, the same app answering both ways)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from apisupport import Registry, settings_for, wait_until
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from inference_api.app import create_app
+from inference_api.direct import DirectRoutes
+from inference_api.middleware import Receive, Scope, Send
+from readmission import schema
+
+EXAMPLE = next(iter(schema.EXAMPLE_ENCOUNTERS.values()))
+MAX_BATCH = 5
+
+
+class Counted:
+    """An ASGI app that counts the requests it is given (by method and path) and passes them on."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.seen: list[tuple[str, str]] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            self.seen.append((scope["method"], scope["path"]))
+        await self.app(scope, receive, send)
+
+
+FRAMEWORK = {"X-Test-Path": "framework"}  # a request with this header is given to the framework's stack alone
+
+
+@pytest.fixture(scope="module")
+def client(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """The app as served (direct path); a request with ``FRAMEWORK`` headers takes the same app's framework stack
+    alone (FastAPI's full path). One client: the app's parts live on its event loop."""
+    folder: Path = tmp_path_factory.mktemp("direct")
+    app = create_app(settings_for(registry.uri, f"sqlite:///{folder / 'log.db'}", max_batch_size=MAX_BATCH))
+
+    async def either(scope: Scope, receive: Receive, send: Send) -> None:
+        stack = app.middleware_stack
+        if scope["type"] == "http" and (b"x-test-path", b"framework") in scope["headers"]:
+            assert isinstance(stack, DirectRoutes)
+            scope["app"] = app
+            await stack.framework.app(scope, receive, send)  # past the counter: not a request the app routed
+        else:
+            await app(scope, receive, send)
+
+    with TestClient(either, raise_server_exceptions=False) as c:
+        wait_until(lambda: c.get("/health/ready").status_code == 200, what="the model to load")
+        stack = app.middleware_stack
+        assert isinstance(stack, DirectRoutes)
+        stack.framework = Counted(stack.framework)
+        c.app_under_test = app  # type: ignore[attr-defined]
+        yield c
+
+
+def test_prediction_posts_skip_the_framework_and_everything_else_takes_it(client: TestClient) -> None:
+    direct = client
+    framework = client.app_under_test.middleware_stack.framework  # type: ignore[attr-defined]
+    framework.seen.clear()
+    assert direct.post("/predict", json=EXAMPLE).status_code == 200
+    assert direct.post("/predict/batch", json={"encounters": [EXAMPLE]}).status_code == 200
+    assert direct.post("/predict", content=b"{").status_code == 422  # not JSON: the error map's answer
+    assert framework.seen == []
+    assert direct.get("/predict").status_code == 405  # another method: FastAPI's own answer
+    assert direct.get("/health/live").status_code == 200
+    assert direct.post("/predict/", json=EXAMPLE, follow_redirects=False).status_code == 307  # FastAPI redirects
+    assert framework.seen == [("GET", "/predict"), ("GET", "/health/live"), ("POST", "/predict/")]
+
+
+def test_an_unexpected_error_on_the_direct_path_is_the_error_maps_500_with_the_request_id(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    direct = client
+    stack = client.app_under_test.middleware_stack  # type: ignore[attr-defined]
+
+    async def broken(_request: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setitem(stack.routes, "/predict", broken)
+    response = direct.post("/predict", json=EXAMPLE, headers={"X-Request-ID": "trace-me"})
+    assert response.status_code == 500
+    assert response.json() == {
+        "error": "internal_error",
+        "message": "unexpected error; quote the request id when reporting it",
+        "request_id": "trace-me",
+    }
+    assert response.headers["x-request-id"] == "trace-me"
+
+
+_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(-5, 200), st.text(max_size=8), st.lists(st.integers(), max_size=2)
+)
+_ENCOUNTERS = st.one_of(
+    st.just(EXAMPLE),
+    st.builds(lambda k, v: {**EXAMPLE, k: v}, st.sampled_from(sorted(EXAMPLE)), _VALUES),
+    st.builds(lambda k: {f: v for f, v in EXAMPLE.items() if f != k}, st.sampled_from(sorted(EXAMPLE))),
+    st.builds(lambda v: {**EXAMPLE, "unknown_field": v}, _VALUES),
+)
+_BODIES = st.one_of(
+    _ENCOUNTERS.map(lambda e: json.dumps(e).encode()),
+    st.lists(_ENCOUNTERS, max_size=MAX_BATCH + 1).map(lambda es: json.dumps({"encounters": es}).encode()),
+    st.sampled_from([b"", b"{", b"[]", b"null", b'{"encounters": 3}', b"\xff\xfe", b'{"age": "[70-80)", "age": 1}']),
+)
+_HEADERS = st.fixed_dictionaries(
+    {},
+    optional={
+        "Content-Type": st.sampled_from(["application/json", "text/plain", "application/problem+json", "bad"]),
+        "Content-Encoding": st.sampled_from(["gzip", "identity"]),
+        "X-Request-ID": st.sampled_from(["abc-123", "no spaces allowed", "x" * 65]),
+    },
+)
+_QUERIES = st.sampled_from(["", "explain=true", "explain=true&explain_top=2", "explain_top=abc", "explain=maybe"])
+
+
+def _comparable(response: Any) -> tuple[int, Any, str | None]:
+    """Status, body (JSON without the request id, whose value is random unless the client sent one) and type."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = response.text
+    if isinstance(body, dict):
+        body.pop("request_id", None)
+    return response.status_code, body, response.headers.get("content-type")
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(path=st.sampled_from(["/predict", "/predict/batch"]), body=_BODIES, headers=_HEADERS, query=_QUERIES)
+def test_any_request_gets_the_answer_fastapis_full_path_gives(
+    client: TestClient, path: str, body: bytes, headers: dict[str, str], query: str
+) -> None:
+    url = f"{path}?{query}" if query else path
+    ours = client.post(url, content=body, headers=headers)
+    theirs = client.post(url, content=body, headers={**headers, **FRAMEWORK})
+    assert _comparable(ours) == _comparable(theirs)
+    assert ours.status_code < 500, ours.text
+    given_id = headers.get("X-Request-ID", "")
+    if given_id == "abc-123":
+        assert ours.headers["x-request-id"] == theirs.headers["x-request-id"] == given_id
+    assert len(ours.headers["x-request-id"]) > 0
