@@ -23,9 +23,12 @@ alternating rounds at 64 connections (--rounds): ours and the constant endpoint,
 variant of each peer (its stock path and with our compiled predictor), the ratio taken within each round.
 
     make run   # once: trains and promotes a champion in var/ (Ctrl-C after it starts serving)
-    python bench/api.py --seconds 10
-    python bench/api.py --seconds 2 --rounds 1 --only ours litserve   # ours and LitServe's variants only
-    python bench/api.py --no-peers                                   # no peers
+    .venv/bin/python bench/api.py --seconds 10       # everything; the first run makes the peers' virtualenvs
+    .venv/bin/python bench/api.py --seconds 2 --rounds 1 --only ours litserve   # ours and LitServe's variants
+    .venv/bin/python bench/api.py --no-peers         # no peers
+
+The peers' virtualenvs take about 1.2 GB under var/bench-peers/ and are made from PyPI on first use (or ahead of
+time: .venv/bin/python bench/peers/venvs.py litserve bentoml mlserver kserve).
 """
 
 from __future__ import annotations
@@ -49,9 +52,10 @@ from typing import Any
 import httpx
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from readmission import schema
-from readmission.db import normalize_url
+from readmission.db import display_url, normalize_url
 from readmission.registry import CHAMPION, MODEL_NAME
 
 HERE = Path(__file__).resolve().parent
@@ -382,10 +386,9 @@ def parse_args() -> argparse.Namespace:
         help=f"run only these servers ({', '.join(OUR_SERVERS)}, a peer: all its variants, or one variant as "
         "peer/variant, e.g. litserve/stock-batching)",
     )
-    parser.add_argument(
-        "--peers", nargs="+", default=list(PEERS), choices=list(PEERS), help="serving peers to run (default: all)"
-    )
-    parser.add_argument("--no-peers", action="store_true", help="run no serving peer")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--peers", nargs="+", default=list(PEERS), choices=list(PEERS), help="serving peers to run")
+    which.add_argument("--no-peers", action="store_true", help="run no serving peer")
     parser.add_argument(
         "--peer-omp-threads",
         type=int,
@@ -402,6 +405,16 @@ def parse_args() -> argparse.Namespace:
         "measured alternately at 64 clients",
     )
     args = parser.parse_args()
+    check_args(parser, args)
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: apt-get install wrk (or brew install wrk)")
+    return args
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse, with one line naming the option, a selection that would run nothing or something unasked."""
+    if args.seconds <= 0 or args.rounds < 0:
+        parser.error(f"--seconds must be more than 0 and --rounds at least 0, got {args.seconds:g} and {args.rounds}")
     unknown = sorted(set(args.only or ()) - known_servers())
     if unknown:
         parser.error(
@@ -409,9 +422,11 @@ def parse_args() -> argparse.Namespace:
         )
     if args.no_peers:
         args.peers = []
-    if shutil.which("wrk") is None:
-        sys.exit("wrk is not installed: apt-get install wrk (or brew install wrk)")
-    return args
+    left_out = sorted(
+        name for name in args.only or () if name.split("/")[0] in PEERS and name.split("/")[0] not in args.peers
+    )
+    if left_out:
+        parser.error(f"--only names {', '.join(left_out)}, which --peers / --no-peers leave out")
 
 
 def known_servers() -> set[str]:
@@ -566,8 +581,12 @@ def main() -> None:
     admin = normalize_url(args.mysql_url)
     database = f"bench_api_{uuid.uuid4().hex[:8]}"
     engine = create_engine(admin)
-    with engine.begin() as conn:
-        conn.execute(text(f"CREATE DATABASE {database}"))
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(f"CREATE DATABASE {database}"))
+    except SQLAlchemyError as exc:
+        sys.exit(f"cannot create the prediction log's database at {display_url(admin)} ({type(exc).__name__}); "
+                 "start MariaDB/MySQL or pass --mysql-url (or BENCH_MYSQL_URL)")  # fmt: skip
     args.log_url = make_url(admin).set(database=database).render_as_string(hide_password=False)
     work = Path(tempfile.mkdtemp(prefix="bench-api-"))
     results = Results()
@@ -588,7 +607,9 @@ def run(
     args: argparse.Namespace, model_uri: str, classes: list[str], bodies: dict[str, Path], check: Any, results: Results
 ) -> None:
     """Every server asked for, in turn; then the headlines' alternating rounds."""
-    ours = [t for t in our_targets(args, model_uri, classes) if selected(t.name, args.only)]
+    targets = our_targets(args, model_uri, classes)
+    assert tuple(t.name for t in targets) == OUR_SERVERS, "OUR_SERVERS must name our_targets() in order"
+    ours = [t for t in targets if selected(t.name, args.only)]
     for target in ours:
         sweep(target, bodies, args, results, check)
     if args.rounds and {"ours", "constant"} <= {t.name for t in ours}:

@@ -8,11 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.calibration import CalibratedClassifierCV
+from sklearn.ensemble import RandomForestClassifier
 from sklearn.frozen import FrozenEstimator
 
 from readmission import schema
 from readmission.clean import diagnosis_group, diagnosis_group_of
 from readmission.modeling import (
+    EarlyReadmissionChain,
     hist_gradient_boosting,
     logistic_regression,
     model_input,
@@ -56,6 +58,20 @@ def test_each_family_predicts_exactly_as_its_pipeline(data: Any, build: Any, pat
     np.testing.assert_allclose(predictor.predict_proba(_rows(test)), expected, rtol=0, atol=1e-12)
     np.testing.assert_allclose(predictor.predict_proba(_rows(test.head(1))), expected[:1], rtol=0, atol=1e-12)
     assert list(predictor.classes_) == ["<30", ">30", "NO"]
+
+
+def test_a_chain_of_trees_that_are_not_compiled_is_labelled_and_capped_as_scikit_learns_code(data: Any) -> None:
+    """New-user try of #24: any chain was labelled ``compiled`` (and so ran without the MODEL_THREADS cap), also
+    one whose estimators the service does not compile and calls through scikit-learn."""
+    train, _, test = data
+    model = hist_gradient_boosting(max_iter=20)
+    forest = RandomForestClassifier(n_estimators=10, min_samples_leaf=50, random_state=0)
+    model.steps[-1] = (model.steps[-1][0], EarlyReadmissionChain(forest, forest))
+    model.fit(model_input(train), train[schema.TARGET].astype(str))
+    predictor = Predictor(model, threads=1)
+    assert predictor.path == "compiled-input"
+    expected = model.predict_proba(model_input(test))
+    np.testing.assert_allclose(predictor.predict_proba(_rows(test)), expected, rtol=0, atol=1e-12)
 
 
 def test_unseen_categories_and_codes_take_the_pipelines_fallbacks(data: Any) -> None:

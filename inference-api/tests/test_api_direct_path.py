@@ -5,6 +5,7 @@ real model, the same app answering both ways)."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ def client(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iter
         if scope["type"] == "http" and (b"x-test-path", b"framework") in scope["headers"]:
             assert isinstance(stack, DirectRoutes)
             scope["app"] = app
-            await stack.framework.app(scope, receive, send)  # past the counter: not a request the app routed
+            await stack.app.app(scope, receive, send)  # past the counter: not a request the app routed
         else:
             await app(scope, receive, send)
 
@@ -60,14 +61,14 @@ def client(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iter
         wait_until(lambda: c.get("/health/ready").status_code == 200, what="the model to load")
         stack = app.middleware_stack
         assert isinstance(stack, DirectRoutes)
-        stack.framework = Counted(stack.framework)
+        stack.app = Counted(stack.app)
         c.app_under_test = app  # type: ignore[attr-defined]
         yield c
 
 
 def test_prediction_posts_skip_the_framework_and_everything_else_takes_it(client: TestClient) -> None:
     direct = client
-    framework = client.app_under_test.middleware_stack.framework  # type: ignore[attr-defined]
+    framework = client.app_under_test.middleware_stack.app  # type: ignore[attr-defined]
     framework.seen.clear()
     assert direct.post("/predict", json=EXAMPLE).status_code == 200
     assert direct.post("/predict/batch", json={"encounters": [EXAMPLE]}).status_code == 200
@@ -79,17 +80,25 @@ def test_prediction_posts_skip_the_framework_and_everything_else_takes_it(client
     assert framework.seen == [("GET", "/predict"), ("GET", "/health/live"), ("POST", "/predict/")]
 
 
-def test_an_unexpected_error_on_the_direct_path_is_the_error_maps_500_with_the_request_id(
-    client: TestClient, monkeypatch: pytest.MonkeyPatch
+def _requests_answered(client: TestClient, status: int) -> float:
+    """``inference_requests_total`` of POST /predict with ``status`` (0 when none was counted)."""
+    line = f'inference_requests_total{{endpoint="/predict",method="POST",status="{status}"}} '
+    found = [row for row in client.get("/metrics").text.splitlines() if row.startswith(line)]
+    return float(found[0].split()[-1]) if found else 0.0
+
+
+def test_an_unexpected_error_on_the_direct_path_is_the_error_maps_500_logged_and_counted(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    direct = client
     stack = client.app_under_test.middleware_stack  # type: ignore[attr-defined]
 
     async def broken(_request: Any) -> Any:
         raise RuntimeError("a bug")
 
     monkeypatch.setitem(stack.routes, "/predict", broken)
-    response = direct.post("/predict", json=EXAMPLE, headers={"X-Request-ID": "trace-me"})
+    before = _requests_answered(client, 500)
+    with caplog.at_level(logging.ERROR):
+        response = client.post("/predict", json=EXAMPLE, headers={"X-Request-ID": "trace-me"})
     assert response.status_code == 500
     assert response.json() == {
         "error": "internal_error",
@@ -97,6 +106,54 @@ def test_an_unexpected_error_on_the_direct_path_is_the_error_maps_500_with_the_r
         "request_id": "trace-me",
     }
     assert response.headers["x-request-id"] == "trace-me"
+    assert any("trace-me" in r.getMessage() and r.exc_info and "a bug" in str(r.exc_info[1]) for r in caplog.records)
+    assert _requests_answered(client, 500) == before + 1
+
+
+@pytest.mark.parametrize("failure", ["raises", "returns None"])
+def test_a_failing_error_handler_falls_back_to_the_500_of_the_error_map(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, failure: str
+) -> None:
+    """Review of #24: on the framework path Starlette's ServerErrorMiddleware answered a handler that failed;
+    on the direct path it must not reach the server as a bare text/plain 500 without the request id."""
+    handlers = client.app_under_test.exception_handlers  # type: ignore[attr-defined]
+    wanted = next(cls for cls in handlers if isinstance(cls, type) and cls.__name__ == "InvalidBodyError")
+
+    async def bad_handler(_request: Any, _exc: Exception) -> Any:
+        if failure == "raises":
+            raise ValueError("the handler broke")
+        return None
+
+    monkeypatch.setitem(handlers, wanted, bad_handler)
+    with caplog.at_level(logging.ERROR):
+        response = client.post("/predict", content=b"{", headers={"X-Request-ID": "handler-broke"})
+    assert response.status_code == 500
+    assert response.json()["error"] == "internal_error"
+    assert response.json()["request_id"] == response.headers["x-request-id"] == "handler-broke"
+
+
+def test_a_middleware_added_to_the_app_applies_to_the_direct_path(registry: Registry, tmp_path: Path) -> None:
+    """Review of #24: the direct path built its own edge middleware, so one added later would have missed it."""
+
+    class Stamp:
+        def __init__(self, app: Any) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            async def stamped(message: dict[str, Any]) -> None:
+                if message["type"] == "http.response.start":
+                    message["headers"] = [*message.get("headers", []), (b"x-stamp", b"yes")]
+                await send(message)
+
+            await self.app(scope, receive, stamped)
+
+    app = create_app(settings_for(registry.uri, f"sqlite:///{tmp_path / 'log.db'}"))
+    app.add_middleware(Stamp)
+    with TestClient(app) as c:
+        wait_until(lambda: c.get("/health/ready").status_code == 200, what="the model to load")
+        for response in (c.post("/predict", json=EXAMPLE), c.post("/predict", content=b"{"), c.get("/model")):
+            assert response.headers.get("x-stamp") == "yes", response.status_code
+        assert isinstance(app.middleware_stack, DirectRoutes)
 
 
 _VALUES = st.one_of(
@@ -124,15 +181,17 @@ _HEADERS = st.fixed_dictionaries(
 _QUERIES = st.sampled_from(["", "explain=true", "explain=true&explain_top=2", "explain_top=abc", "explain=maybe"])
 
 
-def _comparable(response: Any) -> tuple[int, Any, str | None]:
-    """Status, body (JSON without the request id, whose value is random unless the client sent one) and type."""
+def _comparable(response: Any) -> tuple[int, Any, dict[str, str]]:
+    """Status, body (JSON without the request id, whose value is random unless the client sent one) and the
+    headers but those that differ between two answers (request id, length, date)."""
     try:
         body = response.json()
     except ValueError:
         body = response.text
     if isinstance(body, dict):
         body.pop("request_id", None)
-    return response.status_code, body, response.headers.get("content-type")
+    headers = {k: v for k, v in response.headers.items() if k not in ("x-request-id", "content-length", "date")}
+    return response.status_code, body, headers
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -141,11 +200,15 @@ def test_any_request_gets_the_answer_fastapis_full_path_gives(
     client: TestClient, path: str, body: bytes, headers: dict[str, str], query: str
 ) -> None:
     url = f"{path}?{query}" if query else path
+    framework = client.app_under_test.middleware_stack.app  # type: ignore[attr-defined]
+    framework.seen.clear()
     ours = client.post(url, content=body, headers=headers)
+    assert framework.seen == []  # the direct path answered
     theirs = client.post(url, content=body, headers={**headers, **FRAMEWORK})
     assert _comparable(ours) == _comparable(theirs)
     assert ours.status_code < 500, ours.text
-    given_id = headers.get("X-Request-ID", "")
-    if given_id == "abc-123":
-        assert ours.headers["x-request-id"] == theirs.headers["x-request-id"] == given_id
-    assert len(ours.headers["x-request-id"]) > 0
+    if headers.get("X-Request-ID") == "abc-123":  # a well-formed id is kept, in the header and the body
+        assert ours.headers["x-request-id"] == theirs.headers["x-request-id"] == "abc-123"
+        assert ours.json()["request_id"] == "abc-123"
+    else:
+        assert len(ours.headers["x-request-id"]) == 32

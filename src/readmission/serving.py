@@ -358,7 +358,9 @@ class _CompiledTrees:
         return result
 
 
-def _compile_estimator(estimator: Any) -> Callable[[np.ndarray], np.ndarray]:
+def _compile_estimator(estimator: Any) -> tuple[Callable[[np.ndarray], np.ndarray], bool]:
+    """The estimator's ``predict_proba`` on encoded rows, and whether its trees were compiled (the boosted chain
+    of single-output gradient-boosting models); otherwise the estimator's own method (scikit-learn's code)."""
     if (
         type(estimator) is EarlyReadmissionChain
         and type(estimator.early_) is HistGradientBoostingClassifier
@@ -374,13 +376,13 @@ def _compile_estimator(estimator: Any) -> Callable[[np.ndarray], np.ndarray]:
             later = (1.0 - early) * later_trees.positive(x)
             return np.column_stack([early, later, 1.0 - early - later])
 
-        return chain
+        return chain, True
 
     def generic(x: np.ndarray) -> np.ndarray:
         result: np.ndarray = estimator.predict_proba(x)
         return result
 
-    return generic
+    return generic, False
 
 
 def _sigmoid_calibration(model: Any) -> tuple[Any, Callable[[np.ndarray], np.ndarray]] | None:
@@ -453,9 +455,8 @@ class Predictor:
             if isinstance(prepare, FunctionTransformer) and prepare.func is prepare_features:
                 self._encode = _compile_encoder(encoder)
                 if self._encode is not None:
-                    self._estimate = _compile_estimator(estimator)
-                    chain = type(estimator) is EarlyReadmissionChain
-                    self.path = "compiled" if chain else "compiled-input"
+                    self._estimate, trees = _compile_estimator(estimator)
+                    self.path = "compiled" if trees else "compiled-input"
         if calibrated and self._estimate is not None:
             self._estimate = _calibrated(self._estimate, calibrated[1])
             self.path += "-calibrated"

@@ -115,7 +115,9 @@ class Candidate:
     calibrated: bool = False
     threshold: float = math.nan  # F1-best risk threshold for the 30-day class, chosen on validation
     refit: bool = False  # fitted again on train + validation after everything was chosen
-    fit_rows: int = 0  # rows the kept model was fitted on (train, or train + validation when refitted)
+    # Rows the kept model was fitted on: train, or train + validation when refitted (a recalibrated model is not
+    # refitted: its trees saw train, its sigmoid calibrator validation on top).
+    fit_rows: int = 0
     run_id: str = ""
     model_uri: str = ""  # set when the model is already logged (a candidate run of an Airflow task)
 

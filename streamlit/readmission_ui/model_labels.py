@@ -85,8 +85,8 @@ RUN_FIGURES: dict[str, MetricLabel] = {
     "fit_seconds": MetricLabel("Fit time", "Seconds the final fit of this model took.", "seconds"),
     "fit_rows": MetricLabel(
         "Rows fitted",
-        "Encounters the model was fitted on: train, or train + validation when refitted (a patient sample of them "
-        "above TRAIN_MAX_FIT_ROWS).",
+        "Encounters the model was fitted on: train, or train + validation when refitted (a recalibrated model's "
+        "calibrator is fitted on validation on top; a patient sample of them above TRAIN_MAX_FIT_ROWS).",
         "count",
     ),
 }
