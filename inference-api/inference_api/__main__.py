@@ -14,6 +14,7 @@ from types import FrameType
 import uvicorn
 
 from inference_api.app import create_app
+from inference_api.coalesce import CoalescingHttpProtocol
 from inference_api.prediction_log import CLOSE_MARGIN_SECONDS
 from inference_api.settings import ApiSettings, settings_or_exit
 from inference_api.shutdown import AnswerBeforeExit
@@ -95,6 +96,7 @@ def main() -> None:
         host=settings.host,
         port=settings.port,
         workers=1,
+        http=CoalescingHttpProtocol,  # one socket write per response
         log_level=settings.log_level,
         access_log=False,  # every request is counted in /metrics and every prediction is in the log table
         timeout_graceful_shutdown=math.ceil(budget.graceful_timeout),

@@ -3,7 +3,8 @@ from here: a module name of its own, so several test folders can run in one pyte
 
 - ``registry``: a local MLflow store (SQLite + artifact folder) with two versions of
   ``diabetes-readmission`` trained by the project's own training job (synthetic encounters, so it is fast).
-- ``ApiServer``: the app under a real uvicorn server on a free port (real HTTP, real lifespan).
+- ``ApiServer``: the app under a real uvicorn server on a free port (real HTTP, real lifespan, the service's
+  HTTP protocol).
 - ``mysql_log_url``: a scratch database on the MariaDB of ``TEST_MYSQL_URL``.
 - ``PrivateMariaDB``: a MariaDB server of the test's own (own data folder and port) that a test may stop
   and start again without touching the shared one.
@@ -31,6 +32,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from inference_api.app import create_app
+from inference_api.coalesce import CoalescingHttpProtocol
 from inference_api.settings import ApiSettings
 from readmission.db import normalize_url
 from readmission.registry import MODEL_NAME
@@ -102,7 +104,15 @@ class ApiServer:
         self.app = app or create_app(settings)  # ``app``: one built by the test (e.g. with a source_factory)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        # As __main__ runs it: one socket write per response (inference_api.coalesce).
+        config = uvicorn.Config(
+            self.app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="on",
+            http=CoalescingHttpProtocol,
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

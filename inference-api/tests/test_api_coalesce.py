@@ -1,0 +1,144 @@
+"""One socket write per response (``inference_api.coalesce``), and nothing lost or reordered on the way: real
+uvicorn servers on uvloop, real sockets, the write system calls counted by the kernel (/proc/<pid>/io)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from apisupport import free_port
+
+# A tiny ASGI app under uvicorn (uvloop) with the protocol named on the command line: "coalescing" (the
+# service's) or "httptools" (uvicorn's own). /small answers 2 bytes; /stream 64 chunks of 16 KiB; /big one
+# 3 MiB body; /close a small body with Connection: close.
+SERVER = textwrap.dedent(
+    """
+    import sys
+    import uvicorn
+    from inference_api.coalesce import CoalescingHttpProtocol
+
+    CHUNK = bytes(range(256)) * 64  # 16 KiB
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        headers = [(b"content-type", b"application/octet-stream")]
+        if path == "/stream":
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            for i in range(64):
+                await send({"type": "http.response.body", "body": bytes([i]) + CHUNK, "more_body": True})
+            await send({"type": "http.response.body", "body": b"end", "more_body": False})
+            return
+        body = {"/big": CHUNK * 192, "/close": b"bye"}.get(path, b"ok")
+        headers.append((b"content-length", str(len(body)).encode()))
+        if path == "/close":
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    http = CoalescingHttpProtocol if sys.argv[2] == "coalescing" else "httptools"
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), loop="uvloop", http=http, log_level="warning")
+    """
+)
+CHUNK = bytes(range(256)) * 64
+
+
+def _serve(tmp_path: Path, protocol: str) -> Iterator[tuple[str, int]]:
+    script = tmp_path / "server.py"
+    script.write_text(SERVER)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(script), str(port), protocol])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(url + "/small", timeout=1)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"the {protocol} test server did not start") from None
+                time.sleep(0.1)
+        yield url, proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+@pytest.fixture
+def coalescing(tmp_path: Path) -> Iterator[tuple[str, int]]:
+    yield from _serve(tmp_path, "coalescing")
+
+
+def _write_calls(pid: int) -> int:
+    """Write system calls the process has made so far (write/writev: what uvloop sends a socket with)."""
+    fields = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    return int(fields["syscw"])
+
+
+@pytest.mark.parametrize(("protocol", "low", "high"), [("coalescing", 1.0, 1.1), ("httptools", 1.9, 2.1)])
+def test_a_response_is_one_socket_write(tmp_path: Path, protocol: str, low: float, high: float) -> None:
+    """The service's protocol sends status line, headers and body in one write; uvicorn's own takes two
+    (the control arm: shows the count sees the difference)."""
+    server = _serve(tmp_path, protocol)
+    url, pid = next(server)
+    try:
+        with httpx.Client(base_url=url) as client:
+            client.get("/small")
+            before = _write_calls(pid)
+            answers = [client.get("/small") for _ in range(300)]
+            per_response = (_write_calls(pid) - before) / len(answers)
+        assert all(a.status_code == 200 and a.content == b"ok" for a in answers)
+        assert low <= per_response <= high, f"{per_response:.2f} write calls per response with {protocol}"
+    finally:
+        server.close()
+
+
+def test_streamed_and_large_bodies_arrive_whole_and_in_order(coalescing: tuple[str, int]) -> None:
+    url, _ = coalescing
+    with httpx.Client(base_url=url) as client:
+        streamed = client.get("/stream")
+        big = client.get("/big")
+        small = client.get("/small")  # the same kept-alive connection still answers
+    assert streamed.content == b"".join(bytes([i]) + CHUNK for i in range(64)) + b"end"
+    assert big.content == CHUNK * 192
+    assert small.content == b"ok"
+
+
+def test_connection_close_sends_the_body_before_closing(coalescing: tuple[str, int]) -> None:
+    url, _ = coalescing
+    answer = httpx.get(url + "/close")
+    assert answer.headers["connection"] == "close"
+    assert answer.content == b"bye"
+
+
+def test_pipelined_requests_get_their_answers_in_order(coalescing: tuple[str, int]) -> None:
+    """Three requests in one packet: three answers, in request order, on the one connection."""
+    url, _ = coalescing
+    port = int(url.rsplit(":", 1)[1])
+    request = b"GET /%s HTTP/1.1\r\nhost: t\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request % b"small" + request % b"close" + request % b"small")
+        received = b""
+        while chunk := sock.recv(65536):  # /close ends the connection: the third request gets no answer
+            received += chunk
+    answers = received.split(b"HTTP/1.1 ")[1:]
+    assert [a.endswith(body) for a, body in zip(answers, (b"ok", b"bye"), strict=True)] == [True, True]
+
+
+def test_a_client_gone_mid_stream_leaves_the_server_answering(coalescing: tuple[str, int]) -> None:
+    url, _ = coalescing
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /big HTTP/1.1\r\nhost: t\r\n\r\n")
+        sock.recv(1024)
+    # the server wrote into a closed connection; it must go on serving others
+    assert httpx.get(url + "/big").content == CHUNK * 192
