@@ -7,7 +7,6 @@ the edge middleware gave the request (``X-Request-ID``).
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import orjson
@@ -19,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from inference_api.batcher import BatcherFailedError, ModelNotReadyError, PredictionTimeoutError
 from inference_api.contract import MAX_LISTED_ERRORS, BatchTooLargeError, ErrorBody, InvalidBodyError
 from inference_api.explaining import ExplanationsBusyError, NotExplainableModelError
+from inference_api.ids import new_id
 from inference_api.model_details import PLOT_NAMES, RegistryUnreachableError, UnknownPlotError
 from inference_api.model_manager import LOADING, STARTING
 
@@ -48,7 +48,7 @@ def error_response(status: int, error: str, message: str, request_id: str, **ext
 
 def request_id(request: Request) -> str:
     """The id the edge middleware gave this request (a fresh one if the middleware did not run)."""
-    return str(request.scope.get("state", {}).get("request_id") or os.urandom(16).hex())
+    return str(request.scope.get("state", {}).get("request_id") or new_id())
 
 
 # What the prediction endpoints document (OpenAPI ``responses``).

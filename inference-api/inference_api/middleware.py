@@ -6,7 +6,6 @@ metrics (count, duration, in flight).
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -14,6 +13,7 @@ from typing import Any
 
 from inference_api.batcher import InFlight
 from inference_api.errors import PayloadTooLargeError, error_response
+from inference_api.ids import new_id
 from inference_api.metrics import Metrics
 
 Scope = MutableMapping[str, Any]
@@ -44,7 +44,7 @@ class EdgeMiddleware:
         started = time.perf_counter()
         headers = dict(scope.get("headers") or ())
         given = headers.get(b"x-request-id", b"").decode("latin-1")
-        request_id = given if _REQUEST_ID.match(given) else os.urandom(16).hex()
+        request_id = given if _REQUEST_ID.match(given) else new_id()
         scope.setdefault("state", {})
         scope["state"]["request_id"] = request_id
         scope["state"]["started"] = started

@@ -23,6 +23,7 @@ before the process exits (SIGTERM).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import multiprocessing
 import signal
@@ -551,13 +552,16 @@ def _add_encounter_column(engine: Engine) -> bool:
 
 
 def create_log_engine(url: str) -> Engine:
-    """Engine of the log database; on MySQL/MariaDB each session quotes strings without backslash escapes.
+    """Engine of the log database: JSON columns written by orjson; on MySQL/MariaDB each session quotes
+    strings without backslash escapes.
 
+    SQLAlchemy's JSON type writes with the standard library's ``json.dumps``, which was a sixth of the writer's
+    CPU (py-spy, ``bench/api.py``); orjson writes the same values as compact JSON (``_json_text``).
     With NO_BACKSLASH_ESCAPES the driver (PyMySQL) escapes a string by doubling quotes, a C-speed
     ``str.replace``, instead of a per-character translation: the JSON of the inputs is most of each row,
     and this cuts the writer's CPU per row by more than half. Backslashes are then stored as written.
     """
-    engine = create_db_engine(url)
+    engine = create_db_engine(url, json_serializer=_json_text)
     if engine.dialect.name == "mysql":
 
         @event.listens_for(engine, "connect")
@@ -566,6 +570,14 @@ def create_log_engine(url: str) -> Engine:
                 cursor.execute("SET SESSION sql_mode = CONCAT(@@SESSION.sql_mode, ',NO_BACKSLASH_ESCAPES')")
 
     return engine
+
+
+def _json_text(value: Any) -> str:
+    """``value`` as ASCII JSON text: orjson's, or where that holds a non-ASCII character, ``json.dumps``'s
+    (``\\u`` escapes), so what is stored never depends on the table's character set. Raises ``TypeError`` for
+    what JSON cannot hold."""
+    text = orjson.dumps(value)
+    return text.decode() if text.isascii() else json.dumps(value)
 
 
 def _insert_ignoring_duplicates(dialect: str, table: Table) -> Any:

@@ -27,7 +27,10 @@ def _row(inputs: dict[str, Any], item: int = 0) -> dict[str, Any]:
 
 
 def test_rows_read_back_exactly_including_quotes_and_backslashes(mysql_log_url: str) -> None:
-    tricky = {**next(iter(schema.EXAMPLE_ENCOUNTERS.values())), "note": 'O\'Brien said "hi" \\ C:\\temp\n\t\u00e9'}
+    tricky = {
+        **next(iter(schema.EXAMPLE_ENCOUNTERS.values())),
+        "note": 'O\'Brien said "hi" \\ C:\\temp\n\t\u00e9 \u4e2d \U0001f600',
+    }
     rows = [_row(tricky, i) for i in range(3)]
     log = PredictionLog(mysql_log_url, Metrics(), batch_size=2)
     log.start()

@@ -29,15 +29,16 @@ def display_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def create_db_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite files get their folder created and real transactions (DDL too)."""
+def create_db_engine(url: str, **options: Any) -> Engine:
+    """An engine for ``url``; SQLite files get their folder created and real transactions (DDL too).
+    ``options`` go to ``sqlalchemy.create_engine`` (e.g. ``json_serializer``)."""
     url = normalize_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
+        return create_engine(url, pool_pre_ping=True, **options)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": 60})
+    engine = create_engine(url, connect_args={"timeout": 60}, **options)
 
     # pysqlite's own transaction handling skips DDL and starts late; hand BEGIN to SQLAlchemy so a
     # rebuild (DROP, CREATE, INSERT) is one atomic unit, as it is on PostgreSQL.

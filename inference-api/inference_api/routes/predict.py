@@ -6,7 +6,6 @@ still describes them (``openapi_extra``).
 
 from __future__ import annotations
 
-import os
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -37,6 +36,7 @@ from inference_api.explaining import (
     explanation_blocks,
     parse_explain,
 )
+from inference_api.ids import new_id
 from inference_api.model_manager import LoadedModel
 from readmission import schema
 
@@ -119,7 +119,7 @@ def _log(
     parts.prediction_log.submit(
         [
             {
-                "log_id": os.urandom(16).hex(),  # unique per row, even when a client reuses a request id
+                "log_id": new_id(),  # unique per row, even when a client reuses a request id
                 "request_id": rid,
                 "item": i,
                 "created_at": now,
