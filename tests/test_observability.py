@@ -334,10 +334,13 @@ def test_alerts_are_loaded_and_silent_on_the_healthy_api(prometheus: str) -> Non
     # see livesupport.start_api): each must be inactive. Those driven by counters stay active for
     # their whole window once triggered, so waiting cannot hide them; it only waits out the one input a busy
     # machine can flip for a moment, `up` after a scrape slower than its 2 s timeout (InferenceApiDown).
+    # A rule not evaluated yet (Prometheus evaluates a group first one interval after loading it) has health
+    # "unknown" and state "inactive": wait for the first evaluation too, or a slow start passes vacuously.
     deadline = time.monotonic() + PATIENCE_SECONDS
     while True:
         active = [r["name"] for r in rules if r["name"] in alerts - SPEED_DEPENDENT_ALERTS and r["state"] != "inactive"]
-        if not active or time.monotonic() > deadline:
+        unevaluated = [r["name"] for r in rules if r.get("health") == "unknown"]
+        if (not active and not unevaluated) or time.monotonic() > deadline:
             break
         time.sleep(1)
         rules = _rule_states(prometheus)
