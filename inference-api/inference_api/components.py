@@ -57,6 +57,10 @@ class Components:
     instance_id: str  # INSTANCE_ID, or a random id for this process (/health/live reports it)
     artifacts: ArtifactCache = field(default_factory=ArtifactCache)  # the served runs' plots (GET /model/plots)
     explain_limiter: ExplainLimiter = field(default_factory=lambda: ExplainLimiter(10.0))  # set by ``build``
+    bands: tuple[float, float] = field(init=False)  # the risk-band cut points, parsed once (not per answer)
+
+    def __post_init__(self) -> None:
+        self.bands = self.settings.bands
 
     @classmethod
     def build(cls, settings: ApiSettings, source_factory: Callable[[], ModelSource] | None = None) -> Components:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -89,22 +90,33 @@ def _number(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
+_READ = tuple(dict.fromkeys((*CATEGORICAL_INPUTS, *DIAGNOSIS_INPUTS, *NUMERIC_INPUTS)))  # every input read
+
+
+def _texts(values: Sequence[Any]) -> np.ndarray:
+    """``_text`` of each value, as an object array (a string is kept as is: no call per value)."""
+    return np.array([v if type(v) is str else _text(v) for v in values], dtype=object)
+
+
 def prepare_columns(rows: Sequence[Row]) -> dict[str, np.ndarray]:
-    """``modeling.prepare_features`` for validated rows, column by column, without pandas."""
-    out: dict[str, np.ndarray] = {}
-    for name in CATEGORICAL_INPUTS:
-        out[name] = np.array([_text(row.get(name)) for row in rows], dtype=object)
+    """``modeling.prepare_features`` for validated rows, column by column, without pandas.
+
+    Each row's inputs are read in one pass (``map(row.get, ...)``) and turned into columns with ``zip``: reading
+    them value by value was most of a model call's interpreter time (the call holds the GIL the event loop
+    needs)."""
+    transposed = list(zip(*[tuple(map(row.get, _READ)) for row in rows], strict=True)) or [()] * len(_READ)
+    columns = dict(zip(_READ, transposed, strict=True))
+    out: dict[str, np.ndarray] = {name: _texts(columns[name]) for name in CATEGORICAL_INPUTS}
     for name in DIAGNOSIS_INPUTS:
-        codes = [row.get(name) for row in rows]
-        out[name] = np.array([_group(code) for code in codes], dtype=object)
-        out[f"{name}_code"] = np.array([_text(code) for code in codes], dtype=object)
+        codes = columns[name]
+        out[name] = np.array(list(map(_group, codes)), dtype=object)
+        out[f"{name}_code"] = _texts(codes)
     for name in NUMERIC_INPUTS:
-        out[name] = np.array([_number(row.get(name)) for row in rows], dtype=np.float64)
+        out[name] = np.array([math.nan if v is None else v for v in columns[name]], dtype=np.float64)
     out["visits_last_year"] = out["number_outpatient"] + out["number_emergency"] + out["number_inpatient"]
     # Counted in Python integers and stored once: adding into numpy elements one by one costs far more.
     changed, taken = [], []
-    for row in rows:
-        doses = [row.get(drug) for drug in schema.MEDICATIONS]
+    for doses in zip(*(columns[drug] for drug in schema.MEDICATIONS), strict=True):
         changed.append(doses.count("Up") + doses.count("Down"))
         taken.append(len(doses) - doses.count("No"))
     out["medications_changed"] = np.array(changed, dtype=np.float64)
@@ -129,7 +141,7 @@ def _ordinal_block(encoder: OrdinalEncoder, columns: list[str]) -> Block | None:
     def transform(data: dict[str, np.ndarray]) -> np.ndarray:
         out = np.empty((len(data[columns[0]]), len(columns)), dtype=np.float64)
         for j, (name, table) in enumerate(zip(columns, tables, strict=True)):
-            out[:, j] = [table.get(v, unknown) for v in data[name].tolist()]
+            out[:, j] = list(map(table.get, data[name].tolist(), repeat(unknown)))
         return out
 
     return transform
@@ -145,7 +157,7 @@ def _target_block(encoder: TargetEncoder, columns: list[str]) -> Block:
         n = len(data[columns[0]])
         out = np.empty((n, len(encodings)), dtype=np.float64)
         for f, (name, table) in enumerate(zip(columns, tables, strict=True)):
-            codes = np.array([table.get(v, -1) for v in data[name].tolist()], dtype=np.int64)
+            codes = np.array(list(map(table.get, data[name].tolist(), repeat(-1))), dtype=np.int64)
             unknown = codes < 0
             for k in range(n_classes):
                 e = f * n_classes + k

@@ -79,7 +79,7 @@ def _band(risk: float, bands: tuple[float, float]) -> str:
 
 def _scores(parts: Components, model: LoadedModel, probabilities: np.ndarray) -> list[dict[str, Any]]:
     """One ``Scores`` dict per row of ``probabilities`` (counted in the prediction metrics)."""
-    bands, metrics = parts.settings.bands, parts.metrics
+    bands, metrics = parts.bands, parts.metrics
     out = []
     for no, later, early in probabilities[:, model.class_columns].tolist():
         # The most probable class, the first one on a tie (as numpy's argmax).
