@@ -17,7 +17,7 @@ from apisupport import free_port
 
 # A tiny ASGI app under uvicorn (uvloop) with the protocol named on the command line: "coalescing" (the
 # service's) or "httptools" (uvicorn's own). /small answers 2 bytes; /stream 64 chunks of 16 KiB; /big one
-# 3 MiB body; /close a small body with Connection: close.
+# 3 MiB body; /close a small body with Connection: close; /echo the request's body.
 SERVER = textwrap.dedent(
     """
     import sys
@@ -37,7 +37,14 @@ SERVER = textwrap.dedent(
                 await send({"type": "http.response.body", "body": bytes([i]) + CHUNK, "more_body": True})
             await send({"type": "http.response.body", "body": b"end", "more_body": False})
             return
-        body = {"/big": CHUNK * 192, "/close": b"bye"}.get(path, b"ok")
+        if path == "/echo":  # the request body, read to the end, back
+            body, more = b"", True
+            while more:
+                message = await receive()
+                body += message.get("body", b"")
+                more = message.get("more_body", False)
+        else:
+            body = {"/big": CHUNK * 192, "/close": b"bye"}.get(path, b"ok")
         headers.append((b"content-length", str(len(body)).encode()))
         if path == "/close":
             headers.append((b"connection", b"close"))
@@ -142,3 +149,52 @@ def test_a_client_gone_mid_stream_leaves_the_server_answering(coalescing: tuple[
         sock.recv(1024)
     # the server wrote into a closed connection; it must go on serving others
     assert httpx.get(url + "/big").content == CHUNK * 192
+
+
+def test_head_answers_headers_only(coalescing: tuple[str, int]) -> None:
+    url, _ = coalescing
+    answer = httpx.head(url + "/big")
+    assert answer.status_code == 200
+    assert answer.headers["content-length"] == str(len(CHUNK) * 192)
+    assert answer.content == b""
+
+
+def test_expect_100_continue_gets_the_interim_answer_then_the_response(coalescing: tuple[str, int]) -> None:
+    """The client waits for "100 Continue" before it sends the body: the interim line must leave on its own."""
+    url, _ = coalescing
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nhost: t\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n")
+        assert sock.recv(1024) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(b"hello")
+        answer = b""
+        while not answer.endswith(b"hello"):
+            chunk = sock.recv(65536)
+            assert chunk, f"connection closed after {answer!r}"
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+
+
+def test_a_slow_reader_gets_every_byte(coalescing: tuple[str, int]) -> None:
+    """A client that reads 3 MiB in small bites, pausing: the server's writes back off and resume (flow
+    control) and nothing is lost."""
+    url, _ = coalescing
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /big HTTP/1.1\r\nhost: t\r\n\r\n")
+        time.sleep(0.3)  # the server fills the socket buffers and holds the rest: it must stop and resume writing
+        chunks: list[bytes] = []
+        size = 0
+        while size < len(CHUNK) * 192:  # the head is about 100 bytes more: the last read completes the body
+            if len(chunks) % 8 == 7:
+                time.sleep(0.02)
+            chunk = sock.recv(65536)
+            assert chunk, f"connection closed after {size} bytes"
+            chunks.append(chunk)
+            size += len(chunk)
+        while not b"".join(chunks[-2:]).endswith(CHUNK[-64:]):
+            chunk = sock.recv(65536)
+            assert chunk, f"connection closed after {size} bytes"
+            chunks.append(chunk)
+    body = b"".join(chunks).partition(b"\r\n\r\n")[2]
+    assert body == CHUNK * 192
