@@ -4,6 +4,7 @@ unique, and not repeated by a forked child."""
 from __future__ import annotations
 
 import os
+import random
 import re
 import time
 
@@ -41,3 +42,11 @@ def test_a_forked_child_makes_ids_of_its_own() -> None:
     parent = new_id()
     assert HEX.match(child)
     assert child[12:] != parent[12:]  # the random parts differ: the generator was seeded again in the child
+
+
+def test_seeding_the_global_generator_does_not_repeat_ids() -> None:
+    """Hypothesis seeds ``random`` before every example, in the process that runs the test servers."""
+    random.seed(0)
+    first = new_id()
+    random.seed(0)
+    assert new_id()[12:] != first[12:]
