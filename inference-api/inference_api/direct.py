@@ -10,10 +10,13 @@ ready ``Response``. Every other request, these paths with another method, and an
 or a mount, take FastAPI's full path; the routes stay in the router, so the OpenAPI document describes them.
 
 The direct path is wrapped in every middleware the app was given (``app.user_middleware``, built again around
-the endpoint call), so a middleware added to the app applies to both paths. An exception goes to the handler
-the app registered for its class or its nearest base (Starlette's lookup order); ``Exception``'s handler
-answers the unexpected ones (500 ``internal_error``, logged with the request id, not raised to the server),
-and also a handler that fails or returns no response. FastAPI's OpenTelemetry instrumentation, which wraps
+the endpoint call), so a middleware added to the app applies to both paths; each such middleware is therefore
+instantiated twice, so one must keep any state across requests in objects it is given (as ``EdgeMiddleware``
+does with its metrics), never on itself. An exception goes to the handler the app registered for its class or
+its nearest base (Starlette's lookup order); ``Exception``'s handler answers the unexpected ones (500
+``internal_error``, logged with the request id, not raised to the server), and also a handler that fails or
+returns no response; if ``Exception``'s handler itself fails, the exception goes to the server, which answers
+500 as for any app. FastAPI's OpenTelemetry instrumentation, which wraps
 the whole app, still sees these requests (without the router's ``http.route``).
 """
 

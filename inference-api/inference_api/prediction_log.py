@@ -573,11 +573,12 @@ def create_log_engine(url: str) -> Engine:
 
 
 def _json_text(value: Any) -> str:
-    """``value`` as ASCII JSON text: orjson's, or where that holds a non-ASCII character, ``json.dumps``'s
-    (``\\u`` escapes), so what is stored never depends on the table's character set. Raises ``TypeError`` for
-    what JSON cannot hold."""
+    """``value`` as compact ASCII JSON text: orjson's, or where that holds a non-ASCII character, ``json.dumps``'s
+    (``\\u`` escapes, the same separators), so what is stored never depends on the table's character set.
+    Raises ``TypeError`` for what orjson cannot serialise (rows reach the writer already round-tripped through
+    orjson, so none do)."""
     text = orjson.dumps(value)
-    return text.decode() if text.isascii() else json.dumps(value)
+    return text.decode() if text.isascii() else json.dumps(value, separators=(",", ":"))
 
 
 def _insert_ignoring_duplicates(dialect: str, table: Table) -> Any:

@@ -17,7 +17,14 @@ from logsupport import log_row
 from sqlalchemy import select
 
 from inference_api.metrics import Metrics
-from inference_api.prediction_log import PredictionLog, _Writer, count_rows, create_log_engine, prediction_log
+from inference_api.prediction_log import (
+    PredictionLog,
+    _json_text,
+    _Writer,
+    count_rows,
+    create_log_engine,
+    prediction_log,
+)
 from readmission import schema
 from readmission.prediction_table import prediction_explanations
 
@@ -40,8 +47,11 @@ def test_rows_read_back_exactly_including_quotes_and_backslashes(mysql_log_url: 
     engine = create_log_engine(mysql_log_url)
     with engine.connect() as conn:
         stored = [dict(r._mapping) for r in conn.execute(select(prediction_log).order_by(prediction_log.c.item))]
-    engine.dispose()
     assert [r["inputs"] for r in stored] == [tricky] * 3
+    with engine.connect() as conn:  # the text as stored: ASCII (escapes), whatever the table's character set
+        texts = [t for (t,) in conn.exec_driver_sql("SELECT inputs FROM prediction_log")]
+    assert all(t.isascii() and "\\u4e2d" in t for t in texts), texts[0][-80:]
+    engine.dispose()
     assert [r["log_id"] for r in stored] == [r["log_id"] for r in rows]
     assert stored[0]["probability_within_30"] == 0.25 and stored[0]["model_version"] == "7"
     assert stored[0]["created_at"].replace(tzinfo=dt.UTC) == rows[0]["created_at"]
@@ -253,3 +263,14 @@ def test_a_user_that_may_not_alter_an_old_log_still_logs_without_encounter_ids(
         with admin.begin() as conn:
             conn.execute(text(f"DROP USER '{limited.split('://')[1].split(':')[0]}'@'%'"))
         admin.dispose()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [{"a": 1, "b": [1.5, None, "x"]}, {"note": "caf\u00e9 \u4e2d \U0001f600", "n": -3}, [], {"": {"k": True}}],
+)
+def test_json_columns_are_compact_ascii_and_read_back_equal(value: Any) -> None:
+    text = _json_text(value)
+    assert text.isascii()
+    assert ", " not in text and ": " not in text  # compact, whichever encoder wrote it
+    assert orjson.loads(text) == value

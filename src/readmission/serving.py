@@ -112,7 +112,7 @@ def prepare_columns(rows: Sequence[Row]) -> dict[str, np.ndarray]:
         out[name] = np.array(list(map(_group, codes)), dtype=object)
         out[f"{name}_code"] = _texts(codes)
     for name in NUMERIC_INPUTS:
-        out[name] = np.array([math.nan if v is None else v for v in columns[name]], dtype=np.float64)
+        out[name] = np.array([math.nan if v is None else float(v) for v in columns[name]], dtype=np.float64)
     out["visits_last_year"] = out["number_outpatient"] + out["number_emergency"] + out["number_inpatient"]
     # Counted in Python integers and stored once: adding into numpy elements one by one costs far more.
     changed, taken = [], []
