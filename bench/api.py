@@ -366,16 +366,7 @@ def in_process(model: Any, encounters: list[dict[str, Any]]) -> list[tuple[str, 
 
 def parse_args() -> argparse.Namespace:
     parser = cli.parser(__doc__)
-    parser.add_argument(
-        "--tracking-uri",
-        default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///var/mlflow/mlflow.db"),
-        help="the registry holding the champion (`make run` makes one; env MLFLOW_TRACKING_URI)",
-    )
-    parser.add_argument(
-        "--mysql-url",
-        default=os.environ.get("BENCH_MYSQL_URL", "mysql://root@127.0.0.1:3306/"),
-        help="a MariaDB/MySQL whose user may create databases, for our prediction log (env BENCH_MYSQL_URL)",
-    )
+    cli.add_api_store_options(parser)
     parser.add_argument("--clean-url", default="sqlite:///var/clean.db", help="CLEAN database: real batch bodies")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each wrk run")
     parser.add_argument(

@@ -1,0 +1,145 @@
+"""The inference API at two revisions, side by side: single-encounter requests per second at 64 clients.
+
+A change to the serving path moves throughput by a few per cent, and this machine's speed drifts by more than
+that from one minute to the next, so two runs made apart say little. Here both servers run at once, on the
+same champion, each logging to a MariaDB database of its own; wrk runs on each in turn (the order alternates),
+--pairs times, and the headline is the median of the within-pair ratios, head / base.
+
+A revision is a commit (checked out into a temporary git worktree and run with this checkout's virtualenv,
+its code first on PYTHONPATH) or "." for the working tree as it is.
+
+    make run   # once: trains and promotes a champion in var/ (Ctrl-C after it starts serving)
+    .venv/bin/python bench/revisions.py --base HEAD~1              # the last commit's change
+    .venv/bin/python bench/revisions.py --base 606f705 --head main --pairs 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import cli  # noqa: E402
+from api import Server, run_wrk  # noqa: E402
+from readmission import schema  # noqa: E402
+from readmission.db import normalize_url  # noqa: E402
+
+CLIENTS = 64
+
+
+def parse_args() -> argparse.Namespace:
+    parser = cli.parser(__doc__)
+    parser.add_argument("--base", required=True, help="the revision compared against (a commit, or '.')")
+    parser.add_argument("--head", default=".", help="the revision measured (a commit, or '.': the working tree)")
+    parser.add_argument("--pairs", type=int, default=10, help="wrk runs on each server, alternating")
+    parser.add_argument("--seconds", type=float, default=4.0, help="length of each wrk run")
+    cli.add_api_store_options(parser)
+    args = parser.parse_args()
+    if args.pairs < 1 or args.seconds <= 0:
+        parser.error("--pairs must be at least 1 and --seconds above 0")
+    return args
+
+
+@contextlib.contextmanager
+def checkout(revision: str) -> Iterator[tuple[str, Path]]:
+    """``revision``'s short name and source folder: the working tree for ".", else a temporary worktree."""
+    if revision == ".":
+        yield "working tree", ROOT
+        return
+    resolved = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", f"{revision}^{{commit}}"], capture_output=True, text=True
+    )
+    if resolved.returncode != 0:
+        sys.exit(f"not a commit: {revision!r} ({resolved.stderr.strip()})")
+    folder = Path(tempfile.mkdtemp(prefix="bench-revision-"))
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(folder), revision], check=True)
+    try:
+        yield resolved.stdout.strip(), folder
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(folder)], check=False)
+
+
+@contextlib.contextmanager
+def log_database(admin_url: str) -> Iterator[str]:
+    """A fresh prediction-log database on the server of ``admin_url`` (dropped afterwards); yields its URL."""
+    admin = normalize_url(admin_url)
+    name = f"bench_rev_{uuid.uuid4().hex[:8]}"
+    engine = create_engine(admin)
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    try:
+        yield make_url(admin).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {name}"))
+        engine.dispose()
+
+
+def api_server(name: str, source: Path, args: argparse.Namespace, log_url: str) -> Server:
+    """``python -m inference_api`` from ``source`` (its packages first on the path), as bench/api.py runs ours."""
+    paths = [str(source / "inference-api"), str(source / "src")]
+    env = {
+        "PYTHONPATH": os.pathsep.join([*paths, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        "MLFLOW_TRACKING_URI": args.tracking_uri,
+        "PREDICTION_LOG_URL": log_url,
+        "MODEL_POLL_INTERVAL_SECONDS": "3600",
+        "DEVELOPMENT_MODE": "true",
+        "LOG_LEVEL": "warning",
+    }
+    return Server(name, [sys.executable, "-m", "inference_api"], env, "/health/ready", ROOT)
+
+
+def measure(base: Server, head: Server, body: Path, args: argparse.Namespace) -> list[tuple[float, float]]:
+    """(base, head) req/s of each pair of wrk runs; the first server of a pair alternates."""
+    for server in (base, head):
+        run_wrk(server.url + "/predict", body, CLIENTS, 2)  # warm-up, not counted
+    pairs = []
+    for i in range(args.pairs):
+        order = (base, head) if i % 2 == 0 else (head, base)
+        rates = {s.name: run_wrk(s.url + "/predict", body, CLIENTS, args.seconds)[0] for s in order}
+        pairs.append((rates[base.name], rates[head.name]))
+        print(f"  pair {i + 1}: base {pairs[-1][0]:9,.1f} req/s  head {pairs[-1][1]:9,.1f} req/s  "
+              f"head/base {pairs[-1][1] / pairs[-1][0]:.3f}", flush=True)  # fmt: skip
+    return pairs
+
+
+def main() -> None:
+    args = parse_args()
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-revisions-") as work,
+        checkout(args.base) as (base_name, base_source),
+        checkout(args.head) as (head_name, head_source),
+        log_database(args.mysql_url) as base_log,
+        log_database(args.mysql_url) as head_log,
+    ):
+        body = Path(work) / "single.json"
+        body.write_text(json.dumps(list(schema.EXAMPLE_ENCOUNTERS.values())[1]))
+        print(f"base {base_name}, head {head_name}: single encounters, {CLIENTS} clients, {args.seconds:g} s runs")
+        with (
+            api_server("base", base_source, args, base_log) as base,
+            api_server("head", head_source, args, head_log) as head,
+        ):
+            pairs = measure(base, head, body, args)
+    ratios = [h / b for b, h in pairs]
+    print(f"head / base: median {statistics.median(ratios):.3f} over {len(ratios)} pairs (min {min(ratios):.3f}, "
+          f"max {max(ratios):.3f}); base median {statistics.median(b for b, _ in pairs):,.1f} req/s, head median "
+          f"{statistics.median(h for _, h in pairs):,.1f} req/s")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
