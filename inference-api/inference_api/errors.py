@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from inference_api.batcher import BatcherFailedError, ModelNotReadyError, PredictionTimeoutError
 from inference_api.contract import MAX_LISTED_ERRORS, BatchTooLargeError, ErrorBody, InvalidBodyError
@@ -153,6 +154,18 @@ async def _unknown_plot(request: Request, exc: Exception) -> JSONResponse:
     return error_response(404, "not_found", message, request_id(request), errors=errors)
 
 
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client gone before its answer (counted, never sent)
+
+
+async def _client_gone(request: Request, exc: Exception) -> JSONResponse:
+    """The client closed the connection before sending its whole body: nothing to answer and nothing wrong
+    here (no 500, no error log line). Counted in the request metrics as 499."""
+    rid = request_id(request)
+    log.info("request %s: the client closed the connection before sending its whole body", rid)
+    message = "the client closed the connection before sending its whole body"
+    return error_response(CLIENT_CLOSED_REQUEST, "client_closed_request", message, rid)
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     rid = request_id(request)
     log.exception("unexpected error answering request %s", rid)
@@ -174,4 +187,5 @@ def register_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(RegistryUnreachableError, _registry_unreachable)
     app.add_exception_handler(UnknownPlotError, _unknown_plot)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected)
