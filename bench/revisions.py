@@ -8,9 +8,15 @@ same champion, each logging to a MariaDB database of its own; wrk runs on each i
 A revision is a commit (checked out into a temporary git worktree and run with this checkout's virtualenv,
 its code first on PYTHONPATH) or "." for the working tree as it is.
 
+Needs wrk (apt-get install wrk), a champion in the registry (`make run` makes one) and a MariaDB/MySQL user
+allowed to create databases; run it from the repository's root (the defaults are relative to it).
+
     make run   # once: trains and promotes a champion in var/ (Ctrl-C after it starts serving)
-    .venv/bin/python bench/revisions.py --base HEAD~1              # the last commit's change
+    .venv/bin/python bench/revisions.py --base HEAD~1 --head HEAD   # the last commit's change
+    .venv/bin/python bench/revisions.py --base HEAD                 # uncommitted edits against the last commit
     .venv/bin/python bench/revisions.py --base 606f705 --head main --pairs 20
+
+The headline is the median of the per-pair ratios, so it need not equal the ratio of the two median rates.
 """
 
 from __future__ import annotations
@@ -18,7 +24,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -29,6 +38,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -37,22 +47,41 @@ sys.path.insert(0, str(HERE))
 import cli  # noqa: E402
 from api import Server, run_wrk  # noqa: E402
 from readmission import schema  # noqa: E402
-from readmission.db import normalize_url  # noqa: E402
+from readmission.db import display_url, normalize_url  # noqa: E402
 
 CLIENTS = 64
 
 
 def parse_args() -> argparse.Namespace:
     parser = cli.parser(__doc__)
-    parser.add_argument("--base", required=True, help="the revision compared against (a commit, or '.')")
+    parser.add_argument(
+        "--base", required=True, default=argparse.SUPPRESS, help="the revision compared against (a commit, or '.')"
+    )
     parser.add_argument("--head", default=".", help="the revision measured (a commit, or '.': the working tree)")
     parser.add_argument("--pairs", type=int, default=10, help="wrk runs on each server, alternating")
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each wrk run")
     cli.add_api_store_options(parser)
     args = parser.parse_args()
-    if args.pairs < 1 or args.seconds <= 0:
-        parser.error("--pairs must be at least 1 and --seconds above 0")
+    if args.pairs < 1:
+        parser.error(f"--pairs must be at least 1, got {args.pairs}")
+    if not (math.isfinite(args.seconds) and args.seconds >= 1):
+        parser.error(f"--seconds must be a number of seconds, at least 1 (wrk's resolution), got {args.seconds}")
+    for option in ("base", "head"):
+        revision = getattr(args, option)
+        if revision != "." and _commit(revision) is None:
+            parser.error(f"--{option} {revision!r} is not a commit of this repository: give a commit, branch, tag "
+                         "or '.' for the working tree (git log --oneline lists commits)")  # fmt: skip
+    if shutil.which("wrk") is None:
+        parser.error("wrk is not installed: apt-get install wrk")
     return args
+
+
+def _commit(revision: str) -> str | None:
+    """The short hash of ``revision``'s commit, or None when git knows no such commit."""
+    resolved = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", f"{revision}^{{commit}}"], capture_output=True, text=True
+    )
+    return resolved.stdout.strip() if resolved.returncode == 0 and revision else None
 
 
 @contextlib.contextmanager
@@ -61,15 +90,10 @@ def checkout(revision: str) -> Iterator[tuple[str, Path]]:
     if revision == ".":
         yield "working tree", ROOT
         return
-    resolved = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", f"{revision}^{{commit}}"], capture_output=True, text=True
-    )
-    if resolved.returncode != 0:
-        sys.exit(f"not a commit: {revision!r} ({resolved.stderr.strip()})")
     folder = Path(tempfile.mkdtemp(prefix="bench-revision-"))
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(folder), revision], check=True)
     try:
-        yield resolved.stdout.strip(), folder
+        yield _commit(revision) or revision, folder
     finally:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(folder)], check=False)
 
@@ -80,8 +104,12 @@ def log_database(admin_url: str) -> Iterator[str]:
     admin = normalize_url(admin_url)
     name = f"bench_rev_{uuid.uuid4().hex[:8]}"
     engine = create_engine(admin)
-    with engine.begin() as conn:
-        conn.execute(text(f"CREATE DATABASE {name}"))
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(f"CREATE DATABASE {name}"))
+    except SQLAlchemyError as exc:
+        sys.exit(f"cannot create a prediction-log database at {display_url(admin)} ({type(exc).__name__}); start "
+                 "MariaDB/MySQL or pass --mysql-url (or BENCH_MYSQL_URL) with a user that may create databases")  # fmt: skip
     try:
         yield make_url(admin).set(database=name).render_as_string(hide_password=False)
     finally:
@@ -118,7 +146,12 @@ def measure(base: Server, head: Server, body: Path, args: argparse.Namespace) ->
     return pairs
 
 
+def _stop(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # through the context managers: servers, worktrees and databases go
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _stop)
     args = parse_args()
     with (
         tempfile.TemporaryDirectory(prefix="bench-revisions-") as work,

@@ -1,7 +1,8 @@
 """How the pipeline's cost grows with the data: load-raw, build-clean and train on 1x, 3x and 10x the real file,
 on PostgreSQL (as deployed) and on the embedded default (SQLite), each stage the real `readmission` command in a
 process of its own. Prints per stage: seconds, peak RSS (the process's own, from wait4), rows/s, and the growth
-from the smallest to the largest factor (linear: growth <= the data's growth), then each run's champion.
+from the smallest to the largest factor (linear: growth <= the data's growth, plus 10 % for noise), then each
+run's champion.
 
 The larger sets follow the real file (readmission.upsample: the file itself, then patient-bootstrap replicas
 with new patient and encounter ids), written once into --work and reused. A whole default run took about 40
