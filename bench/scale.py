@@ -208,7 +208,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     if not args.data.is_file():
         parser.error(f"no data file at {args.data}: pass --data (or DATA_PATH) the UCI diabetic_data.csv")
     if args.data.suffix.lower() == ".zip":
-        parser.error(f"{args.data} is a zip: pass --data the diabetic_data.csv inside it (unzip it first)")
+        parser.error(f"{args.data} is a zip: pass --data the diabetic_data.csv inside it (unzip it first; after "
+                     "`make run DATA_PATH=that zip` it is var/extracted/<zip name>-diabetic_data.csv)")  # fmt: skip
 
 
 def main() -> None:
