@@ -34,6 +34,7 @@ time: .venv/bin/python bench/peers/venvs.py litserve bentoml mlserver kserve).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -561,6 +562,27 @@ def absolute_uri(uri: str) -> str:
     return uri
 
 
+@contextlib.contextmanager
+def log_database(admin_url: str, prefix: str) -> Iterator[str]:
+    """A fresh prediction-log database ``<prefix>_<random>`` on the server of ``admin_url`` (dropped afterwards);
+    yields its URL. Exits with a message naming --mysql-url when the database cannot be created."""
+    admin = normalize_url(admin_url)
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    engine = create_engine(admin)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(f"CREATE DATABASE {name}"))
+    except SQLAlchemyError as exc:
+        sys.exit(f"cannot create a prediction-log database at {display_url(admin)} ({type(exc).__name__}); start "
+                 "MariaDB/MySQL or pass --mysql-url (or BENCH_MYSQL_URL) with a user that may create databases")  # fmt: skip
+    try:
+        yield make_url(admin).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {name}"))
+        engine.dispose()
+
+
 def main() -> None:
     args = parse_args()
     model_uri, model = champion(args.tracking_uri)
@@ -569,27 +591,15 @@ def main() -> None:
     single = [list(schema.EXAMPLE_ENCOUNTERS.values())[1]]
     classes = [str(label) for label in model.classes_]
     check = (reference(model, single, encounters), classes)
-    admin = normalize_url(args.mysql_url)
-    database = f"bench_api_{uuid.uuid4().hex[:8]}"
-    engine = create_engine(admin)
-    try:
-        with engine.begin() as conn:
-            conn.execute(text(f"CREATE DATABASE {database}"))
-    except SQLAlchemyError as exc:
-        sys.exit(f"cannot create the prediction log's database at {display_url(admin)} ({type(exc).__name__}); "
-                 "start MariaDB/MySQL or pass --mysql-url (or BENCH_MYSQL_URL)")  # fmt: skip
-    args.log_url = make_url(admin).set(database=database).render_as_string(hide_password=False)
     work = Path(tempfile.mkdtemp(prefix="bench-api-"))
     results = Results()
     try:
-        bodies = write_bodies(work, single, encounters)
-        run(args, model_uri, classes, bodies, check, results)
+        with log_database(args.mysql_url, "bench_api") as args.log_url:
+            bodies = write_bodies(work, single, encounters)
+            run(args, model_uri, classes, bodies, check, results)
         print("== in-process predict_proba", flush=True)
         model_ceiling = in_process(model, encounters)
     finally:
-        with engine.begin() as conn:
-            conn.execute(text(f"DROP DATABASE IF EXISTS {database}"))
-        engine.dispose()
         shutil.rmtree(work, ignore_errors=True)
     report(results, model_ceiling)
 

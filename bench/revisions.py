@@ -32,22 +32,16 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import cli  # noqa: E402
-from api import Server, run_wrk  # noqa: E402
+from api import Server, log_database, run_wrk  # noqa: E402
 from readmission import schema  # noqa: E402
-from readmission.db import display_url, normalize_url  # noqa: E402
 
 CLIENTS = 64
 
@@ -98,26 +92,6 @@ def checkout(revision: str) -> Iterator[tuple[str, Path]]:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(folder)], check=False)
 
 
-@contextlib.contextmanager
-def log_database(admin_url: str) -> Iterator[str]:
-    """A fresh prediction-log database on the server of ``admin_url`` (dropped afterwards); yields its URL."""
-    admin = normalize_url(admin_url)
-    name = f"bench_rev_{uuid.uuid4().hex[:8]}"
-    engine = create_engine(admin)
-    try:
-        with engine.begin() as conn:
-            conn.execute(text(f"CREATE DATABASE {name}"))
-    except SQLAlchemyError as exc:
-        sys.exit(f"cannot create a prediction-log database at {display_url(admin)} ({type(exc).__name__}); start "
-                 "MariaDB/MySQL or pass --mysql-url (or BENCH_MYSQL_URL) with a user that may create databases")  # fmt: skip
-    try:
-        yield make_url(admin).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with engine.begin() as conn:
-            conn.execute(text(f"DROP DATABASE IF EXISTS {name}"))
-        engine.dispose()
-
-
 def api_server(name: str, source: Path, args: argparse.Namespace, log_url: str) -> Server:
     """``python -m inference_api`` from ``source`` (its packages first on the path), as bench/api.py runs ours."""
     paths = [str(source / "inference-api"), str(source / "src")]
@@ -157,8 +131,8 @@ def main() -> None:
         tempfile.TemporaryDirectory(prefix="bench-revisions-") as work,
         checkout(args.base) as (base_name, base_source),
         checkout(args.head) as (head_name, head_source),
-        log_database(args.mysql_url) as base_log,
-        log_database(args.mysql_url) as head_log,
+        log_database(args.mysql_url, "bench_rev") as base_log,
+        log_database(args.mysql_url, "bench_rev") as head_log,
     ):
         body = Path(work) / "single.json"
         body.write_text(json.dumps(list(schema.EXAMPLE_ENCOUNTERS.values())[1]))
