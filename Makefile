@@ -91,7 +91,8 @@ API_URL ?= http://127.0.0.1:8000
 loadtest: $(VENV)/.dev-installed
 	mkdir -p test-output/locust
 	CAPACITY_REPORT=test-output/locust/capacity.json $(BIN)/locust -f locust/locustfile.py,locust/capacity.py \
-		--headless --host $(API_URL) --csv test-output/locust/capacity --html test-output/locust/capacity.html
+		--headless --stop-timeout 60 --host $(API_URL) --csv test-output/locust/capacity \
+		--html test-output/locust/capacity.html
 
 ## loadtest-ui: Locust's web UI on http://127.0.0.1:8089 against a running API (no shape: users set by hand)
 loadtest-ui: $(VENV)/.dev-installed

@@ -48,6 +48,8 @@ def _capacity(api: str, champion: Champion, out: Path, **settings: str) -> subpr
         f"{LOCUST / 'locustfile.py'},{LOCUST / 'capacity.py'},{LOCUST / 'tests' / 'ordered_user.py'}",
         "OrderedApiUser",  # ApiUser's tasks in a fixed order: the mix of a short run cannot depend on speed
         "--headless",
+        "--stop-timeout",  # as `make loadtest` and the CronJob: the last requests in flight finish and are counted
+        "60",
         "--host",
         api,
         "--csv",
