@@ -58,6 +58,10 @@ def create_app(settings: ApiSettings | None = None, source_factory: Callable[[],
         lifespan=lifespan,
         static_url=DOCS_ASSETS_URL,
         swagger_ui_parameters={"validatorUrl": None},
+        # The API's telemetry is Prometheus (/metrics) and the prediction log. FastAPI's native OpenTelemetry
+        # bridge, on by default, asked the OpenTelemetry API for its three global providers on every request
+        # to learn that none is configured (2.6 us, ~3 % of a prediction's event-loop time at 64 clients).
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.components = parts
     app.state.settings = settings

@@ -16,8 +16,9 @@ does with its metrics), never on itself. An exception goes to the handler the ap
 its nearest base (Starlette's lookup order); ``Exception``'s handler answers the unexpected ones (500
 ``internal_error``, logged with the request id, not raised to the server), and also a handler that fails or
 returns no response; if ``Exception``'s handler itself fails, the exception goes to the server, which answers
-500 as for any app. FastAPI's OpenTelemetry instrumentation, which wraps
-the whole app, still sees these requests (without the router's ``http.route``).
+500 as for any app. OpenTelemetry instrumentation that wraps the whole app (FastAPI's native telemetry, off in
+``create_app``, or opentelemetry-instrumentation-asgi) still sees these requests, without the router's
+``http.route``.
 """
 
 from __future__ import annotations

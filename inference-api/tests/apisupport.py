@@ -31,8 +31,8 @@ from fastapi import FastAPI
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from inference_api.__main__ import server_config
 from inference_api.app import create_app
-from inference_api.coalesce import CoalescingHttpProtocol
 from inference_api.settings import ApiSettings
 from readmission.db import normalize_url
 from readmission.registry import MODEL_NAME
@@ -104,15 +104,8 @@ class ApiServer:
         self.app = app or create_app(settings)  # ``app``: one built by the test (e.g. with a source_factory)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        # As __main__ runs it: one socket write per response (inference_api.coalesce).
-        config = uvicorn.Config(
-            self.app,
-            host="127.0.0.1",
-            port=self.port,
-            log_level="warning",
-            lifespan="on",
-            http=CoalescingHttpProtocol,
-        )
+        # As __main__ configures it: one socket write per response (inference_api.coalesce), no proxy headers.
+        config = server_config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -136,6 +136,8 @@ def test_sigterm_answers_and_logs_every_accepted_batch(registry: Registry, mysql
     try:
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: _ready(url), 120, "the API process to be ready")
+        # __main__'s server options: no header naming the server software (uvicorn sends `server: uvicorn`).
+        assert "server" not in httpx.get(f"{url}/health/live", timeout=5).headers
         clients = BatchClients(url)
         clients.start()
         wait_until(lambda: _in_flight(url) == CLIENTS, 300, "the server to accept all twelve batch requests")
