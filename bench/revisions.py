@@ -2,8 +2,10 @@
 
 A change to the serving path moves throughput by a few per cent, and this machine's speed drifts by more than
 that from one minute to the next, so two runs made apart say little. Here both servers run at once, on the
-same champion, each logging to a MariaDB database of its own; wrk runs on each in turn (the order alternates),
---pairs times, and the headline is the median of the within-pair ratios, head / base.
+same champion, each logging to a MariaDB database of its own, each from an empty folder (no `.env`); both
+must first answer the same request with the same JSON. wrk runs on each in turn (the order alternates, and
+each run ends when the server's prediction log is written), --pairs times; a run with a failed request stops
+the bench. The headline is the median of the within-pair ratios, head / base, with how many pairs head won.
 
 A revision is a commit (checked out into a temporary git worktree and run with this checkout's virtualenv,
 its code first on PYTHONPATH) or "." for the working tree as it is.
@@ -35,12 +37,14 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import cli  # noqa: E402
-from api import Server, log_database, run_wrk  # noqa: E402
+from api import Server, absolute_uri, log_database, run_wrk, wait_log_written  # noqa: E402
 from readmission import schema  # noqa: E402
 
 CLIENTS = 64
@@ -92,18 +96,35 @@ def checkout(revision: str) -> Iterator[tuple[str, Path]]:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(folder)], check=False)
 
 
-def api_server(name: str, source: Path, args: argparse.Namespace, log_url: str) -> Server:
-    """``python -m inference_api`` from ``source`` (its packages first on the path), as bench/api.py runs ours."""
+def api_server(name: str, source: Path, args: argparse.Namespace, log_url: str, work: Path) -> Server:
+    """``python -m inference_api`` from ``source`` (its packages first on the path), as bench/api.py runs ours,
+    in an empty folder of its own under ``work`` (a ``.env`` in the checkout must not reach either revision)."""
     paths = [str(source / "inference-api"), str(source / "src")]
     env = {
         "PYTHONPATH": os.pathsep.join([*paths, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-        "MLFLOW_TRACKING_URI": args.tracking_uri,
+        "MLFLOW_TRACKING_URI": absolute_uri(args.tracking_uri),  # the same store from the empty folder
         "PREDICTION_LOG_URL": log_url,
         "MODEL_POLL_INTERVAL_SECONDS": "3600",
         "DEVELOPMENT_MODE": "true",
         "LOG_LEVEL": "warning",
     }
-    return Server(name, [sys.executable, "-m", "inference_api"], env, "/health/ready", ROOT)
+    folder = work / name
+    folder.mkdir()
+    return Server(name, [sys.executable, "-m", "inference_api"], env, "/health/ready", folder)
+
+
+def same_answers(base: Server, head: Server, body: Path) -> None:
+    """Exit, naming the difference, unless both revisions answer ``body`` 200 with the same JSON (the request
+    id apart): a revision that answers an error, or something else, would be timed on other work."""
+    answers = []
+    for server in (base, head):
+        response = httpx.post(server.url + "/predict", content=body.read_bytes(), timeout=60,
+                              headers={"content-type": "application/json"})  # fmt: skip
+        if response.status_code != 200:
+            sys.exit(f"{server.name} answered {response.status_code}: {response.text[:300]}")
+        answers.append({k: v for k, v in response.json().items() if k != "request_id"})
+    if answers[0] != answers[1]:
+        sys.exit(f"the revisions answer differently: base {answers[0]} head {answers[1]}")
 
 
 def measure(base: Server, head: Server, body: Path, args: argparse.Namespace) -> list[tuple[float, float]]:
@@ -113,11 +134,21 @@ def measure(base: Server, head: Server, body: Path, args: argparse.Namespace) ->
     pairs = []
     for i in range(args.pairs):
         order = (base, head) if i % 2 == 0 else (head, base)
-        rates = {s.name: run_wrk(s.url + "/predict", body, CLIENTS, args.seconds)[0] for s in order}
+        rates = {s.name: _rate(s, body, args.seconds) for s in order}
         pairs.append((rates[base.name], rates[head.name]))
         print(f"  pair {i + 1}: base {pairs[-1][0]:9,.1f} req/s  head {pairs[-1][1]:9,.1f} req/s  "
               f"head/base {pairs[-1][1] / pairs[-1][0]:.3f}", flush=True)  # fmt: skip
     return pairs
+
+
+def _rate(server: Server, body: Path, seconds: float) -> float:
+    """Requests/s of one wrk run; exits when any request failed (wrk counts a failed answer as a request, so a
+    revision that fails fast would look faster). Returns once the server's prediction log is written."""
+    rps, _, _, errors = run_wrk(server.url + "/predict", body, CLIENTS, seconds)
+    if errors:
+        sys.exit(f"{server.name}: {errors} failed requests in a {seconds:g} s run (log: {server.log_path})")
+    wait_log_written(server.url)
+    return rps
 
 
 def _stop(signum: int, _frame: object) -> None:
@@ -138,13 +169,14 @@ def main() -> None:
         body.write_text(json.dumps(list(schema.EXAMPLE_ENCOUNTERS.values())[1]))
         print(f"base {base_name}, head {head_name}: single encounters, {CLIENTS} clients, {args.seconds:g} s runs")
         with (
-            api_server("base", base_source, args, base_log) as base,
-            api_server("head", head_source, args, head_log) as head,
+            api_server("base", base_source, args, base_log, Path(work)) as base,
+            api_server("head", head_source, args, head_log, Path(work)) as head,
         ):
+            same_answers(base, head, body)
             pairs = measure(base, head, body, args)
     ratios = [h / b for b, h in pairs]
     print(f"head / base: median {statistics.median(ratios):.3f} over {len(ratios)} pairs (min {min(ratios):.3f}, "
-          f"max {max(ratios):.3f}); base median {statistics.median(b for b, _ in pairs):,.1f} req/s, head median "
+          f"max {max(ratios):.3f}; head faster in {sum(r > 1 for r in ratios)} of {len(ratios)}); base median {statistics.median(b for b, _ in pairs):,.1f} req/s, head median "
           f"{statistics.median(h for _, h in pairs):,.1f} req/s")  # fmt: skip
 
 

@@ -1,14 +1,16 @@
-"""One write per response: the HTTP protocol's writes made in one event-loop step leave as one socket write.
+"""One write per response: a response's status line, headers and body leave as one socket write.
 
 uvicorn writes a response's status line and headers, then its body, each straight to the socket (uvloop
 sends at once when nothing is queued): two ``write`` system calls and two TCP segments per answer, and the
 client wakes twice. Under load at 64 clients those two calls were about a fifth of the event loop's time
 (py-spy, ``bench/api.py``). ``CoalescingHttpProtocol`` gives uvicorn's httptools protocol a transport that
-holds the writes of one loop step and sends them in one call at the end of the step (``loop.call_soon``), or
-at once when they reach ``FLUSH_BYTES``, before a close, and before end-of-file. The price: when one loop step
-answers several requests (a micro-batch's results), the first answer leaves with the others at the end of the
-step, tens of microseconds later, where it left at once. Everything else the protocol asks of its transport
-(flow control, addresses, ``is_closing``, ``set_protocol``) is the socket transport's.
+holds writes and sends what it holds in one call when the response is complete (uvicorn's
+``on_response_complete``), so an answer leaves as soon as its last byte is written, even when the same
+loop step goes on to build other answers (a micro-batch's results). What a response writes before it is
+complete (an ``100 Continue``, a streamed body's chunks) leaves at the end of the loop step
+(``loop.call_soon``), or at once from ``FLUSH_BYTES``, before a close and before end-of-file. Everything
+else the protocol asks of its transport (flow control, addresses, ``is_closing``, ``set_protocol``) is the
+socket transport's.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ FLUSH_BYTES = 64 * 1024  # held bytes sent at once from this size (asyncio's def
 
 
 class CoalescingTransport:
-    """A transport proxy: ``write`` holds data until the end of the loop step (or ``FLUSH_BYTES``); the socket
-    transport gets it in one ``writelines`` (one ``writev`` on uvloop, no joined copy). ``close`` and
-    ``write_eof`` send what is held first; ``abort`` drops it, as the socket transport drops its own buffer.
+    """A transport proxy: ``write`` holds data until ``flush`` (the protocol's, at the end of a response; else
+    at the end of the loop step, or from ``FLUSH_BYTES``); the socket transport gets it in one ``writelines``
+    (one ``writev`` on uvloop, no joined copy). ``close`` and ``write_eof`` send what is held first; ``abort``
+    drops it, as the socket transport drops its own buffer.
 
     A flush that fails (the socket transport refuses the data) is logged and the connection aborted: uvicorn
     would have closed it on the same error, and the client must not wait on a half-sent response."""
@@ -93,7 +96,11 @@ class CoalescingTransport:
 
 
 class CoalescingHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools HTTP/1.1 protocol on a ``CoalescingTransport``."""
+    """uvicorn's httptools HTTP/1.1 protocol on a ``CoalescingTransport``, flushed when a response is complete."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
+
+    def on_response_complete(self) -> None:
+        self.transport.flush()  # type: ignore[attr-defined]
+        super().on_response_complete()

@@ -12,11 +12,14 @@ or a mount, take FastAPI's full path; the routes stay in the router, so the Open
 The direct path is wrapped in every middleware the app was given (``app.user_middleware``, built again around
 the endpoint call), so a middleware added to the app applies to both paths; each such middleware is therefore
 instantiated twice, so one must keep any state across requests in objects it is given (as ``EdgeMiddleware``
-does with its metrics), never on itself. An exception goes to the handler the app registered for its class or
-its nearest base (Starlette's lookup order); ``Exception``'s handler answers the unexpected ones (500
-``internal_error``, logged with the request id, not raised to the server), and also a handler that fails or
-returns no response; if ``Exception``'s handler itself fails, the exception goes to the server, which answers
-500 as for any app. OpenTelemetry instrumentation that wraps the whole app (FastAPI's native telemetry, off in
+does with its metrics), never on itself. Only a ``POST`` route whose endpoint takes the ``Request`` alone is
+served here (``direct_endpoints`` refuses, at start-up, one with dependencies or parameters: the direct path
+would skip them). An endpoint's exception goes to the handler the app registered for it in Starlette's lookup
+order (an ``HTTPException``'s status code, then its class or nearest base); the server-error handler (``500``,
+else ``Exception``) answers the unexpected ones (500 ``internal_error``, logged with the request id, not raised
+to the server), and also a handler that fails or returns no response. If that handler itself fails, or a
+middleware raises outside the endpoint, the exception goes to the server, which answers a plain-text 500 (the
+full path's ``ServerErrorMiddleware`` would try the server-error handler first). OpenTelemetry instrumentation that wraps the whole app (FastAPI's native telemetry, off in
 ``create_app``, or opentelemetry-instrumentation-asgi) still sees these requests, without the router's
 ``http.route``.
 """
@@ -25,12 +28,15 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute
 
 from inference_api.middleware import ASGIApp, Receive, Scope, Send
 
@@ -72,17 +78,20 @@ class DirectRoutes:
         await response(scope, receive, send)
 
     async def _answer(self, request: Request, exc: Exception) -> Response:
-        """The response of the app's handler for ``exc`` (its class's or nearest base's); the ``Exception``
-        handler's when that handler fails or gives no response. Raises ``exc`` when the app has neither."""
+        """The response of the app's handler for ``exc``, looked up as Starlette does: an ``HTTPException``'s
+        status code, then its class or nearest base; the server-error handler's (key ``500``, else
+        ``Exception``) when that handler fails or gives no response. Raises ``exc`` when the app has neither."""
         handlers = self.owner.exception_handlers
-        handler = next((handlers[cls] for cls in type(exc).__mro__ if cls in handlers), None)
+        status = exc.status_code if isinstance(exc, HTTPException) else None
+        handler = handlers.get(status) or next((handlers[cls] for cls in type(exc).__mro__ if cls in handlers), None)
+        server_error = handlers.get(500) or handlers.get(Exception)
         try:
             response = await _call(handler, request, exc)
         except Exception:
             log.exception("the error handler for %s failed", type(exc).__name__)
             response = None
-        if response is None and handler is not handlers.get(Exception):
-            response = await _call(handlers.get(Exception), request, exc)
+        if response is None and handler is not server_error:
+            response = await _call(server_error, request, exc)
         if response is None:
             raise exc
         return response
@@ -99,12 +108,34 @@ async def _call(handler: Any, request: Request, exc: Exception) -> Response | No
     return answer if isinstance(answer, Response) else None
 
 
-def install(app: FastAPI, routes: Mapping[str, Endpoint]) -> None:
-    """Put ``DirectRoutes`` for ``routes`` (path -> endpoint) in front of the app's own middleware stack
-    (built on the app's first request or lifespan, after every middleware and handler is registered)."""
+def direct_endpoints(routes: Sequence[BaseRoute]) -> dict[str, Endpoint]:
+    """Path -> endpoint of ``routes``, each of which must be a ``POST`` ``APIRoute`` whose endpoint takes the
+    ``Request`` alone: the direct path runs no dependency (an auth check added to such a route would be
+    skipped) and calls no other method's endpoint. Raises ``TypeError`` naming the route that is not."""
+    endpoints: dict[str, Endpoint] = {}
+    for route in routes:
+        if not isinstance(route, APIRoute) or route.methods != {"POST"}:
+            raise TypeError(f"{route!r}: the direct path takes POST API routes only")
+        dependant = route.dependant
+        taken = [*dependant.dependencies, *dependant.path_params, *dependant.query_params, *dependant.header_params,
+                 *dependant.cookie_params, *dependant.body_params]  # fmt: skip
+        if route.dependencies or taken or dependant.request_param_name is None:
+            raise TypeError(
+                f"POST {route.path}: the direct path calls its endpoint with the Request alone; it has "
+                "dependencies or parameters, which only FastAPI's full path would resolve"
+            )
+        endpoints[route.path] = route.endpoint
+    return endpoints
+
+
+def install(app: FastAPI, routes: Sequence[BaseRoute]) -> None:
+    """Put ``DirectRoutes`` for ``routes`` (``direct_endpoints``; raises its ``TypeError``) in front of the
+    app's own middleware stack (built on the app's first request or lifespan, after every middleware and
+    handler is registered)."""
+    endpoints = direct_endpoints(routes)
     framework_stack = app.build_middleware_stack
 
     def build() -> ASGIApp:
-        return DirectRoutes(app, framework_stack(), routes)
+        return DirectRoutes(app, framework_stack(), endpoints)
 
     app.build_middleware_stack = build  # type: ignore[method-assign]

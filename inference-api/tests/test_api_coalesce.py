@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,20 +18,50 @@ from apisupport import free_port
 
 # A tiny ASGI app under uvicorn (uvloop) with the protocol named on the command line: "coalescing" (the
 # service's) or "httptools" (uvicorn's own). /small answers 2 bytes; /stream 64 chunks of 16 KiB; /big one
-# 3 MiB body; /close a small body with Connection: close; /echo the request's body.
+# 3 MiB body; /close a small body with Connection: close; /echo the request's body. /first and /second wait
+# until /release wakes both in one loop step (as a micro-batch's results wake their requests): /first answers
+# at once; /second then holds the loop until the client has /first's answer (the file `first-arrived` beside
+# the script appears) or 20 s pass, and answers which came first.
 SERVER = textwrap.dedent(
     """
+    import asyncio
     import sys
+    import time
+    from pathlib import Path
     import uvicorn
     from inference_api.coalesce import CoalescingHttpProtocol
 
     CHUNK = bytes(range(256)) * 64  # 16 KiB
+    ARRIVED = Path(__file__).with_name("first-arrived")
+    waiting = {}
+
+    async def one_step(path):
+        if path == "/release":
+            while len(waiting) < 2:
+                await asyncio.sleep(0.01)
+            waiting["/first"].set_result(None)  # woken first, whichever arrived first
+            waiting["/second"].set_result(None)
+            return b"released"
+        waiting[path] = asyncio.get_running_loop().create_future()
+        await waiting[path]
+        if path == "/first":
+            return b"first"
+        deadline = time.monotonic() + 20  # a hang guard: the loop is held on purpose
+        while not ARRIVED.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return b"first arrived before second was built" if ARRIVED.exists() else b"first held back"
 
     async def app(scope, receive, send):
         if scope["type"] != "http":
             return
         path = scope["path"]
         headers = [(b"content-type", b"application/octet-stream")]
+        if path in ("/first", "/second", "/release"):
+            body = await one_step(path)
+            headers.append((b"content-length", str(len(body)).encode()))
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
         if path == "/stream":
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             for i in range(64):
@@ -107,6 +138,26 @@ def test_a_response_is_one_socket_write(tmp_path: Path, protocol: str, low: floa
         assert low <= per_response <= high, f"{per_response:.2f} write calls per response with {protocol}"
     finally:
         server.close()
+
+
+def test_an_answer_leaves_before_the_loop_step_builds_the_next(coalescing: tuple[str, int], tmp_path: Path) -> None:
+    """Two requests woken in one loop step: the first's answer reaches the client while the second is still
+    being built (held until the end of the step, it would wait for every answer of a micro-batch)."""
+    url, _ = coalescing
+    answers: dict[str, bytes] = {}
+
+    def ask(path: str) -> None:
+        answers[path] = httpx.get(url + path, timeout=60).content
+        if path == "/first":
+            (tmp_path / "first-arrived").touch()
+
+    clients = [threading.Thread(target=ask, args=(path,)) for path in ("/first", "/second")]
+    for client in clients:
+        client.start()
+    assert httpx.get(url + "/release", timeout=60).content == b"released"
+    for client in clients:
+        client.join(60)
+    assert answers == {"/first": b"first", "/second": b"first arrived before second was built"}
 
 
 def test_streamed_and_large_bodies_arrive_whole_and_in_order(coalescing: tuple[str, int]) -> None:

@@ -12,12 +12,15 @@ from typing import Any
 
 import pytest
 from apisupport import Registry, settings_for, wait_until
+from fastapi import Depends, Request
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from inference_api.app import create_app
-from inference_api.direct import DirectRoutes
+from inference_api.direct import DirectRoutes, direct_endpoints
 from inference_api.middleware import Receive, Scope, Send
 from readmission import schema
 
@@ -130,6 +133,54 @@ def test_a_failing_error_handler_falls_back_to_the_500_of_the_error_map(
     assert response.status_code == 500
     assert response.json()["error"] == "internal_error"
     assert response.json()["request_id"] == response.headers["x-request-id"] == "handler-broke"
+    if failure == "raises":
+        assert "the error handler for InvalidBodyError failed" in caplog.text
+
+
+def test_a_handler_registered_for_a_status_code_answers_that_http_exception(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review of #24: Starlette looks an HTTPException's handler up by its status code first; the direct path
+    looked at classes only. A body that is not UTF-8 raises the 400 HTTPException."""
+    handlers = client.app_under_test.exception_handlers  # type: ignore[attr-defined]
+
+    async def on_400(_request: Any, exc: Exception) -> JSONResponse:
+        return JSONResponse({"mine": str(getattr(exc, "detail", ""))}, status_code=400)
+
+    monkeypatch.setitem(handlers, 400, on_400)
+    response = client.post("/predict", content=b"\xff\xfe{", headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert response.json() == {"mine": "the request body is not UTF-8 text"}
+
+
+def _needs_token() -> None:
+    """A dependency (an auth check, say) that only FastAPI's full path would run."""
+
+
+async def _takes_request(request: Request) -> Any:
+    return None
+
+
+async def _takes_query(request: Request, top: int = 3) -> Any:
+    return None
+
+
+@pytest.mark.parametrize(
+    ("route", "named"),
+    [
+        (APIRoute("/p", _takes_request, methods=["POST"], dependencies=[Depends(_needs_token)]), "dependencies"),
+        (APIRoute("/p", _takes_query, methods=["POST"]), "dependencies or parameters"),
+        (APIRoute("/p", _takes_request, methods=["GET"]), "POST API routes only"),
+        (APIRoute("/p", _takes_request, methods=["POST", "PUT"]), "POST API routes only"),
+    ],
+    ids=["a dependency", "a query parameter", "GET", "POST and PUT"],
+)
+def test_the_direct_path_refuses_a_route_it_could_not_serve_as_fastapi_does(route: APIRoute, named: str) -> None:
+    """Review of #24: the direct path calls an endpoint with the Request alone; a dependency added to a
+    prediction route (an auth check) would silently be skipped, so such a route is refused at start-up."""
+    with pytest.raises(TypeError, match=named):
+        direct_endpoints([route])
+    assert direct_endpoints([APIRoute("/p", _takes_request, methods=["POST"])]) == {"/p": _takes_request}
 
 
 def test_a_middleware_added_to_the_app_applies_to_the_direct_path(registry: Registry, tmp_path: Path) -> None:
