@@ -86,10 +86,6 @@ def _group(code: str | None) -> str:
     return MISSING_LEVEL if group is None else group
 
 
-def _number(value: Any) -> float:
-    return math.nan if value is None else float(value)
-
-
 _READ = tuple(dict.fromkeys((*CATEGORICAL_INPUTS, *DIAGNOSIS_INPUTS, *NUMERIC_INPUTS)))  # every input read
 
 
