@@ -4,7 +4,8 @@ Servers (each one process, one worker, started and stopped here in turn):
   ours            python -m inference_api, micro-batching on, every prediction logged to MariaDB
   ours-nobatch    the same with MICROBATCH_ENABLED=false
   mlflow-serve    mlflow models serve -w 1 --env-manager local on the same model version
-  naive           the original's style: engine per request, pandas + pyfunc, to_sql per prediction (MariaDB)
+  naive           the style of the service this project replaced: engine per request, pandas + pyfunc, to_sql
+                  per prediction (MariaDB)
   constant        a FastAPI endpoint that answers a constant: the HTTP layer's ceiling
   peers           serving frameworks (--peers; bench/peers/): LitServe, BentoML 1.4, MLServer 1.7 and KServe's
                   Python model server, each in a virtualenv of its own (made on the first run under
@@ -18,11 +19,15 @@ through the service's fast path.
 
 Before any server is timed its answers to a single encounter and to a 100-encounter batch are compared, to
 the last bit, with the probabilities ours computes; a server that answers others is not timed. Load comes
-from wrk (apt-get install wrk) at 1, 8 and 64 connections, single encounters and batches; the headlines are
-alternating rounds at 64 connections (--rounds): ours and the constant endpoint, then ours and each peer's
-strongest variants (its stock path and with our compiled predictor: the fastest in the sweep and any within
-2x of it), the ratio taken within each round, the first server of a round alternating; after each run of
-ours the bench waits until its prediction log is written.
+from wrk (apt-get install wrk) at 1, 8 and 64 connections, single encounters and batches (the sweep: one wrk
+run per cell); the headlines are alternating rounds at 64 connections (--rounds; 0: none): ours and the
+constant endpoint, then ours and each peer's strongest variants (for each peer and path, stock or our
+compiled predictor: the fastest 64-client single-encounter sweep cell and any with at least half its req/s),
+the ratio ours / other taken within each round, the first server of a round alternating; after each run of
+ours the bench waits until its prediction log is written. The last lines give each goal's verdict, PASS or
+FAIL, against the strongest peer (the lowest median within-round ratio): ours >= 10x the best peer on its
+stock path, >= 3x the best peer calling our compiled predictor. With every peer and --seconds 10 a run takes
+about 50 minutes on a 2-core machine, plus the peers' virtualenvs on the first run.
 
     make run   # once: trains and promotes a champion in var/ (Ctrl-C after it starts serving)
     .venv/bin/python bench/api.py --seconds 10       # everything; the first run makes the peers' virtualenvs

@@ -3,9 +3,10 @@
 A change to the serving path moves throughput by a few per cent, and this machine's speed drifts by more than
 that from one minute to the next, so two runs made apart say little. Here both servers run at once, on the
 same champion, each logging to a MariaDB database of its own, each from an empty folder (no `.env`); both
-must first answer the same request with the same JSON. wrk runs on each in turn (the order alternates, and
-each run ends when the server's prediction log is written), --pairs times; a run with a failed request stops
-the bench. The headline is the median of the within-pair ratios, head / base, with how many pairs head won.
+must first answer the same request with the same JSON. wrk runs on each in turn (the order alternates; after
+each timed run the bench waits until that server's prediction log is written), --pairs times; a run with a
+failed request stops the bench. The headline is the median of the within-pair ratios, head / base (above 1:
+head is faster), with how many pairs head won. A run takes about --pairs x 2 x --seconds plus two starts.
 
 A revision is a commit (checked out into a temporary git worktree and run with this checkout's virtualenv,
 its code first on PYTHONPATH) or "." for the working tree as it is.
@@ -18,7 +19,7 @@ allowed to create databases; run it from the repository's root (the defaults are
     .venv/bin/python bench/revisions.py --base HEAD                 # uncommitted edits against the last commit
     .venv/bin/python bench/revisions.py --base 606f705 --head main --pairs 20
 
-The headline is the median of the per-pair ratios, so it need not equal the ratio of the two median rates.
+The median of the per-pair ratios need not equal the ratio of the two median rates.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def parse_args() -> argparse.Namespace:
         "--base", required=True, default=argparse.SUPPRESS, help="the revision compared against (a commit, or '.')"
     )
     parser.add_argument("--head", default=".", help="the revision measured (a commit, or '.': the working tree)")
-    parser.add_argument("--pairs", type=int, default=10, help="wrk runs on each server, alternating")
+    parser.add_argument("--pairs", type=int, default=10, help="number of pairs: one wrk run on each revision per pair")
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each wrk run")
     cli.add_api_store_options(parser)
     args = parser.parse_args()

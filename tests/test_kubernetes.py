@@ -386,6 +386,17 @@ def test_load_test_pods_wait_for_the_api_and_read_clean_read_only(rendered: list
     assert "GRANT SELECT ON TABLES TO clean_reader" in init and "GRANT ALL" not in init
 
 
+def test_the_capacity_job_runs_one_locust_process_per_cpu_it_may_use(rendered: list[dict[str, Any]]) -> None:
+    """New-user review of #24: `--processes=-1` is the node's CPU count (os.cpu_count), not the pod's limit: on
+    a 32-core node it forked 32 Locust processes into a 2-CPU, 1 GiB container. It ends with in-flight requests
+    finished (`--stop-timeout`), as `make loadtest` does."""
+    specs = {name: spec for name, spec, _ in _pod_specs(rendered)}
+    (container,) = specs["locust-capacity"]["containers"]
+    args = dict(arg.removeprefix("--").split("=", 1) for arg in container["args"] if "=" in arg)
+    assert args["processes"] == str(container["resources"]["limits"]["cpu"])
+    assert args["stop-timeout"] == "60"
+
+
 def test_only_what_people_or_the_airflow_vm_reach_has_a_node_port(rendered: list[dict[str, Any]]) -> None:
     nodeports = {
         o["spec"]["selector"]["app.kubernetes.io/name"]: [p["nodePort"] for p in o["spec"]["ports"]]
