@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -220,14 +221,19 @@ def wait_log_written(url: str, timeout: float = 600.0) -> None:
     the log database is down or far slower than the load)."""
     deadline = time.monotonic() + timeout
     while True:
-        metrics = httpx.get(url + "/metrics", timeout=30).text
-        depth = re.search(r"^inference_prediction_log_queue_depth ([\d.e+]+)$", metrics, re.M)
-        if depth is None:
+        exposition = httpx.get(url + "/metrics", timeout=30).text
+        depths = [
+            sample.value
+            for family in text_string_to_metric_families(exposition)
+            for sample in family.samples
+            if sample.name == "inference_prediction_log_queue_depth"
+        ]
+        if not depths:
             raise RuntimeError(f"{url}/metrics has no inference_prediction_log_queue_depth")
-        if float(depth.group(1)) == 0:
+        if depths[0] == 0:
             return
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{url}: {depth.group(1)} prediction-log rows still unwritten after {timeout:g} s")
+            raise RuntimeError(f"{url}: {depths[0]:g} prediction-log rows still unwritten after {timeout:g} s")
         time.sleep(0.1)
 
 
@@ -430,7 +436,8 @@ def parse_args() -> argparse.Namespace:
         type=int,
         default=5,
         help="headlines: rounds of 'ours' and the constant endpoint, then of 'ours' and each peer's strongest variants "
-        "(within 2x of its fastest sweep cell), measured alternately at 64 clients, the first of a round alternating",
+        f"(within {CONTENDER_RATIO:g}x of its fastest sweep cell), measured alternately at 64 clients, the first of a "
+        "round alternating",
     )
     args = parser.parse_args()
     check_args(parser, args)
