@@ -1,7 +1,8 @@
 """The inference API against its baselines, ceilings and peers, side by side in one run on the same champion.
 
 Servers (each one process, one worker, started and stopped here in turn):
-  ours            python -m inference_api, micro-batching on, every prediction logged to MariaDB
+  ours            python -m inference_api, micro-batching on (gathering for at most the peers' window, 10 ms:
+                  --ours-wait-ms; the service's default is 2 ms), every prediction logged to MariaDB
   ours-nobatch    the same with MICROBATCH_ENABLED=false
   mlflow-serve    mlflow models serve -w 1 --env-manager local on the same model version
   naive           the style of the service this project replaced: engine per request, pandas + pyfunc, to_sql
@@ -73,7 +74,7 @@ sys.path.insert(0, str(ROOT / "tests" / "support"))  # the process helpers the t
 from livesupport import free_port, serve  # noqa: E402
 
 import cli  # noqa: E402
-from peers.catalog import PEERS, Variant, variants  # noqa: E402
+from peers.catalog import BATCH_WINDOW_MS, PEERS, Variant, variants  # noqa: E402
 from peers.venvs import HOME as PEER_HOME  # noqa: E402
 from peers.venvs import PeerUnavailableError, ensure, installed_version  # noqa: E402
 
@@ -432,6 +433,13 @@ def parse_args() -> argparse.Namespace:
         "tens of times slower per call than on one thread",
     )
     parser.add_argument(
+        "--ours-wait-ms",
+        type=float,
+        default=BATCH_WINDOW_MS,
+        help="MICROBATCH_MAX_WAIT_MS of ours (the service's default is 2): by default the peers' batching window, "
+        "so that every batching server may wait as long for more requests",
+    )
+    parser.add_argument(
         "--rounds",
         type=int,
         default=5,
@@ -450,6 +458,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     """Refuse, with one line naming the option, a selection that would run nothing or something unasked."""
     if args.seconds <= 0 or args.rounds < 0:
         parser.error(f"--seconds must be more than 0 and --rounds at least 0, got {args.seconds:g} and {args.rounds}")
+    if not args.ours_wait_ms >= 0:
+        parser.error(f"--ours-wait-ms must be 0 or more milliseconds, got {args.ours_wait_ms:g}")
     unknown = sorted(set(args.only or ()) - known_servers())
     if unknown:
         parser.error(
@@ -538,6 +548,7 @@ def our_targets(args: argparse.Namespace, model_uri: str, classes: list[str]) ->
         "PREDICTION_LOG_URL": args.log_url,
         "MODEL_POLL_INTERVAL_SECONDS": "3600",
         "DEVELOPMENT_MODE": "true",
+        "MICROBATCH_MAX_WAIT_MS": f"{args.ours_wait_ms:g}",
     }
     ours = ours_reader(classes)
     return [
@@ -629,7 +640,8 @@ def log_database(admin_url: str, prefix: str) -> Iterator[str]:
 def main() -> None:
     args = parse_args()
     model_uri, model = champion(args.tracking_uri)
-    print(f"champion: {model_uri} ({args.tracking_uri}); {args.seconds:g} s per cell")
+    print(f"champion: {model_uri} ({args.tracking_uri}); {args.seconds:g} s per cell; batching windows: ours "
+          f"{args.ours_wait_ms:g} ms (MICROBATCH_MAX_WAIT_MS), the peers' {BATCH_WINDOW_MS:g} ms")  # fmt: skip
     encounters = real_encounters(args.clean_url, BATCH_ROWS)
     single = [list(schema.EXAMPLE_ENCOUNTERS.values())[1]]
     classes = [str(label) for label in model.classes_]

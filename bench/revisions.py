@@ -9,7 +9,8 @@ failed request stops the bench. The headline is the median of the within-pair ra
 head is faster), with how many pairs head won. A run takes about --pairs x 2 x --seconds plus two starts.
 
 A revision is a commit (checked out into a temporary git worktree and run with this checkout's virtualenv,
-its code first on PYTHONPATH) or "." for the working tree as it is.
+its code first on PYTHONPATH) or "." for the working tree as it is. --base-env and --head-env give one side
+settings of its own (NAME=VALUE, repeatable), so the same code can be compared with two settings.
 
 Needs wrk (apt-get install wrk), a champion in the registry (`make run` makes one) and a MariaDB/MySQL user
 allowed to create databases; run it from the repository's root (the defaults are relative to it).
@@ -18,6 +19,7 @@ allowed to create databases; run it from the repository's root (the defaults are
     .venv/bin/python bench/revisions.py --base HEAD~1 --head HEAD   # the last commit's change
     .venv/bin/python bench/revisions.py --base HEAD                 # uncommitted edits against the last commit
     .venv/bin/python bench/revisions.py --base 606f705 --head main --pairs 20
+    .venv/bin/python bench/revisions.py --base . --head-env MICROBATCH_MAX_WAIT_MS=10   # a setting, same code
 
 The median of the per-pair ratios need not equal the ratio of the two median rates.
 """
@@ -29,6 +31,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -59,6 +62,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--head", default=".", help="the revision measured (a commit, or '.': the working tree)")
     parser.add_argument("--pairs", type=int, default=10, help="number of pairs: one wrk run on each revision per pair")
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each wrk run")
+    for side in ("base", "head"):
+        parser.add_argument(f"--{side}-env", action="append", default=[], metavar="NAME=VALUE", type=_setting,
+                            help=f"a setting of the {side} server only (an API environment variable; repeatable)")  # fmt: skip
     cli.add_api_store_options(parser)
     args = parser.parse_args()
     if args.pairs < 1:
@@ -73,6 +79,14 @@ def parse_args() -> argparse.Namespace:
     if shutil.which("wrk") is None:
         parser.error("wrk is not installed: apt-get install wrk")
     return args
+
+
+def _setting(text: str) -> tuple[str, str]:
+    """NAME=VALUE as a pair (argparse reports a bad one as a usage error naming the option)."""
+    name, sep, value = text.partition("=")
+    if not sep or not re.fullmatch(r"[A-Z][A-Z0-9_]*", name):
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE with an upper-case environment variable name")
+    return name, value
 
 
 def _commit(revision: str) -> str | None:
@@ -108,6 +122,7 @@ def api_server(name: str, source: Path, args: argparse.Namespace, log_url: str, 
         "MODEL_POLL_INTERVAL_SECONDS": "3600",
         "DEVELOPMENT_MODE": "true",
         "LOG_LEVEL": "warning",
+        **dict(getattr(args, f"{name}_env")),
     }
     folder = work / name
     folder.mkdir()
@@ -168,6 +183,8 @@ def main() -> None:
     ):
         body = Path(work) / "single.json"
         body.write_text(json.dumps(list(schema.EXAMPLE_ENCOUNTERS.values())[1]))
+        base_name += "".join(f" {k}={v}" for k, v in args.base_env)
+        head_name += "".join(f" {k}={v}" for k, v in args.head_env)
         print(f"base {base_name}, head {head_name}: single encounters, {CLIENTS} clients, {args.seconds:g} s runs")
         with (
             api_server("base", base_source, args, base_log, Path(work)) as base,

@@ -17,6 +17,10 @@ from typing import Any
 Rows = list[dict[str, Any]]
 Probabilities = list[list[float]]
 
+# The gathering window of every batching server in the bench: the peers' batch timeout (LitServe's
+# batch_timeout, MLServer's max_batch_time) and, unless bench/api.py's --ours-wait-ms, our MICROBATCH_MAX_WAIT_MS.
+BATCH_WINDOW_MS = 10.0
+
 
 @dataclass(frozen=True)
 class Peer:
@@ -49,7 +53,11 @@ class Variant:
         return f"{what} {'batching' if self.batching else 'no batching'}"
 
     def env(self) -> dict[str, str]:
-        return {"PEER_PREDICTOR": self.predictor, "PEER_BATCHING": "on" if self.batching else "off"}
+        return {
+            "PEER_PREDICTOR": self.predictor,
+            "PEER_BATCHING": "on" if self.batching else "off",
+            "PEER_MAX_WAIT_MS": f"{BATCH_WINDOW_MS:g}",
+        }
 
 
 def _mlserver_body(rows: Rows, _batch: bool) -> dict[str, Any]:
@@ -69,12 +77,12 @@ PEERS = {
     for peer in (
         Peer("litserve", "litserve", "/health", "/predict",
              lambda rows, batch: {"encounters": rows} if batch else rows[0], lambda a: a["probabilities"],
-             "adaptive: LitAPI max_batch_size=64 requests, batch_timeout=10 ms; ZeroMQ queues (fast_queue)"),
+             f"adaptive: LitAPI max_batch_size=64 requests, batch_timeout={BATCH_WINDOW_MS:g} ms; ZeroMQ queues (fast_queue)"),
         Peer("bentoml", "bentoml", "/readyz", "/predict", lambda rows, _: {"rows": rows}, lambda a: a,
              "adaptive: batchable API, max_batch_size=256 rows, its adaptive window"),
         Peer("mlserver", "mlserver", "/v2/models/readmission/ready", "/v2/models/readmission/infer",
              _mlserver_body, _mlserver_probabilities,
-             "adaptive: max_batch_size=64 requests, max_batch_time=10 ms (model-settings)"),
+             f"adaptive: max_batch_size=64 requests, max_batch_time={BATCH_WINDOW_MS:g} ms (model-settings)"),
         Peer("kserve", "kserve", "/v1/models/readmission", "/v1/models/readmission:predict",
              lambda rows, _: {"instances": rows}, lambda a: a["predictions"],
              "none: KServe's Python model server has no adaptive batching (only its Kubernetes agent batches)"),
