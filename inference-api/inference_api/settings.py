@@ -24,7 +24,9 @@ MIN_RELOAD_TOKEN_CHARS = 16
 class PredictionLogSettings(BaseSettings):
     """Where the prediction log is and how long it keeps rows (shared by the API and the retention job)."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", validate_default=True)
+    # allow_inf_nan=False: a float setting of inf or nan ("inf", "1e999") is refused naming the setting, where
+    # pydantic takes it by default and a bound like gt=0 lets inf through (a wait or timeout that never ends).
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", validate_default=True, allow_inf_nan=False)
 
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
     data_dir: Path = Field(Path("var"), description="Folder of the embedded defaults (local MLflow store, SQLite log).")

@@ -13,7 +13,9 @@ class MlflowCredentials(BaseSettings):
     """The two fields, for the CLI's and the API's settings classes to inherit (their settings: `.env`, extra
     variables ignored)."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", validate_default=True)
+    # allow_inf_nan=False: a float setting of inf or nan ("inf", "1e999") is refused naming the setting, where
+    # pydantic takes it by default and a bound like gt=0 lets inf through (a wait or timeout that never ends).
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", validate_default=True, allow_inf_nan=False)
 
     mlflow_tracking_username: str | None = Field(
         None,

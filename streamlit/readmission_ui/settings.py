@@ -9,7 +9,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class UiSettings(BaseSettings):
     """Where the API is and how the page talks to it."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+    # allow_inf_nan=False: a float setting of inf or nan ("inf", "1e999") is refused naming the setting, where
+    # pydantic takes it by default and a bound like gt=0 lets inf through (a wait or timeout that never ends).
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", allow_inf_nan=False)
 
     api_url: str = Field("http://127.0.0.1:8000", description="Base URL of the inference API.")
     api_timeout_seconds: float = Field(15.0, gt=0, description="Seconds to wait for one API answer.")

@@ -19,7 +19,9 @@ from readmission.source import UCI_ZIP_URL
 class Settings(MlflowCredentials):
     """Where the data comes from and where it goes."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", validate_default=True)
+    # allow_inf_nan=False: a float setting of inf or nan ("inf", "1e999") is refused naming the setting, where
+    # pydantic takes it by default and a bound like gt=0 lets inf through (a wait or timeout that never ends).
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", validate_default=True, allow_inf_nan=False)
 
     data_dir: Path = Field(Path("var"), description="Folder for the download cache and the embedded SQLite files.")
     data_path: Path | None = Field(None, description="Local diabetic_data.csv or UCI zip; skips the download.")
