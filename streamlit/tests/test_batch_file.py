@@ -6,16 +6,18 @@ import codecs
 import tempfile
 from pathlib import Path
 
-from hypothesis import given, settings
+import pytest
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 from uisupport import eligible
 
 from readmission import schema
 from readmission.db import create_db_engine
+from readmission.errors import SourceFormatError
 from readmission.raw import SourceFile, load_raw_batches
 from readmission.synthetic import synthetic_encounters
-from readmission_ui.batch import check_file
+from readmission_ui.batch import BatchFileError, check_file
 
 VALUES = st.one_of(
     st.sampled_from(["²", "٣", "01", "+3", "3.0", "", "?", " Caucasian", "V57", "250.83", "[100-110)", "Ch"]),
@@ -42,6 +44,7 @@ def _loader_reasons(content: bytes) -> dict[int, str]:
     delimiter=st.sampled_from([",", ";", "\t"]),
     bom=st.booleans(),
 )
+@example(cells=[(0, "race", "a\x00b")], delimiter=",", bom=False)  # a NUL byte: both refuse the whole file
 def test_the_page_and_the_loader_give_each_row_the_same_verdict(
     cells: list[tuple[int, str, str]], delimiter: str, bom: bool
 ) -> None:
@@ -49,6 +52,12 @@ def test_the_page_and_the_loader_give_each_row_the_same_verdict(
     for row, name, value in cells:
         frame.loc[row, name] = value
     content = (codecs.BOM_UTF8 if bom else b"") + frame.to_csv(index=False, sep=delimiter).encode()
+    if b"\x00" in content:  # not a text file: both refuse the whole file, for the same reason
+        with pytest.raises(BatchFileError, match=r"not a text file \(it holds NUL bytes\)"):
+            check_file(content, max_rows=1_000)
+        with pytest.raises(SourceFormatError, match=r"not a text file \(it holds NUL bytes\)"):
+            _loader_reasons(content)
+        return
     checked = check_file(content, max_rows=1_000)
     page: dict[int, list[str]] = {}
     for line, problem in checked.row_errors:
