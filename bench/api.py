@@ -1,8 +1,9 @@
 """The inference API against its baselines, ceilings and peers, side by side in one run on the same champion.
 
 Servers (each one process, one worker, started and stopped here in turn):
-  ours            python -m inference_api, micro-batching on (gathering for at most the peers' window, 10 ms:
-                  --ours-wait-ms; the service's default is 2 ms), every prediction logged to MariaDB
+  ours            python -m inference_api, micro-batching on, every prediction logged to MariaDB; when a peer
+                  with batching runs, gathering for at most the peers' window, 10 ms (--ours-wait-ms; the
+                  service's default is 2 ms)
   ours-nobatch    the same with MICROBATCH_ENABLED=false
   mlflow-serve    mlflow models serve -w 1 --env-manager local on the same model version
   naive           the style of the service this project replaced: engine per request, pandas + pyfunc, to_sql
@@ -44,6 +45,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import re
 import shutil
@@ -365,8 +367,6 @@ def peer_headline(targets: list[Target], bodies: dict[str, Path], args: argparse
 
 def real_encounters(clean_url: str, n: int) -> list[dict[str, Any]]:
     """``n`` real encounters of the CLEAN test split (what `make run` built), as API request bodies."""
-    import math
-
     from readmission.clean import read_clean
     from readmission.db import create_db_engine
     from readmission.modeling import model_input
@@ -421,24 +421,7 @@ def parse_args() -> argparse.Namespace:
         help=f"run only these servers ({', '.join(OUR_SERVERS)}, a peer: all its variants, or one variant as "
         "peer/variant, e.g. litserve/stock-batching)",
     )
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument("--peers", nargs="+", default=list(PEERS), choices=list(PEERS), help="serving peers to run")
-    which.add_argument("--no-peers", action="store_true", help="run no serving peer")
-    parser.add_argument(
-        "--peer-omp-threads",
-        type=int,
-        default=1,
-        help="OMP_NUM_THREADS of the peers' servers (0: the library's default, a thread per core); scikit-learn's "
-        "OpenMP trees on every core of a machine that also runs the load generator (and any other work) can be "
-        "tens of times slower per call than on one thread",
-    )
-    parser.add_argument(
-        "--ours-wait-ms",
-        type=float,
-        default=BATCH_WINDOW_MS,
-        help="MICROBATCH_MAX_WAIT_MS of ours (the service's default is 2): by default the peers' batching window, "
-        "so that every batching server may wait as long for more requests",
-    )
+    _add_peer_options(parser)
     parser.add_argument(
         "--rounds",
         type=int,
@@ -454,12 +437,46 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def _add_peer_options(parser: argparse.ArgumentParser) -> None:
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--peers", nargs="+", default=list(PEERS), choices=list(PEERS), help="serving peers to run")
+    which.add_argument("--no-peers", action="store_true", help="run no serving peer")
+    parser.add_argument(
+        "--peer-omp-threads",
+        type=int,
+        default=1,
+        help="OMP_NUM_THREADS of the peers' servers (0: the library's default, a thread per core); scikit-learn's "
+        "OpenMP trees on every core of a machine that also runs the load generator (and any other work) can be "
+        "tens of times slower per call than on one thread",
+    )
+    parser.add_argument(
+        "--ours-wait-ms",
+        type=float,
+        default=argparse.SUPPRESS,
+        help=f"MICROBATCH_MAX_WAIT_MS of ours (default: the peers' window, {BATCH_WINDOW_MS:g} ms, when a peer "
+        "with batching runs, so that ours may wait as long for more requests as they do; else the service's own "
+        "default)",
+    )
+
+
+def _ours_window(args: argparse.Namespace) -> str | None:
+    """MICROBATCH_MAX_WAIT_MS for ours: --ours-wait-ms, else the peers' window when a peer that batches runs,
+    else None (the service's default)."""
+    if (wait := getattr(args, "ours_wait_ms", None)) is not None:
+        return f"{wait:g}"
+    batching = [
+        name for name in args.peers if selected(name, args.only) and PEERS[name].batching.startswith("adaptive")
+    ]
+    return f"{BATCH_WINDOW_MS:g}" if batching else None
+
+
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse, with one line naming the option, a selection that would run nothing or something unasked."""
     if args.seconds <= 0 or args.rounds < 0:
         parser.error(f"--seconds must be more than 0 and --rounds at least 0, got {args.seconds:g} and {args.rounds}")
-    if not args.ours_wait_ms >= 0:
-        parser.error(f"--ours-wait-ms must be 0 or more milliseconds, got {args.ours_wait_ms:g}")
+    wait = getattr(args, "ours_wait_ms", None)
+    if wait is not None and not (math.isfinite(wait) and wait >= 0):
+        parser.error(f"--ours-wait-ms must be a finite number of milliseconds, 0 or more, got {wait:g}")
     unknown = sorted(set(args.only or ()) - known_servers())
     if unknown:
         parser.error(
@@ -548,8 +565,9 @@ def our_targets(args: argparse.Namespace, model_uri: str, classes: list[str]) ->
         "PREDICTION_LOG_URL": args.log_url,
         "MODEL_POLL_INTERVAL_SECONDS": "3600",
         "DEVELOPMENT_MODE": "true",
-        "MICROBATCH_MAX_WAIT_MS": f"{args.ours_wait_ms:g}",
     }
+    if (window := _ours_window(args)) is not None:
+        ours_env["MICROBATCH_MAX_WAIT_MS"] = window
     ours = ours_reader(classes)
     return [
         Target(Server("ours", [python, "-m", "inference_api"], ours_env, "/health/ready", ROOT), EXPLAIN_PATHS,
@@ -640,8 +658,9 @@ def log_database(admin_url: str, prefix: str) -> Iterator[str]:
 def main() -> None:
     args = parse_args()
     model_uri, model = champion(args.tracking_uri)
-    print(f"champion: {model_uri} ({args.tracking_uri}); {args.seconds:g} s per cell; batching windows: ours "
-          f"{args.ours_wait_ms:g} ms (MICROBATCH_MAX_WAIT_MS), the peers' {BATCH_WINDOW_MS:g} ms")  # fmt: skip
+    window = _ours_window(args)
+    print(f"champion: {model_uri} ({args.tracking_uri}); {args.seconds:g} s per cell; ours' batching window "
+          f"(MICROBATCH_MAX_WAIT_MS): {'the service default' if window is None else window + ' ms'}")  # fmt: skip
     encounters = real_encounters(args.clean_url, BATCH_ROWS)
     single = [list(schema.EXAMPLE_ENCOUNTERS.values())[1]]
     classes = [str(label) for label in model.classes_]

@@ -49,6 +49,7 @@ sys.path.insert(0, str(HERE))
 
 import cli  # noqa: E402
 from api import Server, absolute_uri, log_database, run_wrk, wait_log_written  # noqa: E402
+from inference_api.settings import ApiSettings  # noqa: E402
 from readmission import schema  # noqa: E402
 
 CLIENTS = 64
@@ -63,8 +64,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--pairs", type=int, default=10, help="number of pairs: one wrk run on each revision per pair")
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each wrk run")
     for side in ("base", "head"):
-        parser.add_argument(f"--{side}-env", action="append", default=[], metavar="NAME=VALUE", type=_setting,
-                            help=f"a setting of the {side} server only (an API environment variable; repeatable)")  # fmt: skip
+        parser.add_argument(
+            f"--{side}-env", action="append", default=argparse.SUPPRESS, metavar="NAME=VALUE", type=_setting,
+            help=f"a setting of the {side} server only: an inference API setting's variable (repeatable)",
+        )  # fmt: skip
     cli.add_api_store_options(parser)
     args = parser.parse_args()
     if args.pairs < 1:
@@ -76,9 +79,32 @@ def parse_args() -> argparse.Namespace:
         if revision != "." and _commit(revision) is None:
             parser.error(f"--{option} {revision!r} is not a commit of this repository: give a commit, branch, tag "
                          "or '.' for the working tree (git log --oneline lists commits)")  # fmt: skip
+    for side in ("base", "head"):
+        setattr(args, f"{side}_env", _settings(parser, f"--{side}-env", getattr(args, f"{side}_env", [])))
     if shutil.which("wrk") is None:
         parser.error("wrk is not installed: apt-get install wrk")
     return args
+
+
+# Set by the bench for both servers (api_server): a side may not change them.
+_HARNESS = frozenset({"PYTHONPATH", "MLFLOW_TRACKING_URI", "PREDICTION_LOG_URL", "MODEL_POLL_INTERVAL_SECONDS",
+                      "DEVELOPMENT_MODE", "LOG_LEVEL"})  # fmt: skip
+
+
+def _settings(parser: argparse.ArgumentParser, option: str, pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """``pairs`` as a dict; a usage error for a name the API does not read (a typo would compare two equal
+    servers), a name the bench sets itself, or a name given twice."""
+    known = {name.upper() for name in ApiSettings.model_fields}
+    names = [name for name, _ in pairs]
+    for name in names:
+        if name not in known or name in _HARNESS:
+            why = (
+                "the bench sets it for both servers" if name in _HARNESS else "the inference API reads no such setting"
+            )
+            parser.error(f"{option} {name}: {why} (settings: inference-api/.env.example)")
+        if names.count(name) > 1:
+            parser.error(f"{option} {name} is given twice")
+    return dict(pairs)
 
 
 def _setting(text: str) -> tuple[str, str]:
@@ -122,7 +148,7 @@ def api_server(name: str, source: Path, args: argparse.Namespace, log_url: str, 
         "MODEL_POLL_INTERVAL_SECONDS": "3600",
         "DEVELOPMENT_MODE": "true",
         "LOG_LEVEL": "warning",
-        **dict(getattr(args, f"{name}_env")),
+        **getattr(args, f"{name}_env"),
     }
     folder = work / name
     folder.mkdir()
@@ -183,8 +209,8 @@ def main() -> None:
     ):
         body = Path(work) / "single.json"
         body.write_text(json.dumps(list(schema.EXAMPLE_ENCOUNTERS.values())[1]))
-        base_name += "".join(f" {k}={v}" for k, v in args.base_env)
-        head_name += "".join(f" {k}={v}" for k, v in args.head_env)
+        base_name += "".join(f" {k}={v}" for k, v in args.base_env.items())
+        head_name += "".join(f" {k}={v}" for k, v in args.head_env.items())
         print(f"base {base_name}, head {head_name}: single encounters, {CLIENTS} clients, {args.seconds:g} s runs")
         with (
             api_server("base", base_source, args, base_log, Path(work)) as base,

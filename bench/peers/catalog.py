@@ -17,8 +17,10 @@ from typing import Any
 Rows = list[dict[str, Any]]
 Probabilities = list[list[float]]
 
-# The gathering window of every batching server in the bench: the peers' batch timeout (LitServe's
-# batch_timeout, MLServer's max_batch_time) and, unless bench/api.py's --ours-wait-ms, our MICROBATCH_MAX_WAIT_MS.
+# The most a batch may wait for more requests, in the bench: the peers' batch timeout (LitServe's batch_timeout,
+# MLServer's max_batch_time; both frameworks default to 0, no wait) and, when a peer with batching runs and
+# bench/api.py's --ours-wait-ms is not given, our MICROBATCH_MAX_WAIT_MS (ours waits only while other requests
+# are in flight). BentoML keeps its own adaptive window.
 BATCH_WINDOW_MS = 10.0
 
 
@@ -53,6 +55,7 @@ class Variant:
         return f"{what} {'batching' if self.batching else 'no batching'}"
 
     def env(self) -> dict[str, str]:
+        """The peer server's environment for this variant (read by ``peer_model``)."""
         return {
             "PEER_PREDICTOR": self.predictor,
             "PEER_BATCHING": "on" if self.batching else "off",
@@ -77,7 +80,8 @@ PEERS = {
     for peer in (
         Peer("litserve", "litserve", "/health", "/predict",
              lambda rows, batch: {"encounters": rows} if batch else rows[0], lambda a: a["probabilities"],
-             f"adaptive: LitAPI max_batch_size=64 requests, batch_timeout={BATCH_WINDOW_MS:g} ms; ZeroMQ queues (fast_queue)"),
+             f"adaptive: LitAPI max_batch_size=64 requests, batch_timeout={BATCH_WINDOW_MS:g} ms; ZeroMQ queues "
+             "(fast_queue)"),
         Peer("bentoml", "bentoml", "/readyz", "/predict", lambda rows, _: {"rows": rows}, lambda a: a,
              "adaptive: batchable API, max_batch_size=256 rows, its adaptive window"),
         Peer("mlserver", "mlserver", "/v2/models/readmission/ready", "/v2/models/readmission/infer",
