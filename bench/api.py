@@ -464,9 +464,7 @@ def _ours_window(args: argparse.Namespace) -> str | None:
     else None (the service's default)."""
     if (wait := getattr(args, "ours_wait_ms", None)) is not None:
         return f"{wait:g}"
-    batching = [
-        name for name in args.peers if selected(name, args.only) and PEERS[name].batching.startswith("adaptive")
-    ]
+    batching = any(PEERS[name].batches for name in args.peers if selected(name, args.only))
     return f"{BATCH_WINDOW_MS:g}" if batching else None
 
 

@@ -38,6 +38,11 @@ class Peer:
     def script(self) -> str:
         return f"{self.name}_server.py"
 
+    @property
+    def batches(self) -> bool:
+        """Whether the framework has adaptive batching of its own (variants with it on and off)."""
+        return self.batching.startswith("adaptive")
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -96,5 +101,5 @@ PEERS = {
 
 def variants(peer: Peer) -> list[Variant]:
     """Stock and compiled, each with batching on and off (off only, where the framework has none)."""
-    switches = (True, False) if peer.batching.startswith("adaptive") else (False,)
+    switches = (True, False) if peer.batches else (False,)
     return [Variant(peer, predictor, on) for predictor in ("stock", "compiled") for on in switches]
