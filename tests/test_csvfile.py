@@ -112,6 +112,26 @@ def test_a_bom_file_loads_where_it_once_failed_with_an_invisible_column_name(tmp
     assert SourceFile.read(path).header[0] == "encounter_id"
 
 
+@pytest.mark.parametrize(
+    ("bom", "encoding"),
+    [
+        (b"", "utf-8"),
+        (codecs.BOM_UTF8, "utf-8"),
+        (codecs.BOM_UTF16_LE, "utf-16-le"),
+        (codecs.BOM_UTF16_BE, "utf-16-be"),
+    ],
+    ids=["no-mark", "utf-8-mark", "utf-16-le", "utf-16-be"],
+)
+def test_a_nul_in_the_first_4_kib_is_refused_whatever_mark_the_file_starts_with(bom: bytes, encoding: str) -> None:
+    """Before: behind a UTF-8 mark a NUL was read as a cell ("race: unknown level '\\x00'"), without one the
+    file was refused; the page and the loader (both this reader) followed the mark."""
+    frame = FRAME.head(3).copy()
+    frame.loc[0, "race"] = "\x00"
+    with pytest.raises(SourceFormatError, match=r"^f\.csv is not a text file \(it holds NUL bytes\)"):
+        read_records(_write(frame, bom=bom, encoding=encoding), "f.csv")
+    assert read_records(_write(FRAME.head(3), bom=bom, encoding=encoding), "f.csv").header[0] == "encounter_id"
+
+
 OPEN_QUOTE = 'a quote (") opens a field that does not close on its line'
 
 

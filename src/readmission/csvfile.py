@@ -89,7 +89,17 @@ def _text(data: bytes) -> str:
 
 
 def _as_utf8(data: bytes, source: str) -> bytes:
-    """``data`` without a UTF-8 byte-order mark, UTF-16 (with its mark) re-encoded as UTF-8."""
+    """``data`` without a UTF-8 byte-order mark, UTF-16 (with its mark) re-encoded as UTF-8.
+
+    Raises SourceFormatError when the text holds a NUL byte in its first 4 KiB (a binary file, a spreadsheet
+    saved as .xlsx), whatever mark it starts with."""
+    text = _without_mark(data, source)
+    if b"\x00" in text[:4096]:
+        raise SourceFormatError(f"{source} is not a text file (it holds NUL bytes). {SOURCE_FIX}")
+    return text
+
+
+def _without_mark(data: bytes, source: str) -> bytes:
     if data.startswith(codecs.BOM_UTF8):
         return data[len(codecs.BOM_UTF8) :]
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
@@ -99,8 +109,6 @@ def _as_utf8(data: bytes, source: str) -> bytes:
             raise SourceFormatError(
                 f"{source} starts with a UTF-16 mark but is not UTF-16 text. {SOURCE_FIX}"
             ) from None
-    if b"\x00" in data[:4096]:
-        raise SourceFormatError(f"{source} is not a text file (it holds NUL bytes). {SOURCE_FIX}")
     return data
 
 

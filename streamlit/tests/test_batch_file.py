@@ -21,9 +21,7 @@ from readmission_ui.batch import BatchFileError, check_file
 
 VALUES = st.one_of(
     st.sampled_from(["²", "٣", "01", "+3", "3.0", "", "?", " Caucasian", "V57", "250.83", "[100-110)", "Ch"]),
-    # No NUL: a file holding one is refused whole (the explicit example below); with a BOM the page's refusal
-    # was seen to differ, an open question (CHANGELOG), kept out of this row-verdict check.
-    st.text(alphabet=st.characters(exclude_characters=",;\t\r\n\"'\x00", exclude_categories=["Cs"]), max_size=8),
+    st.text(alphabet=st.characters(exclude_characters=",;\t\r\n\"'", exclude_categories=["Cs"]), max_size=8),
 )
 
 
@@ -47,6 +45,7 @@ def _loader_reasons(content: bytes) -> dict[int, str]:
     bom=st.booleans(),
 )
 @example(cells=[(0, "race", "a\x00b")], delimiter=",", bom=False)  # a NUL byte: both refuse the whole file
+@example(cells=[(0, "race", "\x00")], delimiter=",", bom=True)  # once read as a cell behind a UTF-8 mark
 def test_the_page_and_the_loader_give_each_row_the_same_verdict(
     cells: list[tuple[int, str, str]], delimiter: str, bom: bool
 ) -> None:
@@ -54,7 +53,7 @@ def test_the_page_and_the_loader_give_each_row_the_same_verdict(
     for row, name, value in cells:
         frame.loc[row, name] = value
     content = (codecs.BOM_UTF8 if bom else b"") + frame.to_csv(index=False, sep=delimiter).encode()
-    if b"\x00" in content[:4096]:  # not a text file (csvfile.py reads its first 4 KiB): both refuse it
+    if b"\x00" in content.removeprefix(codecs.BOM_UTF8)[:4096]:  # not text (csvfile's rule): both refuse it
         with pytest.raises(BatchFileError, match=r"not a text file \(it holds NUL bytes\)"):
             check_file(content, max_rows=1_000)
         with pytest.raises(SourceFormatError, match=r"not a text file \(it holds NUL bytes\)"):
