@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 
 from readmission.explanation import forest_trees
-from readmission.serving import _CompiledTrees, _walk_trees
+from readmission.serving import _CompiledTrees
 from readmission.treeshap import Trees, _goes_left, expected_value, tree_shap
 
 
@@ -132,7 +132,7 @@ def test_generated_boosted_trees_match_the_definition(seed: int, leaves: int, it
     arrays = trees.shap_trees()
     rows = trees.recode(x[:3])
     phi = tree_shap(rows, arrays)
-    raw = _walk_trees(rows, *trees.arrays, trees.baseline)
+    raw = trees.raw(rows)
     base = trees.baseline + expected_value(arrays)
     np.testing.assert_allclose(phi.sum(axis=1) + base, raw, rtol=0, atol=1e-9)
     for row, ours in zip(rows, phi, strict=True):

@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from numba import njit
 from scipy.special import expit
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
@@ -49,6 +48,7 @@ from readmission.modeling import (
 )
 from readmission.threads import limit_n_jobs, thread_cap
 from readmission.treeshap import Trees
+from readmission.treewalk import raw_scores, walk_table
 
 Row = Mapping[str, Any]
 _INTEGER_INPUTS = frozenset(
@@ -210,41 +210,6 @@ def _lookup_table(categories: list[np.ndarray]) -> tuple[np.ndarray | None, np.n
     return table, rows
 
 
-@njit(nogil=True, cache=False)
-def _walk_trees(
-    x: np.ndarray,
-    roots: np.ndarray,
-    feature: np.ndarray,
-    threshold: np.ndarray,
-    left: np.ndarray,
-    right: np.ndarray,
-    missing_left: np.ndarray,
-    is_leaf: np.ndarray,
-    value: np.ndarray,
-    cat_row: np.ndarray,
-    cat_table: np.ndarray,
-    baseline: float,
-) -> np.ndarray:
-    """Raw scores (baseline + sum of leaf values) of every row, compiled to machine code without the GIL."""
-    out = np.empty(x.shape[0], dtype=np.float64)
-    for i in range(x.shape[0]):
-        total = baseline
-        for t in range(roots.size):
-            node = roots[t]
-            while not is_leaf[node]:
-                v = x[i, feature[node]]
-                if np.isnan(v):
-                    go_left = missing_left[node]
-                elif cat_row[node] >= 0:
-                    go_left = cat_table[cat_row[node], np.uint8(v)]
-                else:
-                    go_left = v <= threshold[node]
-                node = left[node] if go_left else right[node]
-            total += value[node]
-        out[i] = total
-    return out
-
-
 def _bits(bitset: np.ndarray) -> np.ndarray:
     """The 256 membership flags of one 8 x uint32 bitset."""
     flags: np.ndarray = ((bitset[np.arange(256) // 32] >> (np.arange(256) % 32).astype(np.uint32)) & 1).astype(bool)
@@ -252,11 +217,11 @@ def _bits(bitset: np.ndarray) -> np.ndarray:
 
 
 class _CompiledTrees:
-    """P(class 1) of a fitted binary HistGradientBoostingClassifier, its trees walked by ``_walk_trees``.
+    """P(class 1) of a fitted binary HistGradientBoostingClassifier, its trees walked by ``treewalk``.
 
-    The trees' nodes are copied into flat arrays (one entry per node of every tree) and walked by a
-    numba-compiled loop that releases the GIL: a few microseconds per row for hundreds of trees, while the
-    event loop keeps running. Same decisions as sklearn's predictor: missing values follow the split's
+    The trees' nodes are copied into flat arrays (one entry per node of every tree, for TreeSHAP) and packed
+    for ``treewalk.raw_scores``, a numba-compiled loop that releases the GIL: a few microseconds per row for
+    hundreds of trees, while the event loop keeps running. Same decisions as sklearn's predictor: missing values follow the split's
     missing direction, categories in the left bitset go left, other known categories go right, unknown
     categories are treated as missing. With categorical features the model keeps an internal
     ColumnTransformer (categories re-coded to 0..k-1, unknown ones to NaN, categorical columns first); it
@@ -318,13 +283,14 @@ class _CompiledTrees:
             np.concatenate(cat_row),
             np.array(cat_tables, dtype=bool).reshape(-1, 256) if cat_tables else np.zeros((1, 256), dtype=bool),
         )
+        self._table = walk_table(*self._arrays)
         self.cover = np.concatenate(cover)  # training samples reaching each node (TreeSHAP's weights)
         self.baseline = self._baseline
 
     @property
     def arrays(self) -> tuple[np.ndarray, ...]:
-        """The flat node arrays ``_walk_trees`` takes (roots, feature, threshold, left, right, missing_left,
-        is_leaf, value, cat_row, cat_table); features index the columns of ``recode``'s output."""
+        """The flat node arrays (roots, feature, threshold, left, right, missing_left, is_leaf, value, cat_row,
+        cat_table); features index the columns of ``recode``'s output."""
         return self._arrays
 
     def shap_trees(self) -> Trees:
@@ -360,9 +326,13 @@ class _CompiledTrees:
         out[:, n_categorical:] = x[:, self._numeric]
         return out
 
+    def raw(self, recoded: np.ndarray) -> np.ndarray:
+        """The raw score (log-odds) of each row of ``recode``'s output, shape (rows,): the model's
+        ``decision_function``, to the last bit."""
+        return raw_scores(recoded, self._table, self._baseline)
+
     def positive(self, x: np.ndarray) -> np.ndarray:
-        raw = _walk_trees(np.ascontiguousarray(self._recode(x), dtype=np.float64), *self._arrays, self._baseline)
-        result: np.ndarray = expit(raw)  # the binary log-loss link, as sklearn applies it
+        result: np.ndarray = expit(self.raw(self._recode(x)))  # the binary log-loss link, as sklearn applies it
         return result
 
 

@@ -8,7 +8,7 @@ cover), the definition `shap.TreeExplainer` uses with ``feature_perturbation="tr
 
 It is ours, not `shap`'s, because the served boosted trees split on categories with bitsets and send
 missing values to a learned side, which shap's tree model format cannot express (shap issue 3436); the
-decisions here are the serving walker's (``serving._walk_trees``), so explanation and prediction follow the
+decisions here are the serving walker's (``treewalk._walk``), so explanation and prediction follow the
 same path. ``tests/test_treeshap.py`` checks it against brute-force Shapley values and against shap where
 shap supports the model.
 """
