@@ -5,7 +5,7 @@ tree's few dozen nodes are read from the nearest cache while the batch goes thro
 row read every node of the model again: the champion of the UCI file has 27,521 nodes in 949 trees, 3.3 MB
 as flat arrays with the categorical splits' 256-byte flag rows, over a core's 1 MB L2 cache here, and its
 larger tree set cost 23.5 us per row on 36 distinct rows against 7.9 on 8. The table is packed for the same
-reason (1.0 MB): 32-bit node indexes, a threshold and a leaf value sharing one slot, the three per-node flags
+reason (0.9 MB): 32-bit node indexes, a threshold and a leaf value sharing one slot, the three per-node flags
 in one byte, and each categorical split's 256 flags as four 64-bit words. Scores are summed in the trees'
 order from the baseline, as scikit-learn's ``_raw_predict`` does, so they are bit-identical to
 ``decision_function`` (``tests/test_treewalk.py``). The change in requests per second is measured with
