@@ -91,15 +91,17 @@ def _text(data: bytes) -> str:
 def _as_utf8(data: bytes, source: str) -> bytes:
     """``data`` without a UTF-8 byte-order mark, UTF-16 (with its mark) re-encoded as UTF-8.
 
-    Raises SourceFormatError when the text holds a NUL byte in its first 4 KiB (a binary file, a spreadsheet
-    saved as .xlsx), whatever mark it starts with."""
-    text = _without_mark(data, source)
-    if b"\x00" in text[:4096]:
+    Raises SourceFormatError when the first 4 KiB of that UTF-8 (of a UTF-16 file, up to about 8 KiB of the
+    file) hold a NUL byte (a binary file, a spreadsheet saved as .xlsx), whatever mark the file starts with."""
+    utf8 = _without_mark(data, source)
+    if b"\x00" in utf8[:4096]:
         raise SourceFormatError(f"{source} is not a text file (it holds NUL bytes). {SOURCE_FIX}")
-    return text
+    return utf8
 
 
 def _without_mark(data: bytes, source: str) -> bytes:
+    """``data`` without its UTF-8 byte-order mark, or decoded from UTF-16 (by its mark) and encoded as UTF-8;
+    unmarked data as it is. Raises SourceFormatError when a UTF-16 mark starts bytes that are not UTF-16."""
     if data.startswith(codecs.BOM_UTF8):
         return data[len(codecs.BOM_UTF8) :]
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):

@@ -220,8 +220,8 @@ class _CompiledTrees:
     """P(class 1) of a fitted binary HistGradientBoostingClassifier, its trees walked by ``treewalk``.
 
     The trees' nodes are copied into flat arrays (one entry per node of every tree, for TreeSHAP) and packed
-    for ``treewalk.raw_scores``, a numba-compiled loop that releases the GIL: a few microseconds per row for
-    hundreds of trees, while the event loop keeps running. Same decisions as sklearn's predictor: missing values follow the split's
+    for ``treewalk.raw_scores``, a numba-compiled loop that releases the GIL, so the event loop keeps running
+    while it walks hundreds of trees for a batch. Same decisions as sklearn's predictor: missing values follow the split's
     missing direction, categories in the left bitset go left, other known categories go right, unknown
     categories are treated as missing. With categorical features the model keeps an internal
     ColumnTransformer (categories re-coded to 0..k-1, unknown ones to NaN, categorical columns first); it
@@ -283,8 +283,8 @@ class _CompiledTrees:
             np.concatenate(cat_row),
             np.array(cat_tables, dtype=bool).reshape(-1, 256) if cat_tables else np.zeros((1, 256), dtype=bool),
         )
-        self._table = walk_table(*self._arrays)
         self.cover = np.concatenate(cover)  # training samples reaching each node (TreeSHAP's weights)
+        self._table = walk_table(self.shap_trees())
         self.baseline = self._baseline
 
     @property

@@ -1,15 +1,16 @@
 """Raw scores of boosted trees: every tree walked over a whole batch of rows, in compiled code without the GIL.
 
-The walk visits one tree at a time and takes every row of the batch through it before the next tree, so a
-tree's few dozen nodes are read from the nearest cache while the batch goes through them. Row by row, each
-row read every node of the model again: the champion of the UCI file has 27,521 nodes in 949 trees, 3.3 MB
-as flat arrays with the categorical splits' 256-byte flag rows, over a core's 1 MB L2 cache here, and its
-larger tree set cost 23.5 us per row on 36 distinct rows against 7.9 on 8. The table is packed for the same
-reason (0.9 MB): 32-bit node indexes, a threshold and a leaf value sharing one slot, the three per-node flags
-in one byte, and each categorical split's 256 flags as four 64-bit words. Scores are summed in the trees'
-order from the baseline, as scikit-learn's ``_raw_predict`` does, so they are bit-identical to
-``decision_function`` (``tests/test_treewalk.py``). The change in requests per second is measured with
-``bench/revisions.py`` (CHANGELOG, issue #24).
+The walk takes every row of the batch through one tree before it goes to the next, so a tree's few dozen
+nodes stay in the nearest cache while the batch goes through them. Row by row, each row followed one
+root-to-leaf path per tree, and over a batch those paths spread across the whole node table: for the champion
+of the UCI file (an early model of 353 trees, 10,237 nodes, and a later one of 596 trees, 17,284 nodes) the
+flat arrays with the categorical splits' 256-byte flag rows took 1.2 MB and 2.1 MB, each more than one core's
+L2 cache on the 2-core machine the project is measured on (1 MB). The table is packed for the same reason
+(0.34 MB and 0.59 MB): 32-bit node indexes, a split's threshold and a leaf's value in one slot, the three
+per-node flags in one byte, and a categorical split's 256 flags as four 64-bit words. Scores are summed in
+the trees' order from the baseline, as scikit-learn's ``_raw_predict`` does, so they are bit-identical to
+``decision_function`` (``tests/test_treewalk.py``). What the change did to requests per second was measured
+with ``bench/revisions.py`` (CHANGELOG, issue #24).
 """
 
 from __future__ import annotations
@@ -19,58 +20,52 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
+from readmission.treeshap import Trees
+
 LEAF, MISSING_LEFT, CATEGORICAL = 1, 2, 4  # the bits of ``WalkTable.flags``
 
 
 class WalkTable(NamedTuple):
-    """The nodes of every tree, one entry per node (``roots[t]``: tree t's first node)."""
+    """The nodes of every tree, one entry per node (node ids global; ``roots[t]``: tree t's first node)."""
 
     roots: np.ndarray  # int32, one per tree
     feature: np.ndarray  # int32: the column of the row a split reads
-    split: np.ndarray  # float64: a numeric split's threshold (left when value <= it), a leaf's value
+    threshold_or_value: np.ndarray  # float64: a numeric split's threshold (left when value <= it); a leaf's value
     left: np.ndarray  # int32
     right: np.ndarray  # int32
     flags: np.ndarray  # uint8: LEAF | MISSING_LEFT | CATEGORICAL
-    categories: np.ndarray  # int32: a categorical split's row of ``goes_left`` (0 for other nodes)
-    goes_left: np.ndarray  # uint64 (splits, 4): bit c set when category c goes left
+    bitset_row: np.ndarray  # int32: a categorical split's row of ``goes_left`` (0 for other nodes)
+    goes_left: np.ndarray  # uint64 (categorical splits, 4): bit c of a row set when category c goes left
 
 
-def walk_table(
-    roots: np.ndarray,
-    feature: np.ndarray,
-    threshold: np.ndarray,
-    left: np.ndarray,
-    right: np.ndarray,
-    missing_left: np.ndarray,
-    is_leaf: np.ndarray,
-    value: np.ndarray,
-    cat_row: np.ndarray,
-    cat_table: np.ndarray,
-) -> WalkTable:
-    """The packed table of flat node arrays (``serving._CompiledTrees.arrays``; ``cat_table``: one row of 256
-    booleans per categorical split, ``cat_row``: a node's row of it or -1). Raises ValueError when a tree
-    has more nodes than a 32-bit index holds."""
-    if len(feature) >= 2**31:
-        raise ValueError(f"{len(feature):,} nodes: more than a 32-bit node index holds")
-    flags = is_leaf * LEAF | missing_left * MISSING_LEFT | (cat_row >= 0) * CATEGORICAL
-    words = np.zeros((len(cat_table), 4), dtype=np.uint64)
+def walk_table(trees: Trees) -> WalkTable:
+    """The packed table of ``trees`` (``serving._CompiledTrees.shap_trees()``: ``cat_table`` one row of 256
+    booleans per categorical split, ``cat_row`` a node's row of it or -1; ``cover`` is not used). Raises
+    ValueError when the trees together have more nodes than a 32-bit index can number."""
+    if len(trees.feature) > 2**31:
+        raise ValueError(f"{len(trees.feature):,} nodes: more than a 32-bit node index can number")
+    flags = trees.is_leaf * LEAF | trees.missing_left * MISSING_LEFT | (trees.cat_row >= 0) * CATEGORICAL
+    words = np.zeros((len(trees.cat_table), 4), dtype=np.uint64)
     for category in range(256):
-        words[:, category // 64] |= cat_table[:, category].astype(np.uint64) << np.uint64(category % 64)
+        words[:, category // 64] |= trees.cat_table[:, category].astype(np.uint64) << np.uint64(category % 64)
     return WalkTable(
-        roots.astype(np.int32),
-        feature.astype(np.int32),
-        np.where(is_leaf, value, threshold).astype(np.float64),
-        left.astype(np.int32),
-        right.astype(np.int32),
+        trees.roots.astype(np.int32),
+        trees.feature.astype(np.int32),
+        np.where(trees.is_leaf, trees.value, trees.threshold).astype(np.float64),
+        trees.left.astype(np.int32),
+        trees.right.astype(np.int32),
         flags.astype(np.uint8),
-        np.maximum(cat_row, 0).astype(np.int32),
+        np.maximum(trees.cat_row, 0).astype(np.int32),
         words,
     )
 
 
 def raw_scores(x: np.ndarray, table: WalkTable, baseline: float) -> np.ndarray:
-    """The raw score (``baseline`` plus the leaf value of every tree) of each row of ``x`` (rows x columns,
-    float64, NaN for missing; a categorical column holds category indexes 0-255), shape (rows,)."""
+    """The raw score (``baseline`` plus the leaf value of every tree) of each row of ``x``, shape (rows,).
+
+    ``x``: rows x columns, float64, NaN for missing, at least as many columns as the trees read, a categorical
+    column holding category indexes 0..254 or NaN, as ``serving._CompiledTrees.recode`` gives (unchecked here:
+    the walk runs on every request; another code is outside the table's 256 flags)."""
     return _walk(np.ascontiguousarray(x, dtype=np.float64), *table, baseline)
 
 
@@ -79,11 +74,11 @@ def _walk(
     x: np.ndarray,
     roots: np.ndarray,
     feature: np.ndarray,
-    split: np.ndarray,
+    threshold_or_value: np.ndarray,
     left: np.ndarray,
     right: np.ndarray,
     flags: np.ndarray,
-    categories: np.ndarray,
+    bitset_row: np.ndarray,
     goes_left: np.ndarray,
     baseline: float,
 ) -> np.ndarray:
@@ -101,10 +96,10 @@ def _walk(
                     go_left = (kind & MISSING_LEFT) != 0
                 elif kind & CATEGORICAL:
                     c = np.uint64(np.uint8(v))
-                    word = goes_left[categories[node], c >> np.uint64(6)]
+                    word = goes_left[bitset_row[node], c >> np.uint64(6)]
                     go_left = ((word >> (c & np.uint64(63))) & np.uint64(1)) != 0
                 else:
-                    go_left = v <= split[node]
+                    go_left = v <= threshold_or_value[node]
                 node = left[node] if go_left else right[node]
-            out[i] += split[node]
+            out[i] += threshold_or_value[node]
     return out
