@@ -58,7 +58,7 @@ def test_run_on_the_embedded_default_then_status(tmp_path: Path) -> None:
     result = _cli("run", "--data-path", str(data), cwd=tmp_path, env={"BATCH_SIZE": "1000", **FAST_TRAINING})
     assert result.returncode == 0, result.stderr
     assert "load-raw: 3 batch(es) loaded (3,000 rows), 0 already loaded, 0 pending" in result.stdout
-    assert "RAW holds 3,000 rows in 3 batches at sqlite:///var/raw.db" in result.stdout
+    assert "RAW holds 3,000 rows in 3 batch(es) at sqlite:///var/raw.db" in result.stdout
     assert "build-clean:" in result.stdout
     assert "train: registered diabetes-readmission v1" in result.stdout
     assert "promoted to champion: no champion yet" in result.stdout

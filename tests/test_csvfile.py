@@ -96,8 +96,10 @@ def test_the_same_rows_in_another_dialect_are_the_same_batches(tmp_path: Path) -
         (b"\n \n\r\n", "f.csv is empty"),
         (b"PK\x03\x04\x00\x00binary", "f.csv is not a text file"),
         (b"a,b,a\n1,2,3\n", "f.csv names the column(s) a more than once"),
+        (_write(FRAME, encoding="utf-32"), "f.csv is UTF-32 text. Save it as CSV"),  # was: 'not a text file'
+        (codecs.BOM_UTF32_BE + "a,b\n".encode("utf-32-be"), "f.csv is UTF-32 text. Save it as CSV"),
     ],
-    ids=["pipe", "empty", "blank-lines", "binary", "repeated-column"],
+    ids=["pipe", "empty", "blank-lines", "binary", "repeated-column", "utf-32-le", "utf-32-be"],
 )
 def test_other_files_are_refused_with_what_was_found_and_the_fix(data: bytes, message: str) -> None:
     with pytest.raises(SourceFormatError) as caught:

@@ -101,7 +101,10 @@ def _as_utf8(data: bytes, source: str) -> bytes:
 
 def _without_mark(data: bytes, source: str) -> bytes:
     """``data`` without its UTF-8 byte-order mark, or decoded from UTF-16 (by its mark) and encoded as UTF-8;
-    unmarked data as it is. Raises SourceFormatError when a UTF-16 mark starts bytes that are not UTF-16."""
+    unmarked data as it is. Raises SourceFormatError for UTF-32 (its little-endian mark starts with UTF-16's)
+    and when a UTF-16 mark starts bytes that are not UTF-16."""
+    if data.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+        raise SourceFormatError(f"{source} is UTF-32 text. {SOURCE_FIX}")
     if data.startswith(codecs.BOM_UTF8):
         return data[len(codecs.BOM_UTF8) :]
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):

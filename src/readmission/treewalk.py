@@ -3,7 +3,7 @@
 The walk takes every row of the batch through one tree before it goes to the next, so a tree's few dozen
 nodes stay in the nearest cache while the batch goes through them. Row by row, each row followed one
 root-to-leaf path per tree, and over a batch those paths spread across the whole node table: for the champion
-of the UCI file (an early model of 353 trees, 10,237 nodes, and a later one of 596 trees, 17,284 nodes) the
+of the UCI file (a chain: P(<30) by 353 trees, 10,237 nodes; P(>30 | not <30) by 596 trees, 17,284 nodes) the
 flat arrays with the categorical splits' 256-byte flag rows took 1.2 MB and 2.1 MB, each more than one core's
 L2 cache on the 2-core machine the project is measured on (1 MB). The table is packed for the same reason
 (0.34 MB and 0.59 MB): 32-bit node indexes, a split's threshold and a leaf's value in one slot, the three

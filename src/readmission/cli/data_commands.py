@@ -101,7 +101,7 @@ def load_pending_batches(
     out.print(
         f"load-raw: {len(report.loaded)} batch(es) loaded ({report.rows_loaded:,} rows{quarantined}), "
         f"{report.batches_already_loaded} already loaded, {report.batches_pending} pending; RAW holds "
-        f"{status.rows:,} rows in {status.batches_loaded} batches at {display_url(settings.raw_url)} "
+        f"{status.rows:,} rows in {status.batches_loaded} batch(es) at {display_url(settings.raw_url)} "
         f"({time.perf_counter() - started:.1f} s)"
     )
 
