@@ -221,9 +221,9 @@ class _CompiledTrees:
 
     The trees' nodes are copied into flat arrays (one entry per node of every tree, for TreeSHAP) and packed
     for ``treewalk.raw_scores``, a numba-compiled loop that releases the GIL, so the event loop keeps running
-    while it walks hundreds of trees for a batch. Same decisions as sklearn's predictor: missing values follow the split's
-    missing direction, categories in the left bitset go left, other known categories go right, unknown
-    categories are treated as missing. With categorical features the model keeps an internal
+    while it walks hundreds of trees for a batch. Same decisions as sklearn's predictor: missing values
+    follow the split's missing direction, categories in the left bitset go left, other known categories go
+    right, unknown categories are treated as missing. With categorical features the model keeps an internal
     ColumnTransformer (categories re-coded to 0..k-1, unknown ones to NaN, categorical columns first); it
     is applied here from its fitted state.
     """

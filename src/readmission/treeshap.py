@@ -9,8 +9,8 @@ cover), the definition `shap.TreeExplainer` uses with ``feature_perturbation="tr
 It is ours, not `shap`'s, because the served boosted trees split on categories with bitsets and send
 missing values to a learned side, which shap's tree model format cannot express (shap issue 3436); the
 decisions here are the serving walk's (``treewalk._walk``, which reads a packed copy of the same arrays),
-so explanation and prediction follow the same path (``tests/test_treewalk.py``, ``tests/test_treeshap.py``). ``tests/test_treeshap.py`` checks it against brute-force Shapley values and against shap where
-shap supports the model.
+so explanation and prediction follow the same path (``tests/test_treewalk.py``). ``tests/test_treeshap.py``
+checks it against brute-force Shapley values and against shap where shap supports the model.
 """
 
 from __future__ import annotations
