@@ -15,8 +15,8 @@ from typing import Any
 import uvicorn
 
 from inference_api.app import create_app
-from inference_api.coalesce import CoalescingHttpProtocol
 from inference_api.prediction_log import CLOSE_MARGIN_SECONDS
+from inference_api.protocol_path import ProtocolPathHttp
 from inference_api.settings import ApiSettings, settings_or_exit
 from inference_api.shutdown import AnswerBeforeExit
 
@@ -60,14 +60,15 @@ def shutdown_budget(settings: ApiSettings) -> ShutdownBudget:
 def server_config(app: Any, **options: Any) -> uvicorn.Config:
     """uvicorn's configuration for this app (also the tests' servers), with ``options`` (host, port, ...).
 
-    One socket write per response (``coalesce``). No access log: every request is counted in /metrics and
+    One socket write per response (``coalesce``); an ordinary ``POST /predict`` answered from the protocol
+    (``protocol_path``). No access log: every request is counted in /metrics and
     every prediction is in the log table. No proxy-header rewriting: the API never reads the client address,
     and uvicorn's ProxyHeadersMiddleware (on by default) scanned every request's headers for X-Forwarded-For
     from a trusted proxy. No ``server: uvicorn`` header: it names the server software to every client (OWASP's
     secure-headers advice).
     """
     return uvicorn.Config(
-        app, http=CoalescingHttpProtocol, access_log=False, proxy_headers=False, server_header=False, **options
+        app, http=ProtocolPathHttp, access_log=False, proxy_headers=False, server_header=False, **options
     )
 
 

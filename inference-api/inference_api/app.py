@@ -3,7 +3,7 @@ prediction log, batcher and metrics registry); uvicorn runs it with ``--factory`
 
 Where things are: ``routes/`` (one router per resource), ``errors`` (the one error map), ``middleware`` (the
 edge: request id, body limit, request metrics), ``direct`` (the prediction routes' path past the framework's
-layers), ``components`` (the parts, started in the lifespan),
+layers), ``protocol_path`` (``POST /predict``'s path past ASGI, from uvicorn's protocol), ``components`` (the parts, started in the lifespan),
 ``deps`` (how endpoints reach them), ``contract`` (request/response models and raw-body validation).
 """
 
@@ -22,6 +22,7 @@ from inference_api.contract import with_request_models
 from inference_api.errors import register_error_handlers
 from inference_api.middleware import EdgeMiddleware
 from inference_api.model_manager import ModelSource
+from inference_api.protocol_path import ProtocolPath
 from inference_api.routes import health, model, outcomes, predict
 from inference_api.settings import ApiSettings
 
@@ -75,6 +76,8 @@ def create_app(settings: ApiSettings | None = None, source_factory: Callable[[],
     register_error_handlers(app)
     # The prediction routes skip the framework's per-request layers (``direct``): same middleware, same errors.
     direct.install(app, predict.router.routes)
+    # An ordinary single-encounter request is answered from the protocol (``protocol_path``): same answer.
+    app.state.protocol_path = ProtocolPath(app, parts)
     for router in (predict.router, model.router, outcomes.router, health.router):
         # The routes themselves, not the routers: an included router is one more dispatch layer per request
         # in this FastAPI (8 us, 4 % of a request at 64 clients; bench/request_overhead.py).

@@ -172,13 +172,28 @@ class Batcher:
             raise BatcherFailedError(self.failure)
         if self._manager.current is None:
             raise ModelNotReadyError(self._manager.not_ready_reason)
-        loop = asyncio.get_running_loop()
-        if self._queue is None or not gather or len(rows) >= self._max_rows:
+        if not gather or not self.gathers(len(rows)):
+            loop = asyncio.get_running_loop()
             return await self._bounded(loop.run_in_executor(self._executor, self._predict, rows), len(rows))
+        return await self.enqueue(rows)  # the watchdog sets PredictionTimeoutError after the deadline
+
+    def gathers(self, rows: int) -> bool:
+        """Whether a request of ``rows`` rows would be gathered into a micro-batch now (batching on and its
+        task started, ``rows`` under MICROBATCH_MAX_ROWS)."""
+        return self._queue is not None and rows < self._max_rows
+
+    def enqueue(self, rows: Sequence[dict[str, Any]]) -> asyncio.Future[tuple[LoadedModel, np.ndarray]]:
+        """Queue ``rows`` for the next micro-batch without waiting (call from the event loop, after
+        ``gathers``); the future gets what ``predict`` returns or raises, the timeout included."""
+        assert self._queue is not None, "enqueue() needs the batching task: check gathers() first"
+        loop = asyncio.get_running_loop()
         pending = _Pending(rows, loop.create_future(), loop.time() + self._timeout)
+        if self.failure is not None:  # the task that would answer it is gone
+            pending.future.set_exception(BatcherFailedError(self.failure))
+            return pending.future
         self._queue.put_nowait(pending)
         self._watched.append(pending)
-        return await pending.future  # the watchdog sets PredictionTimeoutError after the deadline
+        return pending.future
 
     async def _watch(self) -> None:
         """Fail the gathered requests whose deadline has passed, every ``timeout / 10`` (at most 0.25 s)."""

@@ -74,27 +74,28 @@ class DirectRoutes:
         try:
             response = await self.routes[scope["path"]](request)
         except Exception as exc:  # answered through the app's error map
-            response = await self._answer(request, exc)
+            response = await answer_error(self.owner, request, exc)
         await response(scope, receive, send)
 
-    async def _answer(self, request: Request, exc: Exception) -> Response:
-        """The response of the app's handler for ``exc``, looked up as Starlette does: an ``HTTPException``'s
-        status code, then its class or nearest base; the server-error handler's (key ``500``, else
-        ``Exception``) when that handler fails or gives no response. Raises ``exc`` when the app has neither."""
-        handlers = self.owner.exception_handlers
-        status = exc.status_code if isinstance(exc, HTTPException) else None
-        handler = handlers.get(status) or next((handlers[cls] for cls in type(exc).__mro__ if cls in handlers), None)
-        server_error = handlers.get(500) or handlers.get(Exception)
-        try:
-            response = await _call(handler, request, exc)
-        except Exception:
-            log.exception("the error handler for %s failed", type(exc).__name__)
-            response = None
-        if response is None and handler is not server_error:
-            response = await _call(server_error, request, exc)
-        if response is None:
-            raise exc
-        return response
+
+async def answer_error(app: FastAPI, request: Request, exc: Exception) -> Response:
+    """The response of ``app``'s handler for ``exc``, looked up as Starlette does: an ``HTTPException``'s
+    status code, then its class or nearest base; the server-error handler's (key ``500``, else ``Exception``)
+    when that handler fails or gives no response. Raises ``exc`` when the app has neither."""
+    handlers = app.exception_handlers
+    status = exc.status_code if isinstance(exc, HTTPException) else None
+    handler = handlers.get(status) or next((handlers[cls] for cls in type(exc).__mro__ if cls in handlers), None)
+    server_error = handlers.get(500) or handlers.get(Exception)
+    try:
+        response = await _call(handler, request, exc)
+    except Exception:
+        log.exception("the error handler for %s failed", type(exc).__name__)
+        response = None
+    if response is None and handler is not server_error:
+        response = await _call(server_error, request, exc)
+    if response is None:
+        raise exc
+    return response
 
 
 async def _call(handler: Any, request: Request, exc: Exception) -> Response | None:

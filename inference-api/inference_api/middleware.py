@@ -43,8 +43,7 @@ class EdgeMiddleware:
             return
         started = time.perf_counter()
         headers = dict(scope.get("headers") or ())
-        given = headers.get(b"x-request-id", b"").decode("latin-1")
-        request_id = given if _REQUEST_ID.match(given) else new_id()
+        request_id = request_id_of(headers.get(b"x-request-id"))
         scope.setdefault("state", {})
         scope["state"]["request_id"] = request_id
         scope["state"]["started"] = started
@@ -70,6 +69,12 @@ class EdgeMiddleware:
             self.in_flight.count -= 1
             endpoint = path if path in ENDPOINTS else "other"
             self.metrics.observe_request(endpoint, scope["method"], status[0], time.perf_counter() - started)
+
+
+def request_id_of(given: bytes | None) -> str:
+    """The client's ``X-Request-ID`` value when it is well-formed (1-64 of ``A-Za-z0-9._-``), else a new id."""
+    text = (given or b"").decode("latin-1")
+    return text if _REQUEST_ID.match(text) else new_id()
 
 
 def _sending_request_id(send: Send, request_id: str, status: list[int]) -> Send:

@@ -126,6 +126,17 @@ class ApiServer:
 HANG_GUARD_SECONDS = 300.0
 
 
+def body_without_id(response: httpx.Response) -> Any:
+    """An answer's body: its JSON without ``request_id`` (random unless the client sent one), else its text."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text
+    if isinstance(body, dict):
+        body.pop("request_id", None)
+    return body
+
+
 def wait_until(condition: Any, timeout: float = HANG_GUARD_SECONDS, what: str = "condition") -> None:
     """Poll ``condition()`` until it is true.
 

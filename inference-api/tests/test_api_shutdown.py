@@ -2,10 +2,11 @@
 covers the whole shutdown.
 
 - The real service (`python -m inference_api`) against a real registry and a real MariaDB log: twelve
-  clients each send a 1,000-encounter batch, all but its last bytes; once the server has accepted all
-  twelve (its own /metrics shows them in flight) SIGTERM is sent, then the last bytes. So all twelve are
-  in flight at SIGTERM, still being received, however fast or slow the machine. Every client must get its
-  answer (200, or 503 with ``Connection: close``), never a reset, and the log must hold 1,000 rows per 200.
+  clients each send a 1,000-encounter batch (or one encounter to /predict, which the protocol path holds),
+  all but its last bytes; once the server has accepted all twelve (its own /metrics shows them in flight)
+  SIGTERM is sent, then the last bytes. So all twelve are in flight at SIGTERM, still being received,
+  however fast or slow the machine. Every client must get its answer (200, or 503 with
+  ``Connection: close``), never a reset, and the log must hold a row per encounter of each 200.
 - A request still unanswered when the answer window closes gets its 503 with ``Connection: close``
   (real uvicorn server, a handler that never finishes by itself).
 - deployment.yaml: preStop pause + the shutdown budget (from the settings the pod gets) fit
@@ -46,6 +47,8 @@ HERE = Path(__file__).resolve().parents[1]
 CLIENTS = 12
 ENCOUNTERS = 1_000
 _BODY = orjson.dumps({"encounters": [list(schema.EXAMPLE_ENCOUNTERS.values())[i % 3] for i in range(ENCOUNTERS)]})
+_SINGLE = orjson.dumps(next(iter(schema.EXAMPLE_ENCOUNTERS.values())))
+_REQUESTS = {"/predict/batch": (_BODY, ENCOUNTERS), "/predict": (_SINGLE, 1)}  # path: (body, encounters)
 _HELD = 16  # bytes of each body sent only after SIGTERM
 
 
@@ -73,29 +76,32 @@ def _rss_mib(pid: int) -> str:
     return " + ".join(f"{s} MiB" for s in sizes)
 
 
-class BatchClients:
-    """Threads that each send one batch request and record the answer or the error."""
+class Clients:
+    """Threads that each send one request to ``path`` and record the answer or the error."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, path: str) -> None:
         self.url = url
+        self.path = path
+        self.body, self.encounters = _REQUESTS[path]
         self.outcomes: list[tuple[int, str] | str] = []
         self.lock = threading.Lock()
         self.release = threading.Event()
         self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(CLIENTS)]
 
     def _body(self) -> Iterator[bytes]:
-        yield _BODY[:-_HELD]
+        yield self.body[:-_HELD]
         self.release.wait()
-        yield _BODY[-_HELD:]
+        yield self.body[-_HELD:]
 
     def _run(self) -> None:
-        headers = {"content-type": "application/json", "content-length": str(len(_BODY))}
+        headers = {"content-type": "application/json", "content-length": str(len(self.body))}
         try:
             with httpx.Client(base_url=self.url, timeout=600) as client:
-                response = client.post("/predict/batch", content=self._body(), headers=headers)
+                response = client.post(self.path, content=self._body(), headers=headers)
             outcome: tuple[int, str] | str = (response.status_code, response.headers.get("connection", ""))
             if response.status_code == 200:
-                assert len(response.json()["predictions"]) == ENCOUNTERS
+                answer = response.json()
+                assert len(answer.get("predictions", [answer])) == self.encounters
         except Exception as exc:  # a reset or a truncated answer: recorded, the test fails on it
             outcome = repr(exc)
         with self.lock:
@@ -118,7 +124,10 @@ def _ready(url: str) -> bool:
 
 
 @pytest.mark.slow
-def test_sigterm_answers_and_logs_every_accepted_batch(registry: Registry, mysql_log_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("path", list(_REQUESTS))
+def test_sigterm_answers_and_logs_every_accepted_request(
+    registry: Registry, mysql_log_url: str, tmp_path: Path, path: str
+) -> None:
     port = free_port()
     env = {
         **os.environ,
@@ -138,9 +147,9 @@ def test_sigterm_answers_and_logs_every_accepted_batch(registry: Registry, mysql
         wait_until(lambda: _ready(url), 120, "the API process to be ready")
         # __main__'s server options: no header naming the server software (uvicorn sends `server: uvicorn`).
         assert "server" not in httpx.get(f"{url}/health/live", timeout=5).headers
-        clients = BatchClients(url)
+        clients = Clients(url, path)
         clients.start()
-        wait_until(lambda: _in_flight(url) == CLIENTS, 300, "the server to accept all twelve batch requests")
+        wait_until(lambda: _in_flight(url) == CLIENTS, 300, "the server to accept all twelve requests")
         print(f"resident memory before SIGTERM: {_rss_mib(process.pid)}")
         process.send_signal(signal.SIGTERM)
         wait_until(lambda: _in_flight(url) < 0, 60, "the server to stop accepting connections")
@@ -158,7 +167,7 @@ def test_sigterm_answers_and_logs_every_accepted_batch(registry: Registry, mysql
     assert answered + refused == CLIENTS, (outcomes, log_text[-3000:])
     assert answered >= 1, outcomes  # the 20 s window serves at least the first 1,000-row batch on any machine
     assert status == 128 + signal.SIGTERM, log_text[-3000:]
-    assert count_rows(mysql_log_url) == ENCOUNTERS * answered, log_text[-3000:]
+    assert count_rows(mysql_log_url) == clients.encounters * answered, log_text[-3000:]
 
 
 def test_the_grace_period_covers_the_pre_stop_pause_and_the_shutdown_budget() -> None:

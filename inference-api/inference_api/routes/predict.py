@@ -77,7 +77,7 @@ def _band(risk: float, bands: tuple[float, float]) -> str:
     return "low" if risk < bands[0] else "medium" if risk < bands[1] else "high"
 
 
-def _scores(parts: Components, model: LoadedModel, probabilities: np.ndarray) -> list[dict[str, Any]]:
+def scores_of(parts: Components, model: LoadedModel, probabilities: np.ndarray) -> list[dict[str, Any]]:
     """One ``Scores`` dict per row of ``probabilities`` (counted in the prediction metrics)."""
     bands, metrics = parts.bands, parts.metrics
     out = []
@@ -96,24 +96,24 @@ def _scores(parts: Components, model: LoadedModel, probabilities: np.ndarray) ->
     return out
 
 
-def _model_rows(encounters: list[Any]) -> tuple[list[dict[str, Any]], list[int | None]]:
+def model_rows(encounters: list[Any]) -> tuple[list[dict[str, Any]], list[int | None]]:
     """The model's input rows of validated encounters, and the caller's encounter ids apart (never an input)."""
     rows = [e.model_dump() for e in encounters]
     return rows, [row.pop(schema.ENCOUNTER_ID) for row in rows]
 
 
-def _log(
+def log_predictions(
     parts: Components,
-    request: Request,
+    rid: str,
+    started: float,
     endpoint: str,
     model: LoadedModel,
     rows: list[dict[str, Any]],
     scores: list[dict[str, Any]],
     encounter_ids: list[int | None],
-) -> str:
-    """Queue one prediction-log row per scored encounter; returns the request id."""
-    rid = request_id(request)
-    started = request.scope.get("state", {}).get("started", time.perf_counter())
+) -> None:
+    """Queue one prediction-log row per scored encounter of request ``rid``, received at ``started``
+    (``time.perf_counter()``)."""
     latency_ms = (time.perf_counter() - started) * 1000.0
     now = datetime.now(UTC)
     parts.prediction_log.submit(
@@ -139,7 +139,11 @@ def _log(
             for i, (row, s, encounter_id) in enumerate(zip(rows, scores, encounter_ids, strict=True))
         ]
     )
-    return rid
+
+
+def _received(request: Request) -> tuple[str, float]:
+    """The request's id and when the edge middleware received it (``time.perf_counter()``)."""
+    return request_id(request), request.scope.get("state", {}).get("started", time.perf_counter())
 
 
 def _asked(parts: Components, request: Request) -> ExplainRequest:
@@ -186,12 +190,13 @@ async def predict(request: Request) -> Response:
     else:
         encounter = parse_body(raw, schema.EncounterFeatures)
     check_eligible([encounter])
-    rows, encounter_ids = _model_rows([encounter])
+    rows, encounter_ids = model_rows([encounter])
     model, probabilities = await parts.batcher.predict(rows)
-    scores = _scores(parts, model, probabilities)
+    scores = scores_of(parts, model, probabilities)
     if ask.top is not None:
         await _explain(parts, model, rows, scores, ask.top)
-    rid = _log(parts, request, "predict", model, rows, scores, encounter_ids)
+    rid, started = _received(request)
+    log_predictions(parts, rid, started, "predict", model, rows, scores, encounter_ids)
     return FastJSONResponse({"request_id": rid, "model": model_ref(model), **scores[0]})
 
 
@@ -230,10 +235,11 @@ async def predict_batch(request: Request) -> Response:
     check_eligible(body.encounters, "encounters")
     if ask.top is not None:
         check_rows(len(body.encounters))
-    rows, encounter_ids = _model_rows(body.encounters)
+    rows, encounter_ids = model_rows(body.encounters)
     model, probabilities = await parts.batcher.predict(rows, gather=False)
-    scores = _scores(parts, model, probabilities)
+    scores = scores_of(parts, model, probabilities)
     if ask.top is not None:
         await _explain(parts, model, rows, scores, ask.top)
-    rid = _log(parts, request, "predict_batch", model, rows, scores, encounter_ids)
+    rid, started = _received(request)
+    log_predictions(parts, rid, started, "predict_batch", model, rows, scores, encounter_ids)
     return FastJSONResponse({"request_id": rid, "model": model_ref(model), "predictions": scores})

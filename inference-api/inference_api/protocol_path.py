@@ -1,0 +1,284 @@
+"""The protocol path: an ordinary ``POST /predict`` is answered from uvicorn's protocol, without
+an ASGI task.
+
+Under load at 64 clients, after ``direct`` had taken the framework's layers off the prediction routes, about
+a quarter of the event loop's time per request still went to the ASGI plumbing around the endpoint: the
+request task and its coroutine steps, the scope's ``state``, the ``receive`` and ``send`` wrappers of the
+shutdown guard and the edge middleware, Starlette's ``Request`` and ``Response`` calls, and uvicorn's header
+loop (py-spy; ``bench/api.py``). ``ProtocolPathHttp`` (uvicorn's httptools protocol, with the coalesced
+writes of ``coalesce``) holds such a request when its headers are in, and once its body is complete
+``ProtocolPath`` validates it (``contract.parse_body``, ``check_eligible``: the endpoint's own functions) and
+queues it on the micro-batcher; when the batch's probabilities come back, a callback scores and logs it with
+the endpoint's functions and writes the answer: the same JSON, the same headers (``X-Request-ID``, taken
+from the client when well-formed) and the same request metrics as the full path gives.
+
+Only the common case takes it: ``POST /predict`` with no query string, a ``Content-Length`` of at most
+``min(OFF_LOOP_BYTES, MAX_BODY_BYTES)``, no ``Transfer-Encoding``, no ``Expect: 100-continue``, no
+``Content-Encoding`` (or ``identity``), a ``Content-Type`` of ``application/json`` or none, on an app whose
+only middleware is ``EdgeMiddleware`` (another middleware must see every request: its app takes the full
+path), with micro-batching on, the batcher alive and a model loaded, and a body that is valid and eligible.
+Anything else (a bad body included) goes to the app as if never held, and the full path answers it, so
+every refusal's status and message is the error map's. After a request is queued, its answer or error is
+this module's: an error of the model call (timeout, batcher failure, a failing model) is answered by the
+app's handler for it, as ``direct`` looks it up. A client gone before its answer is still logged (as on the
+full path); nothing is written to it.
+
+Shutdown: uvicorn asks each connection to stop (``shutdown``); a request held or queued then is answered
+with ``Connection: close``, and no later request on the connection is held. A queued request is answered
+within PREDICT_TIMEOUT_SECONDS (the batcher's watchdog); ``protocol_path_of`` turns the path off when that is
+not shorter than ``AnswerBeforeExit``'s answer window, so the shutdown's promise (every request answered
+before uvicorn's graceful timeout) holds on both paths.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import Response
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
+
+from inference_api.coalesce import CoalescingHttpProtocol
+from inference_api.components import Components
+from inference_api.contract import check_eligible, model_ref, parse_body
+from inference_api.direct import answer_error
+from inference_api.middleware import EdgeMiddleware, request_id_of
+from inference_api.routes.predict import OFF_LOOP_BYTES, log_predictions, model_rows, scores_of
+from inference_api.shutdown import AnswerBeforeExit
+from readmission import schema
+
+if TYPE_CHECKING:
+    from inference_api.model_manager import LoadedModel
+
+log = logging.getLogger(__name__)
+
+PATH = "/predict"
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+_READ = frozenset({b"content-length", b"content-encoding", b"content-type", b"transfer-encoding", b"x-request-id"})
+_SERVER_ERROR_HEADERS = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"21")]
+
+
+@dataclass
+class Held:
+    """A request held for the protocol path: its uvicorn cycle, the app it would otherwise go to, its id, when its
+    headers were in (``time.perf_counter()``) and its declared body length."""
+
+    cycle: RequestResponseCycle
+    app: Any
+    request_id: str
+    started: float
+    max_bytes: int  # the most body bytes it may have (its Content-Length)
+
+
+class ProtocolPath:
+    """The protocol path's decisions and answers for one app (``app.state.protocol_path``)."""
+
+    def __init__(self, app: FastAPI, parts: Components) -> None:
+        self.app = app
+        self.parts = parts
+        self.max_bytes = min(OFF_LOOP_BYTES, parts.settings.max_body_bytes)
+        self._middleware_ok: bool | None = None
+
+    def _only_edge_middleware(self) -> bool:
+        if self._middleware_ok is None:  # the app's middleware is fixed once it serves
+            classes: list[Any] = [m.cls for m in self.app.user_middleware]
+            self._middleware_ok = classes == [EdgeMiddleware]
+        return self._middleware_ok
+
+    def hold(self, cycle: RequestResponseCycle, app: Any) -> Held | None:
+        """A ``Held`` for a request that may take the protocol path (counted in flight from now), else None."""
+        scope = cycle.scope
+        if scope["path"] != PATH or scope["method"] != "POST" or scope["query_string"] or scope["root_path"]:
+            return None
+        if cycle.waiting_for_100_continue or not self._ready():
+            return None
+        given: dict[bytes, bytes] = {}
+        for name, value in scope["headers"]:
+            if name in _READ:
+                if name in given:  # which one counts is the full path's to say
+                    return None
+                given[name] = value
+        length = given.get(b"content-length", b"")
+        if not length.isdigit() or int(length) > self.max_bytes:
+            return None
+        if given.get(b"content-encoding", b"identity").lower() != b"identity" or b"transfer-encoding" in given:
+            return None
+        if given.get(b"content-type", b"application/json").split(b";", 1)[0].strip().lower() != b"application/json":
+            return None
+        given_id = given.get(b"x-request-id")
+        self.parts.in_flight.count += 1
+        return Held(cycle, app, request_id_of(given_id), time.perf_counter(), int(length))
+
+    def _ready(self) -> bool:
+        batcher = self.parts.batcher
+        return (
+            batcher.gathers(1)
+            and batcher.failure is None
+            and self.parts.manager.current is not None
+            and self._only_edge_middleware()
+        )
+
+    def release(self, held: Held) -> None:
+        """``held`` goes to the full path (or its client went away): no longer counted in flight here."""
+        self.parts.in_flight.count -= 1
+
+    def queue(self, held: Held, protocol: ProtocolPathHttp) -> bool:
+        """Validate ``held``'s complete body and queue it on the micro-batcher; its answer is written to
+        ``protocol`` when the batch returns. False (nothing queued) when the body is not valid or eligible."""
+        try:
+            encounter = parse_body(bytes(held.cycle.body), schema.EncounterFeatures)
+            check_eligible([encounter])
+        except Exception:  # the full path answers it, with the error map's message
+            return False
+        rows, encounter_ids = model_rows([encounter])
+        future = self.parts.batcher.enqueue(rows)
+        future.add_done_callback(lambda done: self._answer(held, protocol, rows, encounter_ids, done))
+        return True
+
+    def _answer(
+        self,
+        held: Held,
+        protocol: ProtocolPathHttp,
+        rows: list[dict[str, Any]],
+        encounter_ids: list[int | None],
+        done: asyncio.Future[tuple[LoadedModel, Any]],
+    ) -> None:
+        """Score, log and write ``held``'s answer (an error of the model call, or of this, as the app's handler
+        answers it)."""
+        try:
+            if done.cancelled():
+                raise RuntimeError("the micro-batch of this request was cancelled")
+            model, probabilities = done.result()
+            scores = scores_of(self.parts, model, probabilities)
+            log_predictions(self.parts, held.request_id, held.started, "predict", model, rows, scores, encounter_ids)
+            body = orjson.dumps({"request_id": held.request_id, "model": model_ref(model), **scores[0]})
+        except Exception as exc:
+            task = asyncio.get_running_loop().create_task(self._answer_error(held, protocol, exc))
+            protocol.keep(task)
+            return
+        headers = [(b"content-length", str(len(body)).encode()), *_JSON_HEADERS]
+        self._write(held, protocol, 200, headers, body)
+
+    async def _answer_error(self, held: Held, protocol: ProtocolPathHttp, exc: Exception) -> None:
+        """Answer ``exc`` with the app's handler for it; a plain 500 (as uvicorn's) if even that fails."""
+        scope: dict[str, Any] = held.cycle.scope  # type: ignore[assignment]
+        scope["state"]["request_id"], scope["state"]["started"] = held.request_id, held.started
+        try:
+            response: Response = await answer_error(self.app, Request(scope), exc)
+        except Exception:
+            log.exception("request %s: no handler could answer %s", held.request_id, type(exc).__name__)
+            held.cycle.keep_alive = False
+            self._write(held, protocol, 500, _SERVER_ERROR_HEADERS, b"Internal Server Error")
+            return
+        self._write(held, protocol, response.status_code, response.raw_headers, bytes(response.body))
+
+    def _write(self, held: Held, protocol: ProtocolPathHttp, status: int, headers: list[Any], body: bytes) -> None:
+        """Write the answer (with ``X-Request-ID`` unless set) and count it as the edge middleware does."""
+        if not any(name == b"x-request-id" for name, _ in headers):
+            headers = [*headers, (b"x-request-id", held.request_id.encode())]
+        try:
+            protocol.write_answer(held.cycle, status, headers, body)
+        finally:
+            self.parts.in_flight.count -= 1
+            self.parts.metrics.observe_request(PATH, "POST", status, time.perf_counter() - held.started)
+
+
+def protocol_path_of(app: Any) -> ProtocolPath | None:
+    """The ``ProtocolPath`` of the app uvicorn serves (a FastAPI app, or one in ``AnswerBeforeExit``), or None:
+    another wrapper, or a PREDICT_TIMEOUT_SECONDS not under the shutdown's answer window."""
+    answer_window = None
+    if isinstance(app, AnswerBeforeExit):
+        app, answer_window = app.app, app.answer_seconds
+    path = getattr(getattr(app, "state", None), "protocol_path", None)
+    if not isinstance(path, ProtocolPath):
+        return None
+    if answer_window is not None and path.parts.settings.predict_timeout_seconds >= answer_window:
+        return None
+    return path
+
+
+class ProtocolPathHttp(CoalescingHttpProtocol):
+    """uvicorn's httptools protocol (with coalesced writes) that holds a ``POST /predict`` for ``ProtocolPath``
+    (see the module's docstring) and hands any other request to the app as uvicorn does."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._path = protocol_path_of(self.app)
+        self._held: Held | None = None
+        self._stopping = False
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        # A client that does not read its answers (writes paused) is served by the full path, which waits.
+        usable = self._path is not None and not self._stopping and not self.flow.write_paused
+        held = self._path.hold(cycle, app) if usable else None  # type: ignore[union-attr]
+        if held is None:
+            super()._start_asgi_task(cycle, app)
+            return
+        self._held = held
+        if not cycle.more_body:  # a pipelined request, started after the one before it: its body is in
+            self._queue_held()
+
+    def on_body(self, body: bytes) -> None:
+        held = self._held
+        if held is not None and held.cycle is self.cycle and len(held.cycle.body) + len(body) > held.max_bytes:
+            self._to_app(held)  # more body than it declared: the full path reads (and answers) it
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        if self._held is not None and self._held.cycle is self.cycle and not self.cycle.more_body:
+            self._queue_held()
+
+    def _queue_held(self) -> None:
+        held, self._held = self._held, None
+        assert held is not None and self._path is not None
+        if not self._path.queue(held, self):
+            self._to_app(held)
+
+    def _to_app(self, held: Held) -> None:
+        """Give ``held`` to the app, as uvicorn would have when its headers were in."""
+        self._held = None
+        assert self._path is not None
+        self._path.release(held)
+        super()._start_asgi_task(held.cycle, held.app)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._held is not None:  # its body never came: the app counts and logs that (499), as for any request
+            self._to_app(self._held)
+        super().connection_lost(exc)
+
+    def shutdown(self) -> None:
+        self._stopping = True  # no later request of this connection is held
+        super().shutdown()
+
+    def keep(self, task: asyncio.Task[None]) -> None:
+        """Track ``task`` (answering a held request) as uvicorn tracks request tasks: shutdown waits for it."""
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+
+    def write_answer(
+        self, cycle: RequestResponseCycle, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> None:
+        """Write a complete response for ``cycle`` as uvicorn's ``send`` does (its default headers first;
+        ``Connection: close`` and the close when the connection is not kept alive), then let the protocol go
+        on to the next request. Nothing is written when the client has gone."""
+        if cycle.disconnected or cycle.response_complete:
+            return
+        content = [STATUS_LINE[status]]
+        for name, value in (*self.server_state.default_headers, *headers):
+            content += [name, b": ", value, b"\r\n"]
+        if not cycle.keep_alive:
+            content.append(b"connection: close\r\n")
+        content += [b"\r\n", body]
+        cycle.response_started = cycle.response_complete = True
+        cycle.message_event.set()
+        self.transport.write(b"".join(content))
+        if not cycle.keep_alive:
+            self.transport.close()
+        cycle.on_response()

@@ -1,0 +1,269 @@
+"""An ordinary POST /predict is answered from uvicorn's protocol (``inference_api.protocol_path``); whatever is
+sent, and however the bytes arrive, the answer must be the one the app's ASGI path gives, and what the
+request leaves behind (log row, metrics) the same (real registry, real model, real uvicorn servers, real
+sockets)."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from apisupport import ApiServer, Registry, body_without_id, settings_for, wait_until
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
+
+from inference_api.app import create_app
+from inference_api.coalesce import CoalescingHttpProtocol
+from inference_api.protocol_path import ProtocolPath, protocol_path_of
+from inference_api.shutdown import AnswerBeforeExit
+from readmission import schema
+
+EXAMPLE = next(iter(schema.EXAMPLE_ENCOUNTERS.values()))
+BODY = json.dumps(EXAMPLE).encode()
+
+
+class Taken:
+    """Records, per request the protocol path held, whether it queued it (True) or gave it to the app."""
+
+    def __init__(self, path: ProtocolPath) -> None:
+        self.queued: list[bool] = []
+        original = path.queue
+
+        def queue(held: Any, protocol: Any) -> bool:
+            taken = original(held, protocol)
+            self.queued.append(taken)
+            return taken
+
+        path.queue = queue  # type: ignore[method-assign]
+
+
+def _server(registry: Registry, folder: Path, protocol_path: bool, **overrides: Any) -> ApiServer:
+    settings = settings_for(registry.uri, f"sqlite:///{folder / 'log.db'}", **overrides)
+    server = ApiServer(settings, create_app(settings))
+    if not protocol_path:
+        server.server.config.http = CoalescingHttpProtocol  # the ASGI path for every request
+    return server
+
+
+@pytest.fixture(scope="module")
+def servers(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ApiServer, ApiServer]]:
+    """(protocol path, ASGI path only): two servers of the same champion."""
+    ours = _server(registry, tmp_path_factory.mktemp("protocol"), True)
+    theirs = _server(registry, tmp_path_factory.mktemp("asgi"), False)
+    with ours, theirs:
+        for server in (ours, theirs):
+            wait_until(lambda s=server: httpx.get(s.url + "/health/ready").status_code == 200, what="the model")
+        ours.taken = Taken(ours.app.state.protocol_path)  # type: ignore[attr-defined]
+        yield ours, theirs
+
+
+def _comparable(response: httpx.Response) -> tuple[int, Any, list[tuple[str, str]]]:
+    """Status, body without the request id (random unless the client sent one), and the headers in order
+    without the values that differ between two answers (request id, date, length)."""
+    varying = ("x-request-id", "date", "content-length")
+    headers = [(k, "..." if k in varying else v) for k, v in response.headers.multi_items()]
+    return response.status_code, body_without_id(response), headers
+
+
+_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-5, 200), st.text(max_size=8))
+_BODIES = st.one_of(
+    st.just(BODY),
+    st.builds(lambda k, v: json.dumps({**EXAMPLE, k: v}).encode(), st.sampled_from(sorted(EXAMPLE)), _VALUES),
+    st.builds(lambda k: json.dumps({f: v for f, v in EXAMPLE.items() if f != k}).encode(), st.sampled_from(sorted(EXAMPLE))),
+    st.sampled_from([b"", b"{", b"[]", b"null", b"\xff\xfe", b'{"age": "[70-80)", "age": 1}', BODY + b" " * 20_000]),
+)  # fmt: skip
+_HEADERS = st.fixed_dictionaries(
+    {},
+    optional={
+        "Content-Type": st.sampled_from(
+            ["application/json", "application/json; charset=utf-8", "text/plain", "application/problem+json", "bad"]
+        ),
+        "Content-Encoding": st.sampled_from(["gzip", "identity"]),
+        "X-Request-ID": st.sampled_from(["abc-123", "no spaces allowed", "x" * 65]),
+    },
+)
+_QUERIES = st.sampled_from(["", "explain=true", "explain_top=abc", "x=1"])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=_BODIES, headers=_HEADERS, query=_QUERIES)
+def test_any_predict_request_gets_the_answer_of_the_asgi_path(
+    servers: tuple[ApiServer, ApiServer], body: bytes, headers: dict[str, str], query: str
+) -> None:
+    ours, theirs = servers
+    taken: Taken = ours.taken  # type: ignore[attr-defined]
+    taken.queued.clear()
+    path = f"/predict?{query}" if query else "/predict"
+    mine = httpx.post(ours.url + path, content=body, headers=headers)
+    other = httpx.post(theirs.url + path, content=body, headers=headers)
+    assert _comparable(mine) == _comparable(other)
+    assert mine.status_code < 500, mine.text
+    ordinary = not query and len(body) <= 16 * 1024 and headers.get("Content-Encoding", "identity") == "identity"
+    ordinary = ordinary and headers.get("Content-Type", "application/json").startswith("application/json")
+    assert taken.queued == ([mine.status_code == 200] if ordinary else [])
+    given_id = headers.get("X-Request-ID")
+    assert mine.headers["x-request-id"] == (given_id if given_id == "abc-123" else mine.headers["x-request-id"])
+    assert re.fullmatch(r"abc-123|[0-9a-f]{32}", mine.headers["x-request-id"])
+    if mine.status_code == 200:
+        assert mine.json()["request_id"] == mine.headers["x-request-id"]
+
+
+def _raw(port: int, data: list[bytes], pause: float = 0.0, answers: int = 1) -> bytes:
+    """Send ``data`` piece by piece (``pause`` seconds apart) on one connection; read until ``answers``
+    complete answers (each with a Content-Length) are in or the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        for piece in data:
+            sock.sendall(piece)
+            time.sleep(pause)
+        received = b""
+        while _complete(received) < answers and (chunk := sock.recv(65536)):
+            received += chunk
+    return received
+
+
+def _complete(received: bytes) -> int:
+    """How many whole answers ``received`` holds."""
+    count, rest = 0, received
+    while b"\r\n\r\n" in rest:
+        head, rest = rest.split(b"\r\n\r\n", 1)
+        length = int(re.search(rb"content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
+        if len(rest) < length:
+            break
+        rest, count = rest[length:], count + 1
+    return count
+
+
+def _request(body: bytes = BODY, extra: bytes = b"") -> bytes:
+    head = b"POST /predict HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\ncontent-length: %d\r\n" % len(body)
+    return head + extra + b"\r\n" + body
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cuts=st.lists(st.integers(1, len(_request()) - 1), max_size=4, unique=True).map(sorted))
+def test_a_request_in_pieces_is_answered_as_a_whole_one(servers: tuple[ApiServer, ApiServer], cuts: list[int]) -> None:
+    """Headers and body arriving in several segments, at any byte (a header split in two included)."""
+    ours, _ = servers
+    taken: Taken = ours.taken  # type: ignore[attr-defined]
+    taken.queued.clear()
+    whole = _request()
+    pieces = [whole[a:b] for a, b in zip([0, *cuts], [*cuts, len(whole)], strict=True)]
+    answer = _raw(ours.port, pieces, pause=0.02)
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["predicted_class"] in ("NO", ">30", "<30")
+    assert taken.queued == [True]
+
+
+def test_pipelined_requests_are_answered_in_order_on_one_connection(servers: tuple[ApiServer, ApiServer]) -> None:
+    """Two predictions, an invalid one (the app answers it), a GET and another prediction in one packet."""
+    ours, _ = servers
+    bad = json.dumps({**EXAMPLE, "age": "old"}).encode()
+    packet = _request() + _request(extra=b"x-request-id: second\r\n") + _request(bad)
+    packet += b"GET /health/live HTTP/1.1\r\nhost: t\r\n\r\n" + _request(extra=b"x-request-id: last\r\n")
+    received = _raw(ours.port, [packet], answers=5)
+    statuses = re.findall(rb"HTTP/1.1 (\d+)", received)
+    assert statuses == [b"200", b"200", b"422", b"200", b"200"]
+    ids = re.findall(rb"x-request-id: (\S+)", received)
+    assert ids[1] == b"second" and ids[4] == b"last"
+    assert received.count(b'"predicted_class"') == 3
+
+
+def test_connection_close_and_http_1_0_get_the_answer_then_the_close(servers: tuple[ApiServer, ApiServer]) -> None:
+    ours, _ = servers
+    for request in (_request(extra=b"connection: close\r\n"), _request().replace(b"HTTP/1.1", b"HTTP/1.0", 1)):
+        received = _raw(ours.port, [request], answers=99)  # read until the server closes
+        assert received.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\nconnection: close\r\n" in received
+        assert _complete(received) == 1
+
+
+def test_each_answer_is_logged_and_counted_as_on_the_asgi_path(registry: Registry, tmp_path: Path) -> None:
+    """The log rows (request id, inputs, probabilities) and the request metrics of the protocol path."""
+    server = _server(registry, tmp_path, True, prediction_log_flush_seconds=0.2)
+    with server:
+        wait_until(lambda: httpx.get(server.url + "/health/ready").status_code == 200, what="the model")
+        taken = Taken(server.app.state.protocol_path)
+        answers = [
+            httpx.post(server.url + "/predict", content=BODY, headers={"x-request-id": f"r{i}"}) for i in range(5)
+        ]
+        assert taken.queued == [True] * 5
+        metrics = httpx.get(server.url + "/metrics").text
+        engine = create_engine(f"sqlite:///{tmp_path / 'log.db'}")
+
+        def logged() -> list[Any]:
+            try:
+                with engine.connect() as conn:
+                    sql = "SELECT request_id, probability_within_30, inputs FROM prediction_log"
+                    return list(conn.execute(text(sql)))
+            except OperationalError:  # the log writer has not made its table yet
+                return []
+
+        wait_until(lambda: len(logged()) == 5, what="the five log rows")
+    rows = {r.request_id: r for r in logged()}
+    for i, answer in enumerate(answers):
+        assert rows[f"r{i}"].probability_within_30 == answer.json()["risk_30_days"]
+        assert json.loads(rows[f"r{i}"].inputs)["age"] == EXAMPLE["age"]
+    assert re.search(r'inference_requests_total\{endpoint="/predict",method="POST",status="200"\} 5\.0', metrics)
+    assert re.search(r"inference_requests_in_flight 1\.0", metrics)  # the scrape itself: nothing left counted
+
+
+def test_a_client_gone_before_its_answer_is_still_logged(registry: Registry, tmp_path: Path) -> None:
+    server = _server(registry, tmp_path, True, prediction_log_flush_seconds=0.2)
+    with server:
+        wait_until(lambda: httpx.get(server.url + "/health/ready").status_code == 200, what="the model")
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.sendall(_request(extra=b"x-request-id: gone\r\n"))
+        engine = create_engine(f"sqlite:///{tmp_path / 'log.db'}")
+
+        def logged() -> list[Any]:
+            try:
+                with engine.connect() as conn:
+                    return list(conn.execute(text("SELECT request_id FROM prediction_log")))
+            except OperationalError:  # the log writer has not made its table yet
+                return []
+
+        wait_until(lambda: [r.request_id for r in logged()] == ["gone"], what="the gone client's row")
+        assert httpx.post(server.url + "/predict", content=BODY).status_code == 200  # still serving
+        metrics = httpx.get(server.url + "/metrics").text
+    assert re.search(r"inference_requests_in_flight 1\.0", metrics)
+
+
+def test_an_app_with_another_middleware_takes_the_asgi_path(registry: Registry, tmp_path: Path) -> None:
+    """A middleware added to the app must see every request: no request is held for the protocol path."""
+    settings = settings_for(registry.uri, f"sqlite:///{tmp_path / 'log.db'}")
+    app = create_app(settings)
+    seen: list[str] = []
+
+    class Seen:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            seen.append(scope.get("path", ""))
+            await self.inner(scope, receive, send)
+
+    app.add_middleware(Seen)
+    server = ApiServer(settings, app)
+    with server:
+        wait_until(lambda: httpx.get(server.url + "/health/ready").status_code == 200, what="the model")
+        taken = Taken(app.state.protocol_path)
+        assert httpx.post(server.url + "/predict", content=BODY).status_code == 200
+    assert taken.queued == [] and seen.count("/predict") == 1
+
+
+def test_the_path_is_off_when_a_prediction_may_outlast_the_shutdowns_answer_window(
+    registry: Registry, tmp_path: Path
+) -> None:
+    for timeout, expected in ((10.0, True), (20.0, False), (30.0, False)):
+        settings = settings_for(registry.uri, f"sqlite:///{tmp_path / 'log.db'}", predict_timeout_seconds=timeout)
+        app = create_app(settings)
+        assert (protocol_path_of(AnswerBeforeExit(app, 20.0)) is not None) is expected
+        assert protocol_path_of(app) is app.state.protocol_path  # no shutdown window to keep
+    assert protocol_path_of(object()) is None
