@@ -7,27 +7,30 @@ request task and its coroutine steps, the scope's ``state``, the ``receive`` and
 shutdown guard and the edge middleware, Starlette's ``Request`` and ``Response`` calls, and uvicorn's header
 loop (py-spy; ``bench/api.py``). ``ProtocolPathHttp`` (uvicorn's httptools protocol, with the coalesced
 writes of ``coalesce``) holds such a request when its headers are in, and once its body is complete
-``ProtocolPath`` validates it (``contract.parse_body``, ``check_eligible``: the endpoint's own functions) and
-queues it on the micro-batcher; when the batch's probabilities come back, a callback scores and logs it with
-the endpoint's functions and writes the answer: the same JSON, the same headers (``X-Request-ID``, taken
-from the client when well-formed) and the same request metrics as the full path gives.
+``ProtocolPath`` validates it (``routes.predict.single_rows``, as the endpoint does) and queues it on the
+micro-batcher; when the batch's probabilities come back, a callback scores and logs it (``scores_of``,
+``single_answer``, as the endpoint does) and writes the answer: the same JSON, the same headers
+(``X-Request-ID``, taken from the client when well-formed) and the same request metrics as the full path.
 
 Only the common case takes it: ``POST /predict`` with no query string, a ``Content-Length`` of at most
 ``min(OFF_LOOP_BYTES, MAX_BODY_BYTES)``, no ``Transfer-Encoding``, no ``Expect: 100-continue``, no
-``Content-Encoding`` (or ``identity``), a ``Content-Type`` of ``application/json`` or none, on an app whose
-only middleware is ``EdgeMiddleware`` (another middleware must see every request: its app takes the full
-path), with micro-batching on, the batcher alive and a model loaded, and a body that is valid and eligible.
-Anything else (a bad body included) goes to the app as if never held, and the full path answers it, so
-every refusal's status and message is the error map's. After a request is queued, its answer or error is
-this module's: an error of the model call (timeout, batcher failure, a failing model) is answered by the
-app's handler for it, as ``direct`` looks it up. A client gone before its answer is still logged (as on the
-full path); nothing is written to it.
+``Content-Encoding`` (or ``identity``), a ``Content-Type`` of ``application/json`` or none, none of these
+headers twice, on an app whose only middleware is ``EdgeMiddleware`` (another middleware must see every
+request: its app takes the full path), with micro-batching on, the batcher alive, a model loaded, a client
+that reads its answers (the connection's writes not paused) and a body that is valid and eligible. Anything
+else (a bad body included) goes to the app, which answers it as if it had never been held (with a request id
+and a start time of its own), so every refusal's status and message is the error map's. After a request is
+queued, its answer is this module's: an error of the model call (timeout, batcher failure, a failing model)
+is answered by the app's handler for it, as ``direct`` looks it up. A client gone before its answer is still
+logged, as on the full path; a client gone before its whole body is given to the app (counted 499).
 
-Shutdown: uvicorn asks each connection to stop (``shutdown``); a request held or queued then is answered
-with ``Connection: close``, and no later request on the connection is held. A queued request is answered
-within PREDICT_TIMEOUT_SECONDS (the batcher's watchdog); ``protocol_path_of`` turns the path off when that is
-not shorter than ``AnswerBeforeExit``'s answer window, so the shutdown's promise (every request answered
-before uvicorn's graceful timeout) holds on both paths.
+Shutdown: uvicorn asks each connection to stop (``shutdown``): a request still held (its body not complete)
+goes to the app, whose ``AnswerBeforeExit`` answers it in time; no later request of the connection is held;
+and, as uvicorn does, the connection's current request is answered with ``Connection: close``. A request
+already queued is answered (or timed out, 504) within PREDICT_TIMEOUT_SECONDS of its queueing, plus the
+watchdog's tick (at most 0.25 s): ``protocol_path_of`` turns the path off unless PREDICT_TIMEOUT_SECONDS is
+shorter than ``AnswerBeforeExit``'s answer window, whose margin to uvicorn's graceful timeout (5 s,
+``__main__``) covers the tick, so every request is answered before that timeout on both paths.
 """
 
 from __future__ import annotations
@@ -36,22 +39,21 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE, STATUS_LINE, RequestResponseCycle
 
 from inference_api.coalesce import CoalescingHttpProtocol
 from inference_api.components import Components
-from inference_api.contract import check_eligible, model_ref, parse_body
 from inference_api.direct import answer_error
 from inference_api.middleware import EdgeMiddleware, request_id_of
-from inference_api.routes.predict import OFF_LOOP_BYTES, log_predictions, model_rows, scores_of
+from inference_api.routes.predict import OFF_LOOP_BYTES, scores_of, single_answer, single_rows
 from inference_api.shutdown import AnswerBeforeExit
-from readmission import schema
 
 if TYPE_CHECKING:
     from inference_api.model_manager import LoadedModel
@@ -66,14 +68,13 @@ _SERVER_ERROR_HEADERS = [(b"content-type", b"text/plain; charset=utf-8"), (b"con
 
 @dataclass
 class Held:
-    """A request held for the protocol path: its uvicorn cycle, the app it would otherwise go to, its id, when its
-    headers were in (``time.perf_counter()``) and its declared body length."""
+    """A request held for the protocol path: its uvicorn cycle, the app it would otherwise go to, its id and
+    when its headers were in (``time.perf_counter()``)."""
 
     cycle: RequestResponseCycle
     app: Any
     request_id: str
     started: float
-    max_bytes: int  # the most body bytes it may have (its Content-Length)
 
 
 class ProtocolPath:
@@ -113,7 +114,7 @@ class ProtocolPath:
             return None
         given_id = given.get(b"x-request-id")
         self.parts.in_flight.count += 1
-        return Held(cycle, app, request_id_of(given_id), time.perf_counter(), int(length))
+        return Held(cycle, app, request_id_of(given_id), time.perf_counter())
 
     def _ready(self) -> bool:
         batcher = self.parts.batcher
@@ -124,21 +125,24 @@ class ProtocolPath:
             and self._only_edge_middleware()
         )
 
-    def release(self, held: Held) -> None:
-        """``held`` goes to the full path (or its client went away): no longer counted in flight here."""
+    def uncount(self, held: Held) -> None:
+        """``held`` goes to the app after all, which counts it itself: no longer counted in flight here."""
         self.parts.in_flight.count -= 1
 
-    def queue(self, held: Held, protocol: ProtocolPathHttp) -> bool:
+    def try_enqueue(self, held: Held, protocol: ProtocolPathHttp) -> bool:
         """Validate ``held``'s complete body and queue it on the micro-batcher; its answer is written to
-        ``protocol`` when the batch returns. False (nothing queued) when the body is not valid or eligible."""
+        ``protocol`` when the batch returns. False (nothing queued) when the body is not valid or eligible,
+        or anything here fails (logged): the app answers it then."""
         try:
-            encounter = parse_body(bytes(held.cycle.body), schema.EncounterFeatures)
-            check_eligible([encounter])
-        except Exception:  # the full path answers it, with the error map's message
+            rows, encounter_ids = single_rows(bytes(held.cycle.body))
+        except Exception:  # the app answers it, with the error map's message
             return False
-        rows, encounter_ids = model_rows([encounter])
-        future = self.parts.batcher.enqueue(rows)
-        future.add_done_callback(lambda done: self._answer(held, protocol, rows, encounter_ids, done))
+        try:
+            future = self.parts.batcher.enqueue(rows)
+            future.add_done_callback(partial(self._answer, held, protocol, rows, encounter_ids))
+        except Exception:
+            log.exception("request %s: could not be queued on the protocol path; the app answers it", held.request_id)
+            return False
         return True
 
     def _answer(
@@ -156,8 +160,8 @@ class ProtocolPath:
                 raise RuntimeError("the micro-batch of this request was cancelled")
             model, probabilities = done.result()
             scores = scores_of(self.parts, model, probabilities)
-            log_predictions(self.parts, held.request_id, held.started, "predict", model, rows, scores, encounter_ids)
-            body = orjson.dumps({"request_id": held.request_id, "model": model_ref(model), **scores[0]})
+            answer = single_answer(self.parts, held.request_id, held.started, model, rows, scores, encounter_ids)
+            body = orjson.dumps(answer)
         except Exception as exc:
             task = asyncio.get_running_loop().create_task(self._answer_error(held, protocol, exc))
             protocol.keep(task)
@@ -166,17 +170,27 @@ class ProtocolPath:
         self._write(held, protocol, 200, headers, body)
 
     async def _answer_error(self, held: Held, protocol: ProtocolPathHttp, exc: Exception) -> None:
-        """Answer ``exc`` with the app's handler for it; a plain 500 (as uvicorn's) if even that fails."""
+        """Answer ``exc`` with the app's handler for it, called while ``exc`` is being handled (so a handler's
+        ``log.exception`` has its traceback); a plain 500 (as uvicorn's) if even that fails."""
         scope: dict[str, Any] = held.cycle.scope  # type: ignore[assignment]
         scope["state"]["request_id"], scope["state"]["started"] = held.request_id, held.started
         try:
-            response: Response = await answer_error(self.app, Request(scope), exc)
+            try:
+                raise exc
+            except Exception:
+                response: Response = await answer_error(self.app, Request(scope), exc)
+            body = getattr(response, "body", None)
+            if not isinstance(body, bytes | memoryview):
+                raise TypeError(f"the handler for {type(exc).__name__} gave a {type(response).__name__} without a body")
+        except asyncio.CancelledError:  # the server stopped waiting (graceful timeout): count it, as the app would
+            self._uncounted(held, 503)
+            raise
         except Exception:
             log.exception("request %s: no handler could answer %s", held.request_id, type(exc).__name__)
             held.cycle.keep_alive = False
             self._write(held, protocol, 500, _SERVER_ERROR_HEADERS, b"Internal Server Error")
             return
-        self._write(held, protocol, response.status_code, response.raw_headers, bytes(response.body))
+        self._write(held, protocol, response.status_code, response.raw_headers, bytes(body))
 
     def _write(self, held: Held, protocol: ProtocolPathHttp, status: int, headers: list[Any], body: bytes) -> None:
         """Write the answer (with ``X-Request-ID`` unless set) and count it as the edge middleware does."""
@@ -184,9 +198,17 @@ class ProtocolPath:
             headers = [*headers, (b"x-request-id", held.request_id.encode())]
         try:
             protocol.write_answer(held.cycle, status, headers, body)
+        except Exception:  # as uvicorn answers a response it cannot send
+            log.exception("request %s: its answer could not be written", held.request_id)
+            status, held.cycle.keep_alive = 500, False
+            protocol.write_answer(held.cycle, status, _SERVER_ERROR_HEADERS, b"Internal Server Error")
         finally:
-            self.parts.in_flight.count -= 1
-            self.parts.metrics.observe_request(PATH, "POST", status, time.perf_counter() - held.started)
+            self._uncounted(held, status)
+
+    def _uncounted(self, held: Held, status: int) -> None:
+        """``held`` is answered ``status`` (or given up): out of the in-flight count, into the request metrics."""
+        self.parts.in_flight.count -= 1
+        self.parts.metrics.observe_request(PATH, "POST", status, time.perf_counter() - held.started)
 
 
 def protocol_path_of(app: Any) -> ProtocolPath | None:
@@ -214,8 +236,9 @@ class ProtocolPathHttp(CoalescingHttpProtocol):
         self._stopping = False
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
-        # A client that does not read its answers (writes paused) is served by the full path, which waits.
-        usable = self._path is not None and not self._stopping and not self.flow.write_paused
+        # A client that does not read its answers (writes paused) is served by the full path, which waits;
+        # ``app`` is not the app when uvicorn answers the request itself (its limit_concurrency 503).
+        usable = self._path is not None and not self._stopping and not self.flow.write_paused and app is self.app
         held = self._path.hold(cycle, app) if usable else None  # type: ignore[union-attr]
         if held is None:
             super()._start_asgi_task(cycle, app)
@@ -223,12 +246,6 @@ class ProtocolPathHttp(CoalescingHttpProtocol):
         self._held = held
         if not cycle.more_body:  # a pipelined request, started after the one before it: its body is in
             self._queue_held()
-
-    def on_body(self, body: bytes) -> None:
-        held = self._held
-        if held is not None and held.cycle is self.cycle and len(held.cycle.body) + len(body) > held.max_bytes:
-            self._to_app(held)  # more body than it declared: the full path reads (and answers) it
-        super().on_body(body)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -238,14 +255,14 @@ class ProtocolPathHttp(CoalescingHttpProtocol):
     def _queue_held(self) -> None:
         held, self._held = self._held, None
         assert held is not None and self._path is not None
-        if not self._path.queue(held, self):
+        if not self._path.try_enqueue(held, self):
             self._to_app(held)
 
     def _to_app(self, held: Held) -> None:
         """Give ``held`` to the app, as uvicorn would have when its headers were in."""
         self._held = None
         assert self._path is not None
-        self._path.release(held)
+        self._path.uncount(held)
         super()._start_asgi_task(held.cycle, held.app)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -255,6 +272,8 @@ class ProtocolPathHttp(CoalescingHttpProtocol):
 
     def shutdown(self) -> None:
         self._stopping = True  # no later request of this connection is held
+        if self._held is not None:  # its body may never come: the app's shutdown guard answers it in time
+            self._to_app(self._held)
         super().shutdown()
 
     def keep(self, task: asyncio.Task[None]) -> None:
@@ -271,9 +290,15 @@ class ProtocolPathHttp(CoalescingHttpProtocol):
         if cycle.disconnected or cycle.response_complete:
             return
         content = [STATUS_LINE[status]]
+        closing = False
         for name, value in (*self.server_state.default_headers, *headers):
+            if HEADER_RE.search(name) or HEADER_VALUE_RE.search(value):
+                raise RuntimeError(f"invalid response header {name!r}")
+            name = name.lower()
+            if name == b"connection" and b"close" in [token.strip().lower() for token in value.split(b",")]:
+                cycle.keep_alive, closing = False, True
             content += [name, b": ", value, b"\r\n"]
-        if not cycle.keep_alive:
+        if not cycle.keep_alive and not closing:
             content.append(b"connection: close\r\n")
         content += [b"\r\n", body]
         cycle.response_started = cycle.response_complete = True

@@ -6,14 +6,18 @@ sockets)."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 import socket
+import threading
 import time
-from collections.abc import Iterator
+import traceback
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from apisupport import ApiServer, Registry, body_without_id, settings_for, wait_until
 from hypothesis import HealthCheck, given, settings
@@ -23,32 +27,54 @@ from sqlalchemy.exc import OperationalError
 
 from inference_api.app import create_app
 from inference_api.coalesce import CoalescingHttpProtocol
+from inference_api.model_manager import ModelSource
 from inference_api.protocol_path import ProtocolPath, protocol_path_of
 from inference_api.shutdown import AnswerBeforeExit
 from readmission import schema
+from readmission.serving import Predictor
 
 EXAMPLE = next(iter(schema.EXAMPLE_ENCOUNTERS.values()))
 BODY = json.dumps(EXAMPLE).encode()
 
 
 class Taken:
-    """Records, per request the protocol path held, whether it queued it (True) or gave it to the app."""
+    """Records, per request the protocol path held until its body was in, whether it queued it (True) or
+    gave it to the app."""
 
     def __init__(self, path: ProtocolPath) -> None:
         self.queued: list[bool] = []
-        original = path.queue
+        original = path.try_enqueue
 
-        def queue(held: Any, protocol: Any) -> bool:
+        def try_enqueue(held: Any, protocol: Any) -> bool:
             taken = original(held, protocol)
             self.queued.append(taken)
             return taken
 
-        path.queue = queue  # type: ignore[method-assign]
+        path.try_enqueue = try_enqueue  # type: ignore[method-assign]
 
 
-def _server(registry: Registry, folder: Path, protocol_path: bool, **overrides: Any) -> ApiServer:
+class FailingPredictor(Predictor):
+    """A model call that raises once ``broken`` is set (after the model has loaded and proved itself)."""
+
+    broken = threading.Event()
+
+    def predict_proba(self, rows: Sequence[Any]) -> np.ndarray:
+        if self.broken.is_set():
+            raise ValueError("the model broke")
+        return super().predict_proba(rows)
+
+
+class FailingSource(ModelSource):
+    def predictor(self, model: Any) -> Predictor:
+        return FailingPredictor(model)
+
+
+def _server(
+    registry: Registry, folder: Path, protocol_path: bool, failing: bool = False, **overrides: Any
+) -> ApiServer:
     settings = settings_for(registry.uri, f"sqlite:///{folder / 'log.db'}", **overrides)
-    server = ApiServer(settings, create_app(settings))
+    source = (lambda: FailingSource(registry.uri, settings.model_name, settings.model_alias)) if failing else None
+    server = ApiServer(settings, create_app(settings, source))
     if not protocol_path:
         server.server.config.http = CoalescingHttpProtocol  # the ASGI path for every request
     return server
@@ -110,9 +136,10 @@ def test_any_predict_request_gets_the_answer_of_the_asgi_path(
     ordinary = not query and len(body) <= 16 * 1024 and headers.get("Content-Encoding", "identity") == "identity"
     ordinary = ordinary and headers.get("Content-Type", "application/json").startswith("application/json")
     assert taken.queued == ([mine.status_code == 200] if ordinary else [])
-    given_id = headers.get("X-Request-ID")
-    assert mine.headers["x-request-id"] == (given_id if given_id == "abc-123" else mine.headers["x-request-id"])
-    assert re.fullmatch(r"abc-123|[0-9a-f]{32}", mine.headers["x-request-id"])
+    if headers.get("X-Request-ID") == "abc-123":  # a well-formed id is kept; another is replaced
+        assert mine.headers["x-request-id"] == "abc-123"
+    else:
+        assert re.fullmatch(r"[0-9a-f]{32}", mine.headers["x-request-id"])
     if mine.status_code == 200:
         assert mine.json()["request_id"] == mine.headers["x-request-id"]
 
@@ -163,17 +190,22 @@ def test_a_request_in_pieces_is_answered_as_a_whole_one(servers: tuple[ApiServer
 
 
 def test_pipelined_requests_are_answered_in_order_on_one_connection(servers: tuple[ApiServer, ApiServer]) -> None:
-    """Two predictions, an invalid one (the app answers it), a GET and another prediction in one packet."""
+    """Two predictions, an invalid one (the app answers it), a GET, and a prediction whose body comes later
+    (started while its body is still arriving), on one connection."""
     ours, _ = servers
+    taken: Taken = ours.taken  # type: ignore[attr-defined]
+    taken.queued.clear()
     bad = json.dumps({**EXAMPLE, "age": "old"}).encode()
     packet = _request() + _request(extra=b"x-request-id: second\r\n") + _request(bad)
     packet += b"GET /health/live HTTP/1.1\r\nhost: t\r\n\r\n" + _request(extra=b"x-request-id: last\r\n")
-    received = _raw(ours.port, [packet], answers=5)
+    late = len(packet) - len(BODY) // 2  # the last request's body, half of it sent after a pause
+    received = _raw(ours.port, [packet[:late], packet[late:]], pause=0.3, answers=5)
     statuses = re.findall(rb"HTTP/1.1 (\d+)", received)
     assert statuses == [b"200", b"200", b"422", b"200", b"200"]
     ids = re.findall(rb"x-request-id: (\S+)", received)
     assert ids[1] == b"second" and ids[4] == b"last"
     assert received.count(b'"predicted_class"') == 3
+    assert taken.queued == [True, True, False, True]  # the invalid one was held, then given to the app
 
 
 def test_connection_close_and_http_1_0_get_the_answer_then_the_close(servers: tuple[ApiServer, ApiServer]) -> None:
@@ -184,55 +216,99 @@ def test_connection_close_and_http_1_0_get_the_answer_then_the_close(servers: tu
         assert _complete(received) == 1
 
 
+_LOGGED = "request_id, item, endpoint, model_name, model_version, inputs, predicted_class, probability_no, " \
+    "probability_after_30, probability_within_30, risk_band, encounter_id"  # fmt: skip
+
+
+def _logged(folder: Path) -> list[Any]:
+    """The prediction-log rows in ``folder``'s log.db (none while the writer has not made its table)."""
+    try:
+        with create_engine(f"sqlite:///{folder / 'log.db'}").connect() as conn:
+            return [tuple(r) for r in conn.execute(text(f"SELECT {_LOGGED} FROM prediction_log ORDER BY request_id"))]
+    except OperationalError:
+        return []
+
+
+def _counted(metrics: str) -> list[str]:
+    """The /predict request and prediction samples of a /metrics text (not the durations, not the readiness
+    polls: they vary)."""
+    wanted = (
+        'inference_requests_total{endpoint="/predict"',
+        "inference_predictions_total{",
+        "inference_requests_in_flight ",
+    )
+    return sorted(line for line in metrics.splitlines() if line.startswith(wanted))
+
+
 def test_each_answer_is_logged_and_counted_as_on_the_asgi_path(registry: Registry, tmp_path: Path) -> None:
-    """The log rows (request id, inputs, probabilities) and the request metrics of the protocol path."""
+    """The same requests to both paths: the same log rows (but their ids and times) and request metrics."""
+    seen = []
+    for protocol_path in (True, False):
+        folder = tmp_path / str(protocol_path)
+        folder.mkdir()
+        server = _server(registry, folder, protocol_path, prediction_log_flush_seconds=0.2)
+        with server:
+            wait_until(lambda s=server: httpx.get(s.url + "/health/ready").status_code == 200, what="the model")
+            taken = Taken(server.app.state.protocol_path)
+            for i, encounter in enumerate(schema.EXAMPLE_ENCOUNTERS.values()):
+                body = json.dumps({**encounter, "encounter_id": 1000 + i}).encode()
+                answer = httpx.post(server.url + "/predict", content=body, headers={"x-request-id": f"r{i}"})
+                assert answer.status_code == 200, answer.text
+            metrics = httpx.get(server.url + "/metrics").text
+            wait_until(lambda f=folder: len(_logged(f)) == len(schema.EXAMPLE_ENCOUNTERS), what="the log rows")
+        assert taken.queued == ([True] * len(schema.EXAMPLE_ENCOUNTERS) if protocol_path else [])
+        seen.append((_logged(folder), _counted(metrics)))
+    assert seen[0] == seen[1]
+    assert [row[0] for row in seen[0][0]] == [f"r{i}" for i in range(len(schema.EXAMPLE_ENCOUNTERS))]
+    assert 'inference_requests_total{endpoint="/predict",method="POST",status="200"} 3.0' in seen[0][1]
+
+
+def test_a_failing_model_call_is_answered_and_logged_as_on_the_asgi_path(
+    registry: Registry, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The app's handler answers an error of a queued request: the error map's 500, logged with its traceback."""
+    answers = []
+    for protocol_path in (True, False):
+        folder = tmp_path / str(protocol_path)
+        folder.mkdir()
+        caplog.clear()
+        with (
+            caplog.at_level(logging.ERROR, logger="inference_api"),
+            _server(registry, folder, protocol_path, True) as server,
+        ):
+            wait_until(lambda s=server: httpx.get(s.url + "/health/ready").status_code == 200, what="the model")
+            taken = Taken(server.app.state.protocol_path)
+            FailingPredictor.broken.set()
+            try:
+                answer = httpx.post(server.url + "/predict", content=BODY, headers={"x-request-id": "broken"})
+            finally:
+                FailingPredictor.broken.clear()
+            metrics = httpx.get(server.url + "/metrics").text
+        assert taken.queued == ([True] if protocol_path else [])
+        failures = [r for r in caplog.records if "broken" in r.getMessage()]
+        assert len(failures) == 1 and failures[0].exc_info is not None, [r.getMessage() for r in caplog.records]
+        assert "the model broke" in "".join(traceback.format_exception(*failures[0].exc_info))
+        answers.append((_comparable(answer), answer.headers["x-request-id"], _counted(metrics)))
+    assert answers[0] == answers[1]
+    assert answers[0][0][:2] == (
+        500,
+        {"error": "internal_error", "message": "unexpected error; quote the request id when reporting it"},
+    )
+
+
+def test_a_client_gone_before_its_answer_is_still_logged(registry: Registry, tmp_path: Path) -> None:
+    """(A client gone before its whole body is counted 499: test_api_client_gone, through this path too.)"""
     server = _server(registry, tmp_path, True, prediction_log_flush_seconds=0.2)
     with server:
         wait_until(lambda: httpx.get(server.url + "/health/ready").status_code == 200, what="the model")
         taken = Taken(server.app.state.protocol_path)
-        answers = [
-            httpx.post(server.url + "/predict", content=BODY, headers={"x-request-id": f"r{i}"}) for i in range(5)
-        ]
-        assert taken.queued == [True] * 5
-        metrics = httpx.get(server.url + "/metrics").text
-        engine = create_engine(f"sqlite:///{tmp_path / 'log.db'}")
-
-        def logged() -> list[Any]:
-            try:
-                with engine.connect() as conn:
-                    sql = "SELECT request_id, probability_within_30, inputs FROM prediction_log"
-                    return list(conn.execute(text(sql)))
-            except OperationalError:  # the log writer has not made its table yet
-                return []
-
-        wait_until(lambda: len(logged()) == 5, what="the five log rows")
-    rows = {r.request_id: r for r in logged()}
-    for i, answer in enumerate(answers):
-        assert rows[f"r{i}"].probability_within_30 == answer.json()["risk_30_days"]
-        assert json.loads(rows[f"r{i}"].inputs)["age"] == EXAMPLE["age"]
-    assert re.search(r'inference_requests_total\{endpoint="/predict",method="POST",status="200"\} 5\.0', metrics)
-    assert re.search(r"inference_requests_in_flight 1\.0", metrics)  # the scrape itself: nothing left counted
-
-
-def test_a_client_gone_before_its_answer_is_still_logged(registry: Registry, tmp_path: Path) -> None:
-    server = _server(registry, tmp_path, True, prediction_log_flush_seconds=0.2)
-    with server:
-        wait_until(lambda: httpx.get(server.url + "/health/ready").status_code == 200, what="the model")
         with socket.create_connection(("127.0.0.1", server.port)) as sock:
             sock.sendall(_request(extra=b"x-request-id: gone\r\n"))
-        engine = create_engine(f"sqlite:///{tmp_path / 'log.db'}")
-
-        def logged() -> list[Any]:
-            try:
-                with engine.connect() as conn:
-                    return list(conn.execute(text("SELECT request_id FROM prediction_log")))
-            except OperationalError:  # the log writer has not made its table yet
-                return []
-
-        wait_until(lambda: [r.request_id for r in logged()] == ["gone"], what="the gone client's row")
+        wait_until(lambda: [r[0] for r in _logged(tmp_path)] == ["gone"], what="the gone client's row")
         assert httpx.post(server.url + "/predict", content=BODY).status_code == 200  # still serving
         metrics = httpx.get(server.url + "/metrics").text
-    assert re.search(r"inference_requests_in_flight 1\.0", metrics)
+    assert taken.queued == [True, True]
+    assert "inference_requests_in_flight 1.0" in metrics  # the scrape itself: nothing left counted
 
 
 def test_an_app_with_another_middleware_takes_the_asgi_path(registry: Registry, tmp_path: Path) -> None:

@@ -186,18 +186,37 @@ async def predict(request: Request) -> Response:
     ask = _asked(parts, request)
     raw = await request.body()
     if len(raw) > OFF_LOOP_BYTES:  # far larger than an encounter: whatever it holds, check it off the loop
-        encounter = await run_in_threadpool(parse_body, raw, schema.EncounterFeatures)
+        rows, encounter_ids = await run_in_threadpool(single_rows, raw)
     else:
-        encounter = parse_body(raw, schema.EncounterFeatures)
-    check_eligible([encounter])
-    rows, encounter_ids = model_rows([encounter])
+        rows, encounter_ids = single_rows(raw)
     model, probabilities = await parts.batcher.predict(rows)
     scores = scores_of(parts, model, probabilities)
     if ask.top is not None:
         await _explain(parts, model, rows, scores, ask.top)
     rid, started = _received(request)
+    return FastJSONResponse(single_answer(parts, rid, started, model, rows, scores, encounter_ids))
+
+
+def single_rows(raw: bytes) -> tuple[list[dict[str, Any]], list[int | None]]:
+    """``POST /predict``'s body as the model's one input row, and the caller's encounter id apart. Raises
+    ``parse_body``'s errors and ``check_eligible``'s (the error map answers them)."""
+    encounter = parse_body(raw, schema.EncounterFeatures)
+    check_eligible([encounter])
+    return model_rows([encounter])
+
+
+def single_answer(
+    parts: Components,
+    rid: str,
+    started: float,
+    model: LoadedModel,
+    rows: list[dict[str, Any]],
+    scores: list[dict[str, Any]],
+    encounter_ids: list[int | None],
+) -> dict[str, Any]:
+    """Log ``POST /predict``'s prediction (``log_predictions``) and give its answer (``Prediction``)."""
     log_predictions(parts, rid, started, "predict", model, rows, scores, encounter_ids)
-    return FastJSONResponse({"request_id": rid, "model": model_ref(model), **scores[0]})
+    return {"request_id": rid, "model": model_ref(model), **scores[0]}
 
 
 @router.post(
