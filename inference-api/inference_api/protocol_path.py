@@ -1,12 +1,13 @@
 """The protocol path: an ordinary ``POST /predict`` is answered from uvicorn's protocol, without
 an ASGI task.
 
-Under load at 64 clients, after ``direct`` had taken the framework's layers off the prediction routes, about
-a quarter of the event loop's time per request still went to the ASGI plumbing around the endpoint: the
-request task and its coroutine steps, the scope's ``state``, the ``receive`` and ``send`` wrappers of the
-shutdown guard and the edge middleware, Starlette's ``Request`` and ``Response`` calls, and uvicorn's header
-loop (py-spy; ``bench/api.py``). ``ProtocolPathHttp`` (uvicorn's httptools protocol, with the coalesced
-writes of ``coalesce``) holds such a request when its headers are in, and once its body is complete
+After ``direct`` had taken the framework's layers off the prediction routes, each request still went through
+the ASGI plumbing around the endpoint: a request task and its coroutine steps, the ``receive`` and ``send``
+wrappers of the shutdown guard and the edge middleware, Starlette's ``Request`` and ``Response`` calls and
+uvicorn's ``send``. Without them the event loop's time per single-encounter request fell from about 225 us to
+157 us (py-spy at 64 clients, one run each, samples per request), and throughput rose 1.206x
+(``bench/revisions.py --base 22a7db7``, 10 pairs, median; head faster in 9; before its review's fixes).
+``ProtocolPathHttp`` (uvicorn's httptools protocol, with the coalesced writes of ``coalesce``) holds such a request when its headers are in, and once its body is complete
 ``ProtocolPath`` validates it (``routes.predict.single_rows``, as the endpoint does) and queues it on the
 micro-batcher; when the batch's probabilities come back, a callback scores and logs it (``scores_of``,
 ``single_answer``, as the endpoint does) and writes the answer: the same JSON, the same headers
