@@ -432,6 +432,7 @@ def parse_args() -> argparse.Namespace:
     )
     args = parser.parse_args()
     check_args(parser, args)
+    args.ours_window = _ours_window(args)
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk (or brew install wrk)")
     return args
@@ -564,8 +565,8 @@ def our_targets(args: argparse.Namespace, model_uri: str, classes: list[str]) ->
         "MODEL_POLL_INTERVAL_SECONDS": "3600",
         "DEVELOPMENT_MODE": "true",
     }
-    if (window := _ours_window(args)) is not None:
-        ours_env["MICROBATCH_MAX_WAIT_MS"] = window
+    if args.ours_window is not None:
+        ours_env["MICROBATCH_MAX_WAIT_MS"] = args.ours_window
     ours = ours_reader(classes)
     return [
         Target(Server("ours", [python, "-m", "inference_api"], ours_env, "/health/ready", ROOT), EXPLAIN_PATHS,
@@ -656,7 +657,7 @@ def log_database(admin_url: str, prefix: str) -> Iterator[str]:
 def main() -> None:
     args = parse_args()
     model_uri, model = champion(args.tracking_uri)
-    window = _ours_window(args)
+    window = args.ours_window
     print(f"champion: {model_uri} ({args.tracking_uri}); {args.seconds:g} s per cell; ours' batching window "
           f"(MICROBATCH_MAX_WAIT_MS): {'the service default' if window is None else window + ' ms'}")  # fmt: skip
     encounters = real_encounters(args.clean_url, BATCH_ROWS)
