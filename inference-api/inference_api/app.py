@@ -40,6 +40,19 @@ def create_app(settings: ApiSettings | None = None, source_factory: Callable[[],
     settings = settings or ApiSettings()
     parts = Components.build(settings, source_factory)
     outcome_store = outcomes.OutcomeStore(settings.log_url)
+    app = _framework_app(parts, outcome_store)
+    _attach_state(app, settings, parts, outcome_store)
+    app.add_middleware(
+        EdgeMiddleware, metrics=parts.metrics, max_body_bytes=settings.max_body_bytes, in_flight=parts.in_flight
+    )
+    register_error_handlers(app)
+    _register_routes(app, parts)
+    _install_openapi(app, settings)
+    return app
+
+
+def _framework_app(parts: Components, outcome_store: outcomes.OutcomeStore) -> FastAPI:
+    """The FastAPI app, whose lifespan starts ``parts`` and stops them (and the outcome store's engine)."""
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -51,7 +64,7 @@ def create_app(settings: ApiSettings | None = None, source_factory: Callable[[],
     # /docs and /redoc with the Swagger UI and ReDoc files of the fastapi-offline package, served by the app
     # itself (FastAPI's own pages load them from a CDN: blank offline); no validator badge (it would send the
     # document's address to an online validator).
-    app: FastAPI = FastAPIOffline(
+    return FastAPIOffline(
         title="Diabetes readmission inference API",
         version=__version__,
         description=DESCRIPTION,
@@ -63,6 +76,10 @@ def create_app(settings: ApiSettings | None = None, source_factory: Callable[[],
         # to learn that none is configured (2.6 us, ~3 % of a prediction's event-loop time at 64 clients).
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
+
+
+def _attach_state(app: FastAPI, settings: ApiSettings, parts: Components, outcome_store: outcomes.OutcomeStore) -> None:
+    """What the routes and dependencies read from ``app.state`` (``deps``)."""
     app.state.components = parts
     app.state.settings = settings
     app.state.manager = parts.manager
@@ -70,10 +87,10 @@ def create_app(settings: ApiSettings | None = None, source_factory: Callable[[],
     app.state.batcher = parts.batcher
     app.state.metrics = parts.metrics
     app.state.outcome_store = outcome_store
-    app.add_middleware(
-        EdgeMiddleware, metrics=parts.metrics, max_body_bytes=settings.max_body_bytes, in_flight=parts.in_flight
-    )
-    register_error_handlers(app)
+
+
+def _register_routes(app: FastAPI, parts: Components) -> None:
+    """The routes, with the prediction routes' shorter paths (``direct``, ``protocol_path``)."""
     # The prediction routes skip the framework's per-request layers (``direct``): same middleware, same errors.
     direct.install(app, predict.router.routes)
     # An ordinary single-encounter request is answered from the protocol (``protocol_path``): same answer.
@@ -83,10 +100,13 @@ def create_app(settings: ApiSettings | None = None, source_factory: Callable[[],
         # in this FastAPI (8 us, 4 % of a request at 64 clients; bench/request_overhead.py).
         app.router.routes.extend(router.routes)
 
+
+def _install_openapi(app: FastAPI, settings: ApiSettings) -> None:
+    """The OpenAPI document with the request bodies' models (``with_request_models``), made once."""
+
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             app.openapi_schema = with_request_models(FastAPI.openapi(app), settings.max_batch_size)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    return app
