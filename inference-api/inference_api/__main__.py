@@ -16,7 +16,7 @@ import uvicorn
 
 from inference_api.app import create_app
 from inference_api.prediction_log import CLOSE_MARGIN_SECONDS
-from inference_api.protocol_path import ProtocolPathHttp
+from inference_api.protocol_path import ProtocolPathHttp, why_off
 from inference_api.settings import ApiSettings, settings_or_exit
 from inference_api.shutdown import AnswerBeforeExit
 
@@ -107,6 +107,8 @@ def main() -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     budget = shutdown_budget(settings)
     app = AnswerBeforeExit(create_app(settings), budget.answer)
+    reason = why_off(app)
+    logging.getLogger("inference_api").info("POST /predict: protocol path %s", f"off ({reason})" if reason else "on")
     config = server_config(
         app,
         host=settings.host,

@@ -47,14 +47,20 @@ import orjson
 from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
-from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE, STATUS_LINE, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import (
+    HEADER_RE,
+    HEADER_VALUE_RE,
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
 from inference_api.coalesce import CoalescingHttpProtocol
 from inference_api.components import Components
 from inference_api.direct import answer_error
 from inference_api.middleware import EdgeMiddleware, request_id_of
 from inference_api.routes.predict import OFF_LOOP_BYTES, scores_of, single_answer, single_rows
-from inference_api.shutdown import AnswerBeforeExit
+from inference_api.shutdown import REFUSAL, REFUSAL_HEADERS, AnswerBeforeExit
 
 if TYPE_CHECKING:
     from inference_api.model_manager import LoadedModel
@@ -174,6 +180,7 @@ class ProtocolPath:
         """Answer ``exc`` with the app's handler for it, called while ``exc`` is being handled (so a handler's
         ``log.exception`` has its traceback); a plain 500 (as uvicorn's) if even that fails."""
         scope: dict[str, Any] = held.cycle.scope  # type: ignore[assignment]
+        scope["app"] = self.app  # as Starlette sets it on the full path (request.app, url_for)
         scope["state"]["request_id"], scope["state"]["started"] = held.request_id, held.started
         try:
             try:
@@ -183,8 +190,9 @@ class ProtocolPath:
             body = getattr(response, "body", None)
             if not isinstance(body, bytes | memoryview):
                 raise TypeError(f"the handler for {type(exc).__name__} gave a {type(response).__name__} without a body")
-        except asyncio.CancelledError:  # the server stopped waiting (graceful timeout): count it, as the app would
-            self._uncounted(held, 503)
+        except asyncio.CancelledError:  # the server stopped waiting (graceful timeout): 503, as the shutdown guard
+            held.cycle.keep_alive = False
+            self._write(held, protocol, 503, REFUSAL_HEADERS, REFUSAL)
             raise
         except Exception:
             log.exception("request %s: no handler could answer %s", held.request_id, type(exc).__name__)
@@ -194,17 +202,20 @@ class ProtocolPath:
         self._write(held, protocol, response.status_code, response.raw_headers, bytes(body))
 
     def _write(self, held: Held, protocol: ProtocolPathHttp, status: int, headers: list[Any], body: bytes) -> None:
-        """Write the answer (with ``X-Request-ID`` unless set) and count it as the edge middleware does."""
+        """Write the answer (with ``X-Request-ID`` unless set), count it as the edge middleware does, then let
+        the connection go on to its next request. An answer that cannot be written (a bad header: nothing is
+        written then) is answered 500 and the connection closed, as uvicorn does."""
         if not any(name == b"x-request-id" for name, _ in headers):
             headers = [*headers, (b"x-request-id", held.request_id.encode())]
         try:
-            protocol.write_answer(held.cycle, status, headers, body)
-        except Exception:  # as uvicorn answers a response it cannot send
+            written = protocol.write_answer(held.cycle, status, headers, body)
+        except Exception:
             log.exception("request %s: its answer could not be written", held.request_id)
             status, held.cycle.keep_alive = 500, False
-            protocol.write_answer(held.cycle, status, _SERVER_ERROR_HEADERS, b"Internal Server Error")
-        finally:
-            self._uncounted(held, status)
+            written = protocol.write_answer(held.cycle, status, _SERVER_ERROR_HEADERS, b"Internal Server Error")
+        self._uncounted(held, status)
+        if written:
+            held.cycle.on_response()  # the next pipelined request, if any: not this answer's failure
 
     def _uncounted(self, held: Held, status: int) -> None:
         """``held`` is answered ``status`` (or given up): out of the in-flight count, into the request metrics."""
@@ -284,12 +295,15 @@ class ProtocolPathHttp(CoalescingHttpProtocol):
 
     def write_answer(
         self, cycle: RequestResponseCycle, status: int, headers: list[tuple[bytes, bytes]], body: bytes
-    ) -> None:
+    ) -> bool:
         """Write a complete response for ``cycle`` as uvicorn's ``send`` does (its default headers first;
-        ``Connection: close`` and the close when the connection is not kept alive), then let the protocol go
-        on to the next request. Nothing is written when the client has gone."""
+        ``Connection: close`` and the close when the connection is not kept alive); True when written, False
+        when the client has gone (nothing written). The caller then calls ``cycle.on_response()``.
+
+        Raises:
+            RuntimeError: a header name or value is not valid; nothing is written then."""
         if cycle.disconnected or cycle.response_complete:
-            return
+            return False
         content = [STATUS_LINE[status]]
         closing = False
         for name, value in (*self.server_state.default_headers, *headers):
@@ -307,4 +321,21 @@ class ProtocolPathHttp(CoalescingHttpProtocol):
         self.transport.write(b"".join(content))
         if not cycle.keep_alive:
             self.transport.close()
-        cycle.on_response()
+        return True
+
+
+def why_off(app: Any) -> str | None:
+    """Why the protocol path cannot take any request of the app uvicorn serves (``protocol_path_of``'s app),
+    in words for the start-up log; None when it may. (Per request it also needs the conditions of the module's
+    docstring.)"""
+    if "_start_asgi_task" not in vars(HttpToolsProtocol):
+        return "this uvicorn has no HttpToolsProtocol._start_asgi_task (uvicorn 0.45 or later has it)"
+    path = protocol_path_of(app)
+    if path is None:
+        return "PREDICT_TIMEOUT_SECONDS is not under the shutdown's answer window, or the app is wrapped"
+    settings = path.parts.settings
+    if not settings.microbatch_enabled or settings.microbatch_max_rows < 2:
+        return "micro-batching is off (MICROBATCH_ENABLED=false or MICROBATCH_MAX_ROWS=1)"
+    if [m.cls for m in path.app.user_middleware] != [EdgeMiddleware]:
+        return "the app has middleware besides EdgeMiddleware, which must see every request"
+    return None

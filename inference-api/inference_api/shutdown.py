@@ -26,7 +26,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-_REFUSAL = orjson.dumps(
+# The 503 of a request unanswered at shutdown (also the protocol path's, at uvicorn's graceful timeout).
+REFUSAL = orjson.dumps(
     {
         "error": "shutting_down",
         "message": "this instance is shutting down and could not answer in time; retry (another instance answers)",
@@ -88,12 +89,14 @@ class AnswerBeforeExit:
             task.cancel()
 
 
+REFUSAL_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"content-length", str(len(REFUSAL)).encode()),
+    (b"connection", b"close"),
+    (b"retry-after", b"1"),
+]
+
+
 async def _refuse(send: Send) -> None:
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(_REFUSAL)).encode()),
-        (b"connection", b"close"),
-        (b"retry-after", b"1"),
-    ]
-    await send({"type": "http.response.start", "status": 503, "headers": headers})
-    await send({"type": "http.response.body", "body": _REFUSAL})
+    await send({"type": "http.response.start", "status": 503, "headers": REFUSAL_HEADERS})
+    await send({"type": "http.response.body", "body": REFUSAL})

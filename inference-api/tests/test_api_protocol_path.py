@@ -5,6 +5,7 @@ sockets)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -24,11 +25,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
+from starlette.middleware.gzip import GZipMiddleware
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from inference_api.app import create_app
 from inference_api.coalesce import CoalescingHttpProtocol
 from inference_api.model_manager import ModelSource
-from inference_api.protocol_path import ProtocolPath, protocol_path_of
+from inference_api.protocol_path import ProtocolPath, protocol_path_of, why_off
 from inference_api.shutdown import AnswerBeforeExit
 from readmission import schema
 from readmission.serving import Predictor
@@ -38,42 +41,64 @@ BODY = json.dumps(EXAMPLE).encode()
 
 
 class Taken:
-    """Records, per request the protocol path held until its body was in, whether it queued it (True) or
-    gave it to the app."""
+    """Records, per request the protocol path was asked to hold, whether it held it (``held``), and per request
+    it held until its body was in, whether it queued it (``queued``, True) or gave it to the app."""
 
     def __init__(self, path: ProtocolPath) -> None:
+        self.held: list[bool] = []
         self.queued: list[bool] = []
-        original = path.try_enqueue
+        hold, try_enqueue = path.hold, path.try_enqueue
 
-        def try_enqueue(held: Any, protocol: Any) -> bool:
-            taken = original(held, protocol)
+        def recorded_hold(cycle: Any, app: Any) -> Any:
+            held = hold(cycle, app)
+            self.held.append(held is not None)
+            return held
+
+        def recorded_try_enqueue(held: Any, protocol: Any) -> bool:
+            taken = try_enqueue(held, protocol)
             self.queued.append(taken)
             return taken
 
-        path.try_enqueue = try_enqueue  # type: ignore[method-assign]
+        path.hold, path.try_enqueue = recorded_hold, recorded_try_enqueue  # type: ignore[method-assign]
+
+    def clear(self) -> None:
+        self.held.clear()
+        self.queued.clear()
 
 
-class FailingPredictor(Predictor):
-    """A model call that raises once ``broken`` is set (after the model has loaded and proved itself)."""
+class ControlledPredictor(Predictor):
+    """A model call that raises while ``broken`` is set, and waits for ``release`` while ``blocking`` is set
+    (setting ``entered``), once the model has loaded and proved itself."""
 
     broken = threading.Event()
+    blocking = threading.Event()
+    entered = threading.Event()
+    release = threading.Event()
 
     def predict_proba(self, rows: Sequence[Any]) -> np.ndarray:
         if self.broken.is_set():
             raise ValueError("the model broke")
+        if self.blocking.is_set():
+            self.entered.set()
+            self.release.wait(60)
         return super().predict_proba(rows)
 
+    @classmethod
+    def reset(cls) -> None:
+        for event in (cls.broken, cls.blocking, cls.entered, cls.release):
+            event.clear()
 
-class FailingSource(ModelSource):
+
+class ControlledSource(ModelSource):
     def predictor(self, model: Any) -> Predictor:
-        return FailingPredictor(model)
+        return ControlledPredictor(model)
 
 
 def _server(
-    registry: Registry, folder: Path, protocol_path: bool, failing: bool = False, **overrides: Any
+    registry: Registry, folder: Path, protocol_path: bool, controlled: bool = False, **overrides: Any
 ) -> ApiServer:
     settings = settings_for(registry.uri, f"sqlite:///{folder / 'log.db'}", **overrides)
-    source = (lambda: FailingSource(registry.uri, settings.model_name, settings.model_alias)) if failing else None
+    source = (lambda: ControlledSource(registry.uri, settings.model_name, settings.model_alias)) if controlled else None
     server = ApiServer(settings, create_app(settings, source))
     if not protocol_path:
         server.server.config.http = CoalescingHttpProtocol  # the ASGI path for every request
@@ -127,7 +152,7 @@ def test_any_predict_request_gets_the_answer_of_the_asgi_path(
 ) -> None:
     ours, theirs = servers
     taken: Taken = ours.taken  # type: ignore[attr-defined]
-    taken.queued.clear()
+    taken.clear()
     path = f"/predict?{query}" if query else "/predict"
     mine = httpx.post(ours.url + path, content=body, headers=headers)
     other = httpx.post(theirs.url + path, content=body, headers=headers)
@@ -180,7 +205,7 @@ def test_a_request_in_pieces_is_answered_as_a_whole_one(servers: tuple[ApiServer
     """Headers and body arriving in several segments, at any byte (a header split in two included)."""
     ours, _ = servers
     taken: Taken = ours.taken  # type: ignore[attr-defined]
-    taken.queued.clear()
+    taken.clear()
     whole = _request()
     pieces = [whole[a:b] for a, b in zip([0, *cuts], [*cuts, len(whole)], strict=True)]
     answer = _raw(ours.port, pieces, pause=0.02)
@@ -194,7 +219,7 @@ def test_pipelined_requests_are_answered_in_order_on_one_connection(servers: tup
     (started while its body is still arriving), on one connection."""
     ours, _ = servers
     taken: Taken = ours.taken  # type: ignore[attr-defined]
-    taken.queued.clear()
+    taken.clear()
     bad = json.dumps({**EXAMPLE, "age": "old"}).encode()
     packet = _request() + _request(extra=b"x-request-id: second\r\n") + _request(bad)
     packet += b"GET /health/live HTTP/1.1\r\nhost: t\r\n\r\n" + _request(extra=b"x-request-id: last\r\n")
@@ -210,10 +235,146 @@ def test_pipelined_requests_are_answered_in_order_on_one_connection(servers: tup
 
 def test_connection_close_and_http_1_0_get_the_answer_then_the_close(servers: tuple[ApiServer, ApiServer]) -> None:
     ours, _ = servers
+    taken: Taken = ours.taken  # type: ignore[attr-defined]
+    taken.clear()
     for request in (_request(extra=b"connection: close\r\n"), _request().replace(b"HTTP/1.1", b"HTTP/1.0", 1)):
         received = _raw(ours.port, [request], answers=99)  # read until the server closes
         assert received.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\nconnection: close\r\n" in received
         assert _complete(received) == 1
+    assert taken.queued == [True, True]
+
+
+def _answer_of(received: bytes) -> tuple[bytes, Any]:
+    """The status line of a raw answer and its body (JSON without ``request_id``, else the bytes)."""
+    head, body = received.split(b"\r\n\r\n", 1)
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return head.split(b"\r\n", 1)[0], body
+    if isinstance(parsed, dict):
+        parsed.pop("request_id", None)
+    return head.split(b"\r\n", 1)[0], parsed
+
+
+_CHUNKED = b"POST /predict HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+_OUT_OF_THE_COMMON_CASE = {
+    "chunked body": _CHUNKED + b"%x\r\n" % len(BODY) + BODY + b"\r\n0\r\n\r\n",
+    "no content-length": b"POST /predict HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n\r\n",
+    "content-type twice": _request(extra=b"content-type: application/json\r\n"),
+    "x-request-id twice": _request(extra=b"x-request-id: first\r\nx-request-id: second\r\n"),
+    "content-encoding twice": _request(extra=b"content-encoding: identity\r\ncontent-encoding: identity\r\n"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_OUT_OF_THE_COMMON_CASE))
+def test_a_request_out_of_the_common_case_is_not_held_and_gets_the_asgi_paths_answer(
+    servers: tuple[ApiServer, ApiServer], case: str
+) -> None:
+    """What httpx never sends (the generated test's client): each goes to the app, which answers it."""
+    ours, theirs = servers
+    taken: Taken = ours.taken  # type: ignore[attr-defined]
+    taken.clear()
+    request = _OUT_OF_THE_COMMON_CASE[case]
+    mine, other = (_answer_of(_raw(server.port, [request])) for server in (ours, theirs))
+    assert mine == other
+    assert taken.held == [False] and taken.queued == []
+
+
+def test_expect_100_continue_is_not_held_and_gets_its_continue(servers: tuple[ApiServer, ApiServer]) -> None:
+    """Held, it would never get its ``100 Continue`` (sent when the app first reads the body): the client
+    would wait, then send its body anyway (curl waits a second)."""
+    ours, _ = servers
+    taken: Taken = ours.taken  # type: ignore[attr-defined]
+    taken.clear()
+    head, body = _request(extra=b"expect: 100-continue\r\n").split(b"\r\n\r\n", 1)
+    with socket.create_connection(("127.0.0.1", ours.port), timeout=10) as sock:
+        sock.sendall(head + b"\r\n\r\n")
+        assert sock.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        received = b""
+        while _complete(received) < 1 and (chunk := sock.recv(65536)):
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert taken.held == [False] and taken.queued == []
+
+
+def test_uvicorns_own_503_at_its_concurrency_limit_is_never_held(registry: Registry, tmp_path: Path) -> None:
+    """At ``limit_concurrency`` uvicorn answers a request with its own 503 app: that answer is uvicorn's."""
+    server = _server(registry, tmp_path, True)
+    server.server.config.limit_concurrency = 2  # reached with two connections open
+    with server:
+        wait_until(lambda: httpx.get(server.url + "/health/ready").status_code == 200, what="the model")
+        taken = Taken(server.app.state.protocol_path)
+        with socket.create_connection(("127.0.0.1", server.port)):
+            received = _raw(server.port, [_request()])
+    assert received.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    assert taken.held == [] and taken.queued == []
+
+
+def _stopping(server: ApiServer) -> bool:
+    """Whether uvicorn has asked every open connection of ``server`` to stop (its graceful shutdown began)."""
+    connections = list(server.server.server_state.connections)
+    return bool(connections) and all(getattr(c, "_stopping", False) for c in connections)
+
+
+@pytest.mark.parametrize(("timeout", "status"), [(30.0, 200), (3.0, 504)])
+def test_a_request_queued_when_the_server_stops_is_answered_with_connection_close(
+    registry: Registry, tmp_path: Path, timeout: float, status: int
+) -> None:
+    """Queued when uvicorn's graceful shutdown begins: its answer (or its timeout's 504) still comes, then the
+    close, as uvicorn answers a request in flight."""
+    server = _server(registry, tmp_path, True, True, predict_timeout_seconds=timeout)
+    with server:
+        wait_until(lambda: httpx.get(server.url + "/health/ready").status_code == 200, what="the model")
+        taken = Taken(server.app.state.protocol_path)
+        ControlledPredictor.blocking.set()
+        try:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+                sock.sendall(_request())
+                assert ControlledPredictor.entered.wait(60), "the model call never began"
+                server.server.should_exit = True
+                wait_until(lambda: _stopping(server), what="the graceful shutdown")
+                if status == 200:
+                    ControlledPredictor.release.set()
+                received = b""
+                while chunk := sock.recv(65536):  # until the server closes
+                    received += chunk
+        finally:
+            ControlledPredictor.reset()
+            ControlledPredictor.release.set()
+    assert received.startswith(b"HTTP/1.1 %d " % status) and b"\r\nconnection: close\r\n" in received
+    assert _complete(received) == 1 and taken.queued == [True]
+
+
+def test_an_error_answer_cut_short_by_the_graceful_timeout_is_a_503_with_connection_close(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """uvicorn cancels what is still running at its graceful timeout: an error answer still being made then
+    becomes the shutdown guard's 503, and the connection closes (it was left open, counted but unanswered)."""
+    server = _server(registry, tmp_path, True, True)
+    answering = threading.Event()
+
+    async def slow_handler(request: Any, exc: Exception) -> Any:
+        answering.set()
+        await asyncio.sleep(120)
+
+    server.app.add_exception_handler(ValueError, slow_handler)
+    server.server.config.timeout_graceful_shutdown = 1
+    with server:
+        wait_until(lambda: httpx.get(server.url + "/health/ready").status_code == 200, what="the model")
+        ControlledPredictor.broken.set()
+        try:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+                sock.sendall(_request())
+                assert answering.wait(60), "the error handler was never called"
+                server.server.should_exit = True
+                received = b""
+                while chunk := sock.recv(65536):  # until the server closes
+                    received += chunk
+        finally:
+            ControlledPredictor.reset()
+    assert received.startswith(b"HTTP/1.1 503 ") and b"\r\nconnection: close\r\n" in received
+    assert _answer_of(received)[1]["error"] == "shutting_down"
 
 
 _LOGGED = "request_id, item, endpoint, model_name, model_version, inputs, predicted_class, probability_no, " \
@@ -278,11 +439,11 @@ def test_a_failing_model_call_is_answered_and_logged_as_on_the_asgi_path(
         ):
             wait_until(lambda s=server: httpx.get(s.url + "/health/ready").status_code == 200, what="the model")
             taken = Taken(server.app.state.protocol_path)
-            FailingPredictor.broken.set()
+            ControlledPredictor.broken.set()
             try:
                 answer = httpx.post(server.url + "/predict", content=BODY, headers={"x-request-id": "broken"})
             finally:
-                FailingPredictor.broken.clear()
+                ControlledPredictor.reset()
             metrics = httpx.get(server.url + "/metrics").text
         assert taken.queued == ([True] if protocol_path else [])
         failures = [r for r in caplog.records if "broken" in r.getMessage()]
@@ -343,3 +504,24 @@ def test_the_path_is_off_when_a_prediction_may_outlast_the_shutdowns_answer_wind
         assert (protocol_path_of(AnswerBeforeExit(app, 20.0)) is not None) is expected
         assert protocol_path_of(app) is app.state.protocol_path  # no shutdown window to keep
     assert protocol_path_of(object()) is None
+
+
+def test_the_start_up_log_says_why_the_path_is_off(
+    registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``why_off`` (logged by ``__main__`` at start-up): None when the path may take requests, else the cause,
+    naming the setting to change; uvicorn without the method the path overrides (before 0.45) included."""
+
+    def reason(middleware: bool = False, **overrides: Any) -> str | None:
+        app = create_app(settings_for(registry.uri, f"sqlite:///{tmp_path / 'log.db'}", **overrides))
+        if middleware:
+            app.add_middleware(GZipMiddleware)
+        return why_off(AnswerBeforeExit(app, 20.0))
+
+    assert reason() is None
+    assert "MICROBATCH_ENABLED=false" in (reason(microbatch_enabled=False) or "")
+    assert "MICROBATCH_MAX_ROWS=1" in (reason(microbatch_max_rows=1) or "")
+    assert "PREDICT_TIMEOUT_SECONDS" in (reason(predict_timeout_seconds=25.0) or "")
+    assert "middleware" in (reason(middleware=True) or "")
+    monkeypatch.delattr(HttpToolsProtocol, "_start_asgi_task")
+    assert "uvicorn 0.45" in (reason() or "")
