@@ -336,6 +336,6 @@ def why_off(app: Any) -> str | None:
     settings = path.parts.settings
     if not settings.microbatch_enabled or settings.microbatch_max_rows < 2:
         return "micro-batching is off (MICROBATCH_ENABLED=false or MICROBATCH_MAX_ROWS=1)"
-    if [m.cls for m in path.app.user_middleware] != [EdgeMiddleware]:
+    if not path._only_edge_middleware():
         return "the app has middleware besides EdgeMiddleware, which must see every request"
     return None
