@@ -108,7 +108,7 @@ def main() -> None:
     budget = shutdown_budget(settings)
     app = AnswerBeforeExit(create_app(settings), budget.answer)
     reason = why_off(app)
-    logging.getLogger("inference_api").info("POST /predict: protocol path %s", f"off ({reason})" if reason else "on")
+    logging.getLogger("inference_api").info("POST /predict: protocol path %s", f"off: {reason}" if reason else "on")
     config = server_config(
         app,
         host=settings.host,
