@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import sys
 import threading
 from dataclasses import dataclass
@@ -79,6 +80,12 @@ class _Server(uvicorn.Server):
         super().__init__(config)
         self._app = app
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        # The app as uvicorn serves it (wrapped, e.g., by its message logger at LOG_LEVEL=trace).
+        reason = why_off(self.config.loaded_app)
+        logging.getLogger("inference_api").info("POST /predict: protocol path %s", f"off: {reason}" if reason else "on")
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if not self.should_exit:
             self._app.begin()
@@ -107,8 +114,6 @@ def main() -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     budget = shutdown_budget(settings)
     app = AnswerBeforeExit(create_app(settings), budget.answer)
-    reason = why_off(app)
-    logging.getLogger("inference_api").info("POST /predict: protocol path %s", f"off: {reason}" if reason else "on")
     config = server_config(
         app,
         host=settings.host,

@@ -171,6 +171,7 @@ class ProtocolPath:
             body = orjson.dumps(answer)
         except Exception as exc:
             task = asyncio.get_running_loop().create_task(self._answer_error(held, protocol, exc))
+            task.add_done_callback(partial(self._refuse_if_cancelled, held, protocol))
             protocol.keep(task)
             return
         headers = [(b"content-length", str(len(body)).encode()), *_JSON_HEADERS]
@@ -190,10 +191,6 @@ class ProtocolPath:
             body = getattr(response, "body", None)
             if not isinstance(body, bytes | memoryview):
                 raise TypeError(f"the handler for {type(exc).__name__} gave a {type(response).__name__} without a body")
-        except asyncio.CancelledError:  # the server stopped waiting (graceful timeout): 503, as the shutdown guard
-            held.cycle.keep_alive = False
-            self._write(held, protocol, 503, REFUSAL_HEADERS, REFUSAL)
-            raise
         except Exception:
             log.exception("request %s: no handler could answer %s", held.request_id, type(exc).__name__)
             held.cycle.keep_alive = False
@@ -201,23 +198,33 @@ class ProtocolPath:
             return
         self._write(held, protocol, response.status_code, response.raw_headers, bytes(body))
 
+    def _refuse_if_cancelled(self, held: Held, protocol: ProtocolPathHttp, task: asyncio.Task[None]) -> None:
+        """uvicorn cancelled the error answer (its graceful timeout; even before the task's first step): the
+        shutdown guard's 503 with ``Connection: close``, as the app's requests get at that point."""
+        if task.cancelled() and not held.cycle.response_complete:
+            held.cycle.keep_alive = False
+            self._write(held, protocol, 503, list(REFUSAL_HEADERS), REFUSAL)
+
     def _write(self, held: Held, protocol: ProtocolPathHttp, status: int, headers: list[Any], body: bytes) -> None:
         """Write the answer (with ``X-Request-ID`` unless set), count it as the edge middleware does, then let
         the connection go on to its next request. An answer that cannot be written (a bad header: nothing is
-        written then) is answered 500 and the connection closed, as uvicorn does."""
+        written then) is answered a plain 500 with ``Connection: close`` (uvicorn, which has marked the
+        response started by then, only closes the connection)."""
         if not any(name == b"x-request-id" for name, _ in headers):
             headers = [*headers, (b"x-request-id", held.request_id.encode())]
+        written = False
         try:
             written = protocol.write_answer(held.cycle, status, headers, body)
         except Exception:
             log.exception("request %s: its answer could not be written", held.request_id)
             status, held.cycle.keep_alive = 500, False
             written = protocol.write_answer(held.cycle, status, _SERVER_ERROR_HEADERS, b"Internal Server Error")
-        self._uncounted(held, status)
+        finally:
+            self._count_answer(held, status)
         if written:
             held.cycle.on_response()  # the next pipelined request, if any: not this answer's failure
 
-    def _uncounted(self, held: Held, status: int) -> None:
+    def _count_answer(self, held: Held, status: int) -> None:
         """``held`` is answered ``status`` (or given up): out of the in-flight count, into the request metrics."""
         self.parts.in_flight.count -= 1
         self.parts.metrics.observe_request(PATH, "POST", status, time.perf_counter() - held.started)
@@ -330,9 +337,12 @@ def why_off(app: Any) -> str | None:
     docstring.)"""
     if "_start_asgi_task" not in vars(HttpToolsProtocol):
         return "this uvicorn has no HttpToolsProtocol._start_asgi_task (uvicorn 0.45 or later has it)"
+    inner = app.app if isinstance(app, AnswerBeforeExit) else app
+    if not isinstance(getattr(getattr(inner, "state", None), "protocol_path", None), ProtocolPath):
+        return f"uvicorn serves the app inside {type(app).__name__} (LOG_LEVEL=trace adds its message logger)"
     path = protocol_path_of(app)
     if path is None:
-        return "PREDICT_TIMEOUT_SECONDS is not under the shutdown's answer window, or the app is wrapped"
+        return "PREDICT_TIMEOUT_SECONDS is not under the shutdown's answer window (a queued request must be answered in it)"
     settings = path.parts.settings
     if not settings.microbatch_enabled or settings.microbatch_max_rows < 2:
         return "micro-batching is off (MICROBATCH_ENABLED=false or MICROBATCH_MAX_ROWS=1)"

@@ -89,12 +89,12 @@ class AnswerBeforeExit:
             task.cancel()
 
 
-REFUSAL_HEADERS = [
+REFUSAL_HEADERS = (
     (b"content-type", b"application/json"),
     (b"content-length", str(len(REFUSAL)).encode()),
     (b"connection", b"close"),
     (b"retry-after", b"1"),
-]
+)
 
 
 async def _refuse(send: Send) -> None:

@@ -155,7 +155,7 @@ def test_sigterm_answers_and_logs_every_accepted_request(
         "PREDICTION_LOG_URL": mysql_log_url,
         "DEVELOPMENT_MODE": "true",
         "PORT": str(port),
-        "LOG_LEVEL": "warning",
+        "LOG_LEVEL": "info",
     }
     stderr = tmp_path / "api.log"
     process = subprocess.Popen(
@@ -194,6 +194,7 @@ def test_sigterm_answers_and_logs_every_accepted_request(
     # to the app at SIGTERM, whose shutdown guard answers it).
     assert straggler_answer.startswith(b"HTTP/1.1 503 ") and b"\r\nconnection: close\r\n" in straggler_answer
     assert status == 128 + signal.SIGTERM, log_text[-3000:]
+    assert "POST /predict: protocol path on" in log_text  # __main__'s start-up line
     assert count_rows(mysql_log_url) == clients.encounters * answered, log_text[-3000:]
 
 
