@@ -18,7 +18,7 @@ import uvicorn
 from inference_api.app import create_app
 from inference_api.prediction_log import CLOSE_MARGIN_SECONDS
 from inference_api.protocol_path import ProtocolPathHttp, why_off
-from inference_api.settings import ApiSettings, settings_or_exit
+from inference_api.settings import ApiSettings, logging_level, settings_or_exit
 from inference_api.shutdown import AnswerBeforeExit
 
 # After SIGTERM, how long a request in flight may take to be answered before it is answered 503 (with
@@ -111,7 +111,9 @@ def main() -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _exit_through_python)
     settings = settings_or_exit(ApiSettings, "inference API")
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging_level(settings.log_level), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     budget = shutdown_budget(settings)
     app = AnswerBeforeExit(create_app(settings), budget.answer)
     config = server_config(

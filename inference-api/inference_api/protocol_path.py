@@ -338,14 +338,21 @@ def why_off(app: Any) -> str | None:
     if "_start_asgi_task" not in vars(HttpToolsProtocol):
         return "this uvicorn has no HttpToolsProtocol._start_asgi_task (uvicorn 0.45 or later has it)"
     inner = app.app if isinstance(app, AnswerBeforeExit) else app
-    if not isinstance(getattr(getattr(inner, "state", None), "protocol_path", None), ProtocolPath):
+    served = getattr(getattr(inner, "state", None), "protocol_path", None)
+    if not isinstance(served, ProtocolPath):
         return f"uvicorn serves the app inside {type(app).__name__} (LOG_LEVEL=trace adds its message logger)"
     path = protocol_path_of(app)
     if path is None:
-        return "PREDICT_TIMEOUT_SECONDS is not under the shutdown's answer window (a queued request must be answered in it)"
+        timeout, window = served.parts.settings.predict_timeout_seconds, app.answer_seconds
+        return (
+            f"PREDICT_TIMEOUT_SECONDS={timeout:g} is not under the shutdown's answer window ({window:g} s), in "
+            "which a queued request must be answered: set it lower"
+        )
     settings = path.parts.settings
-    if not settings.microbatch_enabled or settings.microbatch_max_rows < 2:
-        return "micro-batching is off (MICROBATCH_ENABLED=false or MICROBATCH_MAX_ROWS=1)"
+    if not settings.microbatch_enabled:
+        return "micro-batching is off (MICROBATCH_ENABLED=false)"
+    if settings.microbatch_max_rows < 2:
+        return "MICROBATCH_MAX_ROWS=1 (no request is gathered with another): set it to 2 or more"
     if not path._only_edge_middleware():
         return "the app has middleware besides EdgeMiddleware, which must see every request"
     return None

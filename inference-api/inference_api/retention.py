@@ -15,7 +15,7 @@ import sys
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from inference_api.settings import PredictionLogSettings, settings_or_exit
+from inference_api.settings import PredictionLogSettings, logging_level, settings_or_exit
 from readmission.db import display_url
 from readmission.errors import short_reason
 from readmission.retention import (
@@ -48,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run one purge with the settings from the environment; the exit status (see the module)."""
     args = _arguments(argv)
     settings = settings_or_exit(PredictionLogSettings, "prediction-log purge")
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging_level(settings.log_level), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     days, where = settings.prediction_log_retention_days, display_url(settings.log_url)
     log.info("purging rows older than %d day(s) from %s", days, where)
     try:

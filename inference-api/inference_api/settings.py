@@ -7,18 +7,30 @@ MLFLOW_TRACKING_TOKEN, ...) pass through untouched. ``PredictionLogSettings`` is
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from uvicorn.logging import TRACE_LOG_LEVEL
 
 from readmission.mlflow_credentials import MlflowCredentials
 from readmission.names import CHAMPION, DEFAULT_RETENTION_DAYS, MODEL_NAME
 
 MIN_RELOAD_TOKEN_CHARS = 16
+# uvicorn's levels; "trace" (below debug) is uvicorn's own.
+LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+
+
+def logging_level(level: LogLevel) -> int:
+    """The ``logging`` level number of a LOG_LEVEL (``trace`` registered under its name, as uvicorn does)."""
+    if level == "trace":
+        logging.addLevelName(TRACE_LOG_LEVEL, "TRACE")
+        return TRACE_LOG_LEVEL
+    return int(logging.getLevelName(level.upper()))
 
 
 class PredictionLogSettings(BaseSettings):
@@ -28,7 +40,7 @@ class PredictionLogSettings(BaseSettings):
     # pydantic takes it by default and a bound like gt=0 lets inf through (a wait or timeout that never ends).
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", validate_default=True, allow_inf_nan=False)
 
-    log_level: str = Field("info", description="Log level: debug, info, warning, error.")
+    log_level: LogLevel = Field("info", description="Log level: critical, error, warning, info, debug, trace.")
     data_dir: Path = Field(Path("var"), description="Folder of the embedded defaults (local MLflow store, SQLite log).")
     prediction_log_url: str | None = Field(
         None, description="SQLAlchemy URL of the prediction log; default: SQLite file DATA_DIR/predictions.db."
@@ -45,6 +57,11 @@ class PredictionLogSettings(BaseSettings):
         description="How often the monitor's latest results and the outcome feed's last arrival are read from the "
         "log's database for /metrics (the monitor runs hourly; a minute's delay costs nothing).",
     )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _any_case_level(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("prediction_log_url", mode="before")
     @classmethod

@@ -527,9 +527,11 @@ def test_the_start_up_log_says_why_the_path_is_off(
         return why_off(AnswerBeforeExit(app, 20.0))
 
     assert reason() is None
-    assert "MICROBATCH_ENABLED=false" in (reason(microbatch_enabled=False) or "")
-    assert "MICROBATCH_MAX_ROWS=1" in (reason(microbatch_max_rows=1) or "")
-    assert "PREDICT_TIMEOUT_SECONDS" in (reason(predict_timeout_seconds=25.0) or "")
+    assert reason(microbatch_enabled=False) == "micro-batching is off (MICROBATCH_ENABLED=false)"
+    assert "MICROBATCH_MAX_ROWS=1 (no request is gathered with another)" in (reason(microbatch_max_rows=1) or "")
+    assert "PREDICT_TIMEOUT_SECONDS=25 is not under the shutdown's answer window (20 s)" in (
+        reason(predict_timeout_seconds=25.0) or ""
+    )
     assert "middleware" in (reason(middleware=True) or "")
     app = create_app(settings_for(registry.uri, f"sqlite:///{tmp_path / 'log.db'}"))
     assert "MessageLoggerMiddleware" in (why_off(MessageLoggerMiddleware(AnswerBeforeExit(app, 20.0))) or "")

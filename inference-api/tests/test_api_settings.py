@@ -3,6 +3,7 @@ service refuses to start with an open or guessable POST /model/reload outside de
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -11,9 +12,10 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+from apisupport import free_port, wait_until
 from pydantic import ValidationError
 
-from inference_api.settings import ApiSettings, PredictionLogSettings
+from inference_api.settings import ApiSettings, PredictionLogSettings, logging_level
 
 HERE = Path(__file__).resolve().parents[1]
 EXAMPLE = HERE / ".env.example"
@@ -113,3 +115,34 @@ def test_mlflow_credentials_in_dotenv_reach_the_mlflow_client(tmp_path: Path) ->
         settings.apply_mlflow_client_environment()
         assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "exported"
     assert os.environ.get("MLFLOW_TRACKING_PASSWORD") != "exported"
+
+
+@pytest.mark.parametrize("level", ["verbose", "warn", ""])
+def test_an_unknown_log_level_names_the_setting_and_the_levels(level: str) -> None:
+    with pytest.raises(ValidationError, match=r"(?s)log_level.*'critical', 'error', 'warning', 'info', 'debug'"):
+        ApiSettings(_env_file=None, development_mode=True, log_level=level)  # type: ignore[call-arg]
+
+
+def test_log_level_trace_is_uvicorns_level_in_any_case() -> None:
+    settings = ApiSettings(_env_file=None, development_mode=True, log_level=" TRACE ")  # type: ignore[call-arg]
+    assert settings.log_level == "trace"
+    assert logging_level(settings.log_level) == 5 and logging.getLevelName(5) == "TRACE"
+    assert logging_level("warning") == logging.WARNING
+
+
+def test_the_service_starts_at_log_level_trace_and_says_the_protocol_path_is_off(tmp_path: Path) -> None:
+    """At trace uvicorn wraps the app in its message logger (the protocol path cannot see the app): the
+    service starts (it exited with "Unknown level: 'TRACE'" before logging knew the name) and says why."""
+    port = free_port()
+    env = {**os.environ, "LOG_LEVEL": "trace", "DEVELOPMENT_MODE": "true", "PORT": str(port),
+           "DATA_DIR": str(tmp_path), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}  # fmt: skip
+    log = tmp_path / "api.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "inference_api"], env=env, cwd=tmp_path, stderr=out)
+    try:
+        wait_until(lambda: "protocol path" in log.read_text() or process.poll() is not None, 120, "the start-up line")
+    finally:
+        process.terminate()
+        process.wait(60)
+    text = log.read_text()
+    assert "POST /predict: protocol path off: uvicorn serves the app inside MessageLoggerMiddleware" in text, text
