@@ -471,8 +471,10 @@ def _ours_window(args: argparse.Namespace) -> str | None:
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse, with one line naming the option, a selection that would run nothing or something unasked."""
-    if args.seconds <= 0 or args.rounds < 0:
-        parser.error(f"--seconds must be more than 0 and --rounds at least 0, got {args.seconds:g} and {args.rounds}")
+    if not (math.isfinite(args.seconds) and args.seconds > 0):
+        parser.error(f"--seconds must be a finite number more than 0, got {args.seconds:g}")
+    if args.rounds < 0:
+        parser.error(f"--rounds must be 0 or more, got {args.rounds}")
     wait = getattr(args, "ours_wait_ms", None)
     if wait is not None and not (math.isfinite(wait) and wait >= 0):
         parser.error(f"--ours-wait-ms must be a finite number of milliseconds, 0 or more, got {wait:g}")
@@ -507,6 +509,10 @@ def champion(tracking_uri: str) -> tuple[str, Any]:
     import mlflow
     from mlflow import MlflowClient
 
+    if tracking_uri.startswith("sqlite:"):  # MLflow would make an empty store (and its folders) at a typo
+        store = Path(make_url(tracking_uri).database or "")
+        if not store.is_file():
+            sys.exit(f"no MLflow store at {store} (--tracking-uri {tracking_uri}); run `make run` first")
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     try:
         version = client.get_model_version_by_alias(MODEL_NAME, CHAMPION)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 import cli  # bench/cli.py (the script's folder is on the path)
 from readmission.cli.settings import Settings
@@ -79,7 +80,15 @@ def data_file(source: Path, work: Path, factor: int) -> tuple[Path, int]:
     target = work / f"{source.stem}-{digest}-g{GENERATOR_VERSION}-x{factor}.csv"
     if not target.exists():
         partial = target.with_suffix(".partial")
-        write_upsampled_csv(source, partial, factor)
+        try:
+            write_upsampled_csv(source, partial, factor)
+        except (KeyError, ValueError) as exc:  # not the UCI file: no id column, no rows
+            partial.unlink(missing_ok=True)
+            why = f"it has no {exc} column" if isinstance(exc, KeyError) else str(exc)
+            sys.exit(f"{source}: cannot make the {factor}x set ({why}); pass --data the UCI diabetic_data.csv")
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
         partial.rename(target)
     with target.open("rb") as handle:
         rows = sum(1 for _ in handle) - 1
@@ -203,6 +212,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error(f"--stages must be a prefix of {' '.join(STAGES)} (each stage needs the one before)")
     if min(args.factors) < 1 or len(set(args.factors)) != len(args.factors):
         parser.error(f"--factors must be distinct whole numbers of at least 1, got {' '.join(map(str, args.factors))}")
+    if "postgres" in getattr(args, "stores", ()) and (problem := _not_postgres(args.postgres_url)):
+        parser.error(f"--postgres-url {problem} (or set BENCH_POSTGRES_URL), or pass --stores sqlite")
     if getattr(args, "budget", 1.0) <= 0:  # absent when not given (argparse.SUPPRESS)
         parser.error(f"--budget must be more than 0 seconds, got {args.budget:g}")
     if not args.data.is_file():
@@ -210,6 +221,15 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     if args.data.suffix.lower() == ".zip":
         parser.error(f"{args.data} is a zip: pass --data the diabetic_data.csv inside it (unzip it first; after "
                      "`make run DATA_PATH=that zip` it is var/extracted/<zip name>-diabetic_data.csv)")  # fmt: skip
+
+
+def _not_postgres(url: str) -> str:
+    """'' for a PostgreSQL URL, else what is wrong with ``url`` (a phrase, without the URL's password)."""
+    try:
+        backend = make_url(url).get_backend_name()
+    except ArgumentError:
+        return "is not a database URL: give postgresql://USER@HOST:PORT/DATABASE"
+    return "" if backend == "postgresql" else f"is a {backend} URL: give postgresql://USER@HOST:PORT/DATABASE"
 
 
 def main() -> None:

@@ -154,3 +154,61 @@ def test_scale_refuses_a_run_that_would_fail_after_minutes(
         scale.check_args(parser, _scale_args(tmp_path, **values))
     assert message in capsys.readouterr().err
     scale.check_args(parser, _scale_args(tmp_path))  # the defaults pass
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("notaurl", "is not a database URL"),
+        ("sqlite:///x.db", "is a sqlite URL"),
+        ("mysql://root@h/db", "is a mysql URL"),
+    ],
+)
+def test_scale_refuses_a_postgres_url_that_is_not_one(
+    tmp_path: Path, url: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = argparse.ArgumentParser()
+    with pytest.raises(SystemExit):
+        scale.check_args(parser, _scale_args(tmp_path, stores=["postgres"], postgres_url=url))
+    assert f"--postgres-url {message}" in capsys.readouterr().err
+    scale.check_args(parser, _scale_args(tmp_path, stores=["sqlite"], postgres_url=url))  # not used: no check
+    scale.check_args(parser, _scale_args(tmp_path, stores=["postgres"], postgres_url="postgresql://u@h:5432/d"))
+
+
+@pytest.mark.parametrize(
+    ("text", "why"), [("a,b\n1,2\n", "it has no 'encounter_id' column"), ("", "")]
+)  # fmt: skip
+def test_scale_names_a_data_file_it_cannot_resample_and_leaves_no_partial_set(
+    tmp_path: Path, text: str, why: str
+) -> None:
+    source = tmp_path / "not_uci.csv"
+    source.write_text(text)
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(SystemExit) as refused:
+        scale.data_file(source, work, 3)
+    assert str(refused.value).startswith(f"{source}: cannot make the 3x set (")
+    assert why in str(refused.value) and "pass --data the UCI diabetic_data.csv" in str(refused.value)
+    assert list(work.iterdir()) == []
+
+
+def test_the_api_bench_makes_no_mlflow_store_at_a_mistyped_tracking_uri(tmp_path: Path) -> None:
+    store = tmp_path / "nowhere" / "mlflow.db"
+    with pytest.raises(SystemExit) as refused:
+        api.champion(f"sqlite:///{store}")
+    assert str(refused.value) == f"no MLflow store at {store} (--tracking-uri sqlite:///{store}); run `make run` first"
+    assert not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.parametrize(
+    ("seconds", "rounds", "message"),
+    [(0.0, 5, "--seconds must be a finite number more than 0, got 0"), (float("inf"), 5, "--seconds must be"),
+     (10.0, -1, "--rounds must be 0 or more, got -1")],
+)  # fmt: skip
+def test_the_api_bench_names_the_one_wrong_option(
+    seconds: float, rounds: int, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        api.check_args(argparse.ArgumentParser(), argparse.Namespace(seconds=seconds, rounds=rounds))
+    err = capsys.readouterr().err
+    assert message in err and ("--rounds" in message or "--rounds" not in err)
