@@ -226,7 +226,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
 def _not_postgres(url: str) -> str:
     """'' for a PostgreSQL URL, else what is wrong with ``url`` (a phrase, without the URL's password)."""
     try:
-        backend = make_url(url).get_backend_name()
+        backend = make_url(normalize_url(url)).get_backend_name()  # postgres:// too, as the CLI takes it
     except ArgumentError:
         return "is not a database URL: give postgresql://USER@HOST:PORT/DATABASE"
     return "" if backend == "postgresql" else f"is a {backend} URL: give postgresql://USER@HOST:PORT/DATABASE"

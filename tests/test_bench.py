@@ -172,7 +172,8 @@ def test_scale_refuses_a_postgres_url_that_is_not_one(
         scale.check_args(parser, _scale_args(tmp_path, stores=["postgres"], postgres_url=url))
     assert f"--postgres-url {message}" in capsys.readouterr().err
     scale.check_args(parser, _scale_args(tmp_path, stores=["sqlite"], postgres_url=url))  # not used: no check
-    scale.check_args(parser, _scale_args(tmp_path, stores=["postgres"], postgres_url="postgresql://u@h:5432/d"))
+    for good in ("postgresql://u@h:5432/d", "postgres://u@h/d", "postgresql+psycopg://u@h/d"):
+        scale.check_args(parser, _scale_args(tmp_path, stores=["postgres"], postgres_url=good))
 
 
 @pytest.mark.parametrize(

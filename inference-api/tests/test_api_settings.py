@@ -126,10 +126,13 @@ def test_an_unknown_log_level_names_the_setting_and_the_levels(level: str) -> No
 def test_log_level_trace_is_uvicorns_level_in_any_case() -> None:
     settings = ApiSettings(_env_file=None, development_mode=True, log_level=" TRACE ")  # type: ignore[call-arg]
     assert settings.log_level == "trace"
-    assert logging_level(settings.log_level) == 5 and logging.getLevelName(5) == "TRACE"
+    assert (
+        logging_level(settings.log_level) == 5 and logging.getLevelName(5) == "TRACE"
+    )  # (uvicorn.Config also names it)
     assert logging_level("warning") == logging.WARNING
 
 
+@pytest.mark.slow
 def test_the_service_starts_at_log_level_trace_and_says_the_protocol_path_is_off(tmp_path: Path) -> None:
     """At trace uvicorn wraps the app in its message logger (the protocol path cannot see the app): the
     service starts (it exited with "Unknown level: 'TRACE'" before logging knew the name) and says why."""
@@ -143,6 +146,9 @@ def test_the_service_starts_at_log_level_trace_and_says_the_protocol_path_is_off
         wait_until(lambda: "protocol path" in log.read_text() or process.poll() is not None, 120, "the start-up line")
     finally:
         process.terminate()
-        process.wait(60)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
     text = log.read_text()
     assert "POST /predict: protocol path off: uvicorn serves the app inside MessageLoggerMiddleware" in text, text

@@ -165,6 +165,8 @@ def test_the_cronjob_command_before_the_first_prediction_and_with_a_bad_setting(
     missing = _retention_job({"PREDICTION_LOG_URL": f"sqlite:///{tmp_path / 'none.db'}"}, tmp_path)
     assert missing.returncode == 0 and "nothing to purge: no prediction log at" in missing.stderr
     assert not (tmp_path / "none.db").exists()
+    traced = _retention_job({"PREDICTION_LOG_URL": f"sqlite:///{tmp_path / 'none.db'}", "LOG_LEVEL": "TRACE"}, tmp_path)
+    assert traced.returncode == 0, traced.stderr  # "Unknown level: 'TRACE'" before LOG_LEVEL's levels were checked
     bad = _retention_job({"PREDICTION_LOG_RETENTION_DAYS": "0"}, tmp_path)
     assert (
         bad.returncode == 2
