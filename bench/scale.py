@@ -82,13 +82,12 @@ def data_file(source: Path, work: Path, factor: int) -> tuple[Path, int]:
         partial = target.with_suffix(".partial")
         try:
             write_upsampled_csv(source, partial, factor)
-        except (KeyError, ValueError) as exc:  # not the UCI file: no id column, no rows
+        except BaseException as exc:
             partial.unlink(missing_ok=True)
+            if not isinstance(exc, KeyError | ValueError):  # KeyError, ValueError: not the UCI file
+                raise
             why = f"it has no {exc} column" if isinstance(exc, KeyError) else str(exc)
             sys.exit(f"{source}: cannot make the {factor}x set ({why}); pass --data the UCI diabetic_data.csv")
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
         partial.rename(target)
     with target.open("rb") as handle:
         rows = sum(1 for _ in handle) - 1

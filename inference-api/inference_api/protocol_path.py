@@ -212,7 +212,6 @@ class ProtocolPath:
         response started by then, only closes the connection)."""
         if not any(name == b"x-request-id" for name, _ in headers):
             headers = [*headers, (b"x-request-id", held.request_id.encode())]
-        written = False
         try:
             written = protocol.write_answer(held.cycle, status, headers, body)
         except Exception:
@@ -233,15 +232,20 @@ class ProtocolPath:
 def protocol_path_of(app: Any) -> ProtocolPath | None:
     """The ``ProtocolPath`` of the app uvicorn serves (a FastAPI app, or one in ``AnswerBeforeExit``), or None:
     another wrapper, or a PREDICT_TIMEOUT_SECONDS not under the shutdown's answer window."""
+    path, answer_window = _served(app)
+    if path is None or (answer_window is not None and path.parts.settings.predict_timeout_seconds >= answer_window):
+        return None
+    return path
+
+
+def _served(app: Any) -> tuple[ProtocolPath | None, float | None]:
+    """The ``ProtocolPath`` of the app uvicorn serves (None inside another wrapper) and the shutdown's answer
+    window (None without ``AnswerBeforeExit``)."""
     answer_window = None
     if isinstance(app, AnswerBeforeExit):
         app, answer_window = app.app, app.answer_seconds
     path = getattr(getattr(app, "state", None), "protocol_path", None)
-    if not isinstance(path, ProtocolPath):
-        return None
-    if answer_window is not None and path.parts.settings.predict_timeout_seconds >= answer_window:
-        return None
-    return path
+    return (path if isinstance(path, ProtocolPath) else None), answer_window
 
 
 class ProtocolPathHttp(CoalescingHttpProtocol):
@@ -337,13 +341,11 @@ def why_off(app: Any) -> str | None:
     docstring.)"""
     if "_start_asgi_task" not in vars(HttpToolsProtocol):
         return "this uvicorn has no HttpToolsProtocol._start_asgi_task (uvicorn 0.45 or later has it)"
-    inner = app.app if isinstance(app, AnswerBeforeExit) else app
-    served = getattr(getattr(inner, "state", None), "protocol_path", None)
-    if not isinstance(served, ProtocolPath):
-        return f"uvicorn serves the app inside {type(app).__name__} (LOG_LEVEL=trace adds its message logger)"
-    path = protocol_path_of(app)
+    path, window = _served(app)
     if path is None:
-        timeout, window = served.parts.settings.predict_timeout_seconds, app.answer_seconds
+        return f"uvicorn serves the app inside {type(app).__name__} (LOG_LEVEL=trace adds its message logger)"
+    if protocol_path_of(app) is None:
+        timeout = path.parts.settings.predict_timeout_seconds
         return (
             f"PREDICT_TIMEOUT_SECONDS={timeout:g} is not under the shutdown's answer window ({window:g} s), in "
             "which a queued request must be answered: set it lower"
